@@ -1,0 +1,113 @@
+// The core's public surface. Plain C++ types only: the N-API addon includes this file and never torch.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace tunekit {
+
+// Every failure the core reports carries one of DESIGN.md's codes (E_FILE, E_FORMAT, E_SHAPE, E_RANGE, E_NAN, ...).
+struct Error : std::runtime_error {
+  std::string code;
+  Error(std::string c, const std::string& msg) : std::runtime_error(msg), code(std::move(c)) {}
+};
+
+// A Hugging Face config, already normalised by the TypeScript layer (n_embd vs hidden_size, rope_parameters, ...).
+struct ModelSpec {
+  std::string family;   // gpt2 | distilbert | llama
+  std::string task;     // causal-lm | sequence-classification | feature-extraction | masked-lm
+  std::string device = "cpu";
+  std::string dtype = "float32";
+  int64_t vocab_size = 0, hidden_size = 0, num_layers = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  int64_t intermediate_size = 0, max_positions = 0, num_labels = 2, pad_token_id = -1;
+  double norm_eps = 1e-5, rope_theta = 10000.0;
+  double embd_dropout = 0, attn_dropout = 0, resid_dropout = 0, classifier_dropout = 0;
+  std::string activation = "gelu_new";
+  bool tie_word_embeddings = true, attention_bias = false, mlp_bias = false;
+  bool scale_attn_by_inverse_layer_idx = false;
+  uint64_t init_seed = 0;
+};
+
+struct ParamInfo {
+  std::string name, dtype;
+  std::vector<int64_t> shape;
+  int64_t numel = 0;
+  bool trainable = true;
+};
+
+// One tensor inside a safetensors file, validated by the TS layer and checked again here.
+struct TensorEntry {
+  std::string name;      // the model parameter it fills
+  std::string dtype;     // F32 | F16 | BF16
+  std::vector<int64_t> shape;
+  int64_t begin = 0, end = 0;  // absolute byte offsets in the file
+};
+
+struct Batch {
+  std::vector<int32_t> input_ids;       // [batch, seq], row-major
+  std::vector<int32_t> attention_mask;  // empty, or [batch, seq] of 0/1
+  std::vector<float> labels;            // empty, [batch] (classification) or [batch, seq] (causal LM)
+  std::vector<int64_t> labels_shape;
+  int64_t batch = 0, seq = 0;
+};
+
+struct FloatArray {
+  std::vector<float> data;
+  std::vector<int64_t> shape;
+};
+
+struct ForwardResult {
+  FloatArray logits;
+  bool has_loss = false;
+  double loss = 0;
+};
+
+struct OptimizerSpec {
+  std::string kind = "adamw";  // adamw | sgd
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01, momentum = 0, dampening = 0;
+  bool nesterov = false;
+  // Parameters named here (exact names) get no weight decay; the TS layer computes the default set.
+  std::vector<std::string> no_decay;
+};
+
+struct GenerateSpec {
+  int64_t max_new_tokens = 20, top_k = 0;
+  double temperature = 1.0, top_p = 1.0;
+  bool do_sample = false;
+  int64_t eos_token_id = -1;
+  uint64_t seed = 0;
+};
+
+class Model;
+class Optimizer;
+
+std::shared_ptr<Model> create_model(const ModelSpec& spec);
+std::vector<ParamInfo> parameters(Model& m);
+void set_trainable(Model& m, const std::vector<std::string>& names, bool trainable);
+void set_training(Model& m, bool training);
+void load_safetensors(Model& m, const std::string& path, const std::vector<TensorEntry>& entries);
+// Writes every parameter (or those named) to path as safetensors; the caller renames it into place.
+void save_safetensors(Model& m, const std::string& path, const std::vector<std::string>& names);
+
+ForwardResult forward(Model& m, const Batch& b, bool want_logits);
+double backward(Model& m, const Batch& b, double loss_scale);
+FloatArray embed(Model& m, const Batch& b, const std::string& pooling);
+std::vector<std::vector<int32_t>> generate(Model& m, const Batch& b, const GenerateSpec& g);
+void zero_grad(Model& m);
+double grad_norm(Model& m);
+void manual_seed(uint64_t seed);
+std::vector<uint8_t> rng_state();
+void set_rng_state(const std::vector<uint8_t>& state);
+bool cuda_available();
+
+std::shared_ptr<Optimizer> create_optimizer(Model& m, const OptimizerSpec& spec);
+// Clips (if max_norm > 0) and applies one update; returns the pre-clip gradient norm.
+// Refuses (E_NAN) a non-finite gradient, leaving the weights untouched.
+double optimizer_step(Optimizer& o, double lr, double max_norm);
+void optimizer_save(Optimizer& o, const std::string& path);
+void optimizer_load(Optimizer& o, const std::string& path, const std::vector<TensorEntry>& entries, int64_t step);
+int64_t optimizer_steps(Optimizer& o);
+
+}  // namespace tunekit

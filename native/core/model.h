@@ -1,0 +1,61 @@
+// The model as the core sees it: Hugging Face-named tensors plus the family's forward.
+#pragma once
+#include <torch/torch.h>
+
+#include <map>
+#include <unordered_map>
+
+#include "api.h"
+
+namespace tunekit {
+
+struct Output {
+  torch::Tensor hidden;  // [batch, seq, hidden], after the final norm
+  torch::Tensor logits;  // per-token (causal/masked LM) or per-sequence (classification)
+};
+
+class Model {
+ public:
+  ModelSpec spec;
+  std::string base;  // prefix of the backbone's names in this task's HF class: "transformer.", "model.", "distilbert." or ""
+  std::vector<std::string> order;  // parameter names in creation order
+  std::unordered_map<std::string, torch::Tensor> params;
+  torch::Device device = torch::kCPU;
+  torch::ScalarType dtype = torch::kFloat32;
+  bool training = false;
+
+  const torch::Tensor& P(const std::string& name) const;
+  bool has(const std::string& name) const { return params.count(name) > 0; }
+  void add(const std::string& name, torch::Tensor t);
+
+  // nn.Linear (weight [out, in]) and GPT-2's Conv1D (weight [in, out]), looked up by module name.
+  torch::Tensor linear(const std::string& module, const torch::Tensor& x) const;
+  torch::Tensor conv1d(const std::string& module, const torch::Tensor& x) const;
+  torch::Tensor layer_norm(const std::string& module, const torch::Tensor& x) const;
+  torch::Tensor rms_norm(const std::string& module, const torch::Tensor& x) const;
+  torch::Tensor dropout(const torch::Tensor& x, double p) const;
+
+  Output run(const torch::Tensor& input_ids, const torch::Tensor& attention_mask);
+};
+
+// Per-family builders and forwards (models/*.cpp).
+void gpt2_build(Model& m);
+Output gpt2_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mask);
+void llama_build(Model& m);
+Output llama_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mask);
+void distilbert_build(Model& m);
+Output distilbert_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mask);
+
+// Shared blocks (models/layers.cpp).
+torch::Tensor activation(const std::string& name, const torch::Tensor& x);
+// Boolean [batch, 1, seq, seq] mask of allowed (query, key) pairs, or undefined when plain causal/full attention needs none.
+torch::Tensor attention_mask_4d(const torch::Tensor& mask, int64_t seq, bool causal);
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d,
+                        bool causal, double dropout, double scale, bool training);
+// Index of the token each sequence is classified from (transformers' *ForSequenceClassification rule).
+torch::Tensor last_token_index(const Model& m, const torch::Tensor& ids);
+
+std::string scalar_name(torch::ScalarType t);
+torch::ScalarType parse_dtype(const std::string& s);
+
+}  // namespace tunekit

@@ -1,0 +1,81 @@
+// DistilBERT (DistilBertModel, DistilBertForSequenceClassification, DistilBertForMaskedLM), names as in transformers.
+// Post-norm blocks with bidirectional attention; LayerNorm eps is fixed at 1e-12 as in transformers.
+#include "../model.h"
+
+namespace tunekit {
+
+static constexpr double kEps = 1e-12;
+
+void distilbert_build(Model& m) {
+  const auto& s = m.spec;
+  if (s.task == "causal-lm") throw Error("E_CONFIG", "distilbert is an encoder: it has no causal-lm head");
+  m.base = s.task == "feature-extraction" ? "" : "distilbert.";
+  int64_t C = s.hidden_size, F = s.intermediate_size;
+  auto normal = [&](std::vector<int64_t> shape) { return torch::randn(shape) * 0.02; };
+  auto linear = [&](const std::string& name, int64_t in, int64_t out) {
+    m.add(name + ".weight", normal({out, in}));
+    m.add(name + ".bias", torch::zeros({out}));
+  };
+  auto norm = [&](const std::string& name) {
+    m.add(name + ".weight", torch::ones({C}));
+    m.add(name + ".bias", torch::zeros({C}));
+  };
+  auto& b = m.base;
+  m.add(b + "embeddings.word_embeddings.weight", normal({s.vocab_size, C}));
+  m.add(b + "embeddings.position_embeddings.weight", normal({s.max_positions, C}));
+  norm(b + "embeddings.LayerNorm");
+  for (int64_t i = 0; i < s.num_layers; i++) {
+    auto l = b + "transformer.layer." + std::to_string(i) + ".";
+    for (auto p : {"q_lin", "k_lin", "v_lin", "out_lin"}) linear(l + "attention." + p, C, C);
+    norm(l + "sa_layer_norm");
+    linear(l + "ffn.lin1", C, F);
+    linear(l + "ffn.lin2", F, C);
+    norm(l + "output_layer_norm");
+  }
+  if (s.task == "sequence-classification") {
+    linear("pre_classifier", C, C);
+    linear("classifier", C, s.num_labels);
+  } else if (s.task == "masked-lm") {
+    linear("vocab_transform", C, C);
+    norm("vocab_layer_norm");
+    m.add("vocab_projector.bias", torch::zeros({s.vocab_size}));  // its weight is tied to the word embeddings
+  }
+}
+
+Output distilbert_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mask) {
+  const auto& s = m.spec;
+  const auto& b = m.base;
+  int64_t B = ids.size(0), T = ids.size(1), C = s.hidden_size, nh = s.num_heads, hd = C / nh;
+  auto ln = [&](const std::string& module, const torch::Tensor& x) {
+    return torch::layer_norm(x, {C}, m.P(module + ".weight"), m.P(module + ".bias"), kEps);
+  };
+  auto pos = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
+  auto x = torch::embedding(m.P(b + "embeddings.word_embeddings.weight"), ids) +
+           torch::embedding(m.P(b + "embeddings.position_embeddings.weight"), pos);
+  x = m.dropout(ln(b + "embeddings.LayerNorm", x), s.embd_dropout);
+  auto mask4d = attention_mask_4d(mask, T, false);
+  for (int64_t i = 0; i < s.num_layers; i++) {
+    auto l = b + "transformer.layer." + std::to_string(i) + ".";
+    auto heads = [&](const torch::Tensor& t) { return t.view({B, T, nh, hd}).transpose(1, 2); };
+    auto q = heads(m.linear(l + "attention.q_lin", x));
+    auto k = heads(m.linear(l + "attention.k_lin", x));
+    auto v = heads(m.linear(l + "attention.v_lin", x));
+    auto y = attention(q, k, v, mask4d, false, s.attn_dropout, 1.0 / std::sqrt(double(hd)), m.training);
+    y = m.linear(l + "attention.out_lin", y.transpose(1, 2).reshape({B, T, C}));
+    x = ln(l + "sa_layer_norm", y + x);
+    auto f = m.linear(l + "ffn.lin2", activation(s.activation, m.linear(l + "ffn.lin1", x)));
+    x = ln(l + "output_layer_norm", m.dropout(f, s.resid_dropout) + x);
+  }
+  Output out;
+  out.hidden = x;
+  if (s.task == "sequence-classification") {
+    auto pooled = m.dropout(torch::relu(m.linear("pre_classifier", x.select(1, 0))), s.classifier_dropout);
+    out.logits = m.linear("classifier", pooled);
+  } else if (s.task == "masked-lm") {
+    auto h = ln("vocab_layer_norm", activation(s.activation, m.linear("vocab_transform", x)));
+    out.logits = torch::linear(h, m.P(b + "embeddings.word_embeddings.weight"), m.P("vocab_projector.bias"));
+  }
+  return out;
+}
+
+}  // namespace tunekit

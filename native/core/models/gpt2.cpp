@@ -1,0 +1,67 @@
+// GPT-2 (GPT2Model, GPT2LMHeadModel, GPT2ForSequenceClassification), names as in transformers.
+// Conv1D layers keep their weights as [in, out].
+#include "../model.h"
+
+namespace tunekit {
+
+void gpt2_build(Model& m) {
+  const auto& s = m.spec;
+  if (s.task == "masked-lm") throw Error("E_CONFIG", "gpt2 has no masked-lm head");
+  m.base = s.task == "feature-extraction" ? "" : "transformer.";
+  int64_t C = s.hidden_size, F = s.intermediate_size > 0 ? s.intermediate_size : 4 * C;
+  auto normal = [&](std::vector<int64_t> shape) { return torch::randn(shape) * 0.02; };
+  auto& b = m.base;
+  m.add(b + "wte.weight", normal({s.vocab_size, C}));
+  m.add(b + "wpe.weight", normal({s.max_positions, C}));
+  for (int64_t i = 0; i < s.num_layers; i++) {
+    auto h = b + "h." + std::to_string(i) + ".";
+    m.add(h + "ln_1.weight", torch::ones({C}));
+    m.add(h + "ln_1.bias", torch::zeros({C}));
+    m.add(h + "attn.c_attn.weight", normal({C, 3 * C}));
+    m.add(h + "attn.c_attn.bias", torch::zeros({3 * C}));
+    m.add(h + "attn.c_proj.weight", normal({C, C}));
+    m.add(h + "attn.c_proj.bias", torch::zeros({C}));
+    m.add(h + "ln_2.weight", torch::ones({C}));
+    m.add(h + "ln_2.bias", torch::zeros({C}));
+    m.add(h + "mlp.c_fc.weight", normal({C, F}));
+    m.add(h + "mlp.c_fc.bias", torch::zeros({F}));
+    m.add(h + "mlp.c_proj.weight", normal({F, C}));
+    m.add(h + "mlp.c_proj.bias", torch::zeros({C}));
+  }
+  m.add(b + "ln_f.weight", torch::ones({C}));
+  m.add(b + "ln_f.bias", torch::zeros({C}));
+  if (s.task == "sequence-classification") m.add("score.weight", normal({s.num_labels, C}));
+  if (s.task == "causal-lm" && !s.tie_word_embeddings) m.add("lm_head.weight", normal({s.vocab_size, C}));
+}
+
+Output gpt2_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mask) {
+  const auto& s = m.spec;
+  const auto& b = m.base;
+  int64_t B = ids.size(0), T = ids.size(1), C = s.hidden_size, nh = s.num_heads, hd = C / nh;
+  auto pos = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
+  auto x = m.dropout(torch::embedding(m.P(b + "wte.weight"), ids) + torch::embedding(m.P(b + "wpe.weight"), pos), s.embd_dropout);
+  auto mask4d = attention_mask_4d(mask, T, true);
+  for (int64_t i = 0; i < s.num_layers; i++) {
+    auto h = b + "h." + std::to_string(i) + ".";
+    auto qkv = m.conv1d(h + "attn.c_attn", m.layer_norm(h + "ln_1", x)).split(C, 2);
+    auto heads = [&](const torch::Tensor& t) { return t.view({B, T, nh, hd}).transpose(1, 2); };
+    double scale = 1.0 / std::sqrt(double(hd));
+    if (s.scale_attn_by_inverse_layer_idx) scale /= double(i + 1);
+    auto y = attention(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]), mask4d, true, s.attn_dropout, scale, m.training);
+    y = y.transpose(1, 2).reshape({B, T, C});
+    x = x + m.dropout(m.conv1d(h + "attn.c_proj", y), s.resid_dropout);
+    auto f = activation(s.activation, m.conv1d(h + "mlp.c_fc", m.layer_norm(h + "ln_2", x)));
+    x = x + m.dropout(m.conv1d(h + "mlp.c_proj", f), s.resid_dropout);
+  }
+  Output out;
+  out.hidden = m.layer_norm(b + "ln_f", x);
+  if (s.task == "causal-lm") {
+    out.logits = torch::linear(out.hidden, m.P(m.has("lm_head.weight") ? "lm_head.weight" : b + "wte.weight"));
+  } else if (s.task == "sequence-classification") {
+    auto last = last_token_index(m, ids);
+    out.logits = torch::linear(out.hidden.index({torch::arange(B, last.options()), last}), m.P("score.weight"));
+  }
+  return out;
+}
+
+}  // namespace tunekit

@@ -1,0 +1,97 @@
+// Blocks every family shares: activations, attention masks, scaled-dot-product attention, norms.
+#include "../model.h"
+
+namespace tunekit {
+
+const torch::Tensor& Model::P(const std::string& name) const {
+  auto it = params.find(name);
+  if (it == params.end()) throw Error("E_STATE", "model has no parameter '" + name + "'");
+  return it->second;
+}
+
+void Model::add(const std::string& name, torch::Tensor t) {
+  if (!params.count(name)) order.push_back(name);
+  params[name] = t.to(device, dtype).set_requires_grad(true);
+}
+
+torch::Tensor Model::linear(const std::string& module, const torch::Tensor& x) const {
+  auto b = params.find(module + ".bias");
+  return torch::linear(x, P(module + ".weight"), b == params.end() ? torch::Tensor() : b->second);
+}
+
+torch::Tensor Model::conv1d(const std::string& module, const torch::Tensor& x) const {
+  const auto& w = P(module + ".weight");
+  auto sizes = x.sizes().vec();
+  sizes.back() = w.size(1);
+  return torch::addmm(P(module + ".bias"), x.reshape({-1, x.size(-1)}), w).view(sizes);
+}
+
+torch::Tensor Model::layer_norm(const std::string& module, const torch::Tensor& x) const {
+  return torch::layer_norm(x, {x.size(-1)}, P(module + ".weight"), P(module + ".bias"), spec.norm_eps);
+}
+
+// As LlamaRMSNorm: normalise in float32, scale in the model's dtype.
+torch::Tensor Model::rms_norm(const std::string& module, const torch::Tensor& x) const {
+  auto h = x.to(torch::kFloat32);
+  h = h * torch::rsqrt(h.pow(2).mean(-1, true) + spec.norm_eps);
+  return P(module + ".weight") * h.to(x.scalar_type());
+}
+
+torch::Tensor Model::dropout(const torch::Tensor& x, double p) const {
+  return (training && p > 0) ? torch::dropout(x, p, true) : x;
+}
+
+torch::Tensor activation(const std::string& name, const torch::Tensor& x) {
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") return torch::gelu(x, "tanh");
+  if (name == "gelu") return torch::gelu(x);
+  if (name == "relu") return torch::relu(x);
+  if (name == "silu" || name == "swish") return torch::silu(x);
+  throw Error("E_CONFIG", "unsupported activation '" + name + "'");
+}
+
+torch::Tensor attention_mask_4d(const torch::Tensor& mask, int64_t seq, bool causal) {
+  if (!mask.defined()) return {};
+  if (mask.all().item<bool>()) return {};
+  auto keys = mask.to(torch::kBool).view({mask.size(0), 1, 1, seq});
+  auto opts = torch::TensorOptions().dtype(torch::kBool).device(mask.device());
+  auto allowed = causal ? keys & torch::ones({seq, seq}, opts).tril() : keys.expand({mask.size(0), 1, seq, seq});
+  // A padded query may see no key at all; letting it see itself keeps softmax (and its gradient) finite.
+  return allowed | torch::eye(seq, opts);
+}
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d,
+                        bool causal, double dropout, double scale, bool training) {
+  double p = training ? dropout : 0.0;
+  if (mask4d.defined()) return at::scaled_dot_product_attention(q, k, v, mask4d, p, false, scale);
+  return at::scaled_dot_product_attention(q, k, v, {}, p, causal, scale);
+}
+
+torch::Tensor last_token_index(const Model& m, const torch::Tensor& ids) {
+  int64_t batch = ids.size(0), seq = ids.size(1);
+  if (m.spec.pad_token_id < 0) {
+    if (batch != 1) throw Error("E_CONFIG", "config has no pad_token_id: cannot find the last token of a padded batch");
+    return torch::full({batch}, seq - 1, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
+  }
+  // Rightmost token that is not padding, so left and right padding both work.
+  auto non_pad = (ids != m.spec.pad_token_id).to(torch::kInt32);
+  auto positions = torch::arange(seq, torch::TensorOptions().dtype(torch::kInt32).device(ids.device()));
+  return (positions * non_pad).argmax(-1);
+}
+
+std::string scalar_name(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return "float32";
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kFloat16: return "float16";
+    default: return c10::toString(t);
+  }
+}
+
+torch::ScalarType parse_dtype(const std::string& s) {
+  if (s == "float32") return torch::kFloat32;
+  if (s == "bfloat16") return torch::kBFloat16;
+  if (s == "float16") return torch::kFloat16;
+  throw Error("E_ARG", "dtype must be 'float32', 'bfloat16' or 'float16', got '" + s + "'");
+}
+
+}  // namespace tunekit

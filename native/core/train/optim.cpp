@@ -1,0 +1,132 @@
+// AdamW and SGD over a model's trainable parameters, with clipping by global norm.
+// The update arithmetic follows torch.optim's single-tensor implementations step for step, so tunekit and PyTorch
+// land on the same weights from the same gradients.
+#include <unordered_set>
+
+#include "../model.h"
+
+namespace tunekit {
+
+std::vector<torch::Tensor> read_safetensors(const std::string& path, const std::vector<TensorEntry>& entries);
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors);
+
+struct ParamState {
+  std::string name;
+  torch::Tensor param, exp_avg, exp_avg_sq, momentum_buffer;
+  bool decay = true;
+};
+
+class Optimizer {
+ public:
+  OptimizerSpec spec;
+  std::vector<ParamState> states;
+  int64_t step = 0;
+};
+
+std::shared_ptr<Optimizer> create_optimizer(Model& m, const OptimizerSpec& spec) {
+  if (spec.kind != "adamw" && spec.kind != "sgd") throw Error("E_ARG", "optimizer must be 'adamw' or 'sgd'");
+  auto o = std::make_shared<Optimizer>();
+  o->spec = spec;
+  std::unordered_set<std::string> no_decay(spec.no_decay.begin(), spec.no_decay.end());
+  for (const auto& name : m.order) {
+    const auto& p = m.params.at(name);
+    if (!p.requires_grad()) continue;  // frozen: no state at all
+    ParamState s;
+    s.name = name;
+    s.param = p;
+    s.decay = !no_decay.count(name);
+    o->states.push_back(s);
+  }
+  return o;
+}
+
+static double clip(Optimizer& o, double max_norm) {
+  std::vector<torch::Tensor> grads;
+  for (auto& s : o.states)
+    if (s.param.grad().defined()) grads.push_back(s.param.grad());
+  if (grads.empty()) return 0.0;
+  std::vector<torch::Tensor> norms;
+  for (auto& g : grads) norms.push_back(torch::linalg_vector_norm(g, 2, {}, false, torch::kFloat32));
+  auto total = torch::linalg_vector_norm(torch::stack(norms), 2);
+  double value = total.item<double>();
+  if (!std::isfinite(value)) throw Error("E_NAN", "gradient norm is " + std::to_string(value) + "; the step was refused and the weights are unchanged");
+  if (max_norm > 0) {
+    auto coef = torch::clamp(max_norm / (total + 1e-6), c10::nullopt, 1.0);
+    for (auto& g : grads) g.mul_(coef.to(g.scalar_type()));
+  }
+  return value;
+}
+
+double optimizer_step(Optimizer& o, double lr, double max_norm) {
+  if (!std::isfinite(lr) || lr < 0) throw Error("E_ARG", "learning rate must be a finite number >= 0");
+  torch::NoGradGuard no_grad;
+  double norm = clip(o, max_norm);
+  o.step++;
+  const auto& sp = o.spec;
+  for (auto& s : o.states) {
+    auto& p = s.param;
+    if (!p.grad().defined()) continue;
+    auto g = p.grad();
+    if (sp.kind == "adamw") {
+      if (!s.exp_avg.defined()) {
+        s.exp_avg = torch::zeros_like(p, torch::MemoryFormat::Preserve);
+        s.exp_avg_sq = torch::zeros_like(p, torch::MemoryFormat::Preserve);
+      }
+      if (s.decay && sp.weight_decay != 0) p.mul_(1 - lr * sp.weight_decay);
+      s.exp_avg.lerp_(g, 1 - sp.beta1);
+      s.exp_avg_sq.mul_(sp.beta2).addcmul_(g, g, 1 - sp.beta2);
+      double bc1 = 1 - std::pow(sp.beta1, double(o.step));
+      double bc2 = 1 - std::pow(sp.beta2, double(o.step));
+      auto denom = (s.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(sp.eps);
+      p.addcdiv_(s.exp_avg, denom, -lr / bc1);
+    } else {
+      if (s.decay && sp.weight_decay != 0) g = g.add(p, sp.weight_decay);
+      if (sp.momentum != 0) {
+        if (!s.momentum_buffer.defined()) s.momentum_buffer = g.clone();
+        else s.momentum_buffer.mul_(sp.momentum).add_(g, 1 - sp.dampening);
+        g = sp.nesterov ? g.add(s.momentum_buffer, sp.momentum) : s.momentum_buffer;
+      }
+      p.add_(g, -lr);
+    }
+  }
+  return norm;
+}
+
+int64_t optimizer_steps(Optimizer& o) { return o.step; }
+
+void optimizer_save(Optimizer& o, const std::string& path) {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (auto& s : o.states) {
+    if (s.exp_avg.defined()) {
+      tensors.emplace_back(s.name + ".exp_avg", s.exp_avg);
+      tensors.emplace_back(s.name + ".exp_avg_sq", s.exp_avg_sq);
+    }
+    if (s.momentum_buffer.defined()) tensors.emplace_back(s.name + ".momentum_buffer", s.momentum_buffer);
+  }
+  write_safetensors(path, tensors);
+}
+
+void optimizer_load(Optimizer& o, const std::string& path, const std::vector<TensorEntry>& entries, int64_t step) {
+  auto tensors = read_safetensors(path, entries);
+  std::unordered_map<std::string, ParamState*> by_name;
+  for (auto& s : o.states) by_name[s.name] = &s;
+  std::vector<std::tuple<torch::Tensor*, torch::Tensor, const ParamState*>> plan;
+  for (size_t i = 0; i < entries.size(); i++) {
+    const auto& key = entries[i].name;
+    auto dot = key.rfind('.');
+    auto it = dot == std::string::npos ? by_name.end() : by_name.find(key.substr(0, dot));
+    if (it == by_name.end()) throw Error("E_FORMAT", path + ": optimizer state '" + key + "' matches no trainable parameter");
+    auto kind = key.substr(dot + 1);
+    auto* s = it->second;
+    torch::Tensor* slot = kind == "exp_avg" ? &s->exp_avg : kind == "exp_avg_sq" ? &s->exp_avg_sq
+                        : kind == "momentum_buffer" ? &s->momentum_buffer : nullptr;
+    if (!slot) throw Error("E_FORMAT", path + ": unknown optimizer state '" + key + "'");
+    if (tensors[i].sizes() != s->param.sizes())
+      throw Error("E_SHAPE", path + ": optimizer state '" + key + "' does not match its parameter's shape");
+    plan.emplace_back(slot, tensors[i], s);
+  }
+  for (auto& [slot, t, s] : plan) *slot = t.to(s->param.device(), s->param.scalar_type());
+  o.step = step;
+}
+
+}  // namespace tunekit
