@@ -239,8 +239,8 @@ ForwardResult forward(Model& m, const Batch& b, bool want_logits) {
   torch::NoGradGuard no_grad;
   auto out = m.run(t.ids, t.mask);
   ForwardResult r;
-  require(out.logits.defined() || !want_logits, "E_STATE", "a feature-extraction model has no logits; use embed()");
-  if (want_logits) r.logits = to_floats(out.logits);
+  // A feature-extraction model answers with its last hidden state, as transformers' base models do.
+  if (want_logits) r.logits = to_floats(out.logits.defined() ? out.logits : out.hidden);
   if (t.labels.defined()) {
     r.has_loss = true;
     r.loss = loss_of(m, out, t.labels).item<double>();

@@ -54,9 +54,9 @@ torch::Tensor attention_mask_4d(const torch::Tensor& mask, int64_t seq, bool cau
   if (mask.all().item<bool>()) return {};
   auto keys = mask.to(torch::kBool).view({mask.size(0), 1, 1, seq});
   auto opts = torch::TensorOptions().dtype(torch::kBool).device(mask.device());
-  auto allowed = causal ? keys & torch::ones({seq, seq}, opts).tril() : keys.expand({mask.size(0), 1, seq, seq});
-  // A padded query may see no key at all; letting it see itself keeps softmax (and its gradient) finite.
-  return allowed | torch::eye(seq, opts);
+  // A padded query may see no key at all: libtorch's attention returns zeros (and finite gradients) for such a row,
+  // exactly as transformers gets, so it is left empty rather than patched.
+  return causal ? keys & torch::ones({seq, seq}, opts).tril() : keys.expand({mask.size(0), 1, seq, seq});
 }
 
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d,

@@ -1,0 +1,19 @@
+export { TunekitError } from './errors';
+export type { ErrorCode } from './errors';
+export { Model } from './model';
+export type { Device, DType, ForwardOutput, FromPretrainedOptions, GenerateOptions, Pooling } from './model';
+export type { Task, ModelType } from './config';
+export { Tokenizer } from './tokenizer';
+export type { EncodeBatchOptions } from './tokenizer';
+export { AdamW, SGD, scheduleFactor } from './optim';
+export type { Optimizer, OptimizerOptions, AdamWOptions, SGDOptions, Schedule, ScheduleType, StepResult } from './optim';
+export { Trainer } from './trainer';
+export type { Example, Progress, TrainerOptions, TrainResult, EvalResult } from './trainer';
+export type { BatchInput } from './batch';
+export type { FloatArray } from './native';
+
+import { addon } from './native';
+/** True when the native core was built against a libtorch with CUDA and a GPU is visible. */
+export function cudaAvailable(): boolean {
+  return addon.cudaAvailable();
+}

@@ -1,0 +1,89 @@
+/**
+ * The one place that loads the addon and declares its raw signatures. Every compute call goes through `serial`,
+ * so one heavy job runs at a time per process: two cores are never oversubscribed, and calls on one model that a
+ * caller forgot to await run one after another instead of racing on the same tensors.
+ */
+import path from 'node:path';
+import { fromNative } from './errors';
+
+export type Handle = { readonly __brand: 'tunekit-handle' };
+
+export interface RawSpec {
+  family: string; task: string; device: string; dtype: string;
+  vocabSize: number; hiddenSize: number; numLayers: number; numHeads: number; numKvHeads: number; headDim: number;
+  intermediateSize: number; maxPositions: number; numLabels: number; padTokenId: number;
+  normEps: number; ropeTheta: number; embdDropout: number; attnDropout: number; residDropout: number;
+  classifierDropout: number; activation: string; tieWordEmbeddings: boolean; attentionBias: boolean; mlpBias: boolean;
+  scaleAttnByInverseLayerIdx: boolean; initSeed: number;
+}
+
+export interface RawParam { name: string; dtype: string; shape: number[]; numel: number; trainable: boolean }
+export interface RawBatch {
+  batch: number; seq: number; inputIds: Int32Array; attentionMask?: Int32Array;
+  labels?: Float32Array; labelsShape?: number[];
+}
+export interface RawEntry { name: string; dtype: string; shape: number[]; begin: number; end: number }
+export interface FloatArray { data: Float32Array; shape: number[] }
+export interface RawOptimizerSpec {
+  kind: 'adamw' | 'sgd'; beta1: number; beta2: number; eps: number; weightDecay: number;
+  momentum: number; dampening: number; nesterov: boolean; noDecay: string[];
+}
+export interface RawGenerate {
+  maxNewTokens: number; temperature: number; topK: number; topP: number; doSample: boolean; eosTokenId: number; seed: number;
+}
+
+export interface Addon {
+  createModel(spec: RawSpec): Promise<Handle>;
+  parameters(m: Handle): Promise<RawParam[]>;
+  setTrainable(m: Handle, names: string[], trainable: boolean): Promise<void>;
+  setTraining(m: Handle, training: boolean): Promise<void>;
+  loadSafetensors(m: Handle, path: string, entries: RawEntry[]): Promise<void>;
+  saveSafetensors(m: Handle, path: string, names: string[]): Promise<void>;
+  forward(m: Handle, b: RawBatch, wantLogits: boolean): Promise<{ logits?: FloatArray; loss?: number }>;
+  backward(m: Handle, b: RawBatch, lossScale: number): Promise<number>;
+  embed(m: Handle, b: RawBatch, pooling: string): Promise<FloatArray>;
+  generate(m: Handle, b: RawBatch, g: RawGenerate): Promise<number[][]>;
+  zeroGrad(m: Handle): Promise<void>;
+  gradNorm(m: Handle): Promise<number>;
+  dispose(h: Handle): void;
+  manualSeed(seed: number): void;
+  rngState(): Buffer;
+  setRngState(state: Buffer): void;
+  cudaAvailable(): boolean;
+  createOptimizer(m: Handle, spec: RawOptimizerSpec): Promise<Handle>;
+  optimizerStep(o: Handle, lr: number, maxGradNorm: number): Promise<number>;
+  optimizerSave(o: Handle, path: string): Promise<void>;
+  optimizerLoad(o: Handle, path: string, entries: RawEntry[], step: number): Promise<void>;
+}
+
+function load(): Addon {
+  const root = path.resolve(__dirname, '..');
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return require('node-gyp-build')(root) as Addon;
+  } catch (e) {
+    throw fromNative(Object.assign(new Error(
+      `tunekit: the native addon is not built (${(e as Error).message.split('\n')[0]}). Run \`npm install\` or \`npm run build\`.`),
+      { code: 'E_NATIVE' }));
+  }
+}
+
+export const addon: Addon = load();
+
+let tail: Promise<unknown> = Promise.resolve();
+
+/** Runs `job` after every job queued before it; errors from the addon become TunekitErrors. */
+export function serial<T>(job: () => Promise<T>): Promise<T> {
+  const run = tail.then(() => job()).catch((e) => { throw fromNative(e); });
+  tail = run.catch(() => undefined);
+  return run;
+}
+
+/** Synchronous addon calls still map their errors. */
+export function sync<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw fromNative(e);
+  }
+}

@@ -1,0 +1,150 @@
+/** Optimizers over a model's trainable parameters, and learning-rate schedules. The update runs in the native core. */
+import fs from 'node:fs';
+import { TunekitError } from './errors';
+import type { Model } from './model';
+import { Handle, RawOptimizerSpec, addon, serial, sync } from './native';
+import { atomicWrite, entry, readHeader } from './safetensors';
+
+export type ScheduleType = 'constant' | 'linear' | 'cosine';
+
+export interface Schedule {
+  type: ScheduleType;
+  warmupSteps?: number;
+  /** Needed by 'linear' and 'cosine': the step at which the rate reaches zero. */
+  totalSteps?: number;
+}
+
+/** The multiplier on the base rate before optimizer step `step` (0-based), as transformers' get_*_schedule_with_warmup. */
+export function scheduleFactor(s: Schedule, step: number): number {
+  const warmup = s.warmupSteps ?? 0;
+  if (step < warmup) return step / Math.max(1, warmup);
+  if (s.type === 'constant') return 1;
+  if (s.totalSteps === undefined) throw new TunekitError('E_ARG', `a '${s.type}' schedule needs totalSteps`);
+  const total = s.totalSteps;
+  if (s.type === 'linear') return Math.max(0, (total - step) / Math.max(1, total - warmup));
+  const progress = (step - warmup) / Math.max(1, total - warmup);
+  return Math.max(0, 0.5 * (1 + Math.cos(Math.PI * 2 * 0.5 * progress)));
+}
+
+export interface OptimizerOptions {
+  lr?: number;
+  weightDecay?: number;
+  schedule?: Schedule;
+  /** Clip the global gradient norm to this before each step (0 = no clipping). */
+  maxGradNorm?: number;
+  /**
+   * Which trainable parameters skip weight decay. Default: every parameter with fewer than 2 dimensions
+   * (biases and norm weights), as transformers' Trainer and nanoGPT do.
+   */
+  noDecay?: (name: string, shape: number[]) => boolean;
+}
+
+export interface StepResult { gradNorm: number; lr: number; step: number }
+
+abstract class Optimizer {
+  readonly model: Model;
+  lr: number;
+  weightDecay: number;
+  schedule: Schedule;
+  maxGradNorm: number;
+  private handle: Handle | null = null;
+  private steps = 0;
+  private pendingState: { file: string; step: number } | null = null;
+  protected readonly noDecay: (name: string, shape: number[]) => boolean;
+
+  constructor(model: Model, options: OptimizerOptions, defaults: { lr: number; weightDecay: number }) {
+    this.model = model;
+    this.lr = options.lr ?? defaults.lr;
+    this.weightDecay = options.weightDecay ?? defaults.weightDecay;
+    if (!(this.lr >= 0) || !Number.isFinite(this.lr)) throw new TunekitError('E_ARG', `lr must be a finite number >= 0, got ${options.lr}`);
+    if (!(this.weightDecay >= 0)) throw new TunekitError('E_ARG', `weightDecay must be >= 0, got ${options.weightDecay}`);
+    this.schedule = options.schedule ?? { type: 'constant' };
+    this.maxGradNorm = options.maxGradNorm ?? 0;
+    this.noDecay = options.noDecay ?? ((_, shape) => shape.length < 2);
+  }
+
+  protected abstract spec(noDecay: string[]): RawOptimizerSpec;
+
+  /** Created at the first step, so it covers the parameters trainable by then (after a strategy froze the rest). */
+  private async native(): Promise<Handle> {
+    if (!this.handle) {
+      const names = this.model.parameters().filter((p) => p.trainable && this.noDecay(p.name, p.shape)).map((p) => p.name);
+      const h = await serial(() => addon.createOptimizer(this.model.nativeHandle, this.spec(names)));
+      if (this.pendingState) {
+        const { file, step } = this.pendingState;
+        const entries = [...readHeader(file).tensors].map(([n, t]) => entry(n, t));
+        await serial(() => addon.optimizerLoad(h, file, entries, step));
+        this.pendingState = null;
+      }
+      this.handle = h;
+    }
+    return this.handle;
+  }
+
+  get stepCount(): number { return this.steps; }
+  currentLr(): number { return this.lr * scheduleFactor(this.schedule, this.steps); }
+
+  /** Clips, applies one update and advances the schedule. A non-finite gradient is refused (E_NAN), weights untouched. */
+  async step(): Promise<StepResult> {
+    const h = await this.native();
+    const lr = this.currentLr();
+    const gradNorm = await serial(() => addon.optimizerStep(h, lr, this.maxGradNorm));
+    this.steps++;
+    return { gradNorm, lr, step: this.steps };
+  }
+
+  async zeroGrad(): Promise<void> { await this.model.zeroGrad(); }
+
+  /** Writes the optimizer's moment buffers as safetensors (atomically); the step count goes in the caller's state. */
+  async save(file: string): Promise<void> {
+    const h = await this.native();
+    await atomicWrite(file, (tmp) => serial(() => addon.optimizerSave(h, tmp)));
+  }
+
+  /** Restores state written by save(); `step` is the number of steps taken when it was saved. */
+  async load(file: string, step: number): Promise<void> {
+    if (!fs.existsSync(file)) throw new TunekitError('E_FILE', `${file} does not exist`);
+    readHeader(file);
+    this.pendingState = { file, step };
+    if (this.handle) sync(() => addon.dispose(this.handle!));
+    this.handle = null;
+    await this.native();
+    this.steps = step;
+  }
+}
+
+export interface AdamWOptions extends OptimizerOptions { betas?: [number, number]; eps?: number }
+
+/** AdamW with decoupled weight decay, step for step as torch.optim.AdamW. */
+export class AdamW extends Optimizer {
+  readonly betas: [number, number];
+  readonly eps: number;
+  constructor(model: Model, options: AdamWOptions = {}) {
+    super(model, options, { lr: 1e-3, weightDecay: 0.01 });
+    this.betas = options.betas ?? [0.9, 0.999];
+    this.eps = options.eps ?? 1e-8;
+  }
+  protected spec(noDecay: string[]): RawOptimizerSpec {
+    return { kind: 'adamw', beta1: this.betas[0], beta2: this.betas[1], eps: this.eps, weightDecay: this.weightDecay, momentum: 0, dampening: 0, nesterov: false, noDecay };
+  }
+}
+
+export interface SGDOptions extends OptimizerOptions { momentum?: number; dampening?: number; nesterov?: boolean }
+
+/** SGD with momentum and L2 weight decay, as torch.optim.SGD. */
+export class SGD extends Optimizer {
+  readonly momentum: number;
+  readonly dampening: number;
+  readonly nesterov: boolean;
+  constructor(model: Model, options: SGDOptions = {}) {
+    super(model, options, { lr: 1e-2, weightDecay: 0 });
+    this.momentum = options.momentum ?? 0;
+    this.dampening = options.dampening ?? 0;
+    this.nesterov = options.nesterov ?? false;
+  }
+  protected spec(noDecay: string[]): RawOptimizerSpec {
+    return { kind: 'sgd', beta1: 0, beta2: 0, eps: 0, weightDecay: this.weightDecay, momentum: this.momentum, dampening: this.dampening, nesterov: this.nesterov, noDecay };
+  }
+}
+
+export type { Optimizer };

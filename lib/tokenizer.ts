@@ -1,0 +1,77 @@
+/** tokenizer.json (Hugging Face tokenizers format) through @huggingface/tokenizers, with batching and padding. */
+import fs from 'node:fs';
+import path from 'node:path';
+import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
+import { padRows } from './batch';
+import { TunekitError } from './errors';
+
+export interface EncodeBatchOptions {
+  addSpecialTokens?: boolean;
+  /** 'longest' pads to the longest row; a number pads (and truncates) every row to that length. */
+  padding?: false | 'longest' | number;
+  truncation?: boolean;
+  maxLength?: number;
+  paddingSide?: 'left' | 'right';
+}
+
+export class Tokenizer {
+  private readonly tok: HFTokenizer;
+  readonly padTokenId: number | undefined;
+  readonly eosTokenId: number | undefined;
+  readonly vocabSize: number;
+
+  private constructor(tok: HFTokenizer, config: Record<string, unknown>) {
+    this.tok = tok;
+    const idOf = (v: unknown) => {
+      const s = typeof v === 'string' ? v : (v as { content?: string } | undefined)?.content;
+      return s === undefined ? undefined : tok.token_to_id(s);
+    };
+    this.padTokenId = idOf(config.pad_token);
+    this.eosTokenId = idOf(config.eos_token);
+    this.vocabSize = tok.get_vocab(true).size;
+  }
+
+  static async fromPretrained(dir: string): Promise<Tokenizer> {
+    const file = path.join(dir, 'tokenizer.json');
+    if (!fs.existsSync(file)) throw new TunekitError('E_FILE', `${file} does not exist`);
+    const read = (f: string) => {
+      try {
+        return JSON.parse(fs.readFileSync(f, 'utf8'));
+      } catch (e) {
+        throw new TunekitError('E_FORMAT', `${f}: ${(e as Error).message}`);
+      }
+    };
+    const json = read(file);
+    const cfgFile = path.join(dir, 'tokenizer_config.json');
+    const config = fs.existsSync(cfgFile) ? read(cfgFile) : {};
+    try {
+      return new Tokenizer(new HFTokenizer(json, config), config);
+    } catch (e) {
+      throw new TunekitError('E_FORMAT', `${file}: not a tokenizer this library can read (${(e as Error).message})`);
+    }
+  }
+
+  encode(text: string, options: { addSpecialTokens?: boolean } = {}): number[] {
+    if (typeof text !== 'string') throw new TunekitError('E_TYPE', 'text must be a string');
+    return this.tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
+  }
+
+  decode(ids: number[], options: { skipSpecialTokens?: boolean } = {}): string {
+    return this.tok.decode(ids, { skip_special_tokens: options.skipSpecialTokens ?? false });
+  }
+
+  /** Encodes several texts into one padded batch with its attention mask. */
+  encodeBatch(texts: string[], options: EncodeBatchOptions = {}): { inputIds: number[][]; attentionMask: number[][] } {
+    if (!Array.isArray(texts)) throw new TunekitError('E_TYPE', 'texts must be an array of strings');
+    let rows = texts.map((t) => this.encode(t, { addSpecialTokens: options.addSpecialTokens }));
+    const fixed = typeof options.padding === 'number' ? options.padding : undefined;
+    const max = fixed ?? options.maxLength;
+    if ((options.truncation ?? true) && max !== undefined) rows = rows.map((r) => r.slice(0, max));
+    if (options.padding === false) return { inputIds: rows, attentionMask: rows.map((r) => r.map(() => 1)) };
+    if (this.padTokenId === undefined && rows.some((r) => r.length !== (fixed ?? rows[0].length))) {
+      throw new TunekitError('E_CONFIG', 'tokenizer has no pad_token; cannot pad a batch of different lengths');
+    }
+    const padded = padRows(rows, this.padTokenId ?? 0, options.paddingSide ?? 'right', fixed);
+    return { inputIds: padded.inputIds, attentionMask: padded.attentionMask };
+  }
+}

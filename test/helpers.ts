@@ -1,0 +1,57 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export const ROOT = path.resolve(__dirname, '..');
+export const CACHE = path.join(ROOT, 'test', '.cache');
+export const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
+/** Parity tests run on this device; set TUNEKIT_TEST_DEVICE=cuda on a GPU machine. */
+export const DEVICE = (process.env.TUNEKIT_TEST_DEVICE ?? 'cpu') as 'cpu' | 'cuda';
+
+export function modelDir(name: string): string {
+  const dir = path.join(CACHE, 'models', name);
+  if (!fs.existsSync(dir)) throw new Error(`${dir} is missing: run .venv/bin/python test/reference/make_reference.py`);
+  return dir;
+}
+
+export function reference<T = any>(name: string): T {
+  return JSON.parse(fs.readFileSync(path.join(CACHE, 'ref', `${name}.json`), 'utf8'));
+}
+
+/** Largest absolute difference over the largest reference magnitude: one number per tensor, robust to near-zero entries. */
+export function relError(got: ArrayLike<number>, want: ArrayLike<number>, keep?: (i: number) => boolean): number {
+  if (got.length !== want.length) throw new Error(`length ${got.length} != ${want.length}`);
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < want.length; i++) {
+    if (keep && !keep(i)) continue;
+    diff = Math.max(diff, Math.abs(got[i] - want[i]));
+    scale = Math.max(scale, Math.abs(want[i]));
+  }
+  if (!(scale > 0)) throw new Error('reference is all zero: the comparison would prove nothing');
+  return diff / scale;
+}
+
+export function tmpDir(prefix: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `tunekit-${prefix}-`));
+}
+
+/** Runs a reference script in .venv and returns its JSON output. */
+export function python(script: string, args: string[]): any {
+  const out = execFileSync(PYTHON, [path.join(ROOT, 'test', 'reference', script), ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  return JSON.parse(out.trim().split('\n').pop()!);
+}
+
+export const INPUT_IDS = [
+  [5, 17, 33, 2, 90, 41, 7],
+  [11, 3, 64, 29, 8, 0, 0],
+  [0, 0, 0, 44, 12, 70, 9],
+];
+export const ATTENTION_MASK = [
+  [1, 1, 1, 1, 1, 1, 1],
+  [1, 1, 1, 1, 1, 0, 0],
+  [0, 0, 0, 1, 1, 1, 1],
+];
+export const CLASS_LABELS = [0, 1, 1];
+export const LM_LABELS = INPUT_IDS.map((r, i) => r.map((t, j) => (ATTENTION_MASK[i][j] ? t : -100)));

@@ -1,0 +1,66 @@
+"""Shared pieces of the reference scripts: tiny configs of each family and the batches the tests use."""
+import json
+import os
+
+import torch
+
+CACHE = os.path.join(os.path.dirname(__file__), "..", ".cache")
+
+VOCAB = 96
+PAD = 0
+
+# Three rows of length 7: no padding, right padding and left padding (mask 0 where padded).
+INPUT_IDS = [
+    [5, 17, 33, 2, 90, 41, 7],
+    [11, 3, 64, 29, 8, PAD, PAD],
+    [PAD, PAD, PAD, 44, 12, 70, 9],
+]
+ATTENTION_MASK = [
+    [1, 1, 1, 1, 1, 1, 1],
+    [1, 1, 1, 1, 1, 0, 0],
+    [0, 0, 0, 1, 1, 1, 1],
+]
+CLASS_LABELS = [0, 1, 1]
+
+
+def lm_labels():
+    return [[t if m else -100 for t, m in zip(r, mr)] for r, mr in zip(INPUT_IDS, ATTENTION_MASK)]
+
+
+def configs():
+    from transformers import DistilBertConfig, GPT2Config, LlamaConfig
+
+    gpt2 = GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=4, pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
+                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    llama = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                        rope_parameters={"rope_type": "default", "rope_theta": 5000.0}, rms_norm_eps=1e-6,
+                        pad_token_id=PAD, tie_word_embeddings=False)
+    llama_tied = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                             pad_token_id=PAD, tie_word_embeddings=True)
+    distilbert = DistilBertConfig(vocab_size=VOCAB, max_position_embeddings=32, dim=32, hidden_dim=64, n_layers=2,
+                                  n_heads=4, pad_token_id=PAD, dropout=0.0, attention_dropout=0.0,
+                                  seq_classif_dropout=0.0)
+    return {"gpt2": gpt2, "llama": llama, "llama_tied": llama_tied, "distilbert": distilbert}
+
+
+def randomise(model, seed):
+    """Re-draw every weight so that norms, biases and embeddings all differ from their defaults."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * 0.2
+            p.copy_(1.0 + noise if p.dim() == 1 and "weight" in name and "norm" in name.lower() or name.endswith("ln_1.weight")
+                    or name.endswith("ln_2.weight") or name.endswith("ln_f.weight") else noise)
+
+
+def write_json(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f)
+    os.replace(path + ".tmp", path)
+
+
+def flat(t):
+    return t.detach().to(torch.float32).reshape(-1).tolist()

@@ -1,0 +1,120 @@
+"""Builds random tiny models of every family and task with transformers, saves them, and records reference
+outputs for the parity tests (test/parity.test.ts). Run by `npm test` (pretest) with .venv/bin/python."""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import ATTENTION_MASK, CACHE, CLASS_LABELS, INPUT_IDS, configs, flat, lm_labels, randomise, write_json  # noqa
+
+import transformers  # noqa: E402
+from transformers import (AutoModel, DistilBertForMaskedLM, DistilBertForSequenceClassification,  # noqa: E402
+                          DistilBertModel, GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2Model,
+                          LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel)
+from transformers.optimization import get_linear_schedule_with_warmup  # noqa: E402
+
+# name -> (class, config key, task, save options)
+CASES = {
+    "gpt2-causal-lm": (GPT2LMHeadModel, "gpt2", "causal-lm", {}),
+    "gpt2-seq-cls": (GPT2ForSequenceClassification, "gpt2", "sequence-classification", {}),
+    "gpt2-base": (GPT2Model, "gpt2", "feature-extraction", {}),
+    "llama-causal-lm": (LlamaForCausalLM, "llama", "causal-lm", {"max_shard_size": "40KB"}),
+    "llama-tied-causal-lm": (LlamaForCausalLM, "llama_tied", "causal-lm", {}),
+    "llama-seq-cls": (LlamaForSequenceClassification, "llama", "sequence-classification", {}),
+    "llama-base": (LlamaModel, "llama", "feature-extraction", {}),
+    "distilbert-seq-cls": (DistilBertForSequenceClassification, "distilbert", "sequence-classification", {}),
+    "distilbert-base": (DistilBertModel, "distilbert", "feature-extraction", {}),
+    "distilbert-masked-lm": (DistilBertForMaskedLM, "distilbert", "masked-lm", {}),
+    "gpt2-causal-lm-f16": (GPT2LMHeadModel, "gpt2", "causal-lm", {"dtype": torch.float16}),
+    "llama-causal-lm-bf16": (LlamaForCausalLM, "llama", "causal-lm", {"dtype": torch.bfloat16}),
+}
+
+
+def outputs(model, task, ids, mask, rows):
+    """What tunekit is compared against: logits and loss, or the last hidden state for a base model."""
+    out = {}
+    with torch.no_grad():
+        if task == "feature-extraction":
+            h = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            out["last_hidden_state"] = flat(h)
+            out["shape"] = list(h.shape)
+            return out
+        labels = torch.tensor(CLASS_LABELS) if task == "sequence-classification" else torch.tensor(lm_labels())
+        labels = labels[:rows]
+        r = model(input_ids=ids, attention_mask=mask, labels=labels)
+        out["logits"] = flat(r.logits)
+        out["shape"] = list(r.logits.shape)
+        out["loss"] = r.loss.item()
+    return out
+
+
+def build(name):
+    cls, key, task, opts = CASES[name]
+    config = configs()[key]
+    if task == "sequence-classification":
+        config.num_labels = 2
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    randomise(model, seed=len(name))
+    folder = os.path.join(CACHE, "models", name)
+    dtype = opts.get("dtype")
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(folder, **({"max_shard_size": opts["max_shard_size"]} if "max_shard_size" in opts else {}))
+    # The reference is what transformers computes in float32 from the saved folder (weights rounded to f16/bf16 on disk).
+    model = cls.from_pretrained(folder, dtype=torch.float32).eval()
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(ATTENTION_MASK)
+    ref = {"task": task, "padded": outputs(model, task, ids, mask, 3),
+           "unpadded": outputs(model, task, ids[:1], mask[:1], 1)}
+    write_json(os.path.join(CACHE, "ref", name + ".json"), ref)
+
+
+def adamw_steps():
+    """Three AdamW steps with weight decay, clipping and linear warmup, as torch.optim + transformers do them."""
+    config = configs()["gpt2"]
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config)
+    randomise(model, seed=7)
+    folder = os.path.join(CACHE, "models", "gpt2-adamw")
+    model.save_pretrained(folder)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=10)
+    ids, mask, labels = torch.tensor(INPUT_IDS), torch.tensor(ATTENTION_MASK), torch.tensor(lm_labels())
+    losses, norms, lrs = [], [], []
+    for _ in range(3):
+        lrs.append(opt.param_groups[0]["lr"])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item())
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    params = {n: flat(p) for n, p in model.named_parameters()}
+    write_json(os.path.join(CACHE, "ref", "gpt2-adamw.json"),
+               {"losses": losses, "grad_norms": norms, "lrs": lrs, "params": params})
+
+
+def main():
+    names = sys.argv[1:] or list(CASES)
+    stamp = os.path.join(CACHE, "ref", "STAMP")
+    version = f"{transformers.__version__} {torch.__version__} {os.path.getmtime(__file__)} {os.path.getmtime(os.path.join(os.path.dirname(__file__), 'common.py'))}"
+    if not sys.argv[1:] and os.path.exists(stamp) and open(stamp).read() == version:
+        print("reference outputs are up to date")
+        return
+    for name in names:
+        build(name)
+    adamw_steps()
+    write_json(stamp + ".json", {"version": version})
+    with open(stamp, "w") as f:
+        f.write(version)
+    print(f"wrote reference outputs for {len(names)} models to {os.path.relpath(os.path.join(CACHE, 'ref'))}")
+
+
+if __name__ == "__main__":
+    main()
