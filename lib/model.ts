@@ -147,8 +147,10 @@ export class Model {
     const names = this.params
       .filter((p) => which === 'all' || which.some((w) => (typeof w === 'string' ? w === p.name : w.test(p.name))))
       .map((p) => p.name);
-    await serial(() => addon.setTrainable(this.h, names, trainable));
-    this.params = await serial(() => addon.parameters(this.h));
+    await serial(async () => {
+      await addon.setTrainable(this.h, names, trainable);
+      this.params = await addon.parameters(this.h);
+    });
   }
 
   /** Dropout on (train) or off (eval); models load in eval mode, as in transformers. */

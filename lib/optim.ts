@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import { TunekitError } from './errors';
 import type { Model } from './model';
-import { Handle, RawOptimizerSpec, addon, serial, sync } from './native';
+import { Handle, RawOptimizerSpec, addon, serial } from './native';
 import { atomicWrite, entry, readHeader } from './safetensors';
 
 export type ScheduleType = 'constant' | 'linear' | 'cosine';
@@ -65,15 +65,18 @@ abstract class Optimizer {
 
   protected abstract spec(noDecay: string[]): RawOptimizerSpec;
 
-  /** Created at the first step, so it covers the parameters trainable by then (after a strategy froze the rest). */
+  /**
+   * Created at the first step, so it covers the parameters trainable by then (after a strategy froze the rest).
+   * Called only from inside a `serial` job, so it uses the addon directly.
+   */
   private async native(): Promise<Handle> {
     if (!this.handle) {
       const names = this.model.parameters().filter((p) => p.trainable && this.noDecay(p.name, p.shape)).map((p) => p.name);
-      const h = await serial(() => addon.createOptimizer(this.model.nativeHandle, this.spec(names)));
+      const h = await addon.createOptimizer(this.model.nativeHandle, this.spec(names));
       if (this.pendingState) {
         const { file, step } = this.pendingState;
         const entries = [...readHeader(file).tensors].map(([n, t]) => entry(n, t));
-        await serial(() => addon.optimizerLoad(h, file, entries, step));
+        await addon.optimizerLoad(h, file, entries, step);
         this.pendingState = null;
       }
       this.handle = h;
@@ -85,31 +88,35 @@ abstract class Optimizer {
   currentLr(): number { return this.lr * scheduleFactor(this.schedule, this.steps); }
 
   /** Clips, applies one update and advances the schedule. A non-finite gradient is refused (E_NAN), weights untouched. */
-  async step(): Promise<StepResult> {
-    const h = await this.native();
-    const lr = this.currentLr();
-    const gradNorm = await serial(() => addon.optimizerStep(h, lr, this.maxGradNorm));
-    this.steps++;
-    return { gradNorm, lr, step: this.steps };
+  step(): Promise<StepResult> {
+    // One queued job, so steps a caller did not await still run in call order between their backward calls.
+    return serial(async () => {
+      const h = await this.native();
+      const lr = this.currentLr();
+      const gradNorm = await addon.optimizerStep(h, lr, this.maxGradNorm);
+      this.steps++;
+      return { gradNorm, lr, step: this.steps };
+    });
   }
 
   async zeroGrad(): Promise<void> { await this.model.zeroGrad(); }
 
   /** Writes the optimizer's moment buffers as safetensors (atomically); the step count goes in the caller's state. */
   async save(file: string): Promise<void> {
-    const h = await this.native();
-    await atomicWrite(file, (tmp) => serial(() => addon.optimizerSave(h, tmp)));
+    await atomicWrite(file, (tmp) => serial(async () => addon.optimizerSave(await this.native(), tmp)));
   }
 
   /** Restores state written by save(); `step` is the number of steps taken when it was saved. */
   async load(file: string, step: number): Promise<void> {
     if (!fs.existsSync(file)) throw new TunekitError('E_FILE', `${file} does not exist`);
     readHeader(file);
-    this.pendingState = { file, step };
-    if (this.handle) sync(() => addon.dispose(this.handle!));
-    this.handle = null;
-    await this.native();
-    this.steps = step;
+    await serial(async () => {
+      this.pendingState = { file, step };
+      if (this.handle) addon.dispose(this.handle);
+      this.handle = null;
+      await this.native();
+      this.steps = step;
+    });
   }
 }
 

@@ -2,6 +2,8 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { Model } from '../lib';
+import { readHeader } from '../lib/safetensors';
 
 export const ROOT = path.resolve(__dirname, '..');
 export const CACHE = path.join(ROOT, 'test', '.cache');
@@ -55,3 +57,17 @@ export const ATTENTION_MASK = [
 ];
 export const CLASS_LABELS = [0, 1, 1];
 export const LM_LABELS = INPUT_IDS.map((r, i) => r.map((t, j) => (ATTENTION_MASK[i][j] ? t : -100)));
+
+/** Reads every parameter back through savePretrained, the public way out of the core. */
+export async function savedParams(model: Model): Promise<Map<string, Float32Array>> {
+  const dir = tmpDir('params');
+  await model.savePretrained(dir);
+  const file = path.join(dir, 'model.safetensors');
+  const buf = fs.readFileSync(file);
+  const out = new Map<string, Float32Array>();
+  for (const [name, e] of readHeader(file).tensors) {
+    out.set(name, new Float32Array(buf.buffer.slice(buf.byteOffset + e.begin, buf.byteOffset + e.end)));
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+  return out;
+}

@@ -254,7 +254,8 @@ double backward(Model& m, const Batch& b, double loss_scale) {
   auto loss = loss_of(m, m.run(t.ids, t.mask), t.labels);
   double value = loss.item<double>();
   // Refuse before autograd runs: a non-finite loss would poison every accumulated gradient.
-  require(std::isfinite(value), "E_NAN", "loss is " + std::to_string(value) + "; no gradient was accumulated");
+  require(std::isfinite(value), "E_NAN",
+          std::string("loss is ") + (std::isnan(value) ? "NaN" : "infinite") + "; no gradient was accumulated");
   (loss * loss_scale).backward();
   return value;
 }

@@ -100,6 +100,37 @@ def adamw_steps():
                {"losses": losses, "grad_norms": norms, "lrs": lrs, "params": params})
 
 
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello, world! Tokenizers split words into pieces.",
+         "A tiny model learns from tiny data.", "Padding goes on the right, or on the left."]
+
+
+def tokenizers_reference():
+    """A byte-level BPE (GPT-2 style) and a WordPiece (BERT style) tokenizer trained on a few sentences, with the ids
+    the Rust tokenizers library gives for each text."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = TEXTS * 20 + ["the of and to in is was for on that with as by at from"] * 10
+    out = {}
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wp.decoder = decoders.WordPiece()
+    wp.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    wp.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    for name, tok, special in [("tokenizer-bpe", bpe, {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}),
+                               ("tokenizer-wordpiece", wp, {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"})]:
+        folder = os.path.join(CACHE, "models", name)
+        PreTrainedTokenizerFast(tokenizer_object=tok, **special).save_pretrained(folder)
+        out[name] = {"texts": TEXTS, "ids": [tok.encode(t).ids for t in TEXTS], "decoded": [tok.decode(tok.encode(t).ids) for t in TEXTS]}
+    write_json(os.path.join(CACHE, "ref", "tokenizers.json"), out)
+
+
 def main():
     names = sys.argv[1:] or list(CASES)
     stamp = os.path.join(CACHE, "ref", "STAMP")
@@ -110,6 +141,7 @@ def main():
     for name in names:
         build(name)
     adamw_steps()
+    tokenizers_reference()
     write_json(stamp + ".json", {"version": version})
     with open(stamp, "w") as f:
         f.write(version)

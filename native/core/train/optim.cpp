@@ -49,7 +49,9 @@ static double clip(Optimizer& o, double max_norm) {
   for (auto& g : grads) norms.push_back(torch::linalg_vector_norm(g, 2, {}, false, torch::kFloat32));
   auto total = torch::linalg_vector_norm(torch::stack(norms), 2);
   double value = total.item<double>();
-  if (!std::isfinite(value)) throw Error("E_NAN", "gradient norm is " + std::to_string(value) + "; the step was refused and the weights are unchanged");
+  if (!std::isfinite(value))
+    throw Error("E_NAN", std::string("gradient norm is ") + (std::isnan(value) ? "NaN" : "infinite") +
+                             "; the step was refused and the weights are unchanged");
   if (max_norm > 0) {
     auto coef = torch::clamp(max_norm / (total + 1e-6), c10::nullopt, 1.0);
     for (auto& g : grads) g.mul_(coef.to(g.scalar_type()));
