@@ -23,13 +23,26 @@ test('3 AdamW steps leave the same parameters as torch.optim.AdamW', async (t) =
   for (const [name, want] of Object.entries(ref.params as Record<string, number[]>)) {
     const got = saved.get(name);
     t.truthy(got, `missing ${name}`);
-    // The key bias (middle third of c_attn.bias) has an exactly-zero true gradient (softmax ignores a constant shift
-    // of the scores), so what both sides compute there is rounding noise that Adam normalises to full-size steps.
-    // It is compared everywhere else, and there only bounded by the step sizes.
-    const keyBias = name.endsWith('attn.c_attn.bias') ? [32, 64] : undefined;
-    const e = relError(got!, want, keyBias ? (i) => i < keyBias[0] || i >= keyBias[1] : undefined);
-    if (keyBias) t.true(got!.slice(keyBias[0], keyBias[1]).every((v, i) => Math.abs(v - want[keyBias[0] + i]) <= 2 * 3 * 1e-2));
-    if (e > 1e-5) t.log(`${name}: ${e.toExponential(2)}`);
+    // The key projection (middle third of c_attn's outputs) has gradient directions that are exactly zero in exact
+    // arithmetic (softmax ignores a shift of all scores by a constant: the key bias, and the LayerNorm-bias part of
+    // the key weight). There both sides compute rounding noise, which Adam normalises into step-sized updates. Those
+    // columns are held to an L2 bound; every other entry to the strict elementwise bound.
+    const cols = name.endsWith('attn.c_attn.weight') ? 96 : name.endsWith('attn.c_attn.bias') ? 96 : 0;
+    const isKey = (i: number) => cols > 0 && i % cols >= 32 && i % cols < 64;
+    const e = relError(got!, want, (i) => !isKey(i));
+    if (cols) {
+      let diff = 0;
+      let norm = 0;
+      want.forEach((w, i) => {
+        if (isKey(i)) {
+          diff += (got![i] - w) ** 2;
+          norm += w * w;
+        }
+      });
+      const keyErr = Math.sqrt(diff / norm);
+      t.true(keyErr < (name.endsWith('bias') ? 0.1 : 1e-4), `${name} key columns: L2 relative error ${keyErr}`);
+    }
+    if (e > 1e-6) t.log(`${name}: ${e.toExponential(2)}`);
     worst = Math.max(worst, e);
   }
   t.log(`worst parameter relative error after 3 steps: ${worst.toExponential(2)}`);

@@ -42,6 +42,7 @@ torch::Tensor Model::dropout(const torch::Tensor& x, double p) const {
 }
 
 torch::Tensor activation(const std::string& name, const torch::Tensor& x) {
+  // transformers' gelu_new is the same tanh approximation written out in Python; the fused kernel agrees to rounding.
   if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") return torch::gelu(x, "tanh");
   if (name == "gelu") return torch::gelu(x);
   if (name == "relu") return torch::relu(x);
