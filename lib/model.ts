@@ -94,6 +94,22 @@ export class Model {
     if (missing.length) throw new TunekitError('E_FORMAT', `${dir}: checkpoint lacks ${missing.join(', ')}`);
   }
 
+  /**
+   * A model with fresh weights from a Hugging Face config (normal(0, 0.02) matrices, unit norms, zero biases),
+   * seeded by `options.seed`: the starting point for pretraining.
+   */
+  static async fromConfig(config: HFConfig, options: FromPretrainedOptions = {}): Promise<Model> {
+    const type = modelType(config, 'config');
+    const task = options.task ?? defaultTask(type, config);
+    if (!ARCHITECTURES[type][task]) throw new TunekitError('E_CONFIG', `${type} does not support task '${task}'`);
+    const spec = toSpec(type, task, config, {
+      numLabels: options.numLabels ?? numLabelsOf(config), device: options.device ?? 'cpu', dtype: options.dtype ?? 'float32',
+      initSeed: options.seed ?? 0,
+    });
+    const handle = await serial(() => addon.createModel(spec));
+    return new Model(handle, spec, { ...config }, await serial(() => addon.parameters(handle)));
+  }
+
   /** Maps checkpoint names to ours as transformers does: with or without the backbone's prefix. Returns the head
    * parameters the checkpoint lacks; a missing backbone tensor is an error. */
   private async loadFrom(headers: ReturnType<typeof readCheckpoint>, dir: string): Promise<string[]> {
