@@ -58,7 +58,7 @@ std::vector<ParamInfo> parameters(Model& m) {
 
 void set_trainable(Model& m, const std::vector<std::string>& names, bool trainable) {
   for (const auto& n : names) {
-    auto& t = const_cast<torch::Tensor&>(m.P(n));
+    auto t = m.P(n);  // a handle onto the same storage and autograd metadata
     t.set_requires_grad(trainable);
     // A frozen parameter keeps no gradient, so it costs no memory and the optimizer skips it.
     if (!trainable) t.mutable_grad() = torch::Tensor();
@@ -130,7 +130,7 @@ void load_safetensors(Model& m, const std::string& path, const std::vector<Tenso
                 " but config.json implies " + shape_str(p.sizes()));
   }
   torch::NoGradGuard no_grad;
-  for (size_t i = 0; i < entries.size(); i++) const_cast<torch::Tensor&>(m.P(entries[i].name)).copy_(tensors[i]);
+  for (size_t i = 0; i < entries.size(); i++) m.P(entries[i].name).detach().copy_(tensors[i]);
 }
 
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
@@ -180,7 +180,7 @@ static Tensors to_tensors(const Model& m, const Batch& b) {
   int64_t V = m.spec.vocab_size;
   for (auto id : b.input_ids)
     require(id >= 0 && id < V, "E_RANGE", "token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
-  if (m.spec.family != "llama" && m.spec.family != "") {
+  if (m.spec.family != "llama") {  // llama's rotary positions have no table to run off
     require(b.seq <= m.spec.max_positions, "E_RANGE",
             "sequence length " + std::to_string(b.seq) + " exceeds max_position_embeddings " + std::to_string(m.spec.max_positions));
   }
