@@ -65,17 +65,8 @@ export class Model {
 
   static async fromPretrained(dir: string, options: FromPretrainedOptions = {}): Promise<Model> {
     const config = readConfig(dir);
-    const type = modelType(config, path.join(dir, 'config.json'));
-    const task = options.task ?? defaultTask(type, config);
-    if (!ARCHITECTURES[type][task]) throw new TunekitError('E_CONFIG', `${type} does not support task '${task}'`);
-    const device = options.device ?? 'cpu';
-    if (device !== 'cpu' && device !== 'cuda') throw new TunekitError('E_ARG', `device must be 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
-    const dtype = options.dtype ?? 'float32';
-    if (dtype !== 'float32' && dtype !== 'bfloat16') throw new TunekitError('E_ARG', `dtype must be 'float32' or 'bfloat16', got ${JSON.stringify(dtype)}`);
-    const numLabels = options.numLabels ?? numLabelsOf(config);
-    if (!Number.isInteger(numLabels) || numLabels < 1) throw new TunekitError('E_ARG', `numLabels must be a positive integer, got ${numLabels}`);
+    const spec = resolveSpec(config, options, path.join(dir, 'config.json'));
     const headers = readCheckpoint(dir);
-    const spec = toSpec(type, task, config, { numLabels, device, dtype, initSeed: options.seed ?? 0 });
     const handle = await serial(() => addon.createModel(spec));
     const model = new Model(handle, spec, config, []);
     try {
@@ -99,13 +90,7 @@ export class Model {
    * seeded by `options.seed`: the starting point for pretraining.
    */
   static async fromConfig(config: HFConfig, options: FromPretrainedOptions = {}): Promise<Model> {
-    const type = modelType(config, 'config');
-    const task = options.task ?? defaultTask(type, config);
-    if (!ARCHITECTURES[type][task]) throw new TunekitError('E_CONFIG', `${type} does not support task '${task}'`);
-    const spec = toSpec(type, task, config, {
-      numLabels: options.numLabels ?? numLabelsOf(config), device: options.device ?? 'cpu', dtype: options.dtype ?? 'float32',
-      initSeed: options.seed ?? 0,
-    });
+    const spec = resolveSpec(config, options, 'config');
     const handle = await serial(() => addon.createModel(spec));
     return new Model(handle, spec, { ...config }, await serial(() => addon.parameters(handle)));
   }
@@ -226,6 +211,20 @@ export class Model {
     if (this.handle) sync(() => addon.dispose(this.handle!));
     this.handle = null;
   }
+}
+
+/** Checks the options against the config and builds the core's spec. */
+function resolveSpec(config: HFConfig, options: FromPretrainedOptions, where: string): RawSpec {
+  const type = modelType(config, where);
+  const task = options.task ?? defaultTask(type, config);
+  if (!ARCHITECTURES[type][task]) throw new TunekitError('E_CONFIG', `${type} does not support task '${task}'`);
+  const device = options.device ?? 'cpu';
+  if (device !== 'cpu' && device !== 'cuda') throw new TunekitError('E_ARG', `device must be 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
+  const dtype = options.dtype ?? 'float32';
+  if (dtype !== 'float32' && dtype !== 'bfloat16') throw new TunekitError('E_ARG', `dtype must be 'float32' or 'bfloat16', got ${JSON.stringify(dtype)}`);
+  const numLabels = options.numLabels ?? numLabelsOf(config);
+  if (!Number.isInteger(numLabels) || numLabels < 1) throw new TunekitError('E_ARG', `numLabels must be a positive integer, got ${numLabels}`);
+  return toSpec(type, task, config, { numLabels, device, dtype, initSeed: options.seed ?? 0 });
 }
 
 function readConfig(dir: string): HFConfig {
