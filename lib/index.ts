@@ -7,7 +7,7 @@ export { Tokenizer } from './tokenizer';
 export type { EncodeBatchOptions } from './tokenizer';
 export { AdamW, SGD, scheduleFactor } from './optim';
 export type { Optimizer, OptimizerOptions, AdamWOptions, SGDOptions, Schedule, ScheduleType, StepResult } from './optim';
-export { Trainer } from './trainer';
+export { Trainer, evaluateModel, collateExamples } from './trainer';
 export type { Example, Progress, TrainerOptions, TrainResult, EvalResult } from './trainer';
 export type { BatchInput } from './batch';
 export type { FloatArray } from './native';
@@ -17,3 +17,7 @@ import { addon } from './native';
 export function cudaAvailable(): boolean {
   return addon.cudaAvailable();
 }
+export { Dataset, BUILTINS, builtinSplits, loadSplits } from './data';
+export type { DatasetKind, FieldMap, ReadOptions, Row, Splits } from './data';
+export { FinetuneAll, FinetuneHead } from './strategies';
+export type { FinetuneHeadOptions, StrategyData, StrategyResult, TrainOptions } from './strategies';

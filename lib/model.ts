@@ -17,6 +17,8 @@ export interface FromPretrainedOptions {
   dtype?: DType;
   /** Seeds the initialisation of weights the checkpoint lacks (e.g. a new classification head). */
   seed?: number;
+  /** Class names of a classification head, saved as config.json's id2label (default: the config's, or LABEL_i). */
+  labelNames?: string[];
 }
 
 export interface ForwardOutput {
@@ -51,6 +53,7 @@ export class Model {
   private handle: Handle | null;
   private params: RawParam[];
   private spec: RawSpec;
+  private givenLabels?: string[];
 
   private constructor(handle: Handle, spec: RawSpec, config: HFConfig, params: RawParam[]) {
     this.handle = handle;
@@ -69,6 +72,7 @@ export class Model {
     const headers = readCheckpoint(dir);
     const handle = await serial(() => addon.createModel(spec));
     const model = new Model(handle, spec, config, []);
+    model.givenLabels = options.labelNames;
     try {
       model.params = await serial(() => addon.parameters(handle));
       model.newlyInitialized.push(...await model.loadFrom(headers, dir));
@@ -92,7 +96,9 @@ export class Model {
   static async fromConfig(config: HFConfig, options: FromPretrainedOptions = {}): Promise<Model> {
     const spec = resolveSpec(config, options, 'config');
     const handle = await serial(() => addon.createModel(spec));
-    return new Model(handle, spec, { ...config }, await serial(() => addon.parameters(handle)));
+    const model = new Model(handle, spec, { ...config }, await serial(() => addon.parameters(handle)));
+    model.givenLabels = options.labelNames;
+    return model;
   }
 
   /** Maps checkpoint names to ours as transformers does: with or without the backbone's prefix. Returns the head
@@ -131,6 +137,14 @@ export class Model {
 
   get vocabSize(): number { return this.spec.vocabSize; }
   get numLabels(): number { return this.spec.numLabels; }
+  /** Class names, index = label id (from the options, the config's id2label, or LABEL_i). */
+  get labelNames(): string[] {
+    const given = this.givenLabels;
+    if (given && given.length === this.numLabels) return given.slice();
+    const id2label = this.config.id2label as Record<string, string> | undefined;
+    const names = Array.from({ length: this.numLabels }, (_, i) => id2label?.[String(i)]);
+    return names.every((n) => typeof n === 'string') ? (names as string[]) : names.map((_, i) => `LABEL_${i}`);
+  }
   get padTokenId(): number | undefined { return this.spec.padTokenId >= 0 ? this.spec.padTokenId : undefined; }
   /** @internal the native handle, for optimizers. */
   get nativeHandle(): Handle { return this.h; }
@@ -196,7 +210,7 @@ export class Model {
     const config: HFConfig = { ...this.config, architectures: [ARCHITECTURES[this.modelType][this.task]], dtype: this.dtype };
     if (this.task === 'sequence-classification') {
       config.num_labels = this.numLabels;
-      const labels = Array.from({ length: this.numLabels }, (_, i) => `LABEL_${i}`);
+      const labels = this.labelNames;
       config.id2label = Object.fromEntries(labels.map((l, i) => [String(i), l]));
       config.label2id = Object.fromEntries(labels.map((l, i) => [l, i]));
     }
@@ -222,7 +236,10 @@ function resolveSpec(config: HFConfig, options: FromPretrainedOptions, where: st
   if (device !== 'cpu' && device !== 'cuda') throw new TunekitError('E_ARG', `device must be 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
   const dtype = options.dtype ?? 'float32';
   if (dtype !== 'float32' && dtype !== 'bfloat16') throw new TunekitError('E_ARG', `dtype must be 'float32' or 'bfloat16', got ${JSON.stringify(dtype)}`);
-  const numLabels = options.numLabels ?? numLabelsOf(config);
+  const numLabels = options.numLabels ?? options.labelNames?.length ?? numLabelsOf(config);
+  if (options.labelNames !== undefined && (!Array.isArray(options.labelNames) || options.labelNames.length !== numLabels || options.labelNames.some((n) => typeof n !== 'string'))) {
+    throw new TunekitError('E_ARG', `labelNames must be ${numLabels} strings, got ${JSON.stringify(options.labelNames)}`);
+  }
   if (!Number.isInteger(numLabels) || numLabels < 1) throw new TunekitError('E_ARG', `numLabels must be a positive integer, got ${numLabels}`);
   return toSpec(type, task, config, { numLabels, device, dtype, initSeed: options.seed ?? 0 });
 }

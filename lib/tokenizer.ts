@@ -51,9 +51,30 @@ export class Tokenizer {
     }
   }
 
-  encode(text: string, options: { addSpecialTokens?: boolean } = {}): number[] {
+  /** The id of one token of the vocabulary (special or not), or undefined when it is not in it. */
+  tokenId(token: string): number | undefined {
+    const id = this.tok.token_to_id(token);
+    return id === null || id === undefined ? undefined : id;
+  }
+
+  /**
+   * Token ids of one text. With maxLength, the text is truncated but the special tokens the template adds
+   * ([CLS] ... [SEP]) are kept, as transformers' truncation does.
+   */
+  encode(text: string, options: { addSpecialTokens?: boolean; maxLength?: number } = {}): number[] {
     if (typeof text !== 'string') throw new TunekitError('E_TYPE', 'text must be a string');
-    return this.tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
+    const add = options.addSpecialTokens ?? true;
+    const ids = this.tok.encode(text, { add_special_tokens: add }).ids;
+    const max = options.maxLength;
+    if (max === undefined || ids.length <= max) return ids;
+    if (!Number.isInteger(max) || max < 1) throw new TunekitError('E_ARG', `maxLength must be a positive integer, got ${max}`);
+    if (!add) return ids.slice(0, max);
+    const plain = this.tok.encode(text, { add_special_tokens: false }).ids;
+    const k = ids.length - plain.length;
+    let p = 0;
+    while (p <= k && !plain.every((v, i) => ids[p + i] === v)) p++;
+    if (p > k || max <= k) return ids.slice(0, max);
+    return [...ids.slice(0, p), ...plain.slice(0, max - k), ...ids.slice(p + plain.length)];
   }
 
   decode(ids: number[], options: { skipSpecialTokens?: boolean } = {}): string {
@@ -63,10 +84,10 @@ export class Tokenizer {
   /** Encodes several texts into one padded batch with its attention mask. */
   encodeBatch(texts: string[], options: EncodeBatchOptions = {}): { inputIds: number[][]; attentionMask: number[][] } {
     if (!Array.isArray(texts)) throw new TunekitError('E_TYPE', 'texts must be an array of strings');
-    let rows = texts.map((t) => this.encode(t, { addSpecialTokens: options.addSpecialTokens }));
     const fixed = typeof options.padding === 'number' ? options.padding : undefined;
     const max = fixed ?? options.maxLength;
-    if ((options.truncation ?? true) && max !== undefined) rows = rows.map((r) => r.slice(0, max));
+    const cut = (options.truncation ?? true) ? max : undefined;
+    const rows = texts.map((t) => this.encode(t, { addSpecialTokens: options.addSpecialTokens, maxLength: cut }));
     if (options.padding === false) return { inputIds: rows, attentionMask: rows.map((r) => r.map(() => 1)) };
     if (this.padTokenId === undefined && rows.some((r) => r.length !== (fixed ?? rows[0].length))) {
       throw new TunekitError('E_CONFIG', 'tokenizer has no pad_token; cannot pad a batch of different lengths');

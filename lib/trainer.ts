@@ -39,6 +39,11 @@ export interface TrainerOptions {
   maxLength?: number;
   /** Resume from checkpointDir's latest checkpoint when there is one (default true). */
   resume?: boolean;
+  /**
+   * Rewrites each training batch before it is padded (dynamic masking for a masked LM, augmentation). It gets a seed
+   * derived from the run's seed, the epoch and the batch index, so a resumed run sees the same batches.
+   */
+  transform?: (examples: Example[], seed: number) => Example[];
 }
 
 export interface EvalResult { loss: number; accuracy?: number; perplexity?: number; examples: number }
@@ -49,22 +54,78 @@ export interface TrainResult {
 
 interface TrainerState { step: number; epoch: number; batchInEpoch: number; seed: number; rng: string; tokens: number; history: Progress[] }
 
-/** mulberry32: a small seeded PRNG, so shuffling is the same on every run and after a resume. */
-function shuffled(n: number, seed: number): number[] {
+/** mulberry32: a small seeded PRNG, returned as a function giving floats in [0, 1). */
+export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
-  const rand = () => {
+  return () => {
     a = (a + 0x6d2b79f5) >>> 0;
     let t = a;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+function batchSeed(seed: number, epoch: number, batch: number): number {
+  return (Math.imul(seed ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(epoch + 1, 0xc2b2ae35) ^ Math.imul(batch + 1, 0x27d4eb2f)) >>> 0;
+}
+
+/** Fisher-Yates with mulberry32, so shuffling is the same on every run and after a resume. */
+export function shuffled(n: number, seed: number): number[] {
+  const rand = mulberry32(seed);
   const idx = Array.from({ length: n }, (_, i) => i);
   for (let i = n - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));
     [idx[i], idx[j]] = [idx[j], idx[i]];
   }
   return idx;
+}
+
+/** Pads examples into one batch for a model; language-model labels ignore (-100) the padding. */
+export function collateExamples(model: Model, examples: Example[], maxLength?: number) {
+  const pad = model.padTokenId ?? 0;
+  const cut = (r: number[]) => (maxLength ? r.slice(0, maxLength) : r);
+  const { inputIds, attentionMask, pad: padTo } = padRows(examples.map((e) => cut(e.inputIds)), pad);
+  const classify = model.task === 'sequence-classification';
+  let labels: number[] | number[][];
+  if (classify) {
+    labels = examples.map((e, i) => {
+      if (typeof e.label !== 'number') throw new TunekitError('E_ARG', `example ${i} has no numeric label`);
+      return e.label;
+    });
+  } else {
+    labels = examples.map((e, i) => padTo(cut(e.labels ?? e.inputIds), -100).map((v, j) => (attentionMask[i][j] ? v : -100)));
+  }
+  return { inputIds, attentionMask, labels };
+}
+
+/** Mean loss over examples, plus accuracy for a classifier or perplexity for a language model. Puts the model in eval mode. */
+export async function evaluateModel(model: Model, data: Example[], opts: { batchSize?: number; maxLength?: number } = {}): Promise<EvalResult> {
+  if (!Array.isArray(data) || data.length === 0) throw new TunekitError('E_ARG', 'evaluation data must be a non-empty array of examples');
+  const bs = opts.batchSize ?? 16;
+  await model.eval();
+  let lossSum = 0;
+  let correct = 0;
+  const classify = model.task === 'sequence-classification';
+  for (let i = 0; i < data.length; i += bs) {
+    const chunk = data.slice(i, i + bs);
+    const out = await model.forward(collateExamples(model, chunk, opts.maxLength));
+    lossSum += (out.loss ?? NaN) * chunk.length;
+    if (classify) {
+      const k = out.logits.shape[1];
+      chunk.forEach((e, r) => {
+        const row = out.logits.data.subarray(r * k, (r + 1) * k);
+        let best = 0;
+        for (let j = 1; j < k; j++) if (row[j] > row[best]) best = j;
+        if (best === e.label) correct++;
+      });
+    }
+  }
+  const loss = lossSum / data.length;
+  const r: EvalResult = { loss, examples: data.length };
+  if (classify) r.accuracy = correct / data.length;
+  else r.perplexity = Math.exp(loss);
+  return r;
 }
 
 export class Trainer {
@@ -84,47 +145,11 @@ export class Trainer {
 
   /** Pads examples into one batch; language-model labels ignore (-100) the padding. */
   collate(examples: Example[]) {
-    const pad = this.model.padTokenId ?? 0;
-    const cut = (r: number[]) => (this.options.maxLength ? r.slice(0, this.options.maxLength) : r);
-    const { inputIds, attentionMask, pad: padTo } = padRows(examples.map((e) => cut(e.inputIds)), pad);
-    const classify = this.model.task === 'sequence-classification';
-    let labels: number[] | number[][];
-    if (classify) {
-      labels = examples.map((e, i) => {
-        if (typeof e.label !== 'number') throw new TunekitError('E_ARG', `example ${i} has no numeric label`);
-        return e.label;
-      });
-    } else {
-      labels = examples.map((e, i) => padTo(cut(e.labels ?? e.inputIds), -100).map((v, j) => (attentionMask[i][j] ? v : -100)));
-    }
-    return { inputIds, attentionMask, labels };
+    return collateExamples(this.model, examples, this.options.maxLength);
   }
 
   async evaluate(data: Example[]): Promise<EvalResult> {
-    if (!Array.isArray(data) || data.length === 0) throw new TunekitError('E_ARG', 'evaluation data must be a non-empty array of examples');
-    await this.model.eval();
-    let lossSum = 0;
-    let correct = 0;
-    for (let i = 0; i < data.length; i += this.options.batchSize) {
-      const chunk = data.slice(i, i + this.options.batchSize);
-      const batch = this.collate(chunk);
-      const out = await this.model.forward(batch);
-      lossSum += (out.loss ?? NaN) * chunk.length;
-      if (this.model.task === 'sequence-classification') {
-        const k = out.logits.shape[1];
-        chunk.forEach((e, r) => {
-          const row = out.logits.data.subarray(r * k, (r + 1) * k);
-          let best = 0;
-          for (let j = 1; j < k; j++) if (row[j] > row[best]) best = j;
-          if (best === e.label) correct++;
-        });
-      }
-    }
-    const loss = lossSum / data.length;
-    const r: EvalResult = { loss, examples: data.length };
-    if (this.model.task === 'sequence-classification') r.accuracy = correct / data.length;
-    else r.perplexity = Math.exp(loss);
-    return r;
+    return evaluateModel(this.model, data, { batchSize: this.options.batchSize, maxLength: this.options.maxLength });
   }
 
   async train(data: Example[], extra: { evalSet?: Example[] } = {}): Promise<TrainResult> {
@@ -161,7 +186,9 @@ export class Trainer {
         const inGroup = groupEnd - state.batchInEpoch;
         for (; state.batchInEpoch < groupEnd; state.batchInEpoch++) {
           const idx = order.slice(state.batchInEpoch * o.batchSize, (state.batchInEpoch + 1) * o.batchSize);
-          const batch = this.collate(idx.map((i) => data[i]));
+          let examples = idx.map((i) => data[i]);
+          if (o.transform) examples = o.transform(examples, batchSeed(o.seed, epoch, state.batchInEpoch));
+          const batch = this.collate(examples);
           const { loss } = await this.model.backward(batch, { lossScale: 1 / inGroup });
           windowLoss += loss;
           windowBatches++;

@@ -1,0 +1,266 @@
+#!/usr/bin/env node
+/** The tunekit command line: finetune, evaluate, generate. */
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs, ParseArgsConfig } from 'node:util';
+import { loadSplits, Splits } from '../data';
+import { TunekitError } from '../errors';
+import { Model } from '../model';
+import { lineChartSvg, lossSeries, writeSvg } from '../plot';
+import { MetricsWriter, progressBar, ProgressBar, trainingFields } from '../progress';
+import { FinetuneAll, FinetuneHead, StrategyResult, TrainOptions } from '../strategies';
+import { Tokenizer } from '../tokenizer';
+import { evaluateModel } from '../trainer';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const DEFAULT_MODEL = path.join(ROOT, 'models', 'tiny-distilbert');
+const DEFAULT_DATA = 'builtin:imdb-sentences';
+
+/** A mistake in how the command was called: one line, exit code 2. */
+class UsageError extends Error {}
+
+type Opts = Record<string, string | boolean | undefined>;
+
+interface Command {
+  summary: string;
+  usage: string;
+  options: NonNullable<ParseArgsConfig['options']>;
+  help: Record<string, string>;
+  run(o: Opts): Promise<void>;
+}
+
+const STRATEGIES: Record<string, string> = {
+  full: 'finetuning II: train every parameter',
+  head: 'finetuning I: freeze the backbone, train the output layers (add --unfreeze-last-blocks N for the last blocks too)',
+};
+
+function num(o: Opts, key: string, fallback: number | undefined, kind: 'int' | 'float' = 'float'): number | undefined {
+  const v = o[key];
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n) || (kind === 'int' && !Number.isInteger(n))) {
+    throw new UsageError(`--${key} must be ${kind === 'int' ? 'an integer' : 'a number'}, got ${JSON.stringify(v)}`);
+  }
+  if (n < 0) throw new UsageError(`--${key} must not be negative, got ${v}`);
+  return n;
+}
+
+function modelDir(o: Opts): string {
+  const dir = path.resolve(String(o.model ?? DEFAULT_MODEL));
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UsageError(`--model ${o.model ?? DEFAULT_MODEL}: no such folder`);
+  if (!fs.existsSync(path.join(dir, 'config.json'))) throw new UsageError(`--model ${dir}: not a model folder (no config.json)`);
+  return dir;
+}
+
+async function splitsOf(o: Opts): Promise<Splits> {
+  const spec = String(o.data ?? DEFAULT_DATA);
+  const fields = { ...(o['text-field'] ? { text: String(o['text-field']) } : {}), ...(o['label-field'] ? { label: String(o['label-field']) } : {}) };
+  if (!spec.startsWith('builtin:') && !fs.existsSync(spec)) throw new UsageError(`--data ${spec}: no such file (or use builtin:imdb-sentences, builtin:sentiment-sentences)`);
+  return loadSplits(spec, { fields, seed: num(o, 'seed', 42, 'int') });
+}
+
+/** Loads the model for the data: a classification head sized to the labels, or the model's own language-model task. */
+async function modelFor(dir: string, splits: Splits, o: Opts): Promise<Model> {
+  const device = (o.device as 'cpu' | 'cuda' | undefined) ?? 'cpu';
+  const seed = num(o, 'seed', 42, 'int');
+  if (splits.train.kind === 'classification') {
+    const labelNames = splits.train.labelNames!;
+    return Model.fromPretrained(dir, { task: 'sequence-classification', numLabels: labelNames.length, labelNames, device, seed });
+  }
+  return Model.fromPretrained(dir, { task: 'causal-lm', device, seed });
+}
+
+function describe(r: { accuracy?: number; perplexity?: number; loss: number; examples: number }): string {
+  if (r.accuracy !== undefined) return `accuracy ${(100 * r.accuracy).toFixed(1)}% (loss ${r.loss.toFixed(4)}, ${r.examples} examples)`;
+  return `perplexity ${r.perplexity!.toFixed(2)} (loss ${r.loss.toFixed(4)}, ${r.examples} examples)`;
+}
+
+const common = {
+  model: { type: 'string' }, data: { type: 'string' }, 'batch-size': { type: 'string' }, 'max-length': { type: 'string' },
+  'text-field': { type: 'string' }, 'label-field': { type: 'string' }, seed: { type: 'string' }, device: { type: 'string' },
+  quiet: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+} as const;
+const commonHelp = {
+  model: `model folder in Hugging Face format (default: models/tiny-distilbert)`,
+  data: `builtin:imdb-sentences | builtin:sentiment-sentences | a .jsonl, .csv, .tsv or .json file (default: ${DEFAULT_DATA}); files are split 70/10/20 by --seed`,
+  'batch-size': 'examples per batch (default 16)',
+  'max-length': 'truncate texts to this many tokens (default 128)',
+  'text-field': 'the field holding the text (default: text)',
+  'label-field': 'the field holding the class label (default: label)',
+  seed: 'seed for the head initialisation, shuffling and file splits (default 42)',
+  device: 'cpu or cuda (default cpu)',
+  quiet: 'no progress bar',
+};
+
+const COMMANDS: Record<string, Command> = {
+  finetune: {
+    summary: 'train a model on a dataset and report test metrics',
+    usage: 'tunekit finetune [--model DIR] [--data SPEC] [--strategy NAME] [--out DIR] [options]',
+    options: {
+      ...common, strategy: { type: 'string' }, out: { type: 'string' }, epochs: { type: 'string' }, lr: { type: 'string' },
+      'max-steps': { type: 'string' }, 'weight-decay': { type: 'string' }, 'warmup-ratio': { type: 'string' },
+      'grad-accumulation': { type: 'string' }, 'unfreeze-last-blocks': { type: 'string' },
+    },
+    help: {
+      ...commonHelp,
+      strategy: `how to adapt the model (default full): ${Object.entries(STRATEGIES).map(([k, v]) => `${k} = ${v}`).join('; ')}`,
+      out: 'folder for the finetuned model, metrics.jsonl, loss.svg and results.json (default: runs/MODEL-STRATEGY)',
+      epochs: 'passes over the training split (default 3)', lr: 'peak learning rate (default 1e-4 for full, 1e-3 for head)',
+      'max-steps': 'stop after this many optimizer steps', 'weight-decay': 'AdamW weight decay (default 0.01)',
+      'warmup-ratio': 'fraction of steps of linear warm-up (default 0.1)', 'grad-accumulation': 'batches per optimizer step (default 1)',
+      'unfreeze-last-blocks': 'with --strategy head: also train the last N transformer blocks',
+    },
+    async run(o) {
+      const strategyName = String(o.strategy ?? 'full');
+      if (!STRATEGIES[strategyName]) throw new UsageError(`--strategy ${strategyName}: unknown strategy (expected one of ${Object.keys(STRATEGIES).join(', ')})`);
+      const dir = modelDir(o);
+      const splits = await splitsOf(o);
+      const out = path.resolve(String(o.out ?? path.join('runs', `${path.basename(dir)}-${strategyName}`)));
+      const tok = await Tokenizer.fromPretrained(dir);
+      const maxLength = num(o, 'max-length', 128, 'int')!;
+      const model = await modelFor(dir, splits, o);
+      const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength }));
+      fs.mkdirSync(out, { recursive: true });
+      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'));
+      let bar: ProgressBar | undefined;
+      const opts: TrainOptions = {
+        lr: num(o, 'lr', strategyName === 'full' ? 1e-4 : 1e-3), epochs: num(o, 'epochs', 3, 'int'), batchSize: num(o, 'batch-size', 16, 'int'),
+        maxSteps: num(o, 'max-steps', undefined, 'int'), weightDecay: num(o, 'weight-decay', 0.01), warmupRatio: num(o, 'warmup-ratio', 0.1),
+        gradAccumulation: num(o, 'grad-accumulation', 1, 'int'), seed: num(o, 'seed', 42, 'int'),
+        onProgress: (p) => {
+          bar ??= progressBar(p.totalSteps, strategyName, { silent: Boolean(o.quiet) });
+          bar.update(p.step, trainingFields(p));
+          metrics.write({ step: p.step, epoch: p.epoch, loss: p.loss, lr: p.lr, gradNorm: p.gradNorm, tokensPerSecond: p.tokensPerSecond, elapsedMs: p.elapsedMs, ...(p.evalLoss !== undefined ? { evalLoss: p.evalLoss } : {}), ...(p.evalAccuracy !== undefined ? { evalAccuracy: p.evalAccuracy } : {}) });
+        },
+      };
+      const strategy = strategyName === 'full' ? new FinetuneAll(opts) : new FinetuneHead({ ...opts, unfreezeLastBlocks: num(o, 'unfreeze-last-blocks', 0, 'int') });
+      console.log(`${strategyName} finetuning of ${dir} on ${splits.train.source}: ${train.length} train / ${validation.length} validation / ${test.length} test examples`);
+      let result: StrategyResult;
+      try {
+        result = await strategy.run(model, { train, validation, test });
+      } finally {
+        bar?.stop();
+      }
+      await model.savePretrained(out);
+      for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
+        if (fs.existsSync(path.join(dir, f))) fs.copyFileSync(path.join(dir, f), path.join(out, f));
+      }
+      await writeSvg(path.join(out, 'loss.svg'), await lineChartSvg(lossSeries(metrics.file), { title: `${path.basename(dir)}, ${strategyName}: loss` }));
+      const { train: tr, ...rest } = result;
+      fs.writeFileSync(path.join(out, 'results.json'), JSON.stringify({ model: dir, data: splits.train.source, ...rest, steps: tr?.steps, trainLoss: tr?.trainLoss }, null, 2) + '\n');
+      console.log(`trainable parameters: ${result.trainableParameters.toLocaleString('en-US')} of ${result.totalParameters.toLocaleString('en-US')}; ${tr?.steps} steps in ${(result.wallTimeMs / 1000).toFixed(1)} s (${Math.round(result.tokensPerSecond ?? 0)} tok/s), peak RSS ${result.peakRssMiB.toFixed(0)} MiB`);
+      if (result.validation) console.log(`validation ${describe(result.validation)}`);
+      if (result.test) console.log(`test ${describe(result.test)}`);
+      console.log(`saved to ${out} (model, metrics.jsonl, loss.svg, results.json)`);
+      model.dispose();
+    },
+  },
+
+  evaluate: {
+    summary: 'score a model on a dataset split (accuracy for labelled data, perplexity for text)',
+    usage: 'tunekit evaluate --model DIR [--data SPEC] [--split test|validation|train] [options]',
+    options: { ...common, split: { type: 'string' } },
+    help: { ...commonHelp, split: 'which split to score (default test)' },
+    async run(o) {
+      if (o.model === undefined) throw new UsageError('--model is required (a model folder, e.g. one written by tunekit finetune)');
+      const dir = modelDir(o);
+      const split = String(o.split ?? 'test');
+      if (!['train', 'validation', 'test'].includes(split)) throw new UsageError(`--split ${split}: expected train, validation or test`);
+      const splits = await splitsOf(o);
+      const data = splits[split as keyof Splits];
+      const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+      const isClassifier = Array.isArray(config.architectures) && config.architectures.some((a: string) => a.endsWith('ForSequenceClassification'));
+      if (data.kind === 'classification' && !isClassifier) throw new UsageError(`${dir} is not a classifier (architectures ${JSON.stringify(config.architectures)}); finetune it on labelled data first`);
+      const model = await Model.fromPretrained(dir, { task: data.kind === 'classification' ? 'sequence-classification' : 'causal-lm', device: (o.device as 'cpu' | 'cuda') ?? 'cpu' });
+      if (data.kind === 'classification' && model.numLabels < (data.labelNames?.length ?? 0)) throw new UsageError(`${dir} has ${model.numLabels} classes but the data has ${data.labelNames!.length}`);
+      const tok = await Tokenizer.fromPretrained(dir);
+      const examples = data.toExamples(tok, { maxLength: num(o, 'max-length', 128, 'int') });
+      const r = await evaluateModel(model, examples, { batchSize: num(o, 'batch-size', 32, 'int') });
+      console.log(`${split} ${describe(r)}`);
+      model.dispose();
+    },
+  },
+
+  generate: {
+    summary: 'continue a prompt with a causal language model',
+    usage: 'tunekit generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]',
+    options: {
+      model: { type: 'string' }, prompt: { type: 'string' }, 'max-new-tokens': { type: 'string' }, temperature: { type: 'string' },
+      'top-k': { type: 'string' }, 'top-p': { type: 'string' }, seed: { type: 'string' }, device: { type: 'string' }, help: { type: 'boolean', short: 'h' },
+    },
+    help: {
+      model: 'a causal language model folder (e.g. models/tiny-gpt2)', prompt: 'the text to continue',
+      'max-new-tokens': 'tokens to add (default 40)', temperature: '0 = greedy (default); above 0 samples',
+      'top-k': 'sample from the k most likely tokens', 'top-p': 'sample from the smallest set with this much probability',
+      seed: 'seed for sampling (default 0)', device: 'cpu or cuda (default cpu)',
+    },
+    async run(o) {
+      if (o.model === undefined) throw new UsageError('--model is required (e.g. models/tiny-gpt2)');
+      if (typeof o.prompt !== 'string' || o.prompt.length === 0) throw new UsageError('--prompt TEXT is required');
+      const dir = modelDir(o);
+      const model = await Model.fromPretrained(dir, { task: 'causal-lm', device: (o.device as 'cpu' | 'cuda') ?? 'cpu' });
+      const tok = await Tokenizer.fromPretrained(dir);
+      const ids = tok.encode(o.prompt);
+      const [outIds] = await model.generate({ inputIds: [ids] }, {
+        maxNewTokens: num(o, 'max-new-tokens', 40, 'int'), temperature: num(o, 'temperature', 0), topK: num(o, 'top-k', undefined, 'int'),
+        topP: num(o, 'top-p', undefined), seed: num(o, 'seed', 0, 'int'), eosTokenId: tok.eosTokenId,
+      });
+      console.log(o.prompt + tok.decode(outIds.slice(ids.length), { skipSpecialTokens: true }));
+      model.dispose();
+    },
+  },
+};
+
+function helpText(name: string, c: Command): string {
+  const width = Math.max(...Object.keys(c.help).map((k) => k.length)) + 4;
+  const lines = Object.entries(c.help).map(([k, v]) => `  --${k.padEnd(width)}${v}`);
+  return `tunekit ${name}: ${c.summary}\n\nusage: ${c.usage}\n\noptions:\n${lines.join('\n')}\n  --${'help'.padEnd(width)}this text\n`;
+}
+
+function mainHelp(): string {
+  const cmds = Object.entries(COMMANDS).map(([k, c]) => `  ${k.padEnd(10)}${c.summary}`).join('\n');
+  return `tunekit: finetune language models from Node.js\n\nusage: tunekit <command> [options]\n\ncommands:\n${cmds}\n\nWith no options, \`tunekit finetune\` finetunes models/tiny-distilbert on builtin:imdb-sentences and prints test accuracy.\nRun \`tunekit <command> --help\` for a command's options.\n`;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(mainHelp());
+    return name === undefined ? 2 : 0;
+  }
+  const cmd = COMMANDS[name];
+  try {
+    if (!cmd) throw new UsageError(`unknown command ${JSON.stringify(name)} (expected ${Object.keys(COMMANDS).join(', ')}; see tunekit --help)`);
+    let values: Opts;
+    try {
+      values = parseArgs({ args: rest, options: cmd.options, strict: true, allowPositionals: false }).values as Opts;
+    } catch (e) {
+      throw new UsageError(`${(e as Error).message.split('\n')[0]} (see tunekit ${name} --help)`);
+    }
+    if (values.help) {
+      process.stdout.write(helpText(name, cmd));
+      return 0;
+    }
+    if (values.device !== undefined && values.device !== 'cpu' && values.device !== 'cuda') throw new UsageError(`--device must be cpu or cuda, got ${JSON.stringify(values.device)}`);
+    await cmd.run(values);
+    return 0;
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`tunekit: ${e.message}\n`);
+      return 2;
+    }
+    if (e instanceof TunekitError) {
+      process.stderr.write(`tunekit: ${e.message}\n`);
+      return 1;
+    }
+    process.stderr.write(`tunekit: unexpected error: ${(e as Error)?.message ?? String(e)}\n`);
+    if (process.env.TUNEKIT_DEBUG) console.error(e);
+    return 1;
+  }
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
+}

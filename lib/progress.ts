@@ -1,0 +1,50 @@
+/** Progress bars and metrics files for long work (training, evaluation, embedding). */
+import fs from 'node:fs';
+import path from 'node:path';
+import cliProgress from 'cli-progress';
+import type { Progress } from './trainer';
+
+export interface ProgressBar { update(done: number, fields?: Record<string, string | number>): void; stop(): void }
+
+/**
+ * A bar showing step/total, loss, tokens/s and ETA. On a terminal it redraws in place; in a log file (no TTY) it
+ * writes a line every few seconds instead, so background runs still report.
+ */
+export function progressBar(total: number, label: string, opts: { stream?: NodeJS.WriteStream; silent?: boolean } = {}): ProgressBar {
+  if (opts.silent) return { update() {}, stop() {} };
+  const stream = opts.stream ?? process.stderr;
+  const bar = new cliProgress.SingleBar({
+    format: `${label} [{bar}] {value}/{total} | {info} | ETA {eta_formatted}`,
+    barsize: 24, hideCursor: stream.isTTY, stream, etaBuffer: 50, fps: 5,
+    noTTYOutput: true, notTTYSchedule: 5000,
+  }, cliProgress.Presets.shades_classic);
+  bar.start(total, 0, { info: '' });
+  return {
+    update(done, fields = {}) {
+      const info = Object.entries(fields).map(([k, v]) => `${k} ${v}`).join(' | ');
+      bar.update(done, { info });
+    },
+    stop() { bar.stop(); },
+  };
+}
+
+/** The Trainer's onProgress as a bar line. */
+export function trainingFields(p: Progress): Record<string, string | number> {
+  const f: Record<string, string | number> = { loss: p.loss.toFixed(4), lr: p.lr.toExponential(2), 'tok/s': Math.round(p.tokensPerSecond) };
+  if (p.evalLoss !== undefined) f['val loss'] = p.evalLoss.toFixed(4);
+  if (p.evalAccuracy !== undefined) f['val acc'] = p.evalAccuracy.toFixed(3);
+  return f;
+}
+
+/** Appends one JSON object per line; each line is written whole, so a killed run leaves a readable file. */
+export class MetricsWriter {
+  readonly file: string;
+  constructor(file: string, opts: { append?: boolean } = {}) {
+    this.file = file;
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    if (!opts.append) fs.writeFileSync(file, '');
+  }
+  write(row: Record<string, unknown>): void {
+    fs.appendFileSync(this.file, JSON.stringify(row) + '\n');
+  }
+}

