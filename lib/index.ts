@@ -19,5 +19,7 @@ export function cudaAvailable(): boolean {
 }
 export { Dataset, BUILTINS, builtinSplits, loadSplits } from './data';
 export type { DatasetKind, FieldMap, ReadOptions, Row, Splits } from './data';
-export { FinetuneAll, FinetuneHead } from './strategies';
-export type { FinetuneHeadOptions, StrategyData, StrategyResult, TrainOptions } from './strategies';
+export { FeatureBased, FinetuneAll, FinetuneHead } from './strategies';
+export { LogisticRegression } from './logreg';
+export type { LogisticRegressionOptions } from './logreg';
+export type { FeatureBasedOptions, FinetuneHeadOptions, StrategyData, StrategyResult, TrainOptions } from './strategies';

@@ -54,6 +54,7 @@ export interface Addon {
   optimizerStep(o: Handle, lr: number, maxGradNorm: number): Promise<number>;
   optimizerSave(o: Handle, path: string): Promise<void>;
   optimizerLoad(o: Handle, path: string, entries: RawEntry[], step: number): Promise<void>;
+  logRegFit(x: Float32Array, n: number, dim: number, y: Int32Array, classes: number, spec: { C?: number; maxIter?: number; tol?: number }): Promise<{ weights: Float64Array; bias: Float64Array; rows: number; iterations: number; loss: number; converged: boolean }>;
 }
 
 function load(): Addon {

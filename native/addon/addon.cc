@@ -440,6 +440,35 @@ Napi::Value OptimizerLoad(const Napi::CallbackInfo& info) {
   return run_void(info.Env(), [o, path, entries, step] { optimizer_load(*o, path, entries, step); });
 }
 
+Napi::Value LogRegFit(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  if (info.Length() < 6) type_error(env, "logRegFit(x, n, dim, y, classes, spec) takes 6 arguments");
+  auto x = typed<Napi::Float32Array, float>(env, info[0], napi_float32_array, "features");
+  auto n = int64_t(number_arg(info, 1, "n")), dim = int64_t(number_arg(info, 2, "dim"));
+  auto y = typed<Napi::Int32Array, int32_t>(env, info[3], napi_int32_array, "labels");
+  auto classes = int64_t(number_arg(info, 4, "classes"));
+  auto o = object_arg(info, 5, "spec");
+  LogRegSpec s;
+  s.C = num_field(o, "C", 1.0);
+  s.max_iter = int64_t(num_field(o, "maxIter", 1000));
+  s.tol = num_field(o, "tol", 1e-6);
+  return run<LogRegResult>(env, [x = std::move(x), n, dim, y = std::move(y), classes, s] { return logreg_fit(x, n, dim, y, classes, s); },
+                           [](Napi::Env env, LogRegResult& r) {
+                             auto out = Napi::Object::New(env);
+                             auto w = Napi::Float64Array::New(env, r.weights.size());
+                             std::copy(r.weights.begin(), r.weights.end(), w.Data());
+                             auto b = Napi::Float64Array::New(env, r.bias.size());
+                             std::copy(r.bias.begin(), r.bias.end(), b.Data());
+                             out.Set("weights", w);
+                             out.Set("bias", b);
+                             out.Set("rows", Napi::Number::New(env, double(r.rows)));
+                             out.Set("iterations", Napi::Number::New(env, double(r.iterations)));
+                             out.Set("loss", Napi::Number::New(env, r.loss));
+                             out.Set("converged", Napi::Boolean::New(env, r.converged));
+                             return Napi::Value(out);
+                           });
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("createModel", Napi::Function::New(env, CreateModel));
   exports.Set("parameters", Napi::Function::New(env, Parameters));
@@ -462,6 +491,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("optimizerStep", Napi::Function::New(env, OptimizerStep));
   exports.Set("optimizerSave", Napi::Function::New(env, OptimizerSave));
   exports.Set("optimizerLoad", Napi::Function::New(env, OptimizerLoad));
+  exports.Set("logRegFit", Napi::Function::New(env, LogRegFit));
   return exports;
 }
 

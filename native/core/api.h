@@ -110,4 +110,22 @@ void optimizer_save(Optimizer& o, const std::string& path);
 void optimizer_load(Optimizer& o, const std::string& path, const std::vector<TensorEntry>& entries, int64_t step);
 int64_t optimizer_steps(Optimizer& o);
 
+// L2-regularised logistic regression fitted with L-BFGS (strong Wolfe line search) in float64, minimising the same
+// objective as scikit-learn's LogisticRegression(solver='lbfgs'): C * sum(log loss) + ||W||^2 / 2, the intercept
+// unpenalised. Two classes use one weight vector (binomial), more use one per class (multinomial).
+struct LogRegSpec {
+  double C = 1.0;
+  int64_t max_iter = 1000;
+  double tol = 1e-6;  // stop when the largest gradient entry of the (1/n-scaled) objective falls below this
+};
+struct LogRegResult {
+  std::vector<double> weights;  // [rows, dim] row-major; rows = 1 for two classes, else classes
+  std::vector<double> bias;     // [rows]
+  int64_t rows = 0, iterations = 0;
+  double loss = 0;              // mean log loss on the training data at the solution
+  bool converged = false;
+};
+LogRegResult logreg_fit(const std::vector<float>& x, int64_t n, int64_t dim, const std::vector<int32_t>& y, int64_t classes,
+                        const LogRegSpec& spec);
+
 }  // namespace tunekit

