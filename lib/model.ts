@@ -17,6 +17,8 @@ export interface FromPretrainedOptions {
   dtype?: DType;
   /** Seeds the initialisation of weights the checkpoint lacks (e.g. a new classification head). */
   seed?: number;
+  /** Entries that override config.json's (as transformers' from_pretrained keyword arguments), e.g. { dropout: 0 }. */
+  config?: HFConfig;
   /** Class names of a classification head, saved as config.json's id2label (default: the config's, or LABEL_i). */
   labelNames?: string[];
 }
@@ -67,7 +69,7 @@ export class Model {
   }
 
   static async fromPretrained(dir: string, options: FromPretrainedOptions = {}): Promise<Model> {
-    const config = readConfig(dir);
+    const config = { ...readConfig(dir), ...(options.config ?? {}) };
     const spec = resolveSpec(config, options, path.join(dir, 'config.json'));
     const headers = readCheckpoint(dir);
     const handle = await serial(() => addon.createModel(spec));
@@ -94,6 +96,7 @@ export class Model {
    * seeded by `options.seed`: the starting point for pretraining.
    */
   static async fromConfig(config: HFConfig, options: FromPretrainedOptions = {}): Promise<Model> {
+    config = { ...config, ...(options.config ?? {}) };
     const spec = resolveSpec(config, options, 'config');
     const handle = await serial(() => addon.createModel(spec));
     const model = new Model(handle, spec, { ...config }, await serial(() => addon.parameters(handle)));

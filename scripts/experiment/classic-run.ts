@@ -1,0 +1,77 @@
+/**
+ * One run of the classic-strategies experiment on the tunekit side, in its own process (so its peak memory is its
+ * own). Also writes what the Python twin needs to run the same thing: the token ids, the batch order of every
+ * epoch, and the initial weights (the same fresh head).
+ *
+ *   node --require tsx/cjs scripts/experiment/classic-run.ts --model DIR --data builtin:NAME --strategy S --seed N --work DIR
+ *
+ * Prints one JSON line with the result.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { FeatureBased, FinetuneAll, FinetuneHead, Model, Tokenizer, builtinSplits } from '../../lib';
+import { shuffled } from '../../lib/trainer';
+import type { StrategyResult } from '../../lib';
+
+export interface StrategyPlan { lr?: number; epochs?: number; unfreezeLastBlocks?: number }
+
+/** The hyperparameters of each strategy, shared by both sides. */
+export const PLANS: Record<string, StrategyPlan> = {
+  features: {},
+  head: { lr: 2e-3, epochs: 5 },
+  'head+last1': { lr: 5e-4, epochs: 5, unfreezeLastBlocks: 1 },
+  full: { lr: 1e-4, epochs: 3 },
+};
+export const BATCH_SIZE = 16;
+export const MAX_LENGTH = 128;
+
+/** No dropout on either side, so that a run is deterministic and the two implementations compare run by run. */
+export const NO_DROPOUT = {
+  dropout: 0, attention_dropout: 0, seq_classif_dropout: 0, resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0, summary_first_dropout: 0,
+};
+
+const arg = (name: string) => {
+  const i = process.argv.indexOf(`--${name}`);
+  if (i < 0 || i + 1 >= process.argv.length) throw new Error(`--${name} is required`);
+  return process.argv[i + 1];
+};
+
+async function main() {
+  const modelDir = path.resolve(arg('model'));
+  const data = arg('data');
+  const strategy = arg('strategy');
+  const seed = Number(arg('seed'));
+  const work = path.resolve(arg('work'));
+  const plan = PLANS[strategy];
+  if (!plan) throw new Error(`unknown strategy ${strategy}`);
+  fs.mkdirSync(work, { recursive: true });
+  const splits = builtinSplits(data.replace(/^builtin:/, ''));
+  const tok = await Tokenizer.fromPretrained(modelDir);
+  const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength: MAX_LENGTH }));
+  const epochs = plan.epochs ?? 1;
+  const orders = Array.from({ length: epochs }, (_, e) => shuffled(train.length, seed + e));
+  fs.writeFileSync(path.join(work, 'data.json'), JSON.stringify({
+    strategy, seed, batchSize: BATCH_SIZE, ...plan, padTokenId: null,
+    train: train.map((e) => [e.inputIds, e.label]), validation: validation.map((e) => [e.inputIds, e.label]), test: test.map((e) => [e.inputIds, e.label]), orders,
+  }));
+  let result: StrategyResult;
+  if (strategy === 'features') {
+    const model = await Model.fromPretrained(modelDir, { task: 'feature-extraction', config: NO_DROPOUT });
+    result = await new FeatureBased({ C: 1 }).run(model, { train, validation, test });
+  } else {
+    const model = await Model.fromPretrained(modelDir, { task: 'sequence-classification', numLabels: 2, seed, config: NO_DROPOUT, labelNames: ['negative', 'positive'] });
+    await model.savePretrained(path.join(work, 'init'));
+    const opts = { lr: plan.lr, epochs, batchSize: BATCH_SIZE, seed, weightDecay: 0.01, warmupRatio: 0.1, maxGradNorm: 1.0 };
+    const s = strategy === 'full' ? new FinetuneAll(opts) : new FinetuneHead({ ...opts, unfreezeLastBlocks: plan.unfreezeLastBlocks ?? 0 });
+    result = await s.run(model, { train, validation, test });
+  }
+  const { train: tr, ...rest } = result;
+  console.log(JSON.stringify({ side: 'tunekit', model: path.basename(modelDir), data, seed, ...rest, steps: tr?.steps }));
+}
+
+if (require.main === module) {
+  main().catch((e) => {
+    console.error(e instanceof Error ? e.message : e);
+    process.exit(1);
+  });
+}
