@@ -156,6 +156,12 @@ export class Model {
     return this.params.map((p) => ({ ...p, shape: [...p.shape] }));
   }
 
+  /** Names of the parameters that hold a gradient right now (after backward, before zeroGrad). */
+  async parametersWithGradients(): Promise<string[]> {
+    const ps = await serial(() => addon.parameters(this.h));
+    return ps.filter((p) => p.hasGrad).map((p) => p.name);
+  }
+
   countParameters(options: { trainableOnly?: boolean } = {}): number {
     return this.params.filter((p) => !options.trainableOnly || p.trainable).reduce((a, p) => a + p.numel, 0);
   }

@@ -17,7 +17,7 @@ export interface RawSpec {
   scaleAttnByInverseLayerIdx: boolean; initSeed: number;
 }
 
-export interface RawParam { name: string; dtype: string; shape: number[]; numel: number; trainable: boolean }
+export interface RawParam { name: string; dtype: string; shape: number[]; numel: number; trainable: boolean; hasGrad?: boolean }
 export interface RawBatch {
   batch: number; seq: number; inputIds: Int32Array; attentionMask?: Int32Array;
   labels?: Float32Array; labelsShape?: number[];

@@ -5,10 +5,10 @@ import path from 'node:path';
 import { parseArgs, ParseArgsConfig } from 'node:util';
 import { loadSplits, Splits } from '../data';
 import { TunekitError } from '../errors';
-import { Model } from '../model';
+import { Model, Pooling } from '../model';
 import { lineChartSvg, lossSeries, writeSvg } from '../plot';
 import { MetricsWriter, progressBar, ProgressBar, trainingFields } from '../progress';
-import { FinetuneAll, FinetuneHead, StrategyResult, TrainOptions } from '../strategies';
+import { FeatureBased, FinetuneAll, FinetuneHead, StrategyResult, TrainOptions } from '../strategies';
 import { Tokenizer } from '../tokenizer';
 import { evaluateModel } from '../trainer';
 
@@ -30,6 +30,7 @@ interface Command {
 }
 
 const STRATEGIES: Record<string, string> = {
+  features: 'feature-based: embed with the frozen model, fit a logistic regression (--pooling cls|mean|last, --C)',
   full: 'finetuning II: train every parameter',
   head: 'finetuning I: freeze the backbone, train the output layers (add --unfreeze-last-blocks N for the last blocks too)',
 };
@@ -99,7 +100,7 @@ const COMMANDS: Record<string, Command> = {
     options: {
       ...common, strategy: { type: 'string' }, out: { type: 'string' }, epochs: { type: 'string' }, lr: { type: 'string' },
       'max-steps': { type: 'string' }, 'weight-decay': { type: 'string' }, 'warmup-ratio': { type: 'string' },
-      'grad-accumulation': { type: 'string' }, 'unfreeze-last-blocks': { type: 'string' },
+      'grad-accumulation': { type: 'string' }, 'unfreeze-last-blocks': { type: 'string' }, pooling: { type: 'string' }, C: { type: 'string' },
     },
     help: {
       ...commonHelp,
@@ -109,6 +110,8 @@ const COMMANDS: Record<string, Command> = {
       'max-steps': 'stop after this many optimizer steps', 'weight-decay': 'AdamW weight decay (default 0.01)',
       'warmup-ratio': 'fraction of steps of linear warm-up (default 0.1)', 'grad-accumulation': 'batches per optimizer step (default 1)',
       'unfreeze-last-blocks': 'with --strategy head: also train the last N transformer blocks',
+      pooling: 'with --strategy features: cls, mean or last (default cls for distilbert, last for gpt2/llama)',
+      C: 'with --strategy features: inverse L2 strength of the logistic regression (default 1)',
     },
     async run(o) {
       const strategyName = String(o.strategy ?? 'full');
@@ -118,6 +121,7 @@ const COMMANDS: Record<string, Command> = {
       const out = path.resolve(String(o.out ?? path.join('runs', `${path.basename(dir)}-${strategyName}`)));
       const tok = await Tokenizer.fromPretrained(dir);
       const maxLength = num(o, 'max-length', 128, 'int')!;
+      if (strategyName === 'features') return runFeatures(dir, splits, tok, maxLength, out, o);
       const model = await modelFor(dir, splits, o);
       const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength }));
       fs.mkdirSync(out, { recursive: true });
@@ -210,6 +214,42 @@ const COMMANDS: Record<string, Command> = {
     },
   },
 };
+
+async function runFeatures(dir: string, splits: Splits, tok: Tokenizer, maxLength: number, out: string, o: Opts): Promise<void> {
+  if (splits.train.kind !== 'classification') throw new UsageError('--strategy features needs labelled data (a label field)');
+  const pooling = o.pooling as Pooling | undefined;
+  if (pooling !== undefined && !['cls', 'mean', 'last'].includes(pooling)) throw new UsageError(`--pooling must be cls, mean or last, got ${JSON.stringify(pooling)}`);
+  const model = await Model.fromPretrained(dir, { task: 'feature-extraction', device: (o.device as 'cpu' | 'cuda') ?? 'cpu' });
+  const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength }));
+  console.log(`feature-based classification with ${dir} on ${splits.train.source}: ${train.length} train / ${validation.length} validation / ${test.length} test examples`);
+  const total = train.length + validation.length + test.length;
+  let done = 0;
+  let last = 0;
+  const bar = progressBar(total, 'embed', { silent: Boolean(o.quiet) });
+  const fb = new FeatureBased({
+    pooling, C: num(o, 'C', 1), batchSize: num(o, 'batch-size', 32, 'int'),
+    onProgress: (d) => {
+      done += d < last ? d : d - last;
+      last = d;
+      bar.update(Math.min(done, total));
+    },
+  });
+  let result: StrategyResult;
+  try {
+    result = await fb.run(model, { train, validation, test });
+  } finally {
+    bar.stop();
+  }
+  fs.mkdirSync(out, { recursive: true });
+  await fb.classifier.save(path.join(out, 'classifier.json'));
+  new MetricsWriter(path.join(out, 'metrics.jsonl')).write({ step: fb.classifier.iterations, loss: fb.classifier.trainLoss, converged: fb.classifier.converged, validationAccuracy: result.validation?.accuracy, testAccuracy: result.test?.accuracy });
+  fs.writeFileSync(path.join(out, 'results.json'), JSON.stringify({ model: dir, data: splits.train.source, ...result }, null, 2) + '\n');
+  console.log(`logistic regression on ${fb.classifier.dim}-d embeddings: ${result.trainableParameters.toLocaleString('en-US')} parameters, ${fb.classifier.iterations} L-BFGS evaluations, ${(result.wallTimeMs / 1000).toFixed(1)} s, peak RSS ${result.peakRssMiB.toFixed(0)} MiB`);
+  if (result.validation) console.log(`validation ${describe(result.validation)}`);
+  if (result.test) console.log(`test ${describe(result.test)}`);
+  console.log(`saved to ${out} (classifier.json, metrics.jsonl, results.json; the model itself is unchanged)`);
+  model.dispose();
+}
 
 function helpText(name: string, c: Command): string {
   const width = Math.max(...Object.keys(c.help).map((k) => k.length)) + 4;

@@ -278,6 +278,7 @@ Napi::Value Parameters(const Napi::CallbackInfo& info) {
       o.Set("shape", shape);
       o.Set("numel", Napi::Number::New(env, double(ps[i].numel)));
       o.Set("trainable", Napi::Boolean::New(env, ps[i].trainable));
+      o.Set("hasGrad", Napi::Boolean::New(env, ps[i].has_grad));
       a.Set(uint32_t(i), o);
     }
     return Napi::Value(a);

@@ -35,6 +35,7 @@ struct ParamInfo {
   std::vector<int64_t> shape;
   int64_t numel = 0;
   bool trainable = true;
+  bool has_grad = false;  // a gradient tensor is currently held
 };
 
 // One tensor inside a safetensors file, validated by the TS layer and checked again here.

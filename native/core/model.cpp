@@ -51,7 +51,7 @@ std::vector<ParamInfo> parameters(Model& m) {
   std::vector<ParamInfo> out;
   for (const auto& name : m.order) {
     const auto& t = m.params.at(name);
-    out.push_back({name, scalar_name(t.scalar_type()), t.sizes().vec(), t.numel(), t.requires_grad()});
+    out.push_back({name, scalar_name(t.scalar_type()), t.sizes().vec(), t.numel(), t.requires_grad(), t.grad().defined()});
   }
   return out;
 }
