@@ -23,3 +23,5 @@ export { FeatureBased, FinetuneAll, FinetuneHead } from './strategies';
 export { LogisticRegression } from './logreg';
 export type { LogisticRegressionOptions } from './logreg';
 export type { FeatureBasedOptions, FinetuneHeadOptions, StrategyData, StrategyResult, TrainOptions } from './strategies';
+export { LoRA } from './peft/lora';
+export type { LoRAOptions } from './peft/lora';

@@ -5,7 +5,8 @@ import { BatchInput, packBatch } from './batch';
 import { ARCHITECTURES, HFConfig, ModelType, Task, defaultTask, firstId, modelType, numLabelsOf, toSpec } from './config';
 import { TunekitError } from './errors';
 import { FloatArray, Handle, RawParam, RawSpec, addon, serial, sync } from './native';
-import { atomicWrite, entry, readCheckpoint, writeJsonAtomic } from './safetensors';
+import { LoRAOptions, loraConfigJson, ResolvedLoRA, resolveLoRA } from './peft/lora';
+import { atomicWrite, entry, readCheckpoint, readHeader, writeJsonAtomic } from './safetensors';
 
 export type Device = 'cpu' | 'cuda';
 export type DType = 'float32' | 'bfloat16';
@@ -56,6 +57,9 @@ export class Model {
   private params: RawParam[];
   private spec: RawSpec;
   private givenLabels?: string[];
+  private adapterInfo = new Map<string, ResolvedLoRA>();
+  private active: string | null = null;
+  private merged = false;
 
   private constructor(handle: Handle, spec: RawSpec, config: HFConfig, params: RawParam[]) {
     this.handle = handle;
@@ -213,8 +217,148 @@ export class Model {
     }));
   }
 
+  // ---- adapters (PEFT) ------------------------------------------------------------------------------------------
+
+  /** Names of the adapters on this model. */
+  get adapters(): string[] { return [...this.adapterInfo.keys()]; }
+  /** The adapter forward/backward use, or null for the bare base model. */
+  get activeAdapter(): string | null { return this.active; }
+
+  /** @internal Used by LoRA.apply: freezes everything else and adds a trainable LoRA adapter, made active. */
+  async addLoRA(name: string, options: LoRAOptions): Promise<void> {
+    if (typeof name !== 'string' || !/^[A-Za-z0-9_-]+$/.test(name)) throw new TunekitError('E_ARG', `adapter name must be letters, digits, _ or -, got ${JSON.stringify(name)}`);
+    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
+    if (this.active && this.merged) throw new TunekitError('E_STATE', `adapter '${this.active}' is merged; unmerge it before adding another`);
+    const l = resolveLoRA(this, options);
+    await serial(async () => {
+      await addon.addLora(this.h, { adapter: name, modules: l.modules, modulesToSave: l.saveParams, r: l.r, alpha: l.alpha, dropout: l.dropout, rslora: l.rslora, seed: l.seed });
+      this.params = await addon.parameters(this.h);
+      const own = this.params.filter((p) => ownedBy(p.name, name)).map((p) => p.name);
+      await addon.setTrainable(this.h, this.params.filter((p) => !ownedBy(p.name, name)).map((p) => p.name), false);
+      await addon.setTrainable(this.h, own, true);
+      await addon.setAdapter(this.h, name);
+      this.params = await addon.parameters(this.h);
+    });
+    this.adapterInfo.set(name, l);
+    this.active = name;
+  }
+
+  /** Runs calls through the named adapter, or through the bare base model with null. */
+  async setAdapter(name: string | null): Promise<void> {
+    if (name !== null && !this.adapterInfo.has(name)) throw new TunekitError('E_ARG', `the model has no adapter named '${name}' (it has: ${this.adapters.join(', ') || 'none'})`);
+    await serial(() => addon.setAdapter(this.h, name ?? ''));
+    this.active = name;
+  }
+
+  /** Folds the active LoRA adapter into the base weights (W += scaling * B A): same outputs, base-model cost. */
+  async mergeAdapter(): Promise<void> {
+    if (!this.active) throw new TunekitError('E_STATE', 'no adapter is active');
+    await serial(() => addon.mergeAdapter(this.h, true));
+    this.merged = true;
+  }
+
+  /** Takes a merged adapter back out of the base weights (equal to before the merge up to float32 rounding). */
+  async unmergeAdapter(): Promise<void> {
+    if (!this.active) throw new TunekitError('E_STATE', 'no adapter is active');
+    await serial(() => addon.mergeAdapter(this.h, false));
+    this.merged = false;
+  }
+
+  async deleteAdapter(name: string): Promise<void> {
+    if (!this.adapterInfo.has(name)) throw new TunekitError('E_ARG', `the model has no adapter named '${name}'`);
+    await serial(async () => {
+      await addon.deleteAdapter(this.h, name);
+      this.params = await addon.parameters(this.h);
+    });
+    this.adapterInfo.delete(name);
+    if (this.active === name) this.active = null;
+  }
+
+  /** adapter_config.json + adapter_model.safetensors in PEFT's layout and key names, loadable by PeftModel.from_pretrained. */
+  async saveAdapter(dir: string, options: { name?: string; baseModelNameOrPath?: string } = {}): Promise<void> {
+    const name = options.name ?? this.active ?? (this.adapterInfo.size === 1 ? this.adapters[0] : undefined);
+    if (!name || !this.adapterInfo.has(name)) throw new TunekitError('E_STATE', name ? `the model has no adapter named '${name}'` : 'the model has no adapter to save');
+    const l = this.adapterInfo.get(name)!;
+    const names: string[] = [];
+    const keys: string[] = [];
+    for (const p of this.params) {
+      const m = p.name.match(/^(.*)\.(lora_[AB])\.([^.]+)\.weight$/);
+      if (m && m[3] === name) { names.push(p.name); keys.push(`base_model.model.${m[1]}.${m[2]}.weight`); continue; }
+      const s = p.name.match(/^(.*)\.modules_to_save\.([^.]+)\.([^.]+)$/);
+      if (s && s[2] === name) { names.push(p.name); keys.push(`base_model.model.${s[1]}.${s[3]}`); }
+    }
+    fs.mkdirSync(dir, { recursive: true });
+    await atomicWrite(path.join(dir, 'adapter_model.safetensors'), (tmp) => serial(() => addon.saveSafetensors(this.h, tmp, names, keys)));
+    await writeJsonAtomic(path.join(dir, 'adapter_config.json'), loraConfigJson(this, l, options.baseModelNameOrPath ?? null));
+  }
+
+  /**
+   * Loads a PEFT LoRA adapter folder under `name` (default "default"), made active unless `activate: false`.
+   * Its weights are frozen unless `trainable: true` (as PEFT's is_trainable).
+   */
+  async loadAdapter(dir: string, options: { name?: string; trainable?: boolean; activate?: boolean } = {}): Promise<void> {
+    const name = options.name ?? 'default';
+    const { config, header, file } = readAdapterFolder(dir);
+    if (config.peft_type !== 'LORA') throw new TunekitError('E_FORMAT', `${dir}/adapter_config.json: peft_type ${JSON.stringify(config.peft_type)} is not LORA`);
+    for (const k of ['rank_pattern', 'alpha_pattern'] as const) {
+      if (config[k] && Object.keys(config[k] as object).length) throw new TunekitError('E_FORMAT', `${dir}: per-module ${k} is not supported`);
+    }
+    if (config.use_dora) throw new TunekitError('E_FORMAT', `${dir}: DoRA adapters are not supported`);
+    const known = new Set(this.params.map((p) => p.name));
+    const prefix = BASE_PREFIX[this.modelType];
+    const ours = (peftName: string) => [peftName, peftName.startsWith(prefix) ? peftName.slice(prefix.length) : prefix + peftName];
+    const modules = new Set<string>();
+    const saveParams: string[] = [];
+    const fileOf = new Map<string, string>();  // our parameter name -> key in the file, resolved after the adapter exists
+    let r = Number(config.r);
+    for (const key of header.tensors.keys()) {
+      if (!key.startsWith('base_model.model.')) throw new TunekitError('E_FORMAT', `${file}: tensor '${key}' is not under base_model.model.`);
+      const rest = key.slice('base_model.model.'.length);
+      const m = rest.match(/^(.*)\.(lora_[AB])\.weight$/);
+      if (m) {
+        const mod = ours(m[1]).find((c) => known.has(`${c}.weight`));
+        if (!mod) throw new TunekitError('E_FORMAT', `${file}: '${key}' adapts a module this ${this.modelType} ${this.task} model does not have`);
+        modules.add(mod);
+        fileOf.set(`${mod}.${m[2]}.${name}.weight`, key);
+        if (m[2] === 'lora_A') r = header.tensors.get(key)!.shape[0];
+        continue;
+      }
+      const base = ours(rest).find((c) => known.has(c));
+      if (!base) throw new TunekitError('E_FORMAT', `${file}: '${key}' names no parameter of this ${this.modelType} ${this.task} model`);
+      saveParams.push(base);
+      const dot = base.lastIndexOf('.');
+      fileOf.set(`${base.slice(0, dot)}.modules_to_save.${name}${base.slice(dot)}`, key);
+    }
+    if (modules.size === 0) throw new TunekitError('E_FORMAT', `${file}: no lora_A/lora_B tensors`);
+    const l: ResolvedLoRA = {
+      r, alpha: Number(config.lora_alpha ?? 8), dropout: Number(config.lora_dropout ?? 0), rslora: Boolean(config.use_rslora), seed: 0,
+      modules: [...modules], modulesToSave: (config.modules_to_save as string[] | null) ?? [], saveParams,
+      targetModules: (config.target_modules as string[] | string) ?? [...modules],
+    };
+    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
+    const entries = [...fileOf].map(([ourName, key]) => entry(ourName, header.tensors.get(key)!));
+    await serial(async () => {
+      await addon.addLora(this.h, { adapter: name, modules: l.modules, modulesToSave: l.saveParams, r: l.r, alpha: l.alpha, dropout: l.dropout, rslora: l.rslora, seed: 0 });
+      try {
+        await addon.loadSafetensors(this.h, file, entries);
+      } catch (e) {
+        await addon.deleteAdapter(this.h, name);
+        this.params = await addon.parameters(this.h);
+        throw e;
+      }
+      // As PEFT: the base is frozen under an adapter; the adapter itself trains only when asked to.
+      const all = await addon.parameters(this.h);
+      await addon.setTrainable(this.h, all.filter((p) => !ownedBy(p.name, name)).map((p) => p.name), false);
+      await addon.setTrainable(this.h, all.filter((p) => ownedBy(p.name, name)).map((p) => p.name), Boolean(options.trainable));
+      if (options.activate ?? true) await addon.setAdapter(this.h, name);
+      this.params = await addon.parameters(this.h);
+    });
+    this.adapterInfo.set(name, l);
+    if (options.activate ?? true) this.active = name;
+  }
+
   /** config.json + model.safetensors, loadable by transformers' from_pretrained. Each file lands atomically. */
-  async savePretrained(dir: string): Promise<void> {
+  async savePretrained(dir: string, options: { includeAdapters?: boolean } = {}): Promise<void> {
     fs.mkdirSync(dir, { recursive: true });
     const config: HFConfig = { ...this.config, architectures: [ARCHITECTURES[this.modelType][this.task]], dtype: this.dtype };
     if (this.task === 'sequence-classification') {
@@ -223,7 +367,23 @@ export class Model {
       config.id2label = Object.fromEntries(labels.map((l, i) => [String(i), l]));
       config.label2id = Object.fromEntries(labels.map((l, i) => [l, i]));
     }
-    await atomicWrite(path.join(dir, 'model.safetensors'), (tmp) => serial(() => addon.saveSafetensors(this.h, tmp, [])));
+    // Adapter weights stay out of the base checkpoint (saveAdapter writes them), except for a trainer checkpoint.
+    // A merged adapter's trained copies of its modules_to_save are the model's head from now on.
+    let names: string[] = [];
+    let keys: string[] | undefined;
+    if (!options.includeAdapters && this.adapterInfo.size > 0) {
+      const over = new Map<string, string>();
+      if (this.active && this.merged) {
+        for (const base of this.adapterInfo.get(this.active)!.saveParams) {
+          const dot = base.lastIndexOf('.');
+          over.set(base, `${base.slice(0, dot)}.modules_to_save.${this.active}${base.slice(dot)}`);
+        }
+      }
+      const base = this.params.filter((p) => !/\.(lora_[AB]|modules_to_save)\./.test(p.name)).map((p) => p.name);
+      names = base.map((n) => over.get(n) ?? n);
+      keys = base;
+    }
+    await atomicWrite(path.join(dir, 'model.safetensors'), (tmp) => serial(() => addon.saveSafetensors(this.h, tmp, names, keys)));
     // A stale index from an earlier sharded save would shadow the new single file for readers that prefer it.
     fs.rmSync(path.join(dir, 'model.safetensors.index.json'), { force: true });
     await writeJsonAtomic(path.join(dir, 'config.json'), config);
@@ -234,6 +394,26 @@ export class Model {
     if (this.handle) sync(() => addon.dispose(this.handle!));
     this.handle = null;
   }
+}
+
+/** Whether a parameter belongs to the named adapter (its LoRA matrices or its modules_to_save copies). */
+function ownedBy(param: string, adapter: string): boolean {
+  return param.includes(`.lora_A.${adapter}.`) || param.includes(`.lora_B.${adapter}.`) || param.includes(`.modules_to_save.${adapter}.`);
+}
+
+function readAdapterFolder(dir: string) {
+  if (typeof dir !== 'string' || !fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new TunekitError('E_FILE', `adapter folder ${dir} does not exist`);
+  const cfgFile = path.join(dir, 'adapter_config.json');
+  if (!fs.existsSync(cfgFile)) throw new TunekitError('E_FILE', `${cfgFile} does not exist`);
+  let config: Record<string, unknown>;
+  try {
+    config = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
+  } catch (e) {
+    throw new TunekitError('E_FORMAT', `${cfgFile}: ${(e as Error).message}`);
+  }
+  const file = path.join(dir, 'adapter_model.safetensors');
+  if (!fs.existsSync(file)) throw new TunekitError('E_FILE', `${file} does not exist (adapter_model.bin is not read: use safetensors)`);
+  return { config, header: readHeader(file), file };
 }
 
 /** Checks the options against the config and builds the core's spec. */

@@ -38,7 +38,7 @@ export interface Addon {
   setTrainable(m: Handle, names: string[], trainable: boolean): Promise<void>;
   setTraining(m: Handle, training: boolean): Promise<void>;
   loadSafetensors(m: Handle, path: string, entries: RawEntry[]): Promise<void>;
-  saveSafetensors(m: Handle, path: string, names: string[]): Promise<void>;
+  saveSafetensors(m: Handle, path: string, names: string[], keys?: string[]): Promise<void>;
   forward(m: Handle, b: RawBatch, wantLogits: boolean): Promise<{ logits?: FloatArray; loss?: number }>;
   backward(m: Handle, b: RawBatch, lossScale: number): Promise<number>;
   embed(m: Handle, b: RawBatch, pooling: string): Promise<FloatArray>;
@@ -54,6 +54,10 @@ export interface Addon {
   optimizerStep(o: Handle, lr: number, maxGradNorm: number): Promise<number>;
   optimizerSave(o: Handle, path: string): Promise<void>;
   optimizerLoad(o: Handle, path: string, entries: RawEntry[], step: number): Promise<void>;
+  addLora(m: Handle, spec: { adapter: string; modules: string[]; modulesToSave?: string[]; r: number; alpha: number; dropout: number; rslora: boolean; seed: number }): Promise<void>;
+  setAdapter(m: Handle, name: string): Promise<void>;
+  mergeAdapter(m: Handle, merge: boolean): Promise<void>;
+  deleteAdapter(m: Handle, name: string): Promise<void>;
   logRegFit(x: Float32Array, n: number, dim: number, y: Int32Array, classes: number, spec: { C?: number; maxIter?: number; tol?: number }): Promise<{ weights: Float64Array; bias: Float64Array; rows: number; iterations: number; loss: number; converged: boolean }>;
 }
 

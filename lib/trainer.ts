@@ -237,7 +237,7 @@ export class Trainer {
     const name = `checkpoint-${state.step}`;
     const tmp = path.join(dir, `.tmp-${name}-${process.pid}`);
     fs.rmSync(tmp, { recursive: true, force: true });
-    await this.model.savePretrained(tmp);
+    await this.model.savePretrained(tmp, { includeAdapters: true });
     await this.options.optimizer.save(path.join(tmp, 'optimizer.safetensors'));
     const saved: TrainerState = { ...state, rng: sync(() => addon.rngState()).toString('base64') };
     await writeJsonAtomic(path.join(tmp, 'trainer_state.json'), { ...saved, optimizerSteps: this.options.optimizer.stepCount });

@@ -309,7 +309,9 @@ Napi::Value SaveSafetensors(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto path = string_arg(info, 1, "path");
   auto names = strings(info.Env(), info[2], "names");
-  return run_void(info.Env(), [m, path, names] { save_safetensors(*m, path, names); });
+  std::vector<std::string> keys;
+  if (info.Length() > 3 && !info[3].IsUndefined()) keys = strings(info.Env(), info[3], "keys");
+  return run_void(info.Env(), [m, path, names, keys] { save_safetensors(*m, path, names, keys); });
 }
 
 Napi::Value Forward(const Napi::CallbackInfo& info) {
@@ -441,6 +443,40 @@ Napi::Value OptimizerLoad(const Napi::CallbackInfo& info) {
   return run_void(info.Env(), [o, path, entries, step] { optimizer_load(*o, path, entries, step); });
 }
 
+Napi::Value AddLora(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto o = object_arg(info, 1, "spec");
+  LoraSpec s;
+  s.adapter = str_field(o, "adapter", "default");
+  s.modules = strings(info.Env(), o.Get("modules"), "modules");
+  auto mts = o.Get("modulesToSave");
+  if (!mts.IsUndefined()) s.modules_to_save = strings(info.Env(), mts, "modulesToSave");
+  s.r = int64_t(num_field(o, "r", 8));
+  s.alpha = num_field(o, "alpha", 8);
+  s.dropout = num_field(o, "dropout", 0);
+  s.rslora = bool_field(o, "rslora", false);
+  s.seed = uint64_t(num_field(o, "seed", 0));
+  return run_void(info.Env(), [m, s] { add_lora(*m, s); });
+}
+
+Napi::Value SetAdapter(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto name = string_arg(info, 1, "adapter name");
+  return run_void(info.Env(), [m, name] { set_adapter(*m, name); });
+}
+
+Napi::Value MergeAdapter(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  bool merge = bool_arg(info, 1, "merge");
+  return run_void(info.Env(), [m, merge] { merge ? merge_adapter(*m) : unmerge_adapter(*m); });
+}
+
+Napi::Value DeleteAdapter(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto name = string_arg(info, 1, "adapter name");
+  return run_void(info.Env(), [m, name] { delete_adapter(*m, name); });
+}
+
 Napi::Value LogRegFit(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   if (info.Length() < 6) type_error(env, "logRegFit(x, n, dim, y, classes, spec) takes 6 arguments");
@@ -493,6 +529,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("optimizerSave", Napi::Function::New(env, OptimizerSave));
   exports.Set("optimizerLoad", Napi::Function::New(env, OptimizerLoad));
   exports.Set("logRegFit", Napi::Function::New(env, LogRegFit));
+  exports.Set("addLora", Napi::Function::New(env, AddLora));
+  exports.Set("setAdapter", Napi::Function::New(env, SetAdapter));
+  exports.Set("mergeAdapter", Napi::Function::New(env, MergeAdapter));
+  exports.Set("deleteAdapter", Napi::Function::New(env, DeleteAdapter));
   return exports;
 }
 

@@ -90,7 +90,8 @@ void set_trainable(Model& m, const std::vector<std::string>& names, bool trainab
 void set_training(Model& m, bool training);
 void load_safetensors(Model& m, const std::string& path, const std::vector<TensorEntry>& entries);
 // Writes every parameter (or those named) to path as safetensors; the caller renames it into place.
-void save_safetensors(Model& m, const std::string& path, const std::vector<std::string>& names);
+void save_safetensors(Model& m, const std::string& path, const std::vector<std::string>& names,
+                      const std::vector<std::string>& keys = {});
 
 ForwardResult forward(Model& m, const Batch& b, bool want_logits);
 double backward(Model& m, const Batch& b, double loss_scale);
@@ -110,6 +111,23 @@ double optimizer_step(Optimizer& o, double lr, double max_norm);
 void optimizer_save(Optimizer& o, const std::string& path);
 void optimizer_load(Optimizer& o, const std::string& path, const std::vector<TensorEntry>& entries, int64_t step);
 int64_t optimizer_steps(Optimizer& o);
+
+// LoRA adapters (peft/lora.cpp). Parameters are named as PEFT names them inside the model
+// ("<module>.lora_A.<adapter>.weight"; modules_to_save copies "<module>.modules_to_save.<adapter>.<weight|bias>").
+struct LoraSpec {
+  std::string adapter = "default";
+  std::vector<std::string> modules;          // full module names, e.g. "transformer.h.0.attn.c_attn"
+  std::vector<std::string> modules_to_save;  // base parameter names to give this adapter its own trainable copy of
+  int64_t r = 8;
+  double alpha = 8, dropout = 0;
+  bool rslora = false;
+  uint64_t seed = 0;
+};
+void add_lora(Model& m, const LoraSpec& spec);
+void set_adapter(Model& m, const std::string& name);  // "" runs the bare base model
+void merge_adapter(Model& m);
+void unmerge_adapter(Model& m);
+void delete_adapter(Model& m, const std::string& name);
 
 // L2-regularised logistic regression fitted with L-BFGS (strong Wolfe line search) in float64, minimising the same
 // objective as scikit-learn's LogisticRegression(solver='lbfgs'): C * sum(log loss) + ||W||^2 / 2, the intercept

@@ -58,7 +58,9 @@ std::vector<ParamInfo> parameters(Model& m) {
 
 void set_trainable(Model& m, const std::vector<std::string>& names, bool trainable) {
   for (const auto& n : names) {
-    auto t = m.P(n);  // a handle onto the same storage and autograd metadata
+    auto it = m.params.find(n);
+    if (it == m.params.end()) throw Error("E_STATE", "model has no parameter '" + n + "'");
+    auto t = it->second;  // a handle onto the same storage and autograd metadata
     t.set_requires_grad(trainable);
     // A frozen parameter keeps no gradient, so it costs no memory and the optimizer skips it.
     if (!trainable) t.mutable_grad() = torch::Tensor();
@@ -122,15 +124,21 @@ std::vector<torch::Tensor> read_safetensors(const std::string& path, const std::
 
 void load_safetensors(Model& m, const std::string& path, const std::vector<TensorEntry>& entries) {
   auto tensors = read_safetensors(path, entries);
+  // The stored tensors by name (never an adapter's stand-in for them).
+  auto stored = [&](const std::string& n) -> torch::Tensor& {
+    auto it = m.params.find(n);
+    if (it == m.params.end()) throw Error("E_STATE", "model has no parameter '" + n + "'");
+    return it->second;
+  };
   // Check every shape before touching any weight, so a bad file leaves the model as it was.
   for (size_t i = 0; i < entries.size(); i++) {
-    const auto& p = m.P(entries[i].name);
+    const auto& p = stored(entries[i].name);
     require(p.sizes() == tensors[i].sizes(), "E_SHAPE",
             path + ": tensor '" + entries[i].name + "' has shape " + shape_str(tensors[i].sizes()) +
                 " but config.json implies " + shape_str(p.sizes()));
   }
   torch::NoGradGuard no_grad;
-  for (size_t i = 0; i < entries.size(); i++) m.P(entries[i].name).detach().copy_(tensors[i]);
+  for (size_t i = 0; i < entries.size(); i++) stored(entries[i].name).detach().copy_(tensors[i]);
 }
 
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
@@ -162,9 +170,15 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   require(ok, "E_FILE", "write failed for '" + path + "' (disk full?)");
 }
 
-void save_safetensors(Model& m, const std::string& path, const std::vector<std::string>& names) {
+void save_safetensors(Model& m, const std::string& path, const std::vector<std::string>& names, const std::vector<std::string>& keys) {
+  if (!keys.empty() && keys.size() != names.size()) throw Error("E_ARG", "save: keys must pair one to one with names");
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  for (const auto& n : names.empty() ? m.order : names) tensors.emplace_back(n, m.P(n));
+  const auto& list = names.empty() ? m.order : names;
+  for (size_t i = 0; i < list.size(); i++) {
+    auto it = m.params.find(list[i]);  // the stored tensor itself, never an adapter's stand-in
+    if (it == m.params.end()) throw Error("E_STATE", "model has no parameter '" + list[i] + "'");
+    tensors.emplace_back(keys.empty() ? list[i] : keys[i], it->second);
+  }
   write_safetensors(path, tensors);
 }
 

@@ -14,6 +14,21 @@ struct Output {
   torch::Tensor logits;  // per-token (causal/masked LM) or per-sequence (classification)
 };
 
+// One LoRA-adapted module of one adapter: its update is scaling * B @ A, with dropout on the adapter's input only.
+struct LoraModule {
+  std::string A, B;  // parameter names
+  double scaling = 1, dropout = 0;
+  bool fan_in_fan_out = false;  // GPT-2's Conv1D keeps its weight as [in, out]
+};
+
+// A named set of added parameters (LoRA for now) that can be switched on per call.
+struct Adapter {
+  std::string method;
+  std::unordered_map<std::string, LoraModule> lora;          // module name -> its LoRA
+  std::unordered_map<std::string, std::string> overrides;    // base parameter -> its trainable copy (modules_to_save)
+  bool merged = false;
+};
+
 class Model {
  public:
   ModelSpec spec;
@@ -24,7 +39,12 @@ class Model {
   torch::ScalarType dtype = torch::kFloat32;
   bool training = false;
 
+  std::map<std::string, Adapter> adapters;
+  std::string active;  // the adapter in use, or "" for the bare base model
+
+  // A parameter by name; under an active adapter, its modules_to_save copies stand in for the base tensors.
   const torch::Tensor& P(const std::string& name) const;
+  const Adapter* active_adapter() const;
   bool has(const std::string& name) const { return params.count(name) > 0; }
   void add(const std::string& name, torch::Tensor t);
 
@@ -45,6 +65,11 @@ void llama_build(Model& m);
 Output llama_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mask);
 void distilbert_build(Model& m);
 Output distilbert_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mask);
+
+// LoRA's linear (peft/lora.cpp): base(x) + scaling * B(A(dropout(x))), with its own backward that never forms the
+// frozen weight's gradient.
+torch::Tensor lora_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, const torch::Tensor& A,
+                          const torch::Tensor& B, const LoraModule& spec, bool training);
 
 // Shared blocks (models/layers.cpp).
 torch::Tensor activation(const std::string& name, const torch::Tensor& x);

@@ -3,7 +3,17 @@
 
 namespace tunekit {
 
+const Adapter* Model::active_adapter() const {
+  if (active.empty()) return nullptr;
+  auto it = adapters.find(active);
+  return it == adapters.end() ? nullptr : &it->second;
+}
+
 const torch::Tensor& Model::P(const std::string& name) const {
+  if (const auto* a = active_adapter(); a && !a->overrides.empty()) {
+    auto o = a->overrides.find(name);
+    if (o != a->overrides.end()) return params.at(o->second);
+  }
   auto it = params.find(name);
   if (it == params.end()) throw Error("E_STATE", "model has no parameter '" + name + "'");
   return it->second;
@@ -16,10 +26,19 @@ void Model::add(const std::string& name, torch::Tensor t) {
 
 torch::Tensor Model::linear(const std::string& module, const torch::Tensor& x) const {
   auto b = params.find(module + ".bias");
-  return torch::linear(x, P(module + ".weight"), b == params.end() ? torch::Tensor() : b->second);
+  torch::Tensor bias = b == params.end() ? torch::Tensor() : P(module + ".bias");
+  if (const auto* a = active_adapter(); a && !a->merged) {
+    auto l = a->lora.find(module);
+    if (l != a->lora.end()) return lora_linear(x, P(module + ".weight"), bias, params.at(l->second.A), params.at(l->second.B), l->second, training);
+  }
+  return torch::linear(x, P(module + ".weight"), bias);
 }
 
 torch::Tensor Model::conv1d(const std::string& module, const torch::Tensor& x) const {
+  if (const auto* a = active_adapter(); a && !a->merged) {
+    auto l = a->lora.find(module);
+    if (l != a->lora.end()) return lora_linear(x, P(module + ".weight"), P(module + ".bias"), params.at(l->second.A), params.at(l->second.B), l->second, training);
+  }
   const auto& w = P(module + ".weight");
   auto sizes = x.sizes().vec();
   sizes.back() = w.size(1);
