@@ -8,7 +8,7 @@ import { TunekitError } from '../errors';
 import { Model, Pooling } from '../model';
 import { lineChartSvg, lossSeries, writeSvg } from '../plot';
 import { MetricsWriter, progressBar, ProgressBar, trainingFields } from '../progress';
-import { FeatureBased, FinetuneAll, FinetuneHead, StrategyResult, TrainOptions } from '../strategies';
+import { FeatureBased, FinetuneAll, FinetuneHead, FinetuneLoRA, StrategyResult, TrainOptions } from '../strategies';
 import { Tokenizer } from '../tokenizer';
 import { evaluateModel } from '../trainer';
 
@@ -33,6 +33,7 @@ const STRATEGIES: Record<string, string> = {
   features: 'feature-based: embed with the frozen model, fit a logistic regression (--pooling cls|mean|last, --C)',
   full: 'finetuning II: train every parameter',
   head: 'finetuning I: freeze the backbone, train the output layers (add --unfreeze-last-blocks N for the last blocks too)',
+  lora: 'LoRA: freeze the model, train low-rank adapters (--lora-r, --lora-alpha, --lora-dropout, --lora-targets) and the head; --out gets a PEFT adapter',
 };
 
 function num(o: Opts, key: string, fallback: number | undefined, kind: 'int' | 'float' = 'float'): number | undefined {
@@ -101,6 +102,7 @@ const COMMANDS: Record<string, Command> = {
       ...common, strategy: { type: 'string' }, out: { type: 'string' }, epochs: { type: 'string' }, lr: { type: 'string' },
       'max-steps': { type: 'string' }, 'weight-decay': { type: 'string' }, 'warmup-ratio': { type: 'string' },
       'grad-accumulation': { type: 'string' }, 'unfreeze-last-blocks': { type: 'string' }, pooling: { type: 'string' }, C: { type: 'string' },
+      'lora-r': { type: 'string' }, 'lora-alpha': { type: 'string' }, 'lora-dropout': { type: 'string' }, 'lora-targets': { type: 'string' },
     },
     help: {
       ...commonHelp,
@@ -112,6 +114,9 @@ const COMMANDS: Record<string, Command> = {
       'unfreeze-last-blocks': 'with --strategy head: also train the last N transformer blocks',
       pooling: 'with --strategy features: cls, mean or last (default cls for distilbert, last for gpt2/llama)',
       C: 'with --strategy features: inverse L2 strength of the logistic regression (default 1)',
+      'lora-r': 'with --strategy lora: rank (default 8)', 'lora-alpha': 'with --strategy lora: alpha (default 16)',
+      'lora-dropout': 'with --strategy lora: dropout on the adapter input (default 0.1)',
+      'lora-targets': 'with --strategy lora: comma-separated module names (default gpt2 c_attn, llama q_proj,v_proj, distilbert q_lin,v_lin)',
     },
     async run(o) {
       const strategyName = String(o.strategy ?? 'full');
@@ -137,7 +142,17 @@ const COMMANDS: Record<string, Command> = {
           metrics.write({ step: p.step, epoch: p.epoch, loss: p.loss, lr: p.lr, gradNorm: p.gradNorm, tokensPerSecond: p.tokensPerSecond, elapsedMs: p.elapsedMs, ...(p.evalLoss !== undefined ? { evalLoss: p.evalLoss } : {}), ...(p.evalAccuracy !== undefined ? { evalAccuracy: p.evalAccuracy } : {}) });
         },
       };
-      const strategy = strategyName === 'full' ? new FinetuneAll(opts) : new FinetuneHead({ ...opts, unfreezeLastBlocks: num(o, 'unfreeze-last-blocks', 0, 'int') });
+      if (strategyName === 'lora') opts.lr = num(o, 'lr', 1e-3);
+      const strategy = strategyName === 'full' ? new FinetuneAll(opts)
+        : strategyName === 'lora' ? new FinetuneLoRA({
+          ...opts,
+          lora: {
+            r: num(o, 'lora-r', 8, 'int'), alpha: num(o, 'lora-alpha', 16), dropout: num(o, 'lora-dropout', 0.1),
+            ...(o['lora-targets'] ? { targetModules: String(o['lora-targets']).split(',').map((x) => x.trim()).filter(Boolean) } : {}),
+            seed: num(o, 'seed', 42, 'int'),
+          },
+        })
+        : new FinetuneHead({ ...opts, unfreezeLastBlocks: num(o, 'unfreeze-last-blocks', 0, 'int') });
       console.log(`${strategyName} finetuning of ${dir} on ${splits.train.source}: ${train.length} train / ${validation.length} validation / ${test.length} test examples`);
       let result: StrategyResult;
       try {
@@ -145,7 +160,8 @@ const COMMANDS: Record<string, Command> = {
       } finally {
         bar?.stop();
       }
-      await model.savePretrained(out);
+      if (strategyName === 'lora') await model.saveAdapter(out, { baseModelNameOrPath: dir });
+      else await model.savePretrained(out);
       for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
         if (fs.existsSync(path.join(dir, f))) fs.copyFileSync(path.join(dir, f), path.join(out, f));
       }
@@ -155,7 +171,7 @@ const COMMANDS: Record<string, Command> = {
       console.log(`trainable parameters: ${result.trainableParameters.toLocaleString('en-US')} of ${result.totalParameters.toLocaleString('en-US')}; ${tr?.steps} steps in ${(result.wallTimeMs / 1000).toFixed(1)} s (${Math.round(result.tokensPerSecond ?? 0)} tok/s), peak RSS ${result.peakRssMiB.toFixed(0)} MiB`);
       if (result.validation) console.log(`validation ${describe(result.validation)}`);
       if (result.test) console.log(`test ${describe(result.test)}`);
-      console.log(`saved to ${out} (model, metrics.jsonl, loss.svg, results.json)`);
+      console.log(`saved to ${out} (${strategyName === 'lora' ? 'PEFT adapter' : 'model'}, metrics.jsonl, loss.svg, results.json)`);
       model.dispose();
     },
   },
@@ -163,8 +179,8 @@ const COMMANDS: Record<string, Command> = {
   evaluate: {
     summary: 'score a model on a dataset split (accuracy for labelled data, perplexity for text)',
     usage: 'tunekit evaluate --model DIR [--data SPEC] [--split test|validation|train] [options]',
-    options: { ...common, split: { type: 'string' } },
-    help: { ...commonHelp, split: 'which split to score (default test)' },
+    options: { ...common, split: { type: 'string' }, adapter: { type: 'string' } },
+    help: { ...commonHelp, split: 'which split to score (default test)', adapter: 'a PEFT adapter folder (e.g. from --strategy lora) to apply to --model' },
     async run(o) {
       if (o.model === undefined) throw new UsageError('--model is required (a model folder, e.g. one written by tunekit finetune)');
       const dir = modelDir(o);
@@ -174,8 +190,12 @@ const COMMANDS: Record<string, Command> = {
       const data = splits[split as keyof Splits];
       const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
       const isClassifier = Array.isArray(config.architectures) && config.architectures.some((a: string) => a.endsWith('ForSequenceClassification'));
-      if (data.kind === 'classification' && !isClassifier) throw new UsageError(`${dir} is not a classifier (architectures ${JSON.stringify(config.architectures)}); finetune it on labelled data first`);
-      const model = await Model.fromPretrained(dir, { task: data.kind === 'classification' ? 'sequence-classification' : 'causal-lm', device: (o.device as 'cpu' | 'cuda') ?? 'cpu' });
+      if (data.kind === 'classification' && !isClassifier && !o.adapter) throw new UsageError(`${dir} is not a classifier (architectures ${JSON.stringify(config.architectures)}); finetune it on labelled data first`);
+      const model = await Model.fromPretrained(dir, {
+        task: data.kind === 'classification' ? 'sequence-classification' : 'causal-lm', device: (o.device as 'cpu' | 'cuda') ?? 'cpu',
+        ...(o.adapter && data.kind === 'classification' && !isClassifier ? { numLabels: data.labelNames!.length } : {}),
+      });
+      if (o.adapter) await model.loadAdapter(path.resolve(String(o.adapter)));
       if (data.kind === 'classification' && model.numLabels < (data.labelNames?.length ?? 0)) throw new UsageError(`${dir} has ${model.numLabels} classes but the data has ${data.labelNames!.length}`);
       const tok = await Tokenizer.fromPretrained(dir);
       const examples = data.toExamples(tok, { maxLength: num(o, 'max-length', 128, 'int') });

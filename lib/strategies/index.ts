@@ -5,3 +5,4 @@ export { TRAIN_DEFAULTS, peakRssMiB, trainSupervised } from './common';
 export type { StrategyData, StrategyResult, TrainOptions } from './common';
 export { FeatureBased } from './feature-based';
 export type { FeatureBasedOptions } from './feature-based';
+export { FinetuneLoRA } from './lora';

@@ -9,7 +9,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { FeatureBased, FinetuneAll, FinetuneHead, Model, Tokenizer, builtinSplits } from '../../lib';
+import { FeatureBased, FinetuneAll, FinetuneHead, FinetuneLoRA, LoRA, Model, Tokenizer, builtinSplits } from '../../lib';
 import { shuffled } from '../../lib/trainer';
 import type { StrategyResult } from '../../lib';
 
@@ -18,10 +18,13 @@ export interface StrategyPlan { lr?: number; epochs?: number; unfreezeLastBlocks
 /** The hyperparameters of each strategy, shared by both sides. */
 export const PLANS: Record<string, StrategyPlan> = {
   features: {},
-  head: { lr: 2e-3, epochs: 5 },
-  'head+last1': { lr: 5e-4, epochs: 5, unfreezeLastBlocks: 1 },
+  head: { lr: 2e-3, epochs: 3 },
+  'head+last1': { lr: 5e-4, epochs: 3, unfreezeLastBlocks: 1 },
   full: { lr: 1e-4, epochs: 3 },
+  lora: { lr: 2e-3, epochs: 3 },
 };
+/** LoRA's shape in the experiment: PEFT's default target modules, r 8, alpha 16, no dropout (deterministic runs). */
+export const LORA = { r: 8, alpha: 16, dropout: 0 };
 export const BATCH_SIZE = 16;
 export const MAX_LENGTH = 128;
 
@@ -62,8 +65,19 @@ async function main() {
     const model = await Model.fromPretrained(modelDir, { task: 'sequence-classification', numLabels: 2, seed, config: NO_DROPOUT, labelNames: ['negative', 'positive'] });
     await model.savePretrained(path.join(work, 'init'));
     const opts = { lr: plan.lr, epochs, batchSize: BATCH_SIZE, seed, weightDecay: 0.01, warmupRatio: 0.1, maxGradNorm: 1.0 };
-    const s = strategy === 'full' ? new FinetuneAll(opts) : new FinetuneHead({ ...opts, unfreezeLastBlocks: plan.unfreezeLastBlocks ?? 0 });
-    result = await s.run(model, { train, validation, test });
+    if (strategy === 'lora') {
+      // The adapter is created here so its initial weights can be handed to PEFT too.
+      await new LoRA({ ...LORA, seed }).apply(model);
+      await model.saveAdapter(path.join(work, 'init-adapter'));
+      result = await new FinetuneLoRA(opts).run(model, { train, validation, test });
+      const file = path.join(work, 'adapter');
+      await model.saveAdapter(file);
+      (result as StrategyResult & { adapterBytes?: number; checkpointBytes?: number }).adapterBytes = fs.statSync(path.join(file, 'adapter_model.safetensors')).size;
+    } else {
+      const s = strategy === 'full' ? new FinetuneAll(opts) : new FinetuneHead({ ...opts, unfreezeLastBlocks: plan.unfreezeLastBlocks ?? 0 });
+      result = await s.run(model, { train, validation, test });
+    }
+    (result as StrategyResult & { checkpointBytes?: number }).checkpointBytes = fs.statSync(path.join(work, 'init', 'model.safetensors')).size;
   }
   const { train: tr, ...rest } = result;
   console.log(JSON.stringify({ side: 'tunekit', model: path.basename(modelDir), data, seed, ...rest, steps: tr?.steps }));

@@ -60,7 +60,11 @@ def main():
     else:
         model = transformers.AutoModelForSequenceClassification.from_pretrained(os.path.join(work, "init"), dtype=torch.float32)
         names = [n for n, _ in model.named_parameters()]
-        if strategy == "full":
+        if strategy == "lora":
+            from peft import PeftModel
+            model = PeftModel.from_pretrained(model, os.path.join(work, "init-adapter"), is_trainable=True)
+            train_names = {n for n, p in model.named_parameters() if p.requires_grad}
+        elif strategy == "full":
             train_names = set(names)
         else:
             head = ("pre_classifier.", "classifier.") if model.config.model_type == "distilbert" else ("score.",)
