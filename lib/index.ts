@@ -25,3 +25,5 @@ export type { LogisticRegressionOptions } from './logreg';
 export type { FeatureBasedOptions, FinetuneHeadOptions, StrategyData, StrategyResult, TrainOptions } from './strategies';
 export { LoRA } from './peft/lora';
 export type { LoRAOptions } from './peft/lora';
+export { PromptTuning } from './peft/prompt';
+export type { PromptTuningOptions } from './peft/prompt';

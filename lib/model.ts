@@ -6,6 +6,7 @@ import { ARCHITECTURES, HFConfig, ModelType, Task, defaultTask, firstId, modelTy
 import { TunekitError } from './errors';
 import { FloatArray, Handle, RawParam, RawSpec, addon, serial, sync } from './native';
 import { LoRAOptions, loraConfigJson, ResolvedLoRA, resolveLoRA } from './peft/lora';
+import { PromptTuningOptions, promptConfigJson, ResolvedPrompt, resolvePrompt } from './peft/prompt';
 import { atomicWrite, entry, readCheckpoint, readHeader, writeJsonAtomic } from './safetensors';
 
 export type Device = 'cpu' | 'cuda';
@@ -57,7 +58,7 @@ export class Model {
   private params: RawParam[];
   private spec: RawSpec;
   private givenLabels?: string[];
-  private adapterInfo = new Map<string, ResolvedLoRA>();
+  private adapterInfo = new Map<string, ResolvedLoRA | (ResolvedPrompt & { kind: 'prompt' })>();
   private active: string | null = null;
   private merged = false;
 
@@ -243,6 +244,24 @@ export class Model {
     this.active = name;
   }
 
+  /** @internal Used by PromptTuning.apply: freezes everything else and adds trainable virtual tokens, made active. */
+  async addPromptTuning(name: string, options: PromptTuningOptions): Promise<void> {
+    if (typeof name !== 'string' || !/^[A-Za-z0-9_-]+$/.test(name)) throw new TunekitError('E_ARG', `adapter name must be letters, digits, _ or -, got ${JSON.stringify(name)}`);
+    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
+    if (this.active && this.merged) throw new TunekitError('E_STATE', `adapter '${this.active}' is merged; unmerge it before adding another`);
+    const p = resolvePrompt(this, options);
+    await serial(async () => {
+      await addon.addPrompt(this.h, { adapter: name, numVirtualTokens: p.numVirtualTokens, initIds: p.initIds, modulesToSave: p.saveParams, seed: p.seed });
+      this.params = await addon.parameters(this.h);
+      await addon.setTrainable(this.h, this.params.filter((q) => !ownedBy(q.name, name)).map((q) => q.name), false);
+      await addon.setTrainable(this.h, this.params.filter((q) => ownedBy(q.name, name)).map((q) => q.name), true);
+      await addon.setAdapter(this.h, name);
+      this.params = await addon.parameters(this.h);
+    });
+    this.adapterInfo.set(name, { ...p, kind: 'prompt' });
+    this.active = name;
+  }
+
   /** Runs calls through the named adapter, or through the bare base model with null. */
   async setAdapter(name: string | null): Promise<void> {
     if (name !== null && !this.adapterInfo.has(name)) throw new TunekitError('E_ARG', `the model has no adapter named '${name}' (it has: ${this.adapters.join(', ') || 'none'})`);
@@ -282,14 +301,17 @@ export class Model {
     const names: string[] = [];
     const keys: string[] = [];
     for (const p of this.params) {
-      const m = p.name.match(/^(.*)\.(lora_[AB])\.([^.]+)\.weight$/);
+      if (p.name === `prompt_encoder.${name}.embedding.weight`) { names.push(p.name); keys.push('prompt_embeddings'); continue; }
+      const m: RegExpMatchArray | null = p.name.match(/^(.*)\.(lora_[AB])\.([^.]+)\.weight$/);
       if (m && m[3] === name) { names.push(p.name); keys.push(`base_model.model.${m[1]}.${m[2]}.weight`); continue; }
-      const s = p.name.match(/^(.*)\.modules_to_save\.([^.]+)\.([^.]+)$/);
-      if (s && s[2] === name) { names.push(p.name); keys.push(`base_model.model.${s[1]}.${s[3]}`); }
+      const s: RegExpMatchArray | null = p.name.match(/^(.*)\.modules_to_save\.([^.]+)\.([^.]+)$/);
+      // PEFT keys a prompt-learning adapter's modules_to_save under base_model., a LoRA's under base_model.model.
+      if (s && s[2] === name) { names.push(p.name); keys.push(`${'kind' in l ? 'base_model' : 'base_model.model'}.${s[1]}.${s[3]}`); }
     }
     fs.mkdirSync(dir, { recursive: true });
     await atomicWrite(path.join(dir, 'adapter_model.safetensors'), (tmp) => serial(() => addon.saveSafetensors(this.h, tmp, names, keys)));
-    await writeJsonAtomic(path.join(dir, 'adapter_config.json'), loraConfigJson(this, l, options.baseModelNameOrPath ?? null));
+    const config = 'kind' in l ? promptConfigJson(this, l, options.baseModelNameOrPath ?? null) : loraConfigJson(this, l, options.baseModelNameOrPath ?? null);
+    await writeJsonAtomic(path.join(dir, 'adapter_config.json'), config);
   }
 
   /**
@@ -299,6 +321,7 @@ export class Model {
   async loadAdapter(dir: string, options: { name?: string; trainable?: boolean; activate?: boolean } = {}): Promise<void> {
     const name = options.name ?? 'default';
     const { config, header, file } = readAdapterFolder(dir);
+    if (config.peft_type === 'PROMPT_TUNING') return this.loadPromptAdapter(name, config, header, file, options);
     if (config.peft_type !== 'LORA') throw new TunekitError('E_FORMAT', `${dir}/adapter_config.json: peft_type ${JSON.stringify(config.peft_type)} is not LORA`);
     for (const k of ['rank_pattern', 'alpha_pattern'] as const) {
       if (config[k] && Object.keys(config[k] as object).length) throw new TunekitError('E_FORMAT', `${dir}: per-module ${k} is not supported`);
@@ -357,6 +380,53 @@ export class Model {
     if (options.activate ?? true) this.active = name;
   }
 
+  private async loadPromptAdapter(name: string, config: Record<string, unknown>, header: ReturnType<typeof readHeader>, file: string,
+    options: { trainable?: boolean; activate?: boolean }): Promise<void> {
+    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
+    const prompt = header.tensors.get('prompt_embeddings');
+    if (!prompt) throw new TunekitError('E_FORMAT', `${file}: no prompt_embeddings tensor`);
+    const n = Number(config.num_virtual_tokens);
+    const hidden = this.parameters().find((q) => /(wte|embed_tokens|word_embeddings)\.weight$/.test(q.name))!.shape[1];
+    if (prompt.shape.length !== 2 || prompt.shape[0] !== n || prompt.shape[1] !== hidden) {
+      throw new TunekitError('E_SHAPE', `${file}: prompt_embeddings is [${prompt.shape}] but this model needs [${n}, ${hidden}]`);
+    }
+    if (Number(config.num_transformer_submodules ?? 1) !== 1) throw new TunekitError('E_FORMAT', `${file}: prompts for encoder-decoder models are not supported`);
+    const known = new Set(this.params.map((q) => q.name));
+    const prefix = BASE_PREFIX[this.modelType];
+    const saveParams: string[] = [];
+    const entries = [entry(`prompt_encoder.${name}.embedding.weight`, prompt)];
+    for (const key of header.tensors.keys()) {
+      if (key === 'prompt_embeddings') continue;
+      const rest = key.replace(/^base_model\.(model\.)?/, '');
+      const base = [rest, rest.startsWith(prefix) ? rest.slice(prefix.length) : prefix + rest].find((c) => known.has(c));
+      if (!base) throw new TunekitError('E_FORMAT', `${file}: '${key}' names no parameter of this ${this.modelType} ${this.task} model`);
+      saveParams.push(base);
+      const dot = base.lastIndexOf('.');
+      entries.push(entry(`${base.slice(0, dot)}.modules_to_save.${name}${base.slice(dot)}`, header.tensors.get(key)!));
+    }
+    const p: ResolvedPrompt = {
+      numVirtualTokens: n, initText: (config.prompt_tuning_init_text as string | null) ?? undefined, tokenizerNameOrPath: (config.tokenizer_name_or_path as string | null) ?? undefined,
+      modulesToSave: (config.modules_to_save as string[] | null) ?? [], saveParams, seed: 0,
+    };
+    await serial(async () => {
+      await addon.addPrompt(this.h, { adapter: name, numVirtualTokens: n, modulesToSave: saveParams, seed: 0 });
+      try {
+        await addon.loadSafetensors(this.h, file, entries);
+      } catch (e) {
+        await addon.deleteAdapter(this.h, name);
+        this.params = await addon.parameters(this.h);
+        throw e;
+      }
+      const all = await addon.parameters(this.h);
+      await addon.setTrainable(this.h, all.filter((q) => !ownedBy(q.name, name)).map((q) => q.name), false);
+      await addon.setTrainable(this.h, all.filter((q) => ownedBy(q.name, name)).map((q) => q.name), Boolean(options.trainable));
+      if (options.activate ?? true) await addon.setAdapter(this.h, name);
+      this.params = await addon.parameters(this.h);
+    });
+    this.adapterInfo.set(name, { ...p, kind: 'prompt' });
+    if (options.activate ?? true) this.active = name;
+  }
+
   /** config.json + model.safetensors, loadable by transformers' from_pretrained. Each file lands atomically. */
   async savePretrained(dir: string, options: { includeAdapters?: boolean } = {}): Promise<void> {
     fs.mkdirSync(dir, { recursive: true });
@@ -379,7 +449,7 @@ export class Model {
           over.set(base, `${base.slice(0, dot)}.modules_to_save.${this.active}${base.slice(dot)}`);
         }
       }
-      const base = this.params.filter((p) => !/\.(lora_[AB]|modules_to_save)\./.test(p.name)).map((p) => p.name);
+      const base = this.params.filter((p) => !/\.(lora_[AB]|modules_to_save)\./.test(p.name) && !p.name.startsWith('prompt_encoder.')).map((p) => p.name);
       names = base.map((n) => over.get(n) ?? n);
       keys = base;
     }
@@ -398,7 +468,8 @@ export class Model {
 
 /** Whether a parameter belongs to the named adapter (its LoRA matrices or its modules_to_save copies). */
 function ownedBy(param: string, adapter: string): boolean {
-  return param.includes(`.lora_A.${adapter}.`) || param.includes(`.lora_B.${adapter}.`) || param.includes(`.modules_to_save.${adapter}.`);
+  return param.includes(`.lora_A.${adapter}.`) || param.includes(`.lora_B.${adapter}.`) || param.includes(`.modules_to_save.${adapter}.`)
+    || param === `prompt_encoder.${adapter}.embedding.weight`;
 }
 
 function readAdapterFolder(dir: string) {

@@ -459,6 +459,22 @@ Napi::Value AddLora(const Napi::CallbackInfo& info) {
   return run_void(info.Env(), [m, s] { add_lora(*m, s); });
 }
 
+Napi::Value AddPrompt(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto o = object_arg(info, 1, "spec");
+  PromptSpec s;
+  s.adapter = str_field(o, "adapter", "default");
+  s.num_virtual_tokens = int64_t(num_field(o, "numVirtualTokens", 8));
+  auto init = o.Get("initIds");
+  if (!init.IsUndefined()) {
+    for (auto v : ints(info.Env(), init, "initIds")) s.init_ids.push_back(int32_t(v));
+  }
+  auto mts = o.Get("modulesToSave");
+  if (!mts.IsUndefined()) s.modules_to_save = strings(info.Env(), mts, "modulesToSave");
+  s.seed = uint64_t(num_field(o, "seed", 0));
+  return run_void(info.Env(), [m, s] { add_prompt(*m, s); });
+}
+
 Napi::Value SetAdapter(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto name = string_arg(info, 1, "adapter name");
@@ -531,6 +547,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("logRegFit", Napi::Function::New(env, LogRegFit));
   exports.Set("addLora", Napi::Function::New(env, AddLora));
   exports.Set("setAdapter", Napi::Function::New(env, SetAdapter));
+  exports.Set("addPrompt", Napi::Function::New(env, AddPrompt));
   exports.Set("mergeAdapter", Napi::Function::New(env, MergeAdapter));
   exports.Set("deleteAdapter", Napi::Function::New(env, DeleteAdapter));
   return exports;

@@ -124,6 +124,16 @@ struct LoraSpec {
   uint64_t seed = 0;
 };
 void add_lora(Model& m, const LoraSpec& spec);
+
+// Soft prompt tuning (peft/prompt.cpp): the prompt is "prompt_encoder.<adapter>.embedding.weight".
+struct PromptSpec {
+  std::string adapter = "default";
+  int64_t num_virtual_tokens = 8;
+  std::vector<int32_t> init_ids;             // TEXT init: one token id per virtual token; empty: RANDOM (N(0, 1))
+  std::vector<std::string> modules_to_save;
+  uint64_t seed = 0;
+};
+void add_prompt(Model& m, const PromptSpec& spec);
 void set_adapter(Model& m, const std::string& name);  // "" runs the bare base model
 void merge_adapter(Model& m);
 void unmerge_adapter(Model& m);

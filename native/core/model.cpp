@@ -41,7 +41,9 @@ std::shared_ptr<Model> create_model(const ModelSpec& spec) {
   return m;
 }
 
-Output Model::run(const torch::Tensor& ids, const torch::Tensor& mask) {
+Output Model::run(const torch::Tensor& ids, const torch::Tensor& in_mask) {
+  auto mask = in_mask;
+  if (int64_t n = virtual_tokens(); n > 0 && mask.defined()) mask = torch::cat({torch::ones({mask.size(0), n}, mask.options()), mask}, 1);
   if (spec.family == "gpt2") return gpt2_forward(*this, ids, mask);
   if (spec.family == "llama") return llama_forward(*this, ids, mask);
   return distilbert_forward(*this, ids, mask);
@@ -195,8 +197,9 @@ static Tensors to_tensors(const Model& m, const Batch& b) {
   for (auto id : b.input_ids)
     require(id >= 0 && id < V, "E_RANGE", "token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
   if (m.spec.family != "llama") {  // llama's rotary positions have no table to run off
-    require(b.seq <= m.spec.max_positions, "E_RANGE",
-            "sequence length " + std::to_string(b.seq) + " exceeds max_position_embeddings " + std::to_string(m.spec.max_positions));
+    require(b.seq + m.virtual_tokens() <= m.spec.max_positions, "E_RANGE",
+            "sequence length " + std::to_string(b.seq) + (m.virtual_tokens() ? " + " + std::to_string(m.virtual_tokens()) + " virtual tokens" : "") +
+                " exceeds max_position_embeddings " + std::to_string(m.spec.max_positions));
   }
   Tensors t;
   auto i32 = torch::TensorOptions().dtype(torch::kInt32);
@@ -221,6 +224,11 @@ static torch::Tensor loss_of(const Model& m, const Output& out, const torch::Ten
             std::string("labels must be -100 (ignored) or in [0, ") + std::to_string(hi) + ") for " + what);
   };
   if (task == "causal-lm" || task == "masked-lm") {
+    // Behind a soft prompt, the virtual positions predict nothing (PEFT prepends -100 labels).
+    torch::Tensor labels_in = labels;
+    if (int64_t n = m.virtual_tokens(); n > 0 && labels.dim() == 2)
+      labels_in = torch::cat({torch::full({labels.size(0), n}, -100.0, labels.options()), labels}, 1);
+    const auto& labels = labels_in;
     require(labels.dim() == 2 && labels.sizes() == out.logits.sizes().slice(0, 2), "E_SHAPE",
             "labels for a language model must have the shape of inputIds");
     auto l = labels.to(torch::kLong);
@@ -278,6 +286,7 @@ FloatArray embed(Model& m, const Batch& b, const std::string& pooling) {
   auto t = to_tensors(m, b);
   torch::NoGradGuard no_grad;
   auto h = m.run(t.ids, t.mask).hidden;
+  if (int64_t n = m.virtual_tokens(); n > 0 && t.mask.defined()) t.mask = torch::cat({torch::ones({t.mask.size(0), n}, t.mask.options()), t.mask}, 1);
   torch::Tensor pooled;
   if (pooling == "cls") {
     pooled = h.select(1, 0);

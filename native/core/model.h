@@ -27,6 +27,8 @@ struct Adapter {
   std::unordered_map<std::string, LoraModule> lora;          // module name -> its LoRA
   std::unordered_map<std::string, std::string> overrides;    // base parameter -> its trainable copy (modules_to_save)
   bool merged = false;
+  std::string prompt;  // soft prompt tuning: the [virtual_tokens, hidden] embedding parameter prepended to the input
+  int64_t virtual_tokens = 0;
 };
 
 class Model {
@@ -45,6 +47,11 @@ class Model {
   // A parameter by name; under an active adapter, its modules_to_save copies stand in for the base tensors.
   const torch::Tensor& P(const std::string& name) const;
   const Adapter* active_adapter() const;
+  // Virtual tokens the active adapter prepends to every sequence (0 without a prompt-tuning adapter).
+  int64_t virtual_tokens() const;
+  // The input's token embeddings from `table`, after the active adapter's soft prompt when there is one.
+  torch::Tensor token_embeddings(const std::string& table, const torch::Tensor& ids) const;
+  std::string word_embeddings_name() const;
   bool has(const std::string& name) const { return params.count(name) > 0; }
   void add(const std::string& name, torch::Tensor t);
 

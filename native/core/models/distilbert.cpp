@@ -45,13 +45,13 @@ void distilbert_build(Model& m) {
 Output distilbert_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mask) {
   const auto& s = m.spec;
   const auto& b = m.base;
-  int64_t B = ids.size(0), T = ids.size(1), C = s.hidden_size, nh = s.num_heads, hd = C / nh;
+  auto tokens = m.token_embeddings(b + "embeddings.word_embeddings.weight", ids);
+  int64_t B = ids.size(0), T = tokens.size(1), C = s.hidden_size, nh = s.num_heads, hd = C / nh;
   auto ln = [&](const std::string& module, const torch::Tensor& x) {
     return torch::layer_norm(x, {C}, m.P(module + ".weight"), m.P(module + ".bias"), kEps);
   };
   auto pos = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
-  auto x = torch::embedding(m.P(b + "embeddings.word_embeddings.weight"), ids) +
-           torch::embedding(m.P(b + "embeddings.position_embeddings.weight"), pos);
+  auto x = tokens + torch::embedding(m.P(b + "embeddings.position_embeddings.weight"), pos);
   x = m.dropout(ln(b + "embeddings.LayerNorm", x), s.embd_dropout);
   auto mask4d = attention_mask_4d(mask, T, false);
   for (int64_t i = 0; i < s.num_layers; i++) {

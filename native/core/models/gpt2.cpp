@@ -37,9 +37,10 @@ void gpt2_build(Model& m) {
 Output gpt2_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mask) {
   const auto& s = m.spec;
   const auto& b = m.base;
-  int64_t B = ids.size(0), T = ids.size(1), C = s.hidden_size, nh = s.num_heads, hd = C / nh;
+  auto tokens = m.token_embeddings(b + "wte.weight", ids);
+  int64_t B = ids.size(0), T = tokens.size(1), C = s.hidden_size, nh = s.num_heads, hd = C / nh;
   auto pos = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
-  auto x = m.dropout(torch::embedding(m.P(b + "wte.weight"), ids) + torch::embedding(m.P(b + "wpe.weight"), pos), s.embd_dropout);
+  auto x = m.dropout(tokens + torch::embedding(m.P(b + "wpe.weight"), pos), s.embd_dropout);
   auto mask4d = attention_mask_4d(mask, T, true);
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto h = b + "h." + std::to_string(i) + ".";

@@ -9,6 +9,25 @@ const Adapter* Model::active_adapter() const {
   return it == adapters.end() ? nullptr : &it->second;
 }
 
+int64_t Model::virtual_tokens() const {
+  const auto* a = active_adapter();
+  return a ? a->virtual_tokens : 0;
+}
+
+torch::Tensor Model::token_embeddings(const std::string& table, const torch::Tensor& ids) const {
+  auto x = torch::embedding(P(table), ids);
+  const auto* a = active_adapter();
+  if (!a || a->prompt.empty()) return x;
+  const auto& prompt = params.at(a->prompt);
+  return torch::cat({prompt.unsqueeze(0).expand({ids.size(0), -1, -1}).to(x.scalar_type()), x}, 1);
+}
+
+std::string Model::word_embeddings_name() const {
+  if (spec.family == "gpt2") return base + "wte.weight";
+  if (spec.family == "llama") return base + "embed_tokens.weight";
+  return base + "embeddings.word_embeddings.weight";
+}
+
 const torch::Tensor& Model::P(const std::string& name) const {
   if (const auto* a = active_adapter(); a && !a->overrides.empty()) {
     auto o = a->overrides.find(name);
@@ -92,12 +111,13 @@ torch::Tensor last_token_index(const Model& m, const torch::Tensor& ids) {
   int64_t batch = ids.size(0), seq = ids.size(1);
   if (m.spec.pad_token_id < 0) {
     if (batch != 1) throw Error("E_CONFIG", "config has no pad_token_id: cannot find the last token of a padded batch");
-    return torch::full({batch}, seq - 1, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
+    return torch::full({batch}, seq - 1 + m.virtual_tokens(), torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
   }
   // Rightmost token that is not padding, so left and right padding both work.
   auto non_pad = (ids != m.spec.pad_token_id).to(torch::kInt32);
   auto positions = torch::arange(seq, torch::TensorOptions().dtype(torch::kInt32).device(ids.device()));
-  return (positions * non_pad).argmax(-1);
+  // Behind a soft prompt the sequence starts after the virtual tokens.
+  return (positions * non_pad).argmax(-1) + m.virtual_tokens();
 }
 
 std::string scalar_name(torch::ScalarType t) {

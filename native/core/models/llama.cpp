@@ -51,11 +51,11 @@ static torch::Tensor rotate_half(const torch::Tensor& x) {
 Output llama_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mask) {
   const auto& s = m.spec;
   const auto& b = m.base;
-  int64_t B = ids.size(0), T = ids.size(1), hd = s.head_dim, nh = s.num_heads, nkv = s.num_kv_heads;
+  auto x = m.token_embeddings(b + "embed_tokens.weight", ids);
+  int64_t B = ids.size(0), T = x.size(1), hd = s.head_dim, nh = s.num_heads, nkv = s.num_kv_heads;
   auto positions = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
   auto [cos, sin] = rotary(m, positions);
   auto mask4d = attention_mask_4d(mask, T, true);
-  auto x = torch::embedding(m.P(b + "embed_tokens.weight"), ids);
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto l = b + "layers." + std::to_string(i) + ".";
     auto h = m.rms_norm(l + "input_layernorm", x);

@@ -120,6 +120,7 @@ void set_adapter(Model& m, const std::string& name) {
 static void fold(Model& m, double sign) {
   if (m.active.empty()) throw Error("E_STATE", "no adapter is active");
   auto& a = m.adapters.at(m.active);
+  if (a.method != "lora") throw Error("E_STATE", "adapter '" + m.active + "' is " + a.method + " tuning; only LoRA folds into the weights");
   if ((sign > 0) == a.merged) throw Error("E_STATE", std::string("adapter '") + m.active + (a.merged ? "' is already merged" : "' is not merged"));
   torch::NoGradGuard g;
   for (auto& [mod, l] : a.lora) {
@@ -140,6 +141,7 @@ void delete_adapter(Model& m, const std::string& name) {
   std::vector<std::string> drop;
   for (auto& [mod, l] : it->second.lora) drop.insert(drop.end(), {l.A, l.B});
   for (auto& [base, copy] : it->second.overrides) drop.push_back(copy);
+  if (!it->second.prompt.empty()) drop.push_back(it->second.prompt);
   for (auto& n : drop) m.params.erase(n);
   m.order.erase(std::remove_if(m.order.begin(), m.order.end(), [&](const std::string& n) { return !m.params.count(n); }), m.order.end());
   if (m.active == name) m.active = "";
