@@ -27,3 +27,5 @@ export { LoRA } from './peft/lora';
 export type { LoRAOptions } from './peft/lora';
 export { PromptTuning } from './peft/prompt';
 export type { PromptTuningOptions } from './peft/prompt';
+export { Adapter } from './peft/adapter';
+export type { AdapterOptions } from './peft/adapter';

@@ -7,6 +7,7 @@ import { TunekitError } from './errors';
 import { FloatArray, Handle, RawParam, RawSpec, addon, serial, sync } from './native';
 import { LoRAOptions, loraConfigJson, ResolvedLoRA, resolveLoRA } from './peft/lora';
 import { PromptTuningOptions, promptConfigJson, ResolvedPrompt, resolvePrompt } from './peft/prompt';
+import { AdapterOptions, adapterConfigJson, ResolvedAdapter, resolveAdapter } from './peft/adapter';
 import { atomicWrite, entry, readCheckpoint, readHeader, writeJsonAtomic } from './safetensors';
 
 export type Device = 'cpu' | 'cuda';
@@ -58,7 +59,7 @@ export class Model {
   private params: RawParam[];
   private spec: RawSpec;
   private givenLabels?: string[];
-  private adapterInfo = new Map<string, ResolvedLoRA | (ResolvedPrompt & { kind: 'prompt' })>();
+  private adapterInfo = new Map<string, ResolvedLoRA | (ResolvedPrompt & { kind: 'prompt' }) | ResolvedAdapter>();
   private active: string | null = null;
   private merged = false;
 
@@ -262,6 +263,38 @@ export class Model {
     this.active = name;
   }
 
+  /** @internal Used by Adapter.apply: freezes everything else and adds trainable bottleneck adapters, made active. */
+  async addBottleneckAdapter(name: string, options: AdapterOptions): Promise<void> {
+    if (typeof name !== 'string' || !/^[A-Za-z0-9_-]+$/.test(name)) throw new TunekitError('E_ARG', `adapter name must be letters, digits, _ or -, got ${JSON.stringify(name)}`);
+    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
+    if (this.active && this.merged) throw new TunekitError('E_STATE', `adapter '${this.active}' is merged; unmerge it before adding another`);
+    const a = resolveAdapter(this, options);
+    await this.addNative(name, () => addon.addBottleneck(this.h, { adapter: name, modules: a.modules, bottleneckSize: a.bottleneckSize, nonlinearity: a.nonlinearity, modulesToSave: a.saveParams, seed: a.seed }), true, true);
+    this.adapterInfo.set(name, a);
+    this.active = name;
+  }
+
+  /** Creates an adapter in the core, then freezes the rest and sets the adapter's own trainability; one serial job. */
+  private async addNative(name: string, create: () => Promise<void>, trainable: boolean, activate: boolean, load?: { file: string; entries: ReturnType<typeof entry>[] }): Promise<void> {
+    await serial(async () => {
+      await create();
+      if (load) {
+        try {
+          await addon.loadSafetensors(this.h, load.file, load.entries);
+        } catch (e) {
+          await addon.deleteAdapter(this.h, name);
+          this.params = await addon.parameters(this.h);
+          throw e;
+        }
+      }
+      const all = await addon.parameters(this.h);
+      await addon.setTrainable(this.h, all.filter((q) => !ownedBy(q.name, name)).map((q) => q.name), false);
+      await addon.setTrainable(this.h, all.filter((q) => ownedBy(q.name, name)).map((q) => q.name), trainable);
+      if (activate) await addon.setAdapter(this.h, name);
+      this.params = await addon.parameters(this.h);
+    });
+  }
+
   /** Runs calls through the named adapter, or through the bare base model with null. */
   async setAdapter(name: string | null): Promise<void> {
     if (name !== null && !this.adapterInfo.has(name)) throw new TunekitError('E_ARG', `the model has no adapter named '${name}' (it has: ${this.adapters.join(', ') || 'none'})`);
@@ -302,15 +335,18 @@ export class Model {
     const keys: string[] = [];
     for (const p of this.params) {
       if (p.name === `prompt_encoder.${name}.embedding.weight`) { names.push(p.name); keys.push('prompt_embeddings'); continue; }
+      const b: RegExpMatchArray | null = p.name.match(/^(.*)\.adapter\.([^.]+)\.(down|up)\.(weight|bias)$/);
+      if (b && b[2] === name) { names.push(p.name); keys.push(`base_model.model.${b[1]}.adapter.${b[3]}.${b[4]}`); continue; }
       const m: RegExpMatchArray | null = p.name.match(/^(.*)\.(lora_[AB])\.([^.]+)\.weight$/);
       if (m && m[3] === name) { names.push(p.name); keys.push(`base_model.model.${m[1]}.${m[2]}.weight`); continue; }
       const s: RegExpMatchArray | null = p.name.match(/^(.*)\.modules_to_save\.([^.]+)\.([^.]+)$/);
       // PEFT keys a prompt-learning adapter's modules_to_save under base_model., a LoRA's under base_model.model.
-      if (s && s[2] === name) { names.push(p.name); keys.push(`${'kind' in l ? 'base_model' : 'base_model.model'}.${s[1]}.${s[3]}`); }
+      if (s && s[2] === name) { names.push(p.name); keys.push(`${'kind' in l && l.kind === 'prompt' ? 'base_model' : 'base_model.model'}.${s[1]}.${s[3]}`); }
     }
     fs.mkdirSync(dir, { recursive: true });
     await atomicWrite(path.join(dir, 'adapter_model.safetensors'), (tmp) => serial(() => addon.saveSafetensors(this.h, tmp, names, keys)));
-    const config = 'kind' in l ? promptConfigJson(this, l, options.baseModelNameOrPath ?? null) : loraConfigJson(this, l, options.baseModelNameOrPath ?? null);
+    const base = options.baseModelNameOrPath ?? null;
+    const config = !('kind' in l) ? loraConfigJson(this, l, base) : l.kind === 'prompt' ? promptConfigJson(this, l, base) : adapterConfigJson(this, l, base);
     await writeJsonAtomic(path.join(dir, 'adapter_config.json'), config);
   }
 
@@ -322,6 +358,7 @@ export class Model {
     const name = options.name ?? 'default';
     const { config, header, file } = readAdapterFolder(dir);
     if (config.peft_type === 'PROMPT_TUNING') return this.loadPromptAdapter(name, config, header, file, options);
+    if (config.peft_type === 'TUNEKIT_HOULSBY_ADAPTER') return this.loadBottleneckAdapter(name, config, header, file, options);
     if (config.peft_type !== 'LORA') throw new TunekitError('E_FORMAT', `${dir}/adapter_config.json: peft_type ${JSON.stringify(config.peft_type)} is not LORA`);
     for (const k of ['rank_pattern', 'alpha_pattern'] as const) {
       if (config[k] && Object.keys(config[k] as object).length) throw new TunekitError('E_FORMAT', `${dir}: per-module ${k} is not supported`);
@@ -377,6 +414,42 @@ export class Model {
       this.params = await addon.parameters(this.h);
     });
     this.adapterInfo.set(name, l);
+    if (options.activate ?? true) this.active = name;
+  }
+
+  private async loadBottleneckAdapter(name: string, config: Record<string, unknown>, header: ReturnType<typeof readHeader>, file: string,
+    options: { trainable?: boolean; activate?: boolean }): Promise<void> {
+    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
+    const known = new Set(this.params.map((q) => q.name));
+    const prefix = BASE_PREFIX[this.modelType];
+    const ours = (n: string) => [n, n.startsWith(prefix) ? n.slice(prefix.length) : prefix + n].find((c) => known.has(c));
+    const modules = new Set<string>();
+    const saveParams: string[] = [];
+    const entries: ReturnType<typeof entry>[] = [];
+    for (const key of header.tensors.keys()) {
+      const rest = key.replace(/^base_model\.model\./, '');
+      const m = rest.match(/^(.*)\.adapter\.(down|up)\.(weight|bias)$/);
+      if (m) {
+        const mod = ours(`${m[1]}.weight`)?.slice(0, -'.weight'.length);
+        if (!mod) throw new TunekitError('E_FORMAT', `${file}: '${key}' follows a module this ${this.modelType} ${this.task} model does not have`);
+        modules.add(mod);
+        entries.push(entry(`${mod}.adapter.${name}.${m[2]}.${m[3]}`, header.tensors.get(key)!));
+        continue;
+      }
+      const base = ours(rest);
+      if (!base) throw new TunekitError('E_FORMAT', `${file}: '${key}' names no parameter of this ${this.modelType} ${this.task} model`);
+      saveParams.push(base);
+      const dot = base.lastIndexOf('.');
+      entries.push(entry(`${base.slice(0, dot)}.modules_to_save.${name}${base.slice(dot)}`, header.tensors.get(key)!));
+    }
+    if (modules.size === 0) throw new TunekitError('E_FORMAT', `${file}: no adapter tensors`);
+    const a: ResolvedAdapter = {
+      kind: 'bottleneck', bottleneckSize: Number(config.bottleneck_size), reductionFactor: (config.reduction_factor as number | null) ?? undefined,
+      nonlinearity: String(config.non_linearity ?? 'relu'), modules: [...modules], modulesToSave: (config.modules_to_save as string[] | null) ?? [], saveParams, seed: 0,
+    };
+    await this.addNative(name, () => addon.addBottleneck(this.h, { adapter: name, modules: a.modules, bottleneckSize: a.bottleneckSize, nonlinearity: a.nonlinearity, modulesToSave: saveParams, seed: 0 }),
+      Boolean(options.trainable), options.activate ?? true, { file, entries });
+    this.adapterInfo.set(name, a);
     if (options.activate ?? true) this.active = name;
   }
 
@@ -449,7 +522,7 @@ export class Model {
           over.set(base, `${base.slice(0, dot)}.modules_to_save.${this.active}${base.slice(dot)}`);
         }
       }
-      const base = this.params.filter((p) => !/\.(lora_[AB]|modules_to_save)\./.test(p.name) && !p.name.startsWith('prompt_encoder.')).map((p) => p.name);
+      const base = this.params.filter((p) => !/\.(lora_[AB]|modules_to_save|adapter)\./.test(p.name) && !p.name.startsWith('prompt_encoder.')).map((p) => p.name);
       names = base.map((n) => over.get(n) ?? n);
       keys = base;
     }
@@ -469,7 +542,7 @@ export class Model {
 /** Whether a parameter belongs to the named adapter (its LoRA matrices or its modules_to_save copies). */
 function ownedBy(param: string, adapter: string): boolean {
   return param.includes(`.lora_A.${adapter}.`) || param.includes(`.lora_B.${adapter}.`) || param.includes(`.modules_to_save.${adapter}.`)
-    || param === `prompt_encoder.${adapter}.embedding.weight`;
+    || param === `prompt_encoder.${adapter}.embedding.weight` || param.includes(`.adapter.${adapter}.`);
 }
 
 function readAdapterFolder(dir: string) {

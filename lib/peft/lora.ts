@@ -27,7 +27,7 @@ export const TASK_TYPES: Record<string, string> = {
 };
 
 const EMBEDDING = /(^|\.)(wte|wpe|word_embeddings|position_embeddings|embed_tokens)$/;
-const ADDED = /\.(lora_[AB]|modules_to_save)\./;
+const ADDED = /\.(lora_[AB]|modules_to_save|adapter)\./;
 
 /** Names of the model's linear layers (2-D weights that are not embeddings or added adapter weights). */
 export function linearModules(model: Model): string[] {

@@ -475,6 +475,20 @@ Napi::Value AddPrompt(const Napi::CallbackInfo& info) {
   return run_void(info.Env(), [m, s] { add_prompt(*m, s); });
 }
 
+Napi::Value AddBottleneck(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto o = object_arg(info, 1, "spec");
+  BottleneckSpec s;
+  s.adapter = str_field(o, "adapter", "default");
+  s.modules = strings(info.Env(), o.Get("modules"), "modules");
+  s.bottleneck_size = int64_t(num_field(o, "bottleneckSize", 64));
+  s.nonlinearity = str_field(o, "nonlinearity", "relu");
+  auto mts = o.Get("modulesToSave");
+  if (!mts.IsUndefined()) s.modules_to_save = strings(info.Env(), mts, "modulesToSave");
+  s.seed = uint64_t(num_field(o, "seed", 0));
+  return run_void(info.Env(), [m, s] { add_bottleneck(*m, s); });
+}
+
 Napi::Value SetAdapter(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto name = string_arg(info, 1, "adapter name");
@@ -548,6 +562,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("addLora", Napi::Function::New(env, AddLora));
   exports.Set("setAdapter", Napi::Function::New(env, SetAdapter));
   exports.Set("addPrompt", Napi::Function::New(env, AddPrompt));
+  exports.Set("addBottleneck", Napi::Function::New(env, AddBottleneck));
   exports.Set("mergeAdapter", Napi::Function::New(env, MergeAdapter));
   exports.Set("deleteAdapter", Napi::Function::New(env, DeleteAdapter));
   return exports;

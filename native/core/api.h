@@ -134,6 +134,18 @@ struct PromptSpec {
   uint64_t seed = 0;
 };
 void add_prompt(Model& m, const PromptSpec& spec);
+
+// Bottleneck adapters (peft/adapter.cpp), after the given modules (the attention and feed-forward output projections):
+// y + up(act(down(y))), parameters "<module>.adapter.<adapter>.{down,up}.{weight,bias}", up zero so it starts as identity.
+struct BottleneckSpec {
+  std::string adapter = "default";
+  std::vector<std::string> modules;
+  int64_t bottleneck_size = 64;
+  std::string nonlinearity = "relu";
+  std::vector<std::string> modules_to_save;
+  uint64_t seed = 0;
+};
+void add_bottleneck(Model& m, const BottleneckSpec& spec);
 void set_adapter(Model& m, const std::string& name);  // "" runs the bare base model
 void merge_adapter(Model& m);
 void unmerge_adapter(Model& m);

@@ -27,6 +27,9 @@ struct Adapter {
   std::unordered_map<std::string, LoraModule> lora;          // module name -> its LoRA
   std::unordered_map<std::string, std::string> overrides;    // base parameter -> its trainable copy (modules_to_save)
   bool merged = false;
+  // Bottleneck adapters (Houlsby et al. 2019): module whose output they adapt -> their parameters' name prefix.
+  std::unordered_map<std::string, std::string> bottleneck;
+  std::string nonlinearity = "relu";
   std::string prompt;  // soft prompt tuning: the [virtual_tokens, hidden] embedding parameter prepended to the input
   int64_t virtual_tokens = 0;
 };
@@ -61,6 +64,13 @@ class Model {
   torch::Tensor layer_norm(const std::string& module, const torch::Tensor& x) const;
   torch::Tensor rms_norm(const std::string& module, const torch::Tensor& x) const;
   torch::Tensor dropout(const torch::Tensor& x, double p) const;
+  // The output of `module`, passed through the active adapter's bottleneck when it has one there.
+  torch::Tensor adapted(const std::string& module, torch::Tensor y) const;
+  // GPT-2 keeps every projection inside its blocks as a Conv1D ([in, out] weight); its heads are nn.Linear.
+  bool is_conv1d(const std::string& module) const {
+    return spec.family == "gpt2" && module.find("h.") != std::string::npos &&
+           (module.find(".attn.") != std::string::npos || module.find(".mlp.") != std::string::npos);
+  }
 
   Output run(const torch::Tensor& input_ids, const torch::Tensor& attention_mask);
 };

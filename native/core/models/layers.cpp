@@ -50,7 +50,17 @@ torch::Tensor Model::linear(const std::string& module, const torch::Tensor& x) c
     auto l = a->lora.find(module);
     if (l != a->lora.end()) return lora_linear(x, P(module + ".weight"), bias, params.at(l->second.A), params.at(l->second.B), l->second, training);
   }
-  return torch::linear(x, P(module + ".weight"), bias);
+  return adapted(module, torch::linear(x, P(module + ".weight"), bias));
+}
+
+torch::Tensor Model::adapted(const std::string& module, torch::Tensor y) const {
+  const auto* a = active_adapter();
+  if (!a || a->bottleneck.empty()) return y;
+  auto it = a->bottleneck.find(module);
+  if (it == a->bottleneck.end()) return y;
+  const auto& p = it->second;
+  auto h = activation(a->nonlinearity, torch::linear(y, params.at(p + "down.weight"), params.at(p + "down.bias")));
+  return y + torch::linear(h, params.at(p + "up.weight"), params.at(p + "up.bias"));
 }
 
 torch::Tensor Model::conv1d(const std::string& module, const torch::Tensor& x) const {
@@ -61,7 +71,7 @@ torch::Tensor Model::conv1d(const std::string& module, const torch::Tensor& x) c
   const auto& w = P(module + ".weight");
   auto sizes = x.sizes().vec();
   sizes.back() = w.size(1);
-  return torch::addmm(P(module + ".bias"), x.reshape({-1, x.size(-1)}), w).view(sizes);
+  return adapted(module, torch::addmm(P(module + ".bias"), x.reshape({-1, x.size(-1)}), w).view(sizes));
 }
 
 torch::Tensor Model::layer_norm(const std::string& module, const torch::Tensor& x) const {

@@ -61,12 +61,6 @@ torch::Tensor lora_linear(const torch::Tensor& x, const torch::Tensor& weight, c
   return bias.defined() ? y + bias : y;
 }
 
-static bool is_conv1d(const Model& m, const std::string& module) {
-  // GPT-2 keeps every projection inside its blocks as a Conv1D ([in, out] weight); its heads are nn.Linear.
-  return m.spec.family == "gpt2" && module.find("h.") != std::string::npos &&
-         (module.find(".attn.") != std::string::npos || module.find(".mlp.") != std::string::npos);
-}
-
 void add_lora(Model& m, const LoraSpec& s) {
   if (s.adapter.empty() || s.adapter.find('.') != std::string::npos) throw Error("E_ARG", "adapter name must be non-empty and contain no '.'");
   if (m.adapters.count(s.adapter)) throw Error("E_STATE", "the model already has an adapter named '" + s.adapter + "'");
@@ -85,7 +79,7 @@ void add_lora(Model& m, const LoraSpec& s) {
     if (mod.find("embed") != std::string::npos || mod.find("wte") != std::string::npos || mod.find("wpe") != std::string::npos)
       throw Error("E_ARG", "target module '" + mod + "' is an embedding; LoRA here adapts linear layers only");
     LoraModule l;
-    l.fan_in_fan_out = is_conv1d(m, mod);
+    l.fan_in_fan_out = m.is_conv1d(mod);
     int64_t in = l.fan_in_fan_out ? W.size(0) : W.size(1), out = l.fan_in_fan_out ? W.size(1) : W.size(0);
     l.A = mod + ".lora_A." + s.adapter + ".weight";
     l.B = mod + ".lora_B." + s.adapter + ".weight";
@@ -142,6 +136,8 @@ void delete_adapter(Model& m, const std::string& name) {
   for (auto& [mod, l] : it->second.lora) drop.insert(drop.end(), {l.A, l.B});
   for (auto& [base, copy] : it->second.overrides) drop.push_back(copy);
   if (!it->second.prompt.empty()) drop.push_back(it->second.prompt);
+  for (auto& [mod, prefix] : it->second.bottleneck)
+    for (auto p : {"down.weight", "down.bias", "up.weight", "up.bias"}) drop.push_back(prefix + p);
   for (auto& n : drop) m.params.erase(n);
   m.order.erase(std::remove_if(m.order.begin(), m.order.end(), [&](const std::string& n) { return !m.params.count(n); }), m.order.end());
   if (m.active == name) m.active = "";
