@@ -29,3 +29,5 @@ export { PromptTuning } from './peft/prompt';
 export type { PromptTuningOptions } from './peft/prompt';
 export { Adapter } from './peft/adapter';
 export type { AdapterOptions } from './peft/adapter';
+export { PrefixTuning } from './peft/prefix';
+export type { PrefixTuningOptions } from './peft/prefix';

@@ -8,6 +8,7 @@ import { FloatArray, Handle, RawParam, RawSpec, addon, serial, sync } from './na
 import { LoRAOptions, loraConfigJson, ResolvedLoRA, resolveLoRA } from './peft/lora';
 import { PromptTuningOptions, promptConfigJson, ResolvedPrompt, resolvePrompt } from './peft/prompt';
 import { AdapterOptions, adapterConfigJson, ResolvedAdapter, resolveAdapter } from './peft/adapter';
+import { kvShape, PrefixTuningOptions, prefixConfigJson, ResolvedPrefix, resolvePrefix } from './peft/prefix';
 import { atomicWrite, entry, readCheckpoint, readHeader, writeJsonAtomic } from './safetensors';
 
 export type Device = 'cpu' | 'cuda';
@@ -59,7 +60,7 @@ export class Model {
   private params: RawParam[];
   private spec: RawSpec;
   private givenLabels?: string[];
-  private adapterInfo = new Map<string, ResolvedLoRA | (ResolvedPrompt & { kind: 'prompt' }) | ResolvedAdapter>();
+  private adapterInfo = new Map<string, ResolvedLoRA | (ResolvedPrompt & { kind: 'prompt' }) | ResolvedAdapter | ResolvedPrefix>();
   private active: string | null = null;
   private merged = false;
 
@@ -274,6 +275,17 @@ export class Model {
     this.active = name;
   }
 
+  /** @internal Used by PrefixTuning.apply: freezes everything else and adds trainable key/value prefixes, made active. */
+  async addPrefixTuning(name: string, options: PrefixTuningOptions): Promise<void> {
+    if (typeof name !== 'string' || !/^[A-Za-z0-9_-]+$/.test(name)) throw new TunekitError('E_ARG', `adapter name must be letters, digits, _ or -, got ${JSON.stringify(name)}`);
+    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
+    if (this.active && this.merged) throw new TunekitError('E_STATE', `adapter '${this.active}' is merged; unmerge it before adding another`);
+    const p = resolvePrefix(this, options);
+    await this.addNative(name, () => addon.addPrefix(this.h, { adapter: name, numVirtualTokens: p.numVirtualTokens, projection: p.projection, encoderHiddenSize: p.encoderHiddenSize, modulesToSave: p.saveParams, seed: p.seed }), true, true);
+    this.adapterInfo.set(name, p);
+    this.active = name;
+  }
+
   /** Creates an adapter in the core, then freezes the rest and sets the adapter's own trainability; one serial job. */
   private async addNative(name: string, create: () => Promise<void>, trainable: boolean, activate: boolean, load?: { file: string; entries: ReturnType<typeof entry>[] }): Promise<void> {
     await serial(async () => {
@@ -335,18 +347,21 @@ export class Model {
     const keys: string[] = [];
     for (const p of this.params) {
       if (p.name === `prompt_encoder.${name}.embedding.weight`) { names.push(p.name); keys.push('prompt_embeddings'); continue; }
+      if (p.name.startsWith(`prefix_encoder.${name}.`)) continue;
       const b: RegExpMatchArray | null = p.name.match(/^(.*)\.adapter\.([^.]+)\.(down|up)\.(weight|bias)$/);
       if (b && b[2] === name) { names.push(p.name); keys.push(`base_model.model.${b[1]}.adapter.${b[3]}.${b[4]}`); continue; }
       const m: RegExpMatchArray | null = p.name.match(/^(.*)\.(lora_[AB])\.([^.]+)\.weight$/);
       if (m && m[3] === name) { names.push(p.name); keys.push(`base_model.model.${m[1]}.${m[2]}.weight`); continue; }
       const s: RegExpMatchArray | null = p.name.match(/^(.*)\.modules_to_save\.([^.]+)\.([^.]+)$/);
       // PEFT keys a prompt-learning adapter's modules_to_save under base_model., a LoRA's under base_model.model.
-      if (s && s[2] === name) { names.push(p.name); keys.push(`${'kind' in l && l.kind === 'prompt' ? 'base_model' : 'base_model.model'}.${s[1]}.${s[3]}`); }
+      if (s && s[2] === name) { names.push(p.name); keys.push(`${'kind' in l && (l.kind === 'prompt' || l.kind === 'prefix') ? 'base_model' : 'base_model.model'}.${s[1]}.${s[3]}`); }
     }
+    if ('kind' in l && l.kind === 'prefix') { names.unshift(`@prefix:${name}`); keys.unshift('prompt_embeddings'); }
     fs.mkdirSync(dir, { recursive: true });
     await atomicWrite(path.join(dir, 'adapter_model.safetensors'), (tmp) => serial(() => addon.saveSafetensors(this.h, tmp, names, keys)));
     const base = options.baseModelNameOrPath ?? null;
-    const config = !('kind' in l) ? loraConfigJson(this, l, base) : l.kind === 'prompt' ? promptConfigJson(this, l, base) : adapterConfigJson(this, l, base);
+    const config = !('kind' in l) ? loraConfigJson(this, l, base) : l.kind === 'prompt' ? promptConfigJson(this, l, base)
+      : l.kind === 'prefix' ? prefixConfigJson(this, l, base) : adapterConfigJson(this, l, base);
     await writeJsonAtomic(path.join(dir, 'adapter_config.json'), config);
   }
 
@@ -358,6 +373,7 @@ export class Model {
     const name = options.name ?? 'default';
     const { config, header, file } = readAdapterFolder(dir);
     if (config.peft_type === 'PROMPT_TUNING') return this.loadPromptAdapter(name, config, header, file, options);
+    if (config.peft_type === 'PREFIX_TUNING') return this.loadPrefixAdapter(name, config, header, file, options);
     if (config.peft_type === 'TUNEKIT_HOULSBY_ADAPTER') return this.loadBottleneckAdapter(name, config, header, file, options);
     if (config.peft_type !== 'LORA') throw new TunekitError('E_FORMAT', `${dir}/adapter_config.json: peft_type ${JSON.stringify(config.peft_type)} is not LORA`);
     for (const k of ['rank_pattern', 'alpha_pattern'] as const) {
@@ -414,6 +430,37 @@ export class Model {
       this.params = await addon.parameters(this.h);
     });
     this.adapterInfo.set(name, l);
+    if (options.activate ?? true) this.active = name;
+  }
+
+  private async loadPrefixAdapter(name: string, config: Record<string, unknown>, header: ReturnType<typeof readHeader>, file: string,
+    options: { trainable?: boolean; activate?: boolean }): Promise<void> {
+    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
+    const table = header.tensors.get('prompt_embeddings');
+    if (!table) throw new TunekitError('E_FORMAT', `${file}: no prompt_embeddings tensor`);
+    const n = Number(config.num_virtual_tokens);
+    const { layers, kvHeads, headDim } = kvShape(this);
+    if (table.shape.length !== 2 || table.shape[0] !== n || table.shape[1] !== layers * 2 * kvHeads * headDim) {
+      throw new TunekitError('E_SHAPE', `${file}: prompt_embeddings is [${table.shape}] but this model needs [${n}, ${layers * 2 * kvHeads * headDim}] (${layers} layers x 2 x ${kvHeads} heads x ${headDim})`);
+    }
+    const known = new Set(this.params.map((q) => q.name));
+    const prefix = BASE_PREFIX[this.modelType];
+    const saveParams: string[] = [];
+    // Saved prefixes are final keys/values (PEFT saves a projection's output), so they load as a plain table.
+    const entries = [entry(`prefix_encoder.${name}.embedding.weight`, table)];
+    for (const key of header.tensors.keys()) {
+      if (key === 'prompt_embeddings') continue;
+      const rest = key.replace(/^base_model\.(model\.)?/, '');
+      const base = [rest, rest.startsWith(prefix) ? rest.slice(prefix.length) : prefix + rest].find((c) => known.has(c));
+      if (!base) throw new TunekitError('E_FORMAT', `${file}: '${key}' names no parameter of this ${this.modelType} ${this.task} model`);
+      saveParams.push(base);
+      const dot = base.lastIndexOf('.');
+      entries.push(entry(`${base.slice(0, dot)}.modules_to_save.${name}${base.slice(dot)}`, header.tensors.get(key)!));
+    }
+    const p: ResolvedPrefix = { kind: 'prefix', numVirtualTokens: n, projection: false, encoderHiddenSize: kvHeads * headDim, modulesToSave: (config.modules_to_save as string[] | null) ?? [], saveParams, seed: 0 };
+    await this.addNative(name, () => addon.addPrefix(this.h, { adapter: name, numVirtualTokens: n, projection: false, encoderHiddenSize: 0, modulesToSave: saveParams, seed: 0 }),
+      Boolean(options.trainable), options.activate ?? true, { file, entries });
+    this.adapterInfo.set(name, p);
     if (options.activate ?? true) this.active = name;
   }
 
@@ -522,7 +569,7 @@ export class Model {
           over.set(base, `${base.slice(0, dot)}.modules_to_save.${this.active}${base.slice(dot)}`);
         }
       }
-      const base = this.params.filter((p) => !/\.(lora_[AB]|modules_to_save|adapter)\./.test(p.name) && !p.name.startsWith('prompt_encoder.')).map((p) => p.name);
+      const base = this.params.filter((p) => !/\.(lora_[AB]|modules_to_save|adapter)\./.test(p.name) && !/^(prompt|prefix)_encoder\./.test(p.name)).map((p) => p.name);
       names = base.map((n) => over.get(n) ?? n);
       keys = base;
     }
@@ -542,7 +589,7 @@ export class Model {
 /** Whether a parameter belongs to the named adapter (its LoRA matrices or its modules_to_save copies). */
 function ownedBy(param: string, adapter: string): boolean {
   return param.includes(`.lora_A.${adapter}.`) || param.includes(`.lora_B.${adapter}.`) || param.includes(`.modules_to_save.${adapter}.`)
-    || param === `prompt_encoder.${adapter}.embedding.weight` || param.includes(`.adapter.${adapter}.`);
+    || param === `prompt_encoder.${adapter}.embedding.weight` || param.includes(`.adapter.${adapter}.`) || param.startsWith(`prefix_encoder.${adapter}.`);
 }
 
 function readAdapterFolder(dir: string) {

@@ -57,6 +57,7 @@ export interface Addon {
   addLora(m: Handle, spec: { adapter: string; modules: string[]; modulesToSave?: string[]; r: number; alpha: number; dropout: number; rslora: boolean; seed: number }): Promise<void>;
   setAdapter(m: Handle, name: string): Promise<void>;
   addBottleneck(m: Handle, spec: { adapter: string; modules: string[]; bottleneckSize: number; nonlinearity: string; modulesToSave?: string[]; seed: number }): Promise<void>;
+  addPrefix(m: Handle, spec: { adapter: string; numVirtualTokens: number; projection: boolean; encoderHiddenSize: number; modulesToSave?: string[]; seed: number }): Promise<void>;
   addPrompt(m: Handle, spec: { adapter: string; numVirtualTokens: number; initIds?: number[]; modulesToSave?: string[]; seed: number }): Promise<void>;
   mergeAdapter(m: Handle, merge: boolean): Promise<void>;
   deleteAdapter(m: Handle, name: string): Promise<void>;

@@ -46,7 +46,7 @@ const RECIPES: Record<string, Recipe> = {
       seq_classif_dropout: 0.2, sinusoidal_pos_embds: false, initializer_range: 0.02, pad_token_id: 0, tie_word_embeddings: true,
     },
     pretrainDropout: { dropout: 0, attention_dropout: 0 },
-    batchSize: 32, steps: 1500, lr: 5e-4, warmupSteps: 150, weightDecay: 0.01,
+    batchSize: 32, steps: 1000, lr: 5e-4, warmupSteps: 150, weightDecay: 0.01,
   },
 };
 

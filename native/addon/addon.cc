@@ -489,6 +489,20 @@ Napi::Value AddBottleneck(const Napi::CallbackInfo& info) {
   return run_void(info.Env(), [m, s] { add_bottleneck(*m, s); });
 }
 
+Napi::Value AddPrefix(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto o = object_arg(info, 1, "spec");
+  PrefixSpec s;
+  s.adapter = str_field(o, "adapter", "default");
+  s.num_virtual_tokens = int64_t(num_field(o, "numVirtualTokens", 8));
+  s.projection = bool_field(o, "projection", false);
+  s.encoder_hidden_size = int64_t(num_field(o, "encoderHiddenSize", 0));
+  auto mts = o.Get("modulesToSave");
+  if (!mts.IsUndefined()) s.modules_to_save = strings(info.Env(), mts, "modulesToSave");
+  s.seed = uint64_t(num_field(o, "seed", 0));
+  return run_void(info.Env(), [m, s] { add_prefix(*m, s); });
+}
+
 Napi::Value SetAdapter(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto name = string_arg(info, 1, "adapter name");
@@ -563,6 +577,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setAdapter", Napi::Function::New(env, SetAdapter));
   exports.Set("addPrompt", Napi::Function::New(env, AddPrompt));
   exports.Set("addBottleneck", Napi::Function::New(env, AddBottleneck));
+  exports.Set("addPrefix", Napi::Function::New(env, AddPrefix));
   exports.Set("mergeAdapter", Napi::Function::New(env, MergeAdapter));
   exports.Set("deleteAdapter", Napi::Function::New(env, DeleteAdapter));
   return exports;

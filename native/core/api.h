@@ -135,6 +135,17 @@ struct PromptSpec {
 };
 void add_prompt(Model& m, const PromptSpec& spec);
 
+// Prefix tuning (peft/prefix.cpp), as PEFT's PREFIX_TUNING: trainable key/value prefixes for every layer's attention.
+struct PrefixSpec {
+  std::string adapter = "default";
+  int64_t num_virtual_tokens = 8;
+  bool projection = false;          // PEFT's prefix_projection: an MLP (Linear, Tanh, Linear) reparameterises the prefix
+  int64_t encoder_hidden_size = 0;  // that MLP's width (default: the key/value width)
+  std::vector<std::string> modules_to_save;
+  uint64_t seed = 0;
+};
+void add_prefix(Model& m, const PrefixSpec& spec);
+
 // Bottleneck adapters (peft/adapter.cpp), after the given modules (the attention and feed-forward output projections):
 // y + up(act(down(y))), parameters "<module>.adapter.<adapter>.{down,up}.{weight,bias}", up zero so it starts as identity.
 struct BottleneckSpec {

@@ -44,6 +44,7 @@ std::shared_ptr<Model> create_model(const ModelSpec& spec) {
 Output Model::run(const torch::Tensor& ids, const torch::Tensor& in_mask) {
   auto mask = in_mask;
   if (int64_t n = virtual_tokens(); n > 0 && mask.defined()) mask = torch::cat({torch::ones({mask.size(0), n}, mask.options()), mask}, 1);
+  prefix_values = prefix_tokens() > 0 ? prefix_table(*this) : torch::Tensor();
   if (spec.family == "gpt2") return gpt2_forward(*this, ids, mask);
   if (spec.family == "llama") return llama_forward(*this, ids, mask);
   return distilbert_forward(*this, ids, mask);
@@ -177,9 +178,18 @@ void save_safetensors(Model& m, const std::string& path, const std::vector<std::
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   const auto& list = names.empty() ? m.order : names;
   for (size_t i = 0; i < list.size(); i++) {
-    auto it = m.params.find(list[i]);  // the stored tensor itself, never an adapter's stand-in
-    if (it == m.params.end()) throw Error("E_STATE", "model has no parameter '" + list[i] + "'");
-    tensors.emplace_back(keys.empty() ? list[i] : keys[i], it->second);
+    const auto& name = list[i];
+    if (name.rfind("@prefix:", 0) == 0) {  // a prefix adapter's keys and values as PEFT saves them: [n, layers * 2 * kv_dim]
+      auto a = m.adapters.find(name.substr(8));
+      if (a == m.adapters.end() || a->second.prefix.empty()) throw Error("E_STATE", "no prefix adapter named '" + name.substr(8) + "'");
+      torch::NoGradGuard g;
+      auto t = prefix_table(m, &a->second);
+      tensors.emplace_back(keys.empty() ? name : keys[i], t.reshape({t.size(0), -1}).contiguous());
+      continue;
+    }
+    auto it = m.params.find(name);  // the stored tensor itself, never an adapter's stand-in
+    if (it == m.params.end()) throw Error("E_STATE", "model has no parameter '" + name + "'");
+    tensors.emplace_back(keys.empty() ? name : keys[i], it->second);
   }
   write_safetensors(path, tensors);
 }

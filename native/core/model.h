@@ -30,6 +30,10 @@ struct Adapter {
   // Bottleneck adapters (Houlsby et al. 2019): module whose output they adapt -> their parameters' name prefix.
   std::unordered_map<std::string, std::string> bottleneck;
   std::string nonlinearity = "relu";
+  // Prefix tuning: `prefix` is the [tokens, layers * 2 * kv_dim] embedding, or with a reparameterisation MLP the
+  // [tokens, kv_dim] embedding fed through prefix_mlp ("<name>.transform.{0,2}.{weight,bias}").
+  std::string prefix, prefix_mlp;
+  int64_t prefix_tokens = 0;
   std::string prompt;  // soft prompt tuning: the [virtual_tokens, hidden] embedding parameter prepended to the input
   int64_t virtual_tokens = 0;
 };
@@ -55,6 +59,11 @@ class Model {
   // The input's token embeddings from `table`, after the active adapter's soft prompt when there is one.
   torch::Tensor token_embeddings(const std::string& table, const torch::Tensor& ids) const;
   std::string word_embeddings_name() const;
+  // Prefix tuning: the number of prefix positions, and layer i's key and value prefixes [batch, kv_heads, n, head_dim]
+  // (computed once per forward by begin_forward).
+  int64_t prefix_tokens() const;
+  std::pair<torch::Tensor, torch::Tensor> prefix_kv(int64_t layer, int64_t batch) const;
+  mutable torch::Tensor prefix_values;  // [n, layers * 2, kv_heads, head_dim] for the running forward
   bool has(const std::string& name) const { return params.count(name) > 0; }
   void add(const std::string& name, torch::Tensor t);
 
@@ -83,6 +92,9 @@ Output llama_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& ma
 void distilbert_build(Model& m);
 Output distilbert_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mask);
 
+// Prefix tuning (peft/prefix.cpp): the active adapter's key/value prefixes, [n, layers * 2, kv_heads, head_dim].
+torch::Tensor prefix_table(const Model& m, const Adapter* adapter = nullptr);
+
 // LoRA's linear (peft/lora.cpp): base(x) + scaling * B(A(dropout(x))), with its own backward that never forms the
 // frozen weight's gradient.
 torch::Tensor lora_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, const torch::Tensor& A,
@@ -92,6 +104,8 @@ torch::Tensor lora_linear(const torch::Tensor& x, const torch::Tensor& weight, c
 torch::Tensor activation(const std::string& name, const torch::Tensor& x);
 // Boolean [batch, 1, seq, seq] mask of allowed (query, key) pairs, or undefined when plain causal/full attention needs none.
 torch::Tensor attention_mask_4d(const torch::Tensor& mask, int64_t seq, bool causal);
+// The same with `prefix` always-visible key positions in front: [batch, 1, seq, prefix + seq].
+torch::Tensor prefix_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t prefix, bool causal, torch::Device device);
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d,
                         bool causal, double dropout, double scale, bool training);
 // Index of the token each sequence is classified from (transformers' *ForSequenceClassification rule).

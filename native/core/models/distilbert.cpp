@@ -53,13 +53,19 @@ Output distilbert_forward(Model& m, const torch::Tensor& ids, const torch::Tenso
   auto pos = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
   auto x = tokens + torch::embedding(m.P(b + "embeddings.position_embeddings.weight"), pos);
   x = m.dropout(ln(b + "embeddings.LayerNorm", x), s.embd_dropout);
-  auto mask4d = attention_mask_4d(mask, T, false);
+  int64_t P = m.prefix_tokens();
+  auto mask4d = P ? prefix_mask_4d(mask, B, T, P, false, ids.device()) : attention_mask_4d(mask, T, false);
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto l = b + "transformer.layer." + std::to_string(i) + ".";
     auto heads = [&](const torch::Tensor& t) { return t.view({B, T, nh, hd}).transpose(1, 2); };
     auto q = heads(m.linear(l + "attention.q_lin", x));
     auto k = heads(m.linear(l + "attention.k_lin", x));
     auto v = heads(m.linear(l + "attention.v_lin", x));
+    if (P) {
+      auto [pk, pv] = m.prefix_kv(i, B);
+      k = torch::cat({pk.to(k.scalar_type()), k}, 2);
+      v = torch::cat({pv.to(v.scalar_type()), v}, 2);
+    }
     auto y = attention(q, k, v, mask4d, false, s.attn_dropout, 1.0 / std::sqrt(double(hd)), m.training);
     y = m.linear(l + "attention.out_lin", y.transpose(1, 2).reshape({B, T, C}));
     x = ln(l + "sa_layer_norm", y + x);

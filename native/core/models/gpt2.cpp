@@ -39,16 +39,24 @@ Output gpt2_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mas
   const auto& b = m.base;
   auto tokens = m.token_embeddings(b + "wte.weight", ids);
   int64_t B = ids.size(0), T = tokens.size(1), C = s.hidden_size, nh = s.num_heads, hd = C / nh;
-  auto pos = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
+  // Behind a prefix, positions continue after it, as transformers counts a cache.
+  int64_t P = m.prefix_tokens();
+  auto pos = torch::arange(P, P + T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
   auto x = m.dropout(tokens + torch::embedding(m.P(b + "wpe.weight"), pos), s.embd_dropout);
-  auto mask4d = attention_mask_4d(mask, T, true);
+  auto mask4d = P ? prefix_mask_4d(mask, B, T, P, true, ids.device()) : attention_mask_4d(mask, T, true);
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto h = b + "h." + std::to_string(i) + ".";
     auto qkv = m.conv1d(h + "attn.c_attn", m.layer_norm(h + "ln_1", x)).split(C, 2);
     auto heads = [&](const torch::Tensor& t) { return t.view({B, T, nh, hd}).transpose(1, 2); };
     double scale = 1.0 / std::sqrt(double(hd));
     if (s.scale_attn_by_inverse_layer_idx) scale /= double(i + 1);
-    auto y = attention(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]), mask4d, true, s.attn_dropout, scale, m.training);
+    auto k = heads(qkv[1]), v = heads(qkv[2]);
+    if (P) {
+      auto [pk, pv] = m.prefix_kv(i, B);
+      k = torch::cat({pk.to(k.scalar_type()), k}, 2);
+      v = torch::cat({pv.to(v.scalar_type()), v}, 2);
+    }
+    auto y = attention(heads(qkv[0]), k, v, mask4d, true, s.attn_dropout, scale, m.training);
     y = y.transpose(1, 2).reshape({B, T, C});
     x = x + m.dropout(m.conv1d(h + "attn.c_proj", y), s.resid_dropout);
     auto f = activation(s.activation, m.conv1d(h + "mlp.c_fc", m.layer_norm(h + "ln_2", x)));

@@ -110,6 +110,24 @@ torch::Tensor attention_mask_4d(const torch::Tensor& mask, int64_t seq, bool cau
   return causal ? keys & torch::ones({seq, seq}, opts).tril() : keys.expand({mask.size(0), 1, seq, seq});
 }
 
+torch::Tensor prefix_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t prefix, bool causal, torch::Device device) {
+  auto opts = torch::TensorOptions().dtype(torch::kBool).device(device);
+  auto pattern = torch::cat({torch::ones({seq, prefix}, opts), causal ? torch::ones({seq, seq}, opts).tril() : torch::ones({seq, seq}, opts)}, 1);
+  auto keys = torch::cat({torch::ones({batch, prefix}, opts), mask.defined() ? mask.to(torch::kBool) : torch::ones({batch, seq}, opts)}, 1);
+  return keys.view({batch, 1, 1, prefix + seq}) & pattern;
+}
+
+int64_t Model::prefix_tokens() const {
+  const auto* a = active_adapter();
+  return a ? a->prefix_tokens : 0;
+}
+
+std::pair<torch::Tensor, torch::Tensor> Model::prefix_kv(int64_t layer, int64_t batch) const {
+  // PEFT's layout: [n, layers * 2, heads, head_dim], key of layer i at 2i and value at 2i + 1.
+  auto kv = [&](int64_t j) { return prefix_values.select(1, j).permute({1, 0, 2}).unsqueeze(0).expand({batch, -1, -1, -1}); };
+  return {kv(2 * layer), kv(2 * layer + 1)};
+}
+
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d,
                         bool causal, double dropout, double scale, bool training) {
   double p = training ? dropout : 0.0;

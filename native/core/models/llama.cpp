@@ -53,9 +53,10 @@ Output llama_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& ma
   const auto& b = m.base;
   auto x = m.token_embeddings(b + "embed_tokens.weight", ids);
   int64_t B = ids.size(0), T = x.size(1), hd = s.head_dim, nh = s.num_heads, nkv = s.num_kv_heads;
-  auto positions = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
+  int64_t P = m.prefix_tokens();
+  auto positions = torch::arange(P, P + T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
   auto [cos, sin] = rotary(m, positions);
-  auto mask4d = attention_mask_4d(mask, T, true);
+  auto mask4d = P ? prefix_mask_4d(mask, B, T, P, true, ids.device()) : attention_mask_4d(mask, T, true);
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto l = b + "layers." + std::to_string(i) + ".";
     auto h = m.rms_norm(l + "input_layernorm", x);
@@ -64,6 +65,11 @@ Output llama_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& ma
     auto v = m.linear(l + "self_attn.v_proj", h).view({B, T, nkv, hd}).transpose(1, 2);
     q = q * cos + rotate_half(q) * sin;
     k = k * cos + rotate_half(k) * sin;
+    if (P) {  // the prefix keys are used as stored: no rotation, as a cache holds them
+      auto [pk, pv] = m.prefix_kv(i, B);
+      k = torch::cat({pk.to(k.scalar_type()), k}, 2);
+      v = torch::cat({pv.to(v.scalar_type()), v}, 2);
+    }
     if (nkv != nh) {
       k = k.repeat_interleave(nh / nkv, 1);
       v = v.repeat_interleave(nh / nkv, 1);

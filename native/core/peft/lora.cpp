@@ -136,6 +136,9 @@ void delete_adapter(Model& m, const std::string& name) {
   for (auto& [mod, l] : it->second.lora) drop.insert(drop.end(), {l.A, l.B});
   for (auto& [base, copy] : it->second.overrides) drop.push_back(copy);
   if (!it->second.prompt.empty()) drop.push_back(it->second.prompt);
+  if (!it->second.prefix.empty()) drop.push_back(it->second.prefix);
+  if (!it->second.prefix_mlp.empty())
+    for (auto p : {".0.weight", ".0.bias", ".2.weight", ".2.bias"}) drop.push_back(it->second.prefix_mlp + p);
   for (auto& [mod, prefix] : it->second.bottleneck)
     for (auto p : {"down.weight", "down.bias", "up.weight", "up.bias"}) drop.push_back(prefix + p);
   for (auto& n : drop) m.params.erase(n);
