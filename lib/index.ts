@@ -19,7 +19,7 @@ export function cudaAvailable(): boolean {
 }
 export { Dataset, BUILTINS, builtinSplits, loadSplits } from './data';
 export type { DatasetKind, FieldMap, ReadOptions, Row, Splits } from './data';
-export { FeatureBased, FinetuneAll, FinetuneHead, FinetuneLoRA } from './strategies';
+export { FeatureBased, FinetuneAll, FinetuneHead, FinetuneLoRA, FinetunePEFT } from './strategies';
 export { LogisticRegression } from './logreg';
 export type { LogisticRegressionOptions } from './logreg';
 export type { FeatureBasedOptions, FinetuneHeadOptions, StrategyData, StrategyResult, TrainOptions } from './strategies';

@@ -26,6 +26,7 @@ const strategies = arg('strategies', Object.keys(PLANS).join(',')).split(',');
 const withPython = !process.argv.includes('--no-python');
 /** The Python twin is slower; by default it repeats the tiny-distilbert runs only (the reference comparison). */
 const pythonModels = arg('python-models', 'tiny-distilbert').split(',');
+const pythonData = arg('python-data', datasets.join(',')).split(',');
 const work = path.join(ROOT, '.cache', 'experiment', 'classic');
 const resultsFile = path.join(work, 'results.jsonl');
 /** Hand-written discussion of the numbers, kept apart so that a rerun does not overwrite it. */
@@ -60,7 +61,7 @@ async function main() {
     const tk: Run = { ...t, side: 'tunekit', model: j.m, data: j.d, strategy: j.st, seed: j.s };
     runs.push(tk);
     fs.appendFileSync(resultsFile, JSON.stringify(tk) + '\n');
-    if (withPython && pythonModels.includes(j.m)) {
+    if (withPython && pythonModels.includes(j.m) && pythonData.includes(j.d) && j.st !== 'adapter') {
       const p = runJson(path.join(ROOT, '.venv', 'bin', 'python'), [path.join(__dirname, 'experiment', 'classic.py'), modelDir, dir]);
       const py: Run = { ...p, side: 'python', model: j.m, data: j.d, strategy: j.st, seed: j.s };
       runs.push(py);

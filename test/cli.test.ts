@@ -31,7 +31,7 @@ test('--help on each command', (t) => {
 });
 
 test('bad arguments: one line, non-zero exit, no stack trace', (t) => {
-  failsCleanly(t, run('finetune', '--strategy', 'magic'), 2, /--strategy magic: unknown strategy \(expected one of features, full, head, lora/);
+  failsCleanly(t, run('finetune', '--strategy', 'magic'), 2, /--strategy magic: unknown strategy \(expected one of features, full, head, lora, adapter, prefix, prompt/);
   failsCleanly(t, run('finetune', '--model', '/no/such/model'), 2, /--model \/no\/such\/model: no such folder/);
   failsCleanly(t, run('finetune', '--data', '/no/such.jsonl'), 2, /no such file/);
   failsCleanly(t, run('finetune', '--epochs', 'many'), 2, /--epochs must be an integer/);

@@ -8,7 +8,11 @@ import { TunekitError } from '../errors';
 import { Model, Pooling } from '../model';
 import { lineChartSvg, lossSeries, writeSvg } from '../plot';
 import { MetricsWriter, progressBar, ProgressBar, trainingFields } from '../progress';
-import { FeatureBased, FinetuneAll, FinetuneHead, FinetuneLoRA, StrategyResult, TrainOptions } from '../strategies';
+import { Adapter } from '../peft/adapter';
+import { LoRA } from '../peft/lora';
+import { PrefixTuning } from '../peft/prefix';
+import { PromptTuning } from '../peft/prompt';
+import { FeatureBased, FinetuneAll, FinetuneHead, FinetunePEFT, StrategyResult, TrainOptions } from '../strategies';
 import { Tokenizer } from '../tokenizer';
 import { evaluateModel } from '../trainer';
 
@@ -34,7 +38,11 @@ const STRATEGIES: Record<string, string> = {
   full: 'finetuning II: train every parameter',
   head: 'finetuning I: freeze the backbone, train the output layers (add --unfreeze-last-blocks N for the last blocks too)',
   lora: 'LoRA: freeze the model, train low-rank adapters (--lora-r, --lora-alpha, --lora-dropout, --lora-targets) and the head; --out gets a PEFT adapter',
+  adapter: 'Houlsby bottleneck adapters after attention and feed-forward (--reduction-factor or --bottleneck-size, --nonlinearity) and the head',
+  prefix: 'prefix tuning: trainable key/value prefixes in every layer (--num-virtual-tokens, --prefix-projection) and the head',
+  prompt: 'soft prompt tuning: trainable virtual tokens before the input (--num-virtual-tokens, --prompt-init-text) and the head',
 };
+const PEFT = new Set(['lora', 'adapter', 'prefix', 'prompt']);
 
 function num(o: Opts, key: string, fallback: number | undefined, kind: 'int' | 'float' = 'float'): number | undefined {
   const v = o[key];
@@ -103,6 +111,8 @@ const COMMANDS: Record<string, Command> = {
       'max-steps': { type: 'string' }, 'weight-decay': { type: 'string' }, 'warmup-ratio': { type: 'string' },
       'grad-accumulation': { type: 'string' }, 'unfreeze-last-blocks': { type: 'string' }, pooling: { type: 'string' }, C: { type: 'string' },
       'lora-r': { type: 'string' }, 'lora-alpha': { type: 'string' }, 'lora-dropout': { type: 'string' }, 'lora-targets': { type: 'string' },
+      'reduction-factor': { type: 'string' }, 'bottleneck-size': { type: 'string' }, nonlinearity: { type: 'string' },
+      'num-virtual-tokens': { type: 'string' }, 'prefix-projection': { type: 'boolean' }, 'prompt-init-text': { type: 'string' },
     },
     help: {
       ...commonHelp,
@@ -117,6 +127,10 @@ const COMMANDS: Record<string, Command> = {
       'lora-r': 'with --strategy lora: rank (default 8)', 'lora-alpha': 'with --strategy lora: alpha (default 16)',
       'lora-dropout': 'with --strategy lora: dropout on the adapter input (default 0.1)',
       'lora-targets': 'with --strategy lora: comma-separated module names (default gpt2 c_attn, llama q_proj,v_proj, distilbert q_lin,v_lin)',
+      'reduction-factor': 'with --strategy adapter: bottleneck = hidden / this (default 16)', 'bottleneck-size': 'with --strategy adapter: bottleneck width',
+      nonlinearity: 'with --strategy adapter: relu (default), gelu, silu',
+      'num-virtual-tokens': 'with --strategy prefix|prompt: how many (default 8)', 'prefix-projection': 'with --strategy prefix: reparameterise through an MLP',
+      'prompt-init-text': 'with --strategy prompt: initialise the virtual tokens from this text\'s embeddings',
     },
     async run(o) {
       const strategyName = String(o.strategy ?? 'full');
@@ -128,7 +142,11 @@ const COMMANDS: Record<string, Command> = {
       const maxLength = num(o, 'max-length', 128, 'int')!;
       if (strategyName === 'features') return runFeatures(dir, splits, tok, maxLength, out, o);
       const model = await modelFor(dir, splits, o);
-      const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength }));
+      // Virtual tokens (and a GPT-2 prefix) take positions: leave them room.
+      const limit = Number(model.config.n_positions ?? model.config.max_position_embeddings ?? Infinity);
+      const reserve = strategyName === 'prompt' || strategyName === 'prefix' ? num(o, 'num-virtual-tokens', 8, 'int')! : 0;
+      const fit = Math.min(maxLength, limit - reserve);
+      const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength: fit }));
       fs.mkdirSync(out, { recursive: true });
       const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'));
       let bar: ProgressBar | undefined;
@@ -142,17 +160,20 @@ const COMMANDS: Record<string, Command> = {
           metrics.write({ step: p.step, epoch: p.epoch, loss: p.loss, lr: p.lr, gradNorm: p.gradNorm, tokensPerSecond: p.tokensPerSecond, elapsedMs: p.elapsedMs, ...(p.evalLoss !== undefined ? { evalLoss: p.evalLoss } : {}), ...(p.evalAccuracy !== undefined ? { evalAccuracy: p.evalAccuracy } : {}) });
         },
       };
-      if (strategyName === 'lora') opts.lr = num(o, 'lr', 1e-3);
+      if (PEFT.has(strategyName)) opts.lr = num(o, 'lr', strategyName === 'prompt' || strategyName === 'prefix' ? 1e-2 : 1e-3);
+      const seed = num(o, 'seed', 42, 'int');
+      const nvt = num(o, 'num-virtual-tokens', 8, 'int');
       const strategy = strategyName === 'full' ? new FinetuneAll(opts)
-        : strategyName === 'lora' ? new FinetuneLoRA({
-          ...opts,
-          lora: {
-            r: num(o, 'lora-r', 8, 'int'), alpha: num(o, 'lora-alpha', 16), dropout: num(o, 'lora-dropout', 0.1),
+        : strategyName === 'head' ? new FinetuneHead({ ...opts, unfreezeLastBlocks: num(o, 'unfreeze-last-blocks', 0, 'int') })
+        : new FinetunePEFT(
+          strategyName === 'lora' ? new LoRA({
+            r: num(o, 'lora-r', 8, 'int'), alpha: num(o, 'lora-alpha', 16), dropout: num(o, 'lora-dropout', 0.1), seed,
             ...(o['lora-targets'] ? { targetModules: String(o['lora-targets']).split(',').map((x) => x.trim()).filter(Boolean) } : {}),
-            seed: num(o, 'seed', 42, 'int'),
-          },
-        })
-        : new FinetuneHead({ ...opts, unfreezeLastBlocks: num(o, 'unfreeze-last-blocks', 0, 'int') });
+          })
+          : strategyName === 'adapter' ? new Adapter({ reductionFactor: num(o, 'reduction-factor', 16), bottleneckSize: num(o, 'bottleneck-size', undefined, 'int'), nonlinearity: o.nonlinearity as string | undefined, seed })
+          : strategyName === 'prefix' ? new PrefixTuning({ numVirtualTokens: nvt, prefixProjection: Boolean(o['prefix-projection']), seed })
+          : new PromptTuning({ numVirtualTokens: nvt, seed, ...(o['prompt-init-text'] ? { promptTuningInitText: String(o['prompt-init-text']), tokenizer: tok, tokenizerNameOrPath: dir } : {}) }),
+          opts);
       console.log(`${strategyName} finetuning of ${dir} on ${splits.train.source}: ${train.length} train / ${validation.length} validation / ${test.length} test examples`);
       let result: StrategyResult;
       try {
@@ -160,7 +181,7 @@ const COMMANDS: Record<string, Command> = {
       } finally {
         bar?.stop();
       }
-      if (strategyName === 'lora') await model.saveAdapter(out, { baseModelNameOrPath: dir });
+      if (PEFT.has(strategyName)) await model.saveAdapter(out, { baseModelNameOrPath: dir });
       else await model.savePretrained(out);
       for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
         if (fs.existsSync(path.join(dir, f))) fs.copyFileSync(path.join(dir, f), path.join(out, f));
@@ -171,7 +192,7 @@ const COMMANDS: Record<string, Command> = {
       console.log(`trainable parameters: ${result.trainableParameters.toLocaleString('en-US')} of ${result.totalParameters.toLocaleString('en-US')}; ${tr?.steps} steps in ${(result.wallTimeMs / 1000).toFixed(1)} s (${Math.round(result.tokensPerSecond ?? 0)} tok/s), peak RSS ${result.peakRssMiB.toFixed(0)} MiB`);
       if (result.validation) console.log(`validation ${describe(result.validation)}`);
       if (result.test) console.log(`test ${describe(result.test)}`);
-      console.log(`saved to ${out} (${strategyName === 'lora' ? 'PEFT adapter' : 'model'}, metrics.jsonl, loss.svg, results.json)`);
+      console.log(`saved to ${out} (${PEFT.has(strategyName) ? `${strategyName} adapter (use evaluate --adapter ${out} --model ${dir})` : 'model'}, metrics.jsonl, loss.svg, results.json)`);
       model.dispose();
     },
   },

@@ -5,4 +5,5 @@ export { TRAIN_DEFAULTS, peakRssMiB, trainSupervised } from './common';
 export type { StrategyData, StrategyResult, TrainOptions } from './common';
 export { FeatureBased } from './feature-based';
 export type { FeatureBasedOptions } from './feature-based';
-export { FinetuneLoRA } from './lora';
+export { FinetuneLoRA, FinetunePEFT } from './lora';
+export type { PeftMethod } from './lora';

@@ -1,18 +1,25 @@
-/** Parameter-efficient finetuning with LoRA: the base model frozen, low-rank adapters (and the head, for classification) trained. */
+/**
+ * Parameter-efficient finetuning: the base model frozen, a PEFT method's added parameters (and, for classification,
+ * a trainable copy of the head) trained.
+ */
 import type { Model } from '../model';
+import { Adapter, AdapterOptions } from '../peft/adapter';
 import { LoRA, LoRAOptions } from '../peft/lora';
+import { PrefixTuning, PrefixTuningOptions } from '../peft/prefix';
+import { PromptTuning, PromptTuningOptions } from '../peft/prompt';
 import { StrategyData, StrategyResult, TrainOptions, trainSupervised } from './common';
 
-export class FinetuneLoRA {
-  readonly name = 'lora';
-  readonly lora: LoRA;
-  constructor(readonly options: TrainOptions & { lora?: LoRAOptions; adapterName?: string } = {}) {
-    this.lora = new LoRA(options.lora ?? {});
+export type PeftMethod = LoRA | Adapter | PrefixTuning | PromptTuning;
+
+export class FinetunePEFT {
+  readonly name: string;
+  constructor(readonly method: PeftMethod, readonly options: TrainOptions & { adapterName?: string } = {}) {
+    this.name = method.name;
   }
 
   /** Adds the adapter, unless the model already runs one (e.g. made beforehand to export its initial weights). */
   async apply(model: Model): Promise<void> {
-    if (model.activeAdapter === null) await this.lora.apply(model, { adapterName: this.options.adapterName });
+    if (model.activeAdapter === null) await this.method.apply(model, { adapterName: this.options.adapterName });
   }
 
   async run(model: Model, data: StrategyData): Promise<StrategyResult> {
@@ -20,3 +27,11 @@ export class FinetuneLoRA {
     return trainSupervised(this.name, model, data, { lr: 1e-3, ...this.options });
   }
 }
+
+export class FinetuneLoRA extends FinetunePEFT {
+  constructor(options: TrainOptions & { lora?: LoRAOptions; adapterName?: string } = {}) {
+    super(new LoRA(options.lora ?? {}), options);
+  }
+}
+
+export type { AdapterOptions, PrefixTuningOptions, PromptTuningOptions };

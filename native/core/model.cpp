@@ -207,8 +207,10 @@ static Tensors to_tensors(const Model& m, const Batch& b) {
   for (auto id : b.input_ids)
     require(id >= 0 && id < V, "E_RANGE", "token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
   if (m.spec.family != "llama") {  // llama's rotary positions have no table to run off
-    require(b.seq + m.virtual_tokens() <= m.spec.max_positions, "E_RANGE",
-            "sequence length " + std::to_string(b.seq) + (m.virtual_tokens() ? " + " + std::to_string(m.virtual_tokens()) + " virtual tokens" : "") +
+    // Virtual tokens take positions, and so does a prefix where positions continue after it (gpt2).
+    int64_t extra = m.virtual_tokens() + (m.spec.family == "gpt2" ? m.prefix_tokens() : 0);
+    require(b.seq + extra <= m.spec.max_positions, "E_RANGE",
+            "sequence length " + std::to_string(b.seq) + (extra ? " + " + std::to_string(extra) + " virtual tokens" : "") +
                 " exceeds max_position_embeddings " + std::to_string(m.spec.max_positions));
   }
   Tensors t;

@@ -9,7 +9,8 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { FeatureBased, FinetuneAll, FinetuneHead, FinetuneLoRA, LoRA, Model, Tokenizer, builtinSplits } from '../../lib';
+import { Adapter, FeatureBased, FinetuneAll, FinetuneHead, FinetunePEFT, LoRA, Model, PrefixTuning, PromptTuning, Tokenizer, builtinSplits } from '../../lib';
+import type { PeftMethod } from '../../lib/strategies';
 import { shuffled } from '../../lib/trainer';
 import type { StrategyResult } from '../../lib';
 
@@ -22,6 +23,15 @@ export const PLANS: Record<string, StrategyPlan> = {
   'head+last1': { lr: 5e-4, epochs: 3, unfreezeLastBlocks: 1 },
   full: { lr: 1e-4, epochs: 3 },
   lora: { lr: 2e-3, epochs: 3 },
+  adapter: { lr: 2e-3, epochs: 3 },
+  prefix: { lr: 1e-2, epochs: 3 },
+  prompt: { lr: 1e-2, epochs: 3 },
+};
+const PEFT_METHODS: Record<string, (seed: number) => PeftMethod> = {
+  lora: (seed) => new LoRA({ ...LORA, seed }),
+  adapter: (seed) => new Adapter({ reductionFactor: 16, seed }),
+  prefix: (seed) => new PrefixTuning({ numVirtualTokens: 8, seed }),
+  prompt: (seed) => new PromptTuning({ numVirtualTokens: 8, seed }),
 };
 /** LoRA's shape in the experiment: PEFT's default target modules, r 8, alpha 16, no dropout (deterministic runs). */
 export const LORA = { r: 8, alpha: 16, dropout: 0 };
@@ -50,7 +60,9 @@ async function main() {
   fs.mkdirSync(work, { recursive: true });
   const splits = builtinSplits(data.replace(/^builtin:/, ''));
   const tok = await Tokenizer.fromPretrained(modelDir);
-  const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength: MAX_LENGTH }));
+  // Virtual tokens and prefixes take positions too (8 each in this experiment).
+  const maxLength = strategy === 'prompt' || strategy === 'prefix' ? MAX_LENGTH - 8 : MAX_LENGTH;
+  const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength }));
   const epochs = plan.epochs ?? 1;
   const orders = Array.from({ length: epochs }, (_, e) => shuffled(train.length, seed + e));
   fs.writeFileSync(path.join(work, 'data.json'), JSON.stringify({
@@ -65,11 +77,12 @@ async function main() {
     const model = await Model.fromPretrained(modelDir, { task: 'sequence-classification', numLabels: 2, seed, config: NO_DROPOUT, labelNames: ['negative', 'positive'] });
     await model.savePretrained(path.join(work, 'init'));
     const opts = { lr: plan.lr, epochs, batchSize: BATCH_SIZE, seed, weightDecay: 0.01, warmupRatio: 0.1, maxGradNorm: 1.0 };
-    if (strategy === 'lora') {
+    if (PEFT_METHODS[strategy]) {
       // The adapter is created here so its initial weights can be handed to PEFT too.
-      await new LoRA({ ...LORA, seed }).apply(model);
+      const method = PEFT_METHODS[strategy](seed);
+      await method.apply(model);
       await model.saveAdapter(path.join(work, 'init-adapter'));
-      result = await new FinetuneLoRA(opts).run(model, { train, validation, test });
+      result = await new FinetunePEFT(method, opts).run(model, { train, validation, test });
       const file = path.join(work, 'adapter');
       await model.saveAdapter(file);
       (result as StrategyResult & { adapterBytes?: number; checkpointBytes?: number }).adapterBytes = fs.statSync(path.join(file, 'adapter_model.safetensors')).size;

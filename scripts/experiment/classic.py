@@ -60,9 +60,18 @@ def main():
     else:
         model = transformers.AutoModelForSequenceClassification.from_pretrained(os.path.join(work, "init"), dtype=torch.float32)
         names = [n for n, _ in model.named_parameters()]
-        if strategy == "lora":
-            from peft import PeftModel
-            model = PeftModel.from_pretrained(model, os.path.join(work, "init-adapter"), is_trainable=True)
+        if strategy == "adapter":
+            raise SystemExit("adapter: PEFT has no Houlsby adapters; there is no Python twin")
+        if strategy in ("lora", "prefix", "prompt"):
+            # PEFT refuses to load a prompt-learning adapter as trainable; building it from the config and loading the
+            # weights gives the same trainable model.
+            from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+            from safetensors.torch import load_file
+            adapter = os.path.join(work, "init-adapter")
+            cfg = PeftConfig.from_pretrained(adapter)
+            cfg.inference_mode = False
+            model = get_peft_model(model, cfg)
+            set_peft_model_state_dict(model, load_file(os.path.join(adapter, "adapter_model.safetensors")))
             train_names = {n for n, p in model.named_parameters() if p.requires_grad}
         elif strategy == "full":
             train_names = set(names)
