@@ -41,7 +41,7 @@ export function tmpDir(prefix: string): string {
 
 /** Runs a reference script in .venv and returns its JSON output. */
 export function python(script: string, args: string[]): any {
-  const out = execFileSync(PYTHON, [path.join(ROOT, 'test', 'reference', script), ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const out = execFileSync(PYTHON, [path.join(ROOT, 'test', 'reference', script), ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 28 });
   return JSON.parse(out.trim().split('\n').pop()!);
 }
 
