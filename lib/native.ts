@@ -54,6 +54,8 @@ export interface Addon {
   optimizerStep(o: Handle, lr: number, maxGradNorm: number): Promise<number>;
   optimizerSave(o: Handle, path: string): Promise<void>;
   optimizerLoad(o: Handle, path: string, entries: RawEntry[], step: number): Promise<void>;
+  benchMatmul(n: number, iters: number): Promise<number>;
+  torchInfo(): string;
   addLora(m: Handle, spec: { adapter: string; modules: string[]; modulesToSave?: string[]; r: number; alpha: number; dropout: number; rslora: boolean; seed: number }): Promise<void>;
   setAdapter(m: Handle, name: string): Promise<void>;
   addBottleneck(m: Handle, spec: { adapter: string; modules: string[]; bottleneckSize: number; nonlinearity: string; modulesToSave?: string[]; seed: number }): Promise<void>;

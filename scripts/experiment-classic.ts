@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { barChartSvg, writeSvg } from '../lib/plot';
 import { progressBar } from '../lib/progress';
-import { BATCH_SIZE, MAX_LENGTH, PLANS } from './experiment/classic-run';
+import { BATCH_SIZE, epochsFor, MAX_LENGTH, PEFT_STRATEGIES, PLANS } from './experiment/classic-run';
 
 const ROOT = path.resolve(__dirname, '..');
 const arg = (name: string, fallback: string) => {
@@ -26,13 +26,15 @@ const strategies = arg('strategies', Object.keys(PLANS).join(',')).split(',');
 const withPython = !process.argv.includes('--no-python');
 /** The Python twin is slower; by default it repeats the tiny-distilbert runs only (the issue's reference comparison). */
 const pythonModels = arg('python-models', 'tiny-distilbert').split(',');
-const pythonData = arg('python-data', datasets.join(',')).split(',');
+const pythonData = arg('python-data', 'imdb-sentences').split(',');
+/** The parameter-efficient rows (issue 5) run on the IMDB set only, by default, to keep the whole run near 30 minutes. */
+const peftData = arg('peft-data', 'imdb-sentences').split(',');
 const work = path.join(ROOT, '.cache', 'experiment', 'classic');
 const resultsFile = path.join(work, 'results.jsonl');
 /** Hand-written discussion of the numbers, kept apart so that a rerun does not overwrite it. */
 const NOTES = path.join(ROOT, 'docs', 'results-notes.md');
 
-interface Run { side: 'tunekit' | 'python'; model: string; data: string; strategy: string; seed: number; test: { accuracy: number }; trainableParameters: number; totalParameters?: number; wallTimeMs: number; peakRssMiB: number; steps?: number }
+interface Run { side: 'tunekit' | 'python'; model: string; data: string; strategy: string; seed: number; test: { accuracy: number }; trainableParameters: number; totalParameters?: number; wallTimeMs: number; peakRssMiB: number; steps?: number; adapterBytes?: number; checkpointBytes?: number }
 
 function runJson(cmd: string, args: string[]): any {
   const r = spawnSync(cmd, args, { cwd: ROOT, encoding: 'utf8', maxBuffer: 1 << 26 });
@@ -49,7 +51,8 @@ const pct = (x: number) => (100 * x).toFixed(1);
 async function main() {
   fs.mkdirSync(work, { recursive: true });
   fs.writeFileSync(resultsFile, '');
-  const jobs = models.flatMap((m) => datasets.flatMap((d) => seeds.flatMap((s) => strategies.map((st) => ({ m, d, s, st })))));
+  const jobs = models.flatMap((m) => datasets.flatMap((d) => seeds.flatMap((s) => strategies.map((st) => ({ m, d, s, st })))))
+    .filter((j) => !PEFT_STRATEGIES.includes(j.st) || peftData.includes(j.d));
   const bar = progressBar(jobs.length, 'classic');
   const runs: Run[] = [];
   const started = Date.now();
@@ -95,9 +98,28 @@ async function report(runs: Run[], minutes: number) {
       }
     }
   }
+  // Parameter-efficient methods against full finetuning on the same model and data.
+  const peftRows: string[] = [];
+  for (const m of models) {
+    for (const d of datasets) {
+      const full = runs.filter((r) => r.side === 'tunekit' && r.model === m && r.data === d && r.strategy === 'full');
+      if (!full.length) continue;
+      const stepMs = (rs: Run[]) => mean(rs.map((r) => r.wallTimeMs / Math.max(1, r.steps ?? 1)));
+      const fullStep = stepMs(full);
+      const fullRss = mean(full.map((r) => r.peakRssMiB));
+      for (const st of ['full', ...PEFT_STRATEGIES].filter((x) => strategies.includes(x))) {
+        const tk = runs.filter((r) => r.side === 'tunekit' && r.model === m && r.data === d && r.strategy === st);
+        if (!tk.length) continue;
+        const a = tk.map((r) => r.test.accuracy);
+        const total = tk[0].totalParameters ?? 1;
+        const bytes = st === 'full' ? 1 : (tk[0].adapterBytes ?? NaN) / (tk[0].checkpointBytes ?? NaN);
+        peftRows.push(`| ${m} | ${d} | ${st} | **${pct(mean(a))} ± ${pct(std(a))}** | ${tk[0].trainableParameters.toLocaleString('en-US')} | ${(100 * tk[0].trainableParameters / total).toFixed(2)}% | ${stepMs(tk).toFixed(0)} ms (${(stepMs(tk) / fullStep).toFixed(2)}x) | ${mean(tk.map((r) => r.peakRssMiB)).toFixed(0)} MiB (${(mean(tk.map((r) => r.peakRssMiB)) / fullRss).toFixed(2)}x) | ${st === 'full' ? `${((tk[0].checkpointBytes ?? 0) / 2 ** 20).toFixed(1)} MiB checkpoint` : `${((tk[0].adapterBytes ?? 0) / 2 ** 10).toFixed(0)} KiB (${(100 * bytes).toFixed(2)}%)`} |`);
+      }
+    }
+  }
   const svg = await barChartSvg(chart, { title: 'Test accuracy (%) by strategy, mean ± std over seeds (tunekit)', y: 'test accuracy (%)', width: 180 });
   await writeSvg(path.join(ROOT, 'docs', 'results-classic.svg'), svg);
-  const plans = Object.entries(PLANS).filter(([k]) => strategies.includes(k)).map(([k, p]) => `\`${k}\`: ${k === 'features' ? 'frozen model, pooled embedding (distilbert: [CLS]; gpt2: last token), logistic regression C = 1 (L-BFGS)' : `lr ${p.lr}, ${p.epochs} epochs${p.unfreezeLastBlocks ? `, last ${p.unfreezeLastBlocks} block trainable` : ''}`}`).join('; ');
+  const plans = Object.entries(PLANS).filter(([k]) => strategies.includes(k)).map(([k, p]) => `\`${k}\`: ${k === 'features' ? 'frozen model, pooled embedding (distilbert: [CLS]; gpt2: last token), logistic regression C = 1 (L-BFGS)' : `lr ${p.lr}, ${p.epochs} epochs (${epochsFor(p, 'sentiment-sentences')} on sentiment-sentences)${p.unfreezeLastBlocks ? `, last ${p.unfreezeLastBlocks} block trainable` : ''}`}`).join('; ');
   const md = `# Results: the classic approaches on tunekit's own models
 
 Made by \`npm run experiment:classic\` on ${new Date().toISOString().slice(0, 10)} (${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${minutes.toFixed(1)} min for the whole run).
@@ -108,6 +130,18 @@ Seeds ${seeds.join(', ')}; the test splits are the built-in fixed ones (200 sent
 ${rows.join('\n')}
 
 ![test accuracy by strategy](results-classic.svg)
+
+## Parameter-efficient finetuning against full finetuning
+
+| model | data | method | test acc. % | trainable | of all | step time (vs full) | peak RSS (vs full) | saved file (vs full checkpoint) |
+|---|---|---|---|---|---|---|---|---|
+${peftRows.join('\n')}
+
+LoRA: r 8, alpha 16, PEFT's default targets (distilbert \`q_lin\`/\`v_lin\`, gpt2 \`c_attn\`); adapter: Houlsby bottlenecks
+of width hidden/16 after attention and feed-forward; prefix and prompt tuning: 8 virtual tokens (prefix without the
+reparameterisation MLP). Every method also trains its own copy of the classification head (PEFT's \`modules_to_save\`),
+which is most of the trainable parameters of the prompt and prefix rows. Step time is train time over optimizer steps
+(it includes the per-epoch evaluation), in separate processes run one after another.
 
 How each row was made: ${plans}. All finetuning uses AdamW (weight decay 0.01, none on biases and norms), a linear
 schedule with 10% warm-up, clipping at 1.0, batch ${BATCH_SIZE}, texts truncated to ${MAX_LENGTH} tokens, and no dropout, so that a run is

@@ -405,6 +405,13 @@ Napi::Value SetRngState(const Napi::CallbackInfo& info) {
 
 Napi::Value CudaAvailable(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), cuda_available()); }
 
+Napi::Value BenchMatmul(const Napi::CallbackInfo& info) {
+  auto n = int64_t(number_arg(info, 0, "n")), iters = int64_t(number_arg(info, 1, "iters"));
+  return run<double>(info.Env(), [n, iters] { return bench_matmul(n, iters); }, [](Napi::Env env, double& g) { return Napi::Number::New(env, g); });
+}
+
+Napi::Value TorchInfo(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), torch_info()); }
+
 Napi::Value CreateOptimizer(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto o = object_arg(info, 1, "spec");
@@ -568,6 +575,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rngState", Napi::Function::New(env, RngState));
   exports.Set("setRngState", Napi::Function::New(env, SetRngState));
   exports.Set("cudaAvailable", Napi::Function::New(env, CudaAvailable));
+  exports.Set("benchMatmul", Napi::Function::New(env, BenchMatmul));
+  exports.Set("torchInfo", Napi::Function::New(env, TorchInfo));
   exports.Set("createOptimizer", Napi::Function::New(env, CreateOptimizer));
   exports.Set("optimizerStep", Napi::Function::New(env, OptimizerStep));
   exports.Set("optimizerSave", Napi::Function::New(env, OptimizerSave));

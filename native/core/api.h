@@ -103,6 +103,9 @@ void manual_seed(uint64_t seed);
 std::vector<uint8_t> rng_state();
 void set_rng_state(const std::vector<uint8_t>& state);
 bool cuda_available();
+// float32 matrix-multiply throughput (GFLOP/s) of an n x n product through this libtorch: the machine's ceiling.
+double bench_matmul(int64_t n, int64_t iters);
+std::string torch_info();  // {"torch": version, "threads": intra-op threads}, as JSON
 
 std::shared_ptr<Optimizer> create_optimizer(Model& m, const OptimizerSpec& spec);
 // Clips (if max_norm > 0) and applies one update; returns the pre-clip gradient norm.

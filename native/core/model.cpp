@@ -1,4 +1,5 @@
 // Model lifetime, checkpoint I/O, and the entry points that turn plain batches into tensors and back.
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -391,5 +392,20 @@ void set_rng_state(const std::vector<uint8_t>& state) {
 }
 
 bool cuda_available() { return torch::cuda::is_available(); }
+
+double bench_matmul(int64_t n, int64_t iters) {
+  if (n < 1 || iters < 1) throw Error("E_ARG", "bench_matmul needs n >= 1 and iters >= 1");
+  torch::NoGradGuard g;
+  auto a = torch::randn({n, n}), b = torch::randn({n, n}), c = torch::empty({n, n});
+  torch::mm_out(c, a, b);  // warm-up: thread pool and caches
+  auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < iters; i++) torch::mm_out(c, a, b);
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return 2.0 * double(n) * double(n) * double(n) * double(iters) / s / 1e9;
+}
+
+std::string torch_info() {
+  return std::string("{\"torch\":\"") + TORCH_VERSION + "\",\"threads\":" + std::to_string(at::get_num_threads()) + "}";
+}
 
 }  // namespace tunekit

@@ -1,0 +1,93 @@
+"""The Python side of `npm run bench`: transformers 5.17 (+ peft 0.21) on the same weights, batch and seed as tunekit.
+
+usage: python_side.py prepare WORKLOAD_JSON DIR SEED   -> writes DIR/model (random weights) and DIR/batch.json
+       python_side.py run WORKLOAD_JSON DIR STEPS WARMUP -> one JSON line: first-step loss, per-step seconds, peak RSS
+Reproduce the Python numbers alone: .venv/bin/python bench/python_side.py run '<workload json>' bench/.cache/<name> 20 3
+"""
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+import transformers
+
+
+def prepare(w, d, seed):
+    torch.manual_seed(seed)
+    cfg = transformers.AutoConfig.for_model(**w["config"])
+    model = getattr(transformers, w["config"]["architectures"][0])(cfg)
+    model.save_pretrained(os.path.join(d, "model"))
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, cfg.vocab_size, (w["batch"], w["seq"]), generator=g)
+    labels = torch.randint(0, 2, (w["batch"],), generator=g).tolist() if w.get("classify") else ids.tolist()
+    json.dump({"input_ids": ids.tolist(), "labels": labels}, open(os.path.join(d, "batch.json"), "w"))
+
+
+def run(w, d, steps, warmup):
+    model = transformers.AutoModel.from_pretrained  # noqa: F841  (import side effects kept out of timing)
+    cfg = transformers.AutoConfig.from_pretrained(os.path.join(d, "model"))
+    model = getattr(transformers, cfg.architectures[0]).from_pretrained(os.path.join(d, "model"), dtype=torch.float32)
+    b = json.load(open(os.path.join(d, "batch.json")))
+    ids = torch.tensor(b["input_ids"])[: w["batch"], : w["seq"]]
+    labels = torch.tensor(b["labels"])
+    labels = labels[: w["batch"]] if labels.dim() == 1 else labels[: w["batch"], : w["seq"]]
+    times, first = [], None
+    if w["kind"] == "train":
+        if "lora" in w:
+            from peft import LoraConfig, get_peft_model
+            lc = w["lora"]
+            model = get_peft_model(model, LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], target_modules=lc["target_modules"], lora_dropout=0.0))
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
+        for i in range(warmup + steps):
+            t = time.perf_counter()
+            loss = model(input_ids=ids, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t
+            if i == 0:
+                first = loss.item()
+            if i >= warmup:
+                times.append(dt)
+    elif w["kind"] == "forward":
+        model.eval()
+        with torch.no_grad():
+            for i in range(warmup + steps):
+                t = time.perf_counter()
+                out = model(input_ids=ids)
+                dt = time.perf_counter() - t
+                if i == 0:
+                    first = out.logits[0, -1, :8].tolist()
+                if i >= warmup:
+                    times.append(dt)
+    else:  # generate, greedy, KV cache (transformers' default)
+        model.eval()
+        with torch.no_grad():
+            for i in range(warmup + steps):
+                t = time.perf_counter()
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=w["new_tokens"], min_new_tokens=w["new_tokens"],
+                                     do_sample=False, pad_token_id=0)
+                dt = time.perf_counter() - t
+                if i == 0:
+                    first = out[0, -8:].tolist()
+                if i >= warmup:
+                    times.append(dt)
+    print(json.dumps({"side": "python", "first": first, "times": times, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                      "peakRssMiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "params": sum(p.numel() for p in model.parameters())}))
+
+
+if __name__ == "__main__":
+    mode, w, d = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    os.makedirs(d, exist_ok=True)
+    if mode == "prepare":
+        prepare(w, d, int(sys.argv[4]))
+    else:
+        run(w, d, int(sys.argv[4]), int(sys.argv[5]))

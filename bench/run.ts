@@ -1,0 +1,183 @@
+/**
+ * npm run bench [-- --quick | --smoke] [--workloads a,b]
+ *
+ * tunekit against transformers 5.17 + peft 0.21 on the same torch, workload by workload: the same config, the same
+ * random weights (written once by Python, loaded by both), the same batch, in separate processes run A B A B, warm-up
+ * steps excluded. Before any time is compared, the first-step losses (or logits) of the two sides must agree.
+ * Writes bench/results/latest.json and latest.md.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { addon } from '../lib/native';
+
+const ROOT = path.resolve(__dirname, '..');
+const PY = path.join(ROOT, '.venv', 'bin', 'python');
+const ALL = JSON.parse(fs.readFileSync(path.join(__dirname, 'workloads.json'), 'utf8')) as Record<string, Workload>;
+const smoke = process.argv.includes('--smoke');
+const quick = process.argv.includes('--quick');
+const argOf = (n: string) => {
+  const i = process.argv.indexOf(`--${n}`);
+  return i > 0 ? process.argv[i + 1] : undefined;
+};
+const names = argOf('workloads')?.split(',') ?? (smoke ? ['smoke-gpt2'] : Object.keys(ALL).filter((k) => k !== 'smoke-gpt2'));
+const rounds = smoke ? 1 : quick ? 2 : 3;
+const outDir = argOf('out') ?? path.join(__dirname, 'results');
+
+interface Workload { kind: 'train' | 'forward' | 'generate'; base?: string; batch: number; seq: number; classify?: boolean; new_tokens?: number; config?: Record<string, unknown>; lora?: { r: number; alpha: number; target_modules: string[] } }
+interface Side { side: string; first: unknown; times: number[]; threads: number; torch: string; peakRssMiB: number; params: number }
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const quantile = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))];
+
+function plan(w: Workload): { steps: number; warmup: number } {
+  if (smoke) return { steps: 2, warmup: 1 };
+  if (w.kind === 'generate') return { steps: quick ? 1 : 2, warmup: 1 };
+  if (w.kind === 'forward') return { steps: quick ? 20 : 50, warmup: 5 };
+  return { steps: quick ? 5 : 10, warmup: 2 };
+}
+
+function json(cmd: string, args: string[]): Side {
+  const r = spawnSync(cmd, args, { cwd: ROOT, encoding: 'utf8', maxBuffer: 1 << 26 });
+  if (r.status !== 0) throw new Error(`${cmd} ${args[1] ?? ''} failed: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
+  const line = r.stdout.trim().split('\n').filter((l) => l.startsWith('{')).pop();
+  if (!line) throw new Error(`no result from ${cmd}`);
+  return JSON.parse(line);
+}
+
+/** The weights and batch, written once by transformers from a seed, reused while the config is unchanged. */
+function prepare(name: string, w: Workload): string {
+  const baseName = w.base ?? name;
+  const base = { ...ALL[baseName], batch: Math.max(w.batch, ALL[baseName].batch), seq: Math.max(w.seq, ALL[baseName].seq) };
+  const key = crypto.createHash('sha256').update(JSON.stringify(base)).digest('hex').slice(0, 12);
+  const dir = path.join(__dirname, '.cache', `${baseName}-${key}`);
+  if (!fs.existsSync(path.join(dir, 'batch.json'))) {
+    execFileSync(PY, [path.join(__dirname, 'python_side.py'), 'prepare', JSON.stringify(base), dir, '1234'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  }
+  return dir;
+}
+
+/** The same first step on both sides, or the benchmark stops: timing two different computations proves nothing. */
+function agree(w: Workload, a: unknown, b: unknown): { ok: boolean; detail: string } {
+  if (w.kind === 'train') {
+    const rel = Math.abs((a as number) - (b as number)) / Math.abs(b as number);
+    return { ok: rel < 1e-4, detail: `first-step loss ${(a as number).toFixed(6)} vs ${(b as number).toFixed(6)} (rel. ${rel.toExponential(1)})` };
+  }
+  if (w.kind === 'forward') {
+    const x = a as number[];
+    const y = b as number[];
+    const rel = Math.max(...x.map((v, i) => Math.abs(v - y[i]))) / Math.max(...y.map(Math.abs));
+    return { ok: rel < 1e-4, detail: `last-position logits rel. ${rel.toExponential(1)}` };
+  }
+  const same = JSON.stringify(a) === JSON.stringify(b);
+  // Greedy decoding on random weights can flip a near-tie by rounding; report it, time anyway.
+  return { ok: true, detail: same ? 'greedy tokens identical' : 'greedy tokens differ (near-tie on random weights)' };
+}
+
+/** FLOPs per step counted as 6 x N x tokens (+ attention 12 x L x d x T x tokens), N = parameters in matmuls. */
+function modelFlops(name: string, w: Workload, params: number): number {
+  const c = (ALL[w.base ?? name].config ?? {}) as Record<string, number>;
+  const d = c.n_embd ?? c.dim ?? c.hidden_size;
+  const L = c.n_layer ?? c.n_layers ?? c.num_hidden_layers;
+  const V = c.vocab_size;
+  const P = c.n_positions ?? c.max_position_embeddings;
+  // Lookup tables are not matmuls: position tables never; the token table only when it is not also the LM head.
+  const lookups = (c.model_type === 'gpt2' ? P * d : 0) + (c.model_type === 'distilbert' ? (V + P) * d : 0) + (c.model_type === 'llama' ? V * d : 0);
+  const n = params - lookups;
+  const tokens = w.batch * w.seq;
+  // LoRA's useful work: forward (2N) and the input gradients (2N); frozen weights need no weight gradients.
+  const perToken = (w.lora ? 4 : 6) * n + 12 * L * d * w.seq;
+  return perToken * tokens;
+}
+
+async function main() {
+  if (!fs.existsSync(PY)) throw new Error(`${PY} is missing: run npm install first`);
+  const ceiling = await addon.benchMatmul(smoke ? 256 : 2048, smoke ? 2 : 10);
+  const info = JSON.parse(addon.torchInfo());
+  const results: Record<string, unknown>[] = [];
+  for (const name of names) {
+    const w = ALL[name];
+    if (!w) throw new Error(`unknown workload ${name} (have: ${Object.keys(ALL).join(', ')})`);
+    const dir = prepare(name, w);
+    const { steps, warmup } = plan(w);
+    const tk: Side[] = [];
+    const py: Side[] = [];
+    for (let r = 0; r < rounds; r++) {
+      tk.push(json(process.execPath, ['--require', 'tsx/cjs', path.join(__dirname, 'tunekit_side.ts'), JSON.stringify(w), dir, String(steps), String(warmup)]));
+      py.push(json(PY, [path.join(__dirname, 'python_side.py'), 'run', JSON.stringify(w), dir, String(steps), String(warmup)]));
+      if (r === 0) {
+        const check = agree(w, tk[0].first, py[0].first);
+        if (!check.ok) throw new Error(`${name}: the two sides disagree before timing (${check.detail}); aborting`);
+        console.error(`${name}: ${check.detail}`);
+      }
+    }
+    const tkTimes = tk.flatMap((s) => s.times);
+    const pyTimes = py.flatMap((s) => s.times);
+    const tkMed = median(tkTimes);
+    const pyMed = median(pyTimes);
+    const row: Record<string, unknown> = {
+      workload: name, kind: w.kind, batch: w.batch, seq: w.seq, params: tk[0].params,
+      tunekit: { median_s: tkMed, p10_s: quantile(tkTimes, 0.1), p90_s: quantile(tkTimes, 0.9), samples: tkTimes.length, peakRssMiB: Math.max(...tk.map((s) => s.peakRssMiB)) },
+      python: { median_s: pyMed, p10_s: quantile(pyTimes, 0.1), p90_s: quantile(pyTimes, 0.9), samples: pyTimes.length, peakRssMiB: Math.max(...py.map((s) => s.peakRssMiB)) },
+      ratio_python_over_tunekit: pyMed / tkMed,
+      check: agree(w, tk[0].first, py[0].first).detail,
+    };
+    if (w.kind === 'train') {
+      const flops = modelFlops(name, w, Number(tk[0].params));
+      row.model_flops_per_step = flops;
+      row.mfu_tunekit = flops / tkMed / 1e9 / ceiling;
+      row.mfu_python = flops / pyMed / 1e9 / ceiling;
+    }
+    if (w.kind === 'generate') {
+      row.tokens_per_s_tunekit = (w.batch * (w.new_tokens ?? 0)) / tkMed;
+      row.tokens_per_s_python = (w.batch * (w.new_tokens ?? 0)) / pyMed;
+    }
+    results.push(row);
+    console.error(`${name}: tunekit ${(tkMed * 1000).toFixed(1)} ms, python ${(pyMed * 1000).toFixed(1)} ms, ratio ${(pyMed / tkMed).toFixed(2)}`);
+  }
+  // LoRA as a fraction of tunekit's own full step on the same model.
+  for (const r of results) {
+    const base = ALL[r.workload as string].base;
+    const full = results.find((x) => x.workload === base);
+    if (ALL[r.workload as string].lora && full) r.lora_over_full_tunekit = (r.tunekit as { median_s: number }).median_s / (full.tunekit as { median_s: number }).median_s;
+  }
+  let commit = 'unknown';
+  try {
+    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
+  } catch { /* not a checkout */ }
+  const report = {
+    date: new Date().toISOString(), commit, machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}`, memoryGiB: os.totalmem() / 2 ** 30,
+    threads: info.threads, libtorch: info.torch, mode: smoke ? 'smoke' : quick ? 'quick' : 'full', rounds,
+    matmul_gflops: ceiling, flop_formula: 'training: (6 N + 12 L d T) per token, N = parameters used in matmuls (LoRA: 4 N)', results,
+  };
+  fs.mkdirSync(outDir, { recursive: true });
+  fs.writeFileSync(path.join(outDir, 'latest.json'), JSON.stringify(report, null, 2) + '\n');
+  const md = table(report);
+  fs.writeFileSync(path.join(outDir, 'latest.md'), md);
+  console.log(md);
+}
+
+function table(r: { date: string; commit: string; machine: string; threads: number; libtorch: string; mode: string; matmul_gflops: number; results: Record<string, any>[] }): string {
+  const ms = (s: number) => (s * 1000).toFixed(s < 0.1 ? 2 : 1);
+  const lines = r.results.map((x) => {
+    const extra = x.kind === 'train' ? `MFU ${(100 * x.mfu_tunekit).toFixed(0)}% vs ${(100 * x.mfu_python).toFixed(0)}%${x.lora_over_full_tunekit ? `; ${x.lora_over_full_tunekit.toFixed(2)}x tunekit's full step` : ''}`
+      : x.kind === 'generate' ? `${x.tokens_per_s_tunekit.toFixed(0)} vs ${x.tokens_per_s_python.toFixed(0)} tok/s` : '';
+    return `| ${x.workload} | ${ms(x.tunekit.median_s)} (${ms(x.tunekit.p10_s)}-${ms(x.tunekit.p90_s)}) | ${ms(x.python.median_s)} (${ms(x.python.p10_s)}-${ms(x.python.p90_s)}) | **${x.ratio_python_over_tunekit.toFixed(2)}** | ${x.tunekit.peakRssMiB.toFixed(0)} / ${x.python.peakRssMiB.toFixed(0)} | ${extra} | ${x.check} |`;
+  });
+  return `Benchmark ${r.mode} run, ${r.date.slice(0, 16)}, commit ${r.commit}; ${r.machine}, ${r.threads} threads, libtorch ${r.libtorch}; float32 matmul ceiling ${r.matmul_gflops.toFixed(0)} GFLOP/s.
+
+| workload | tunekit ms (p10-p90) | Python ms (p10-p90) | Python / tunekit | peak RSS MiB tunekit / Python | notes | same first step |
+|---|---|---|---|---|---|---|
+${lines.join('\n')}
+`;
+}
+
+main().catch((e) => {
+  console.error(`bench: ${e instanceof Error ? e.message : String(e)}`);
+  process.exit(1);
+});

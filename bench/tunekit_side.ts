@@ -1,0 +1,64 @@
+/**
+ * The tunekit side of `npm run bench`: one workload in its own process, on the weights and batch python_side.py wrote.
+ *   node --require tsx/cjs bench/tunekit_side.ts WORKLOAD_JSON DIR STEPS WARMUP   -> one JSON line
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { AdamW, LoRA, Model } from '../lib';
+import { addon } from '../lib/native';
+
+async function main() {
+  const [wj, dir, stepsArg, warmupArg] = process.argv.slice(2);
+  const w = JSON.parse(wj);
+  const steps = Number(stepsArg);
+  const warmup = Number(warmupArg);
+  const b = JSON.parse(fs.readFileSync(path.join(dir, 'batch.json'), 'utf8'));
+  const ids: number[][] = b.input_ids.slice(0, w.batch).map((r: number[]) => r.slice(0, w.seq));
+  const labels = Array.isArray(b.labels[0]) ? b.labels.slice(0, w.batch).map((r: number[]) => r.slice(0, w.seq)) : b.labels.slice(0, w.batch);
+  const model = await Model.fromPretrained(path.join(dir, 'model'));
+  const times: number[] = [];
+  let first: unknown;
+  if (w.kind === 'train') {
+    if (w.lora) await new LoRA({ r: w.lora.r, alpha: w.lora.alpha, targetModules: w.lora.target_modules, dropout: 0 }).apply(model);
+    await model.train();
+    const opt = new AdamW(model, { lr: 1e-4, weightDecay: 0.01, maxGradNorm: 1.0 });
+    const batch = { inputIds: ids, labels };
+    for (let i = 0; i < warmup + steps; i++) {
+      const t = process.hrtime.bigint();
+      const { loss } = await model.backward(batch);
+      await opt.step();
+      await opt.zeroGrad();
+      const dt = Number(process.hrtime.bigint() - t) / 1e9;
+      if (i === 0) first = loss;
+      if (i >= warmup) times.push(dt);
+    }
+  } else if (w.kind === 'forward') {
+    for (let i = 0; i < warmup + steps; i++) {
+      const t = process.hrtime.bigint();
+      const out = await model.forward({ inputIds: ids });
+      const dt = Number(process.hrtime.bigint() - t) / 1e9;
+      if (i === 0) {
+        const V = out.logits.shape[2];
+        first = Array.from(out.logits.data.subarray((w.seq - 1) * V, (w.seq - 1) * V + 8));
+      }
+      if (i >= warmup) times.push(dt);
+    }
+  } else {
+    for (let i = 0; i < warmup + steps; i++) {
+      const t = process.hrtime.bigint();
+      // eosTokenId -1: never stop early, as min_new_tokens on the Python side.
+      const out = await model.generate({ inputIds: ids }, { maxNewTokens: w.new_tokens, eosTokenId: -1 });
+      const dt = Number(process.hrtime.bigint() - t) / 1e9;
+      if (i === 0) first = out[0].slice(-8);
+      if (i >= warmup) times.push(dt);
+    }
+  }
+  const info = JSON.parse(addon.torchInfo());
+  console.log(JSON.stringify({ side: 'tunekit', first, times, threads: info.threads, torch: info.torch, peakRssMiB: process.resourceUsage().maxRSS / 1024, params: model.countParameters() }));
+  model.dispose();
+}
+
+main().catch((e) => {
+  console.error(e instanceof Error ? e.message : String(e));
+  process.exit(1);
+});
