@@ -72,8 +72,8 @@ def run(w, d, steps, warmup):
         with torch.no_grad():
             for i in range(warmup + steps):
                 t = time.perf_counter()
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=w["new_tokens"], min_new_tokens=w["new_tokens"],
-                                     do_sample=False, pad_token_id=0)
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=w["new_tokens"],
+                                     do_sample=False, pad_token_id=0)  # random weights: EOS (50256) is outside the vocabulary, so all tokens come
                 dt = time.perf_counter() - t
                 if i == 0:
                     first = out[0, -8:].tolist()

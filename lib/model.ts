@@ -42,6 +42,8 @@ export interface GenerateOptions {
   seed?: number;
   eosTokenId?: number;
   attentionMask?: number[][];
+  /** Keep keys/values between steps (default true); false recomputes the whole sequence each step. */
+  useCache?: boolean;
 }
 
 export type Pooling = 'cls' | 'mean' | 'last';
@@ -216,7 +218,7 @@ export class Model {
     const eos = options.eosTokenId ?? firstId(this.config.eos_token_id);
     return serial(() => addon.generate(this.h, raw, {
       maxNewTokens: options.maxNewTokens ?? 20, temperature: temperature || 1, topK: options.topK ?? 0, topP: options.topP ?? 1,
-      doSample: temperature > 0, eosTokenId: eos, seed: options.seed ?? 0,
+      doSample: temperature > 0, eosTokenId: eos, seed: options.seed ?? 0, useCache: options.useCache ?? true,
     }));
   }
 

@@ -29,7 +29,7 @@ export interface RawOptimizerSpec {
   momentum: number; dampening: number; nesterov: boolean; noDecay: string[];
 }
 export interface RawGenerate {
-  maxNewTokens: number; temperature: number; topK: number; topP: number; doSample: boolean; eosTokenId: number; seed: number;
+  maxNewTokens: number; temperature: number; topK: number; topP: number; doSample: boolean; eosTokenId: number; seed: number; useCache?: boolean;
 }
 
 export interface Addon {

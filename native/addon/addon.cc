@@ -352,6 +352,7 @@ Napi::Value Generate(const Napi::CallbackInfo& info) {
   g.top_p = num_field(o, "topP", 1.0);
   g.do_sample = bool_field(o, "doSample", false);
   g.eos_token_id = int64_t(num_field(o, "eosTokenId", -1));
+  g.use_cache = bool_field(o, "useCache", true);
   g.seed = uint64_t(num_field(o, "seed", 0));
   using Rows = std::vector<std::vector<int32_t>>;
   return run<Rows>(info.Env(), [m, b, g] { return generate(*m, b, g); }, [](Napi::Env env, Rows& rows) {

@@ -74,6 +74,7 @@ struct OptimizerSpec {
 };
 
 struct GenerateSpec {
+  bool use_cache = true;  // keep every layer's keys/values between steps (false: recompute the whole sequence)
   int64_t max_new_tokens = 20, top_k = 0;
   double temperature = 1.0, top_p = 1.0;
   bool do_sample = false;

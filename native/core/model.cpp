@@ -44,8 +44,10 @@ std::shared_ptr<Model> create_model(const ModelSpec& spec) {
 
 Output Model::run(const torch::Tensor& ids, const torch::Tensor& in_mask) {
   auto mask = in_mask;
-  if (int64_t n = virtual_tokens(); n > 0 && mask.defined()) mask = torch::cat({torch::ones({mask.size(0), n}, mask.options()), mask}, 1);
-  prefix_values = prefix_tokens() > 0 ? prefix_table(*this) : torch::Tensor();
+  if (past() == 0) {  // with a filled cache the mask already spans prefix and virtual positions
+    if (int64_t n = virtual_tokens(); n > 0 && mask.defined()) mask = torch::cat({torch::ones({mask.size(0), n}, mask.options()), mask}, 1);
+    prefix_values = prefix_tokens() > 0 ? prefix_table(*this) : torch::Tensor();
+  }
   if (spec.family == "gpt2") return gpt2_forward(*this, ids, mask);
   if (spec.family == "llama") return llama_forward(*this, ids, mask);
   return distilbert_forward(*this, ids, mask);
@@ -326,9 +328,21 @@ std::vector<std::vector<int32_t>> generate(Model& m, const Batch& b, const Gener
   auto ids = t.ids;
   auto mask = t.mask.defined() ? t.mask : torch::ones_like(ids);
   auto done = torch::zeros({ids.size(0)}, torch::TensorOptions().dtype(torch::kBool).device(m.device));
+  // With the cache, each step feeds only the newest token; `keys` is the mask over everything the cache holds.
+  KVCache kv;
+  kv.k.resize(m.spec.num_layers);
+  kv.v.resize(m.spec.num_layers);
+  struct Reset {
+    Model& m;
+    ~Reset() { m.cache = nullptr; }
+  } reset{m};
+  if (g.use_cache) m.cache = &kv;
+  torch::Tensor input = ids, keys;
+  const int64_t extra = m.virtual_tokens() + (m.spec.family == "gpt2" ? m.prefix_tokens() : 0);
   for (int64_t step = 0; step < g.max_new_tokens; step++) {
-    if (m.spec.family != "llama" && ids.size(1) >= m.spec.max_positions) break;
-    auto logits = m.run(ids, mask).logits.select(1, -1).to(torch::kFloat32);
+    if (m.spec.family != "llama" && ids.size(1) + extra >= m.spec.max_positions) break;
+    auto logits = m.run(input, kv.len > 0 ? keys : mask).logits.select(1, -1).to(torch::kFloat32);
+    if (g.use_cache && !keys.defined()) keys = torch::cat({torch::ones({mask.size(0), kv.len - ids.size(1)}, mask.options()), mask}, 1);
     torch::Tensor next;
     if (!g.do_sample) {
       next = logits.argmax(-1);
@@ -353,6 +367,12 @@ std::vector<std::vector<int32_t>> generate(Model& m, const Batch& b, const Gener
     }
     ids = torch::cat({ids, next.unsqueeze(1)}, 1);
     mask = torch::cat({mask, torch::ones({mask.size(0), 1}, mask.options())}, 1);
+    if (g.use_cache) {
+      input = next.unsqueeze(1);
+      keys = torch::cat({keys, torch::ones({keys.size(0), 1}, keys.options())}, 1);
+    } else {
+      input = ids;
+    }
     if (g.eos_token_id >= 0 && done.all().item<bool>()) break;
   }
   auto c = ids.to(torch::kCPU, torch::kInt32).contiguous();

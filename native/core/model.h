@@ -38,6 +38,13 @@ struct Adapter {
   int64_t virtual_tokens = 0;
 };
 
+// Keys and values of every layer for the positions seen so far, so that decoding one more token costs one position's
+// work (prefix and virtual tokens included once, at the first step).
+struct KVCache {
+  std::vector<torch::Tensor> k, v;  // per layer, [batch, kv_heads, len, head_dim]
+  int64_t len = 0;
+};
+
 class Model {
  public:
   ModelSpec spec;
@@ -64,6 +71,9 @@ class Model {
   int64_t prefix_tokens() const;
   std::pair<torch::Tensor, torch::Tensor> prefix_kv(int64_t layer, int64_t batch) const;
   mutable torch::Tensor prefix_values;  // [n, layers * 2, kv_heads, head_dim] for the running forward
+  KVCache* cache = nullptr;             // set by generate() while it decodes
+  // Past positions in the cache (0 without one): the input then holds only new tokens, the mask all positions.
+  int64_t past() const { return cache ? cache->len : 0; }
   bool has(const std::string& name) const { return params.count(name) > 0; }
   void add(const std::string& name, torch::Tensor t);
 
@@ -106,6 +116,10 @@ torch::Tensor activation(const std::string& name, const torch::Tensor& x);
 torch::Tensor attention_mask_4d(const torch::Tensor& mask, int64_t seq, bool causal);
 // The same with `prefix` always-visible key positions in front: [batch, 1, seq, prefix + seq].
 torch::Tensor prefix_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t prefix, bool causal, torch::Device device);
+// Decoding with a cache: `seq` new queries after `past` cached keys; `mask` covers all past + seq key positions.
+torch::Tensor cached_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t past, torch::Device device);
+// Appends this step's keys/values to layer i's cache (or fills it) and returns the keys/values attention should use.
+std::pair<torch::Tensor, torch::Tensor> with_cache(Model& m, int64_t layer, torch::Tensor k, torch::Tensor v);
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d,
                         bool causal, double dropout, double scale, bool training);
 // Index of the token each sequence is classified from (transformers' *ForSequenceClassification rule).

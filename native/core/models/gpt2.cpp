@@ -39,11 +39,14 @@ Output gpt2_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mas
   const auto& b = m.base;
   auto tokens = m.token_embeddings(b + "wte.weight", ids);
   int64_t B = ids.size(0), T = tokens.size(1), C = s.hidden_size, nh = s.num_heads, hd = C / nh;
-  // Behind a prefix, positions continue after it, as transformers counts a cache.
-  int64_t P = m.prefix_tokens();
-  auto pos = torch::arange(P, P + T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
+  // Behind a prefix, positions continue after it, as transformers counts a cache; with a cache, after what it holds.
+  const int64_t past = m.past();
+  const int64_t P = past > 0 ? 0 : m.prefix_tokens();
+  const int64_t start = past > 0 ? past : P;
+  auto pos = torch::arange(start, start + T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
   auto x = m.dropout(tokens + torch::embedding(m.P(b + "wpe.weight"), pos), s.embd_dropout);
-  auto mask4d = P ? prefix_mask_4d(mask, B, T, P, true, ids.device()) : attention_mask_4d(mask, T, true);
+  auto mask4d = past > 0 ? cached_mask_4d(mask, B, T, past, ids.device())
+              : P ? prefix_mask_4d(mask, B, T, P, true, ids.device()) : attention_mask_4d(mask, T, true);
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto h = b + "h." + std::to_string(i) + ".";
     auto qkv = m.conv1d(h + "attn.c_attn", m.layer_norm(h + "ln_1", x)).split(C, 2);
@@ -56,12 +59,14 @@ Output gpt2_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mas
       k = torch::cat({pk.to(k.scalar_type()), k}, 2);
       v = torch::cat({pv.to(v.scalar_type()), v}, 2);
     }
+    std::tie(k, v) = with_cache(m, i, k, v);
     auto y = attention(heads(qkv[0]), k, v, mask4d, true, s.attn_dropout, scale, m.training);
     y = y.transpose(1, 2).reshape({B, T, C});
     x = x + m.dropout(m.conv1d(h + "attn.c_proj", y), s.resid_dropout);
     auto f = activation(s.activation, m.conv1d(h + "mlp.c_fc", m.layer_norm(h + "ln_2", x)));
     x = x + m.dropout(m.conv1d(h + "mlp.c_proj", f), s.resid_dropout);
   }
+  if (m.cache) m.cache->len = m.cache->k[0].size(2);
   Output out;
   out.hidden = m.layer_norm(b + "ln_f", x);
   if (s.task == "causal-lm") {

@@ -17,7 +17,7 @@ int64_t Model::virtual_tokens() const {
 torch::Tensor Model::token_embeddings(const std::string& table, const torch::Tensor& ids) const {
   auto x = torch::embedding(P(table), ids);
   const auto* a = active_adapter();
-  if (!a || a->prompt.empty()) return x;
+  if (!a || a->prompt.empty() || past() > 0) return x;  // a cache already holds the virtual tokens
   const auto& prompt = params.at(a->prompt);
   return torch::cat({prompt.unsqueeze(0).expand({ids.size(0), -1, -1}).to(x.scalar_type()), x}, 1);
 }
@@ -115,6 +115,25 @@ torch::Tensor prefix_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t s
   auto pattern = torch::cat({torch::ones({seq, prefix}, opts), causal ? torch::ones({seq, seq}, opts).tril() : torch::ones({seq, seq}, opts)}, 1);
   auto keys = torch::cat({torch::ones({batch, prefix}, opts), mask.defined() ? mask.to(torch::kBool) : torch::ones({batch, seq}, opts)}, 1);
   return keys.view({batch, 1, 1, prefix + seq}) & pattern;
+}
+
+torch::Tensor cached_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t past, torch::Device device) {
+  auto opts = torch::TensorOptions().dtype(torch::kBool).device(device);
+  auto pattern = torch::cat({torch::ones({seq, past}, opts), torch::ones({seq, seq}, opts).tril()}, 1);
+  auto keys = mask.defined() ? mask.to(torch::kBool) : torch::ones({batch, past + seq}, opts);
+  return keys.view({batch, 1, 1, past + seq}) & pattern;
+}
+
+std::pair<torch::Tensor, torch::Tensor> with_cache(Model& m, int64_t layer, torch::Tensor k, torch::Tensor v) {
+  if (!m.cache) return {k, v};
+  auto& c = *m.cache;
+  if (c.len > 0) {
+    k = torch::cat({c.k[layer], k}, 2);
+    v = torch::cat({c.v[layer], v}, 2);
+  }
+  c.k[layer] = k;
+  c.v[layer] = v;
+  return {k, v};
 }
 
 int64_t Model::prefix_tokens() const {

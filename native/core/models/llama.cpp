@@ -53,10 +53,13 @@ Output llama_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& ma
   const auto& b = m.base;
   auto x = m.token_embeddings(b + "embed_tokens.weight", ids);
   int64_t B = ids.size(0), T = x.size(1), hd = s.head_dim, nh = s.num_heads, nkv = s.num_kv_heads;
-  int64_t P = m.prefix_tokens();
-  auto positions = torch::arange(P, P + T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
+  const int64_t past = m.past();
+  const int64_t P = past > 0 ? 0 : m.prefix_tokens();
+  const int64_t start = past > 0 ? past : P;
+  auto positions = torch::arange(start, start + T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
   auto [cos, sin] = rotary(m, positions);
-  auto mask4d = P ? prefix_mask_4d(mask, B, T, P, true, ids.device()) : attention_mask_4d(mask, T, true);
+  auto mask4d = past > 0 ? cached_mask_4d(mask, B, T, past, ids.device())
+              : P ? prefix_mask_4d(mask, B, T, P, true, ids.device()) : attention_mask_4d(mask, T, true);
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto l = b + "layers." + std::to_string(i) + ".";
     auto h = m.rms_norm(l + "input_layernorm", x);
@@ -70,6 +73,7 @@ Output llama_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& ma
       k = torch::cat({pk.to(k.scalar_type()), k}, 2);
       v = torch::cat({pv.to(v.scalar_type()), v}, 2);
     }
+    std::tie(k, v) = with_cache(m, i, k, v);
     if (nkv != nh) {
       k = k.repeat_interleave(nh / nkv, 1);
       v = v.repeat_interleave(nh / nkv, 1);
@@ -80,6 +84,7 @@ Output llama_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& ma
     auto gated = activation(s.activation, m.linear(l + "mlp.gate_proj", h)) * m.linear(l + "mlp.up_proj", h);
     x = x + m.linear(l + "mlp.down_proj", gated);
   }
+  if (m.cache) m.cache->len = m.cache->k[0].size(2);
   Output out;
   out.hidden = m.rms_norm(b + "norm", x);
   if (s.task == "causal-lm") {
