@@ -118,7 +118,7 @@ const COMMANDS: Record<string, Command> = {
       ...commonHelp,
       strategy: `how to adapt the model (default full): ${Object.entries(STRATEGIES).map(([k, v]) => `${k} = ${v}`).join('; ')}`,
       out: 'folder for the finetuned model, metrics.jsonl, loss.svg and results.json (default: runs/MODEL-STRATEGY)',
-      epochs: 'passes over the training split (default 3)', lr: 'peak learning rate (default 1e-4 for full, 1e-3 for head)',
+      epochs: 'passes over the training split (default 3)', lr: 'peak learning rate (default 3e-4 for full, 1e-3 for head, lora and adapter, 1e-2 for prefix and prompt)',
       'max-steps': 'stop after this many optimizer steps', 'weight-decay': 'AdamW weight decay (default 0.01)',
       'warmup-ratio': 'fraction of steps of linear warm-up (default 0.1)', 'grad-accumulation': 'batches per optimizer step (default 1)',
       'unfreeze-last-blocks': 'with --strategy head: also train the last N transformer blocks',
@@ -151,7 +151,7 @@ const COMMANDS: Record<string, Command> = {
       const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'));
       let bar: ProgressBar | undefined;
       const opts: TrainOptions = {
-        lr: num(o, 'lr', strategyName === 'full' ? 1e-4 : 1e-3), epochs: num(o, 'epochs', 3, 'int'), batchSize: num(o, 'batch-size', 16, 'int'),
+        lr: num(o, 'lr', strategyName === 'full' ? 3e-4 : 1e-3), epochs: num(o, 'epochs', 3, 'int'), batchSize: num(o, 'batch-size', 16, 'int'),
         maxSteps: num(o, 'max-steps', undefined, 'int'), weightDecay: num(o, 'weight-decay', 0.01), warmupRatio: num(o, 'warmup-ratio', 0.1),
         gradAccumulation: num(o, 'grad-accumulation', 1, 'int'), seed: num(o, 'seed', 42, 'int'),
         onProgress: (p) => {

@@ -20,8 +20,8 @@ export interface StrategyPlan { lr?: number; epochs?: number; unfreezeLastBlocks
 export const PLANS: Record<string, StrategyPlan> = {
   features: {},
   head: { lr: 2e-3, epochs: 3 },
-  'head+last1': { lr: 5e-4, epochs: 3, unfreezeLastBlocks: 1 },
-  full: { lr: 1e-4, epochs: 3 },
+  'head+last1': { lr: 1e-3, epochs: 3, unfreezeLastBlocks: 1 },
+  full: { lr: 3e-4, epochs: 3 },
   lora: { lr: 2e-3, epochs: 3 },
   adapter: { lr: 2e-3, epochs: 3 },
   prefix: { lr: 1e-2, epochs: 3 },
