@@ -29,6 +29,9 @@ const pythonModels = arg('python-models', 'tiny-distilbert').split(',');
 const pythonData = arg('python-data', 'imdb-sentences').split(',');
 /** The parameter-efficient rows (issue 5) run on the IMDB set only, by default, to keep the whole run near 30 minutes. */
 const peftData = arg('peft-data', 'imdb-sentences').split(',');
+/** Both sides compute the same thing run for run (same weights, ids, order, no dropout), so one seed of Python shows it. */
+const pythonSeeds = arg('python-seeds', '1').split(',').map(Number);
+const resume = process.argv.includes('--resume');
 const work = path.join(ROOT, '.cache', 'experiment', 'classic');
 const resultsFile = path.join(work, 'results.jsonl');
 /** Hand-written discussion of the numbers, kept apart so that a rerun does not overwrite it. */
@@ -50,25 +53,37 @@ const pct = (x: number) => (100 * x).toFixed(1);
 
 async function main() {
   fs.mkdirSync(work, { recursive: true });
-  fs.writeFileSync(resultsFile, '');
+  const previous: Run[] = resume && fs.existsSync(resultsFile) ? fs.readFileSync(resultsFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
+  if (!resume) fs.writeFileSync(resultsFile, '');
   const jobs = models.flatMap((m) => datasets.flatMap((d) => seeds.flatMap((s) => strategies.map((st) => ({ m, d, s, st })))))
     .filter((j) => !PEFT_STRATEGIES.includes(j.st) || peftData.includes(j.d));
   const bar = progressBar(jobs.length, 'classic');
-  const runs: Run[] = [];
+  const runs: Run[] = [...previous];
+  const have = (side: string, j: { m: string; d: string; s: number; st: string }) => previous.some((r) => r.side === side && r.model === j.m && r.data === j.d && r.seed === j.s && r.strategy === j.st);
   const started = Date.now();
   for (const [i, j] of jobs.entries()) {
     const dir = path.join(work, `${j.m}-${j.d}-${j.st}-${j.s}`);
-    fs.rmSync(dir, { recursive: true, force: true });
     const modelDir = path.join(ROOT, 'models', j.m);
+    const wantPython = withPython && pythonModels.includes(j.m) && pythonData.includes(j.d) && pythonSeeds.includes(j.s) && j.st !== 'adapter'
+      && !(j.st === 'prefix' && j.m === 'tiny-distilbert');  // PEFT cannot prefix-tune DistilBERT (no past key values)
+    if (have('tunekit', j) && (!wantPython || have('python', j))) {
+      bar.update(i + 1, { last: `${j.m} ${j.d} ${j.st} seed ${j.s}: from the previous run` });
+      continue;
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
     const t = runJson(process.execPath, ['--require', 'tsx/cjs', path.join(__dirname, 'experiment', 'classic-run.ts'), '--model', modelDir, '--data', `builtin:${j.d}`, '--strategy', j.st, '--seed', String(j.s), '--work', dir]);
     const tk: Run = { ...t, side: 'tunekit', model: j.m, data: j.d, strategy: j.st, seed: j.s };
     runs.push(tk);
     fs.appendFileSync(resultsFile, JSON.stringify(tk) + '\n');
-    if (withPython && pythonModels.includes(j.m) && pythonData.includes(j.d) && j.st !== 'adapter') {
-      const p = runJson(path.join(ROOT, '.venv', 'bin', 'python'), [path.join(__dirname, 'experiment', 'classic.py'), modelDir, dir]);
-      const py: Run = { ...p, side: 'python', model: j.m, data: j.d, strategy: j.st, seed: j.s };
-      runs.push(py);
-      fs.appendFileSync(resultsFile, JSON.stringify(py) + '\n');
+    if (wantPython) {
+      try {
+        const p = runJson(path.join(ROOT, '.venv', 'bin', 'python'), [path.join(__dirname, 'experiment', 'classic.py'), modelDir, dir]);
+        const py: Run = { ...p, side: 'python', model: j.m, data: j.d, strategy: j.st, seed: j.s };
+        runs.push(py);
+        fs.appendFileSync(resultsFile, JSON.stringify(py) + '\n');
+      } catch (e) {
+        console.error(`python twin of ${j.m} ${j.d} ${j.st} seed ${j.s} failed: ${(e as Error).message}`);
+      }
     }
     fs.rmSync(path.join(dir, 'init'), { recursive: true, force: true });
     bar.update(i + 1, { last: `${j.m} ${j.d} ${j.st} seed ${j.s}: ${pct(tk.test.accuracy)}%` });
@@ -90,7 +105,9 @@ async function report(runs: Run[], minutes: number) {
         if (!tk.length) continue;
         const a = tk.map((r) => r.test.accuracy);
         const pa = py.map((r) => r.test.accuracy);
-        const gap = pa.length ? Math.abs(mean(a) - mean(pa)) * 100 : NaN;
+        // Like for like: Python's seeds against tunekit's runs with the same seeds.
+        const paired = tk.filter((r) => py.some((q) => q.seed === r.seed)).map((r) => r.test.accuracy);
+        const gap = pa.length ? Math.abs(mean(paired) - mean(pa)) * 100 : NaN;
         if (pa.length) gaps.push(gap);
         const total = tk[0].totalParameters ?? 0;
         rows.push(`| ${m} | ${d} | ${st} | **${pct(mean(a))} ± ${pct(std(a))}** | ${pa.length ? `${pct(mean(pa))} ± ${pct(std(pa))}` : 'n/a'} | ${pa.length ? gap.toFixed(1) : 'n/a'} | ${tk[0].trainableParameters.toLocaleString('en-US')} (${(100 * tk[0].trainableParameters / total).toFixed(2)}%) | ${(mean(tk.map((r) => r.wallTimeMs)) / 1000).toFixed(1)} s | ${pa.length ? `${(mean(py.map((r) => r.wallTimeMs)) / 1000).toFixed(1)} s` : 'n/a'} | ${mean(tk.map((r) => r.peakRssMiB)).toFixed(0)} MiB | ${pa.length ? `${mean(py.map((r) => r.peakRssMiB)).toFixed(0)} MiB` : 'n/a'} |`);
@@ -125,7 +142,7 @@ async function report(runs: Run[], minutes: number) {
 Made by \`npm run experiment:classic\` on ${new Date().toISOString().slice(0, 10)} (${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${minutes.toFixed(1)} min for the whole run).
 Seeds ${seeds.join(', ')}; the test splits are the built-in fixed ones (200 sentences for imdb-sentences, 600 for sentiment-sentences).
 
-| model | data | strategy | tunekit test acc. % | Python test acc. % | gap (points) | trainable parameters | tunekit train time | Python train time | tunekit peak RSS | Python peak RSS |
+| model | data | strategy | tunekit test acc. % | Python test acc. % (seeds ${pythonSeeds.join(', ')}) | gap, same seeds (points) | trainable parameters | tunekit train time | Python train time | tunekit peak RSS | Python peak RSS |
 |---|---|---|---|---|---|---|---|---|---|---|
 ${rows.join('\n')}
 

@@ -115,6 +115,9 @@ test('built-in datasets: the sentiment@5.0.2 sentences, fixed 70/10/20 splits', 
   t.is(labels.filter((l) => l === 1).length, 500);
   const all = builtinSplits('sentiment-sentences');
   t.deepEqual([all.train.length, all.validation.length, all.test.length], [2100, 300, 600]);
+  const every = [...all.train.rows, ...all.validation.rows, ...all.test.rows];
+  t.true(every.every((r) => r.text!.length > 0 && (r.label === 0 || r.label === 1)), 'the files\' empty sentinels are left out');
+  t.is(every.filter((r) => r.label === 1).length, 1500);
   const allTest = new Set(all.test.rows.map((r) => r.text));
   t.true(imdb.test.rows.every((r) => allTest.has(r.text)), 'imdb test sentences are in the combined test split');
   const again = await loadSplits('builtin:imdb-sentences');

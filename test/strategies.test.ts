@@ -57,7 +57,7 @@ test('FinetuneAll trains every parameter', async (t) => {
  */
 function sourceTask(tok: Tokenizer) {
   const dir = path.join(path.dirname(require.resolve('sentiment/package.json')), 'test', 'fixtures');
-  const rows = ['imdb', 'yelp'].flatMap((f, label) => (JSON.parse(fs.readFileSync(path.join(dir, `${f}.json`), 'utf8')) as { text: string }[]).map((r) => ({ text: r.text.trim(), label })));
+  const rows = ['imdb', 'yelp'].flatMap((f, label) => (JSON.parse(fs.readFileSync(path.join(dir, `${f}.json`), 'utf8')) as { text: string }[]).filter((r) => r.text.trim() !== '').map((r) => ({ text: r.text.trim(), label })));
   const parts = new Dataset(rows, { labelNames: ['imdb', 'yelp'] }).split({ train: 0.7, validation: 0.1, test: 0.2 }, 11);
   return { train: parts.train.toExamples(tok, { maxLength: 64 }), validation: parts.validation.toExamples(tok, { maxLength: 64 }), test: parts.test.toExamples(tok, { maxLength: 64 }) };
 }

@@ -44,14 +44,17 @@ export function builtinSplits(name: string): Splits {
   const info = BUILTINS[name];
   if (!info) throw new TunekitError('E_ARG', `unknown built-in dataset ${JSON.stringify(name)}: expected ${Object.keys(BUILTINS).map((n) => `builtin:${n}`).join(' or ')}`);
   const dir = fixturesDir();
-  const rows: Row[] = info.files.flatMap((f) => {
+  const perFile: Row[][] = info.files.map((f) => {
     const file = path.join(dir, f);
     if (!fs.existsSync(file)) throw new TunekitError('E_FILE', `${file} is missing: reinstall sentiment@5.0.2`);
-    const data = JSON.parse(fs.readFileSync(file, 'utf8')) as { text: string; class: number }[];
-    return data.map((r) => ({ text: r.text.trim(), label: r.class }));
+    const data = JSON.parse(fs.readFileSync(file, 'utf8')) as { text: string; class: number | null }[];
+    // Each file ends with an empty sentinel ({"text": "", "class": null}); the 1,000 sentences are the rest.
+    const rows = data.filter((r) => r.text.trim() !== '' && (r.class === 0 || r.class === 1)).map((r) => ({ text: r.text.trim(), label: r.class as number }));
+    if (rows.length !== 1000) throw new TunekitError('E_FORMAT', `${file}: expected 1,000 labelled sentences, found ${rows.length}`);
+    return rows;
   });
   // Each source is split on its own, so sentiment-sentences' test set contains imdb-sentences' test set.
-  const parts = info.files.map((f, i) => new Dataset(rows.slice(i * 1000, (i + 1) * 1000), { labelNames: LABEL_NAMES, source: `builtin:${name}` })
+  const parts = perFile.map((rows) => new Dataset(rows, { labelNames: LABEL_NAMES, source: `builtin:${name}` })
     .split(DEFAULT_FRACTIONS, BUILTIN_SPLIT_SEED));
   const join = (k: keyof Splits) => parts.map((p) => p[k]).reduce((a, b) => a.concat(b));
   const src = `builtin:${name}`;
