@@ -52,6 +52,11 @@ const std = (xs: number[]) => (xs.length < 2 ? 0 : Math.sqrt(xs.reduce((a, x) =>
 const pct = (x: number) => (100 * x).toFixed(1);
 
 async function main() {
+  if (process.argv.includes('--report-only')) {  // rewrite docs/RESULTS.md from the last run's results.jsonl
+    const runs = fs.readFileSync(resultsFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    const minutes = Number(arg('minutes', 'NaN'));
+    return report(runs, minutes);
+  }
   fs.mkdirSync(work, { recursive: true });
   const previous: Run[] = resume && fs.existsSync(resultsFile) ? fs.readFileSync(resultsFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
   if (!resume) fs.writeFileSync(resultsFile, '');
@@ -139,7 +144,7 @@ async function report(runs: Run[], minutes: number) {
   const plans = Object.entries(PLANS).filter(([k]) => strategies.includes(k)).map(([k, p]) => `\`${k}\`: ${k === 'features' ? 'frozen model, pooled embedding (distilbert: [CLS]; gpt2: last token), logistic regression C = 1 (L-BFGS)' : `lr ${p.lr}, ${p.epochs} epochs (${epochsFor(p, 'sentiment-sentences')} on sentiment-sentences)${p.unfreezeLastBlocks ? `, last ${p.unfreezeLastBlocks} block trainable` : ''}`}`).join('; ');
   const md = `# Results: the classic approaches on tunekit's own models
 
-Made by \`npm run experiment:classic\` on ${new Date().toISOString().slice(0, 10)} (${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${minutes.toFixed(1)} min for the whole run).
+Made by \`npm run experiment:classic\` on ${new Date().toISOString().slice(0, 10)} (${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}${Number.isFinite(minutes) ? `, ${minutes.toFixed(1)} min for the whole run` : ''}).
 Seeds ${seeds.join(', ')}; the test splits are the built-in fixed ones (200 sentences for imdb-sentences, 600 for sentiment-sentences).
 
 | model | data | strategy | tunekit test acc. % | Python test acc. % (seeds ${pythonSeeds.join(', ')}) | gap, same seeds (points) | trainable parameters | tunekit train time | Python train time | tunekit peak RSS | Python peak RSS |
@@ -166,7 +171,8 @@ deterministic and the tunekit and Python runs can be compared one to one. "Pytho
 (+ scikit-learn for the feature-based rows) in \`.venv\`, fed the same token ids, the same initial weights (the same
 freshly initialised head, saved by tunekit before training) and the same batch order (\`scripts/experiment/classic.py\`).
 Train time is the whole strategy (embedding + fit for the feature-based rows) in one process per run; peak RSS is that
-process's maximum resident set size from the OS.${gaps.length ? ` The largest tunekit-vs-Python gap in mean accuracy is ${Math.max(...gaps).toFixed(1)} points.` : ''}
+process's maximum resident set size from the OS. Times here are indicative (runs shared the machine with other work at
+times); [BENCHMARKS.md](BENCHMARKS.md) compares speed under control.${gaps.length ? ` The largest tunekit-vs-Python gap in mean accuracy is ${Math.max(...gaps).toFixed(1)} points.` : ''}
 
 ## Beside the article
 
