@@ -249,9 +249,8 @@ static torch::Tensor loss_of(const Model& m, const Output& out, const torch::Ten
     auto l = labels.to(torch::kLong);
     check_range(l, m.spec.vocab_size, "a language model");
     auto logits = out.logits.to(torch::kFloat32);
-    if (task == "causal-lm") {  // predict token t+1 from position t
-      logits = logits.slice(1, 0, -1);
-      l = l.slice(1, 1);
+    if (task == "causal-lm") {  // predict token t+1 from position t: shift the labels, not the (large) logits
+      l = torch::cat({l.slice(1, 1), torch::full({l.size(0), 1}, -100, l.options())}, 1);
     }
     return torch::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), l.reshape({-1}), {}, at::Reduction::Mean, -100);
   }
