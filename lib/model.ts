@@ -62,7 +62,7 @@ export class Model {
   private params: RawParam[];
   private spec: RawSpec;
   private givenLabels?: string[];
-  private adapterInfo = new Map<string, ResolvedLoRA | (ResolvedPrompt & { kind: 'prompt' }) | ResolvedAdapter | ResolvedPrefix>();
+  private adapterInfo = new Map<string, AdapterInfo>();
   private active: string | null = null;
   private merged = false;
 
@@ -231,65 +231,48 @@ export class Model {
 
   /** @internal Used by LoRA.apply: freezes everything else and adds a trainable LoRA adapter, made active. */
   async addLoRA(name: string, options: LoRAOptions): Promise<void> {
-    if (typeof name !== 'string' || !/^[A-Za-z0-9_-]+$/.test(name)) throw new TunekitError('E_ARG', `adapter name must be letters, digits, _ or -, got ${JSON.stringify(name)}`);
-    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
-    if (this.active && this.merged) throw new TunekitError('E_STATE', `adapter '${this.active}' is merged; unmerge it before adding another`);
+    this.checkNewAdapter(name);
     const l = resolveLoRA(this, options);
-    await serial(async () => {
-      await addon.addLora(this.h, { adapter: name, modules: l.modules, modulesToSave: l.saveParams, r: l.r, alpha: l.alpha, dropout: l.dropout, rslora: l.rslora, seed: l.seed });
-      this.params = await addon.parameters(this.h);
-      const own = this.params.filter((p) => ownedBy(p.name, name)).map((p) => p.name);
-      await addon.setTrainable(this.h, this.params.filter((p) => !ownedBy(p.name, name)).map((p) => p.name), false);
-      await addon.setTrainable(this.h, own, true);
-      await addon.setAdapter(this.h, name);
-      this.params = await addon.parameters(this.h);
-    });
-    this.adapterInfo.set(name, l);
-    this.active = name;
+    await this.addNative(name, l, () => addon.addLora(this.h, { adapter: name, modules: l.modules, modulesToSave: l.saveParams, r: l.r, alpha: l.alpha, dropout: l.dropout, rslora: l.rslora, seed: l.seed }), true, true);
   }
 
   /** @internal Used by PromptTuning.apply: freezes everything else and adds trainable virtual tokens, made active. */
   async addPromptTuning(name: string, options: PromptTuningOptions): Promise<void> {
-    if (typeof name !== 'string' || !/^[A-Za-z0-9_-]+$/.test(name)) throw new TunekitError('E_ARG', `adapter name must be letters, digits, _ or -, got ${JSON.stringify(name)}`);
-    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
-    if (this.active && this.merged) throw new TunekitError('E_STATE', `adapter '${this.active}' is merged; unmerge it before adding another`);
+    this.checkNewAdapter(name);
     const p = resolvePrompt(this, options);
-    await serial(async () => {
-      await addon.addPrompt(this.h, { adapter: name, numVirtualTokens: p.numVirtualTokens, initIds: p.initIds, modulesToSave: p.saveParams, seed: p.seed });
-      this.params = await addon.parameters(this.h);
-      await addon.setTrainable(this.h, this.params.filter((q) => !ownedBy(q.name, name)).map((q) => q.name), false);
-      await addon.setTrainable(this.h, this.params.filter((q) => ownedBy(q.name, name)).map((q) => q.name), true);
-      await addon.setAdapter(this.h, name);
-      this.params = await addon.parameters(this.h);
-    });
-    this.adapterInfo.set(name, { ...p, kind: 'prompt' });
-    this.active = name;
+    await this.addNative(name, { ...p, kind: 'prompt' }, () => addon.addPrompt(this.h, { adapter: name, numVirtualTokens: p.numVirtualTokens, initIds: p.initIds, modulesToSave: p.saveParams, seed: p.seed }), true, true);
   }
 
   /** @internal Used by Adapter.apply: freezes everything else and adds trainable bottleneck adapters, made active. */
   async addBottleneckAdapter(name: string, options: AdapterOptions): Promise<void> {
-    if (typeof name !== 'string' || !/^[A-Za-z0-9_-]+$/.test(name)) throw new TunekitError('E_ARG', `adapter name must be letters, digits, _ or -, got ${JSON.stringify(name)}`);
-    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
-    if (this.active && this.merged) throw new TunekitError('E_STATE', `adapter '${this.active}' is merged; unmerge it before adding another`);
+    this.checkNewAdapter(name);
     const a = resolveAdapter(this, options);
-    await this.addNative(name, () => addon.addBottleneck(this.h, { adapter: name, modules: a.modules, bottleneckSize: a.bottleneckSize, nonlinearity: a.nonlinearity, modulesToSave: a.saveParams, seed: a.seed }), true, true);
-    this.adapterInfo.set(name, a);
-    this.active = name;
+    await this.addNative(name, a, () => addon.addBottleneck(this.h, { adapter: name, modules: a.modules, bottleneckSize: a.bottleneckSize, nonlinearity: a.nonlinearity, modulesToSave: a.saveParams, seed: a.seed }), true, true);
   }
 
   /** @internal Used by PrefixTuning.apply: freezes everything else and adds trainable key/value prefixes, made active. */
   async addPrefixTuning(name: string, options: PrefixTuningOptions): Promise<void> {
-    if (typeof name !== 'string' || !/^[A-Za-z0-9_-]+$/.test(name)) throw new TunekitError('E_ARG', `adapter name must be letters, digits, _ or -, got ${JSON.stringify(name)}`);
-    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
-    if (this.active && this.merged) throw new TunekitError('E_STATE', `adapter '${this.active}' is merged; unmerge it before adding another`);
+    this.checkNewAdapter(name);
     const p = resolvePrefix(this, options);
-    await this.addNative(name, () => addon.addPrefix(this.h, { adapter: name, numVirtualTokens: p.numVirtualTokens, projection: p.projection, encoderHiddenSize: p.encoderHiddenSize, modulesToSave: p.saveParams, seed: p.seed }), true, true);
-    this.adapterInfo.set(name, p);
-    this.active = name;
+    await this.addNative(name, p, () => addon.addPrefix(this.h, { adapter: name, numVirtualTokens: p.numVirtualTokens, projection: p.projection, encoderHiddenSize: p.encoderHiddenSize, modulesToSave: p.saveParams, seed: p.seed }), true, true);
   }
 
-  /** Creates an adapter in the core, then freezes the rest and sets the adapter's own trainability; one serial job. */
-  private async addNative(name: string, create: () => Promise<void>, trainable: boolean, activate: boolean, load?: { file: string; entries: ReturnType<typeof entry>[] }): Promise<void> {
+  private checkNewAdapter(name: string): void {
+    if (typeof name !== 'string' || !/^[A-Za-z0-9_-]+$/.test(name)) throw new TunekitError('E_ARG', `adapter name must be letters, digits, _ or -, got ${JSON.stringify(name)}`);
+    this.checkFreeName(name);
+    if (this.active && this.merged) throw new TunekitError('E_STATE', `adapter '${this.active}' is merged; unmerge it before adding another`);
+  }
+
+  private checkFreeName(name: string): void {
+    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
+  }
+
+  /**
+   * Creates an adapter in the core (and loads its weights from a file, removing it again if that fails), freezes
+   * everything else (as PEFT) and sets the adapter's own trainability; one serial job. Then records it.
+   */
+  private async addNative(name: string, info: AdapterInfo, create: () => Promise<void>, trainable: boolean, activate: boolean,
+    load?: { file: string; entries: ReturnType<typeof entry>[] }): Promise<void> {
     await serial(async () => {
       await create();
       if (load) {
@@ -307,6 +290,38 @@ export class Model {
       if (activate) await addon.setAdapter(this.h, name);
       this.params = await addon.parameters(this.h);
     });
+    this.adapterInfo.set(name, info);
+    if (activate) this.active = name;
+  }
+
+  /**
+   * Maps an adapter file's tensors onto this model. `own(key, rest)` names the parameter for one of the method's own
+   * tensors (undefined: not one of them); every other tensor is a modules_to_save copy of a base parameter.
+   */
+  private mapAdapterFile(header: ReturnType<typeof readHeader>, file: string, name: string, strip: RegExp,
+    own: (key: string, rest: string) => string | undefined) {
+    const entries: ReturnType<typeof entry>[] = [];
+    const saveParams: string[] = [];
+    for (const key of header.tensors.keys()) {
+      const rest = key.replace(strip, '');
+      const mine = own(key, rest);
+      if (mine !== undefined) {
+        entries.push(entry(mine, header.tensors.get(key)!));
+        continue;
+      }
+      const base = this.baseParamOf(rest);
+      if (!base) throw new TunekitError('E_FORMAT', `${file}: '${key}' names no parameter of this ${this.modelType} ${this.task} model`);
+      saveParams.push(base);
+      entries.push(entry(copyName(base, name), header.tensors.get(key)!));
+    }
+    return { entries, saveParams };
+  }
+
+  /** A checkpoint's name for one of our parameters, with or without the backbone prefix, as transformers maps them. */
+  private baseParamOf(n: string): string | undefined {
+    const prefix = BASE_PREFIX[this.modelType];
+    const known = new Set(this.params.map((q) => q.name));
+    return [n, n.startsWith(prefix) ? n.slice(prefix.length) : prefix + n].find((c) => known.has(c));
   }
 
   /** Runs calls through the named adapter, or through the bare base model with null. */
@@ -382,62 +397,33 @@ export class Model {
       if (config[k] && Object.keys(config[k] as object).length) throw new TunekitError('E_FORMAT', `${dir}: per-module ${k} is not supported`);
     }
     if (config.use_dora) throw new TunekitError('E_FORMAT', `${dir}: DoRA adapters are not supported`);
-    const known = new Set(this.params.map((p) => p.name));
-    const prefix = BASE_PREFIX[this.modelType];
-    const ours = (peftName: string) => [peftName, peftName.startsWith(prefix) ? peftName.slice(prefix.length) : prefix + peftName];
+    this.checkFreeName(name);
     const modules = new Set<string>();
-    const saveParams: string[] = [];
-    const fileOf = new Map<string, string>();  // our parameter name -> key in the file, resolved after the adapter exists
     let r = Number(config.r);
-    for (const key of header.tensors.keys()) {
+    const { entries, saveParams } = this.mapAdapterFile(header, file, name, /^base_model\.model\./, (key, rest) => {
       if (!key.startsWith('base_model.model.')) throw new TunekitError('E_FORMAT', `${file}: tensor '${key}' is not under base_model.model.`);
-      const rest = key.slice('base_model.model.'.length);
       const m = rest.match(/^(.*)\.(lora_[AB])\.weight$/);
-      if (m) {
-        const mod = ours(m[1]).find((c) => known.has(`${c}.weight`));
-        if (!mod) throw new TunekitError('E_FORMAT', `${file}: '${key}' adapts a module this ${this.modelType} ${this.task} model does not have`);
-        modules.add(mod);
-        fileOf.set(`${mod}.${m[2]}.${name}.weight`, key);
-        if (m[2] === 'lora_A') r = header.tensors.get(key)!.shape[0];
-        continue;
-      }
-      const base = ours(rest).find((c) => known.has(c));
-      if (!base) throw new TunekitError('E_FORMAT', `${file}: '${key}' names no parameter of this ${this.modelType} ${this.task} model`);
-      saveParams.push(base);
-      const dot = base.lastIndexOf('.');
-      fileOf.set(`${base.slice(0, dot)}.modules_to_save.${name}${base.slice(dot)}`, key);
-    }
+      if (!m) return undefined;
+      const mod = this.baseParamOf(`${m[1]}.weight`)?.slice(0, -'.weight'.length);
+      if (!mod) throw new TunekitError('E_FORMAT', `${file}: '${key}' adapts a module this ${this.modelType} ${this.task} model does not have`);
+      modules.add(mod);
+      if (m[2] === 'lora_A') r = header.tensors.get(key)!.shape[0];
+      return `${mod}.${m[2]}.${name}.weight`;
+    });
     if (modules.size === 0) throw new TunekitError('E_FORMAT', `${file}: no lora_A/lora_B tensors`);
     const l: ResolvedLoRA = {
       r, alpha: Number(config.lora_alpha ?? 8), dropout: Number(config.lora_dropout ?? 0), rslora: Boolean(config.use_rslora), seed: 0,
       modules: [...modules], modulesToSave: (config.modules_to_save as string[] | null) ?? [], saveParams,
       targetModules: (config.target_modules as string[] | string) ?? [...modules],
     };
-    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
-    const entries = [...fileOf].map(([ourName, key]) => entry(ourName, header.tensors.get(key)!));
-    await serial(async () => {
-      await addon.addLora(this.h, { adapter: name, modules: l.modules, modulesToSave: l.saveParams, r: l.r, alpha: l.alpha, dropout: l.dropout, rslora: l.rslora, seed: 0 });
-      try {
-        await addon.loadSafetensors(this.h, file, entries);
-      } catch (e) {
-        await addon.deleteAdapter(this.h, name);
-        this.params = await addon.parameters(this.h);
-        throw e;
-      }
-      // As PEFT: the base is frozen under an adapter; the adapter itself trains only when asked to.
-      const all = await addon.parameters(this.h);
-      await addon.setTrainable(this.h, all.filter((p) => !ownedBy(p.name, name)).map((p) => p.name), false);
-      await addon.setTrainable(this.h, all.filter((p) => ownedBy(p.name, name)).map((p) => p.name), Boolean(options.trainable));
-      if (options.activate ?? true) await addon.setAdapter(this.h, name);
-      this.params = await addon.parameters(this.h);
-    });
-    this.adapterInfo.set(name, l);
-    if (options.activate ?? true) this.active = name;
+    // As PEFT: the base is frozen under an adapter; the adapter itself trains only when asked to.
+    await this.addNative(name, l, () => addon.addLora(this.h, { adapter: name, modules: l.modules, modulesToSave: l.saveParams, r: l.r, alpha: l.alpha, dropout: l.dropout, rslora: l.rslora, seed: 0 }),
+      Boolean(options.trainable), options.activate ?? true, { file, entries });
   }
 
   private async loadPrefixAdapter(name: string, config: Record<string, unknown>, header: ReturnType<typeof readHeader>, file: string,
     options: { trainable?: boolean; activate?: boolean }): Promise<void> {
-    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
+    this.checkFreeName(name);
     const table = header.tensors.get('prompt_embeddings');
     if (!table) throw new TunekitError('E_FORMAT', `${file}: no prompt_embeddings tensor`);
     const n = Number(config.num_virtual_tokens);
@@ -445,66 +431,38 @@ export class Model {
     if (table.shape.length !== 2 || table.shape[0] !== n || table.shape[1] !== layers * 2 * kvHeads * headDim) {
       throw new TunekitError('E_SHAPE', `${file}: prompt_embeddings is [${table.shape}] but this model needs [${n}, ${layers * 2 * kvHeads * headDim}] (${layers} layers x 2 x ${kvHeads} heads x ${headDim})`);
     }
-    const known = new Set(this.params.map((q) => q.name));
-    const prefix = BASE_PREFIX[this.modelType];
-    const saveParams: string[] = [];
     // Saved prefixes are final keys/values (PEFT saves a projection's output), so they load as a plain table.
-    const entries = [entry(`prefix_encoder.${name}.embedding.weight`, table)];
-    for (const key of header.tensors.keys()) {
-      if (key === 'prompt_embeddings') continue;
-      const rest = key.replace(/^base_model\.(model\.)?/, '');
-      const base = [rest, rest.startsWith(prefix) ? rest.slice(prefix.length) : prefix + rest].find((c) => known.has(c));
-      if (!base) throw new TunekitError('E_FORMAT', `${file}: '${key}' names no parameter of this ${this.modelType} ${this.task} model`);
-      saveParams.push(base);
-      const dot = base.lastIndexOf('.');
-      entries.push(entry(`${base.slice(0, dot)}.modules_to_save.${name}${base.slice(dot)}`, header.tensors.get(key)!));
-    }
+    const { entries, saveParams } = this.mapAdapterFile(header, file, name, /^base_model\.(model\.)?/,
+      (key) => (key === 'prompt_embeddings' ? `prefix_encoder.${name}.embedding.weight` : undefined));
     const p: ResolvedPrefix = { kind: 'prefix', numVirtualTokens: n, projection: false, encoderHiddenSize: kvHeads * headDim, modulesToSave: (config.modules_to_save as string[] | null) ?? [], saveParams, seed: 0 };
-    await this.addNative(name, () => addon.addPrefix(this.h, { adapter: name, numVirtualTokens: n, projection: false, encoderHiddenSize: 0, modulesToSave: saveParams, seed: 0 }),
+    await this.addNative(name, p, () => addon.addPrefix(this.h, { adapter: name, numVirtualTokens: n, projection: false, encoderHiddenSize: 0, modulesToSave: saveParams, seed: 0 }),
       Boolean(options.trainable), options.activate ?? true, { file, entries });
-    this.adapterInfo.set(name, p);
-    if (options.activate ?? true) this.active = name;
   }
 
   private async loadBottleneckAdapter(name: string, config: Record<string, unknown>, header: ReturnType<typeof readHeader>, file: string,
     options: { trainable?: boolean; activate?: boolean }): Promise<void> {
-    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
-    const known = new Set(this.params.map((q) => q.name));
-    const prefix = BASE_PREFIX[this.modelType];
-    const ours = (n: string) => [n, n.startsWith(prefix) ? n.slice(prefix.length) : prefix + n].find((c) => known.has(c));
+    this.checkFreeName(name);
     const modules = new Set<string>();
-    const saveParams: string[] = [];
-    const entries: ReturnType<typeof entry>[] = [];
-    for (const key of header.tensors.keys()) {
-      const rest = key.replace(/^base_model\.model\./, '');
+    const { entries, saveParams } = this.mapAdapterFile(header, file, name, /^base_model\.model\./, (key, rest) => {
       const m = rest.match(/^(.*)\.adapter\.(down|up)\.(weight|bias)$/);
-      if (m) {
-        const mod = ours(`${m[1]}.weight`)?.slice(0, -'.weight'.length);
-        if (!mod) throw new TunekitError('E_FORMAT', `${file}: '${key}' follows a module this ${this.modelType} ${this.task} model does not have`);
-        modules.add(mod);
-        entries.push(entry(`${mod}.adapter.${name}.${m[2]}.${m[3]}`, header.tensors.get(key)!));
-        continue;
-      }
-      const base = ours(rest);
-      if (!base) throw new TunekitError('E_FORMAT', `${file}: '${key}' names no parameter of this ${this.modelType} ${this.task} model`);
-      saveParams.push(base);
-      const dot = base.lastIndexOf('.');
-      entries.push(entry(`${base.slice(0, dot)}.modules_to_save.${name}${base.slice(dot)}`, header.tensors.get(key)!));
-    }
+      if (!m) return undefined;
+      const mod = this.baseParamOf(`${m[1]}.weight`)?.slice(0, -'.weight'.length);
+      if (!mod) throw new TunekitError('E_FORMAT', `${file}: '${key}' follows a module this ${this.modelType} ${this.task} model does not have`);
+      modules.add(mod);
+      return `${mod}.adapter.${name}.${m[2]}.${m[3]}`;
+    });
     if (modules.size === 0) throw new TunekitError('E_FORMAT', `${file}: no adapter tensors`);
     const a: ResolvedAdapter = {
       kind: 'bottleneck', bottleneckSize: Number(config.bottleneck_size), reductionFactor: (config.reduction_factor as number | null) ?? undefined,
       nonlinearity: String(config.non_linearity ?? 'relu'), modules: [...modules], modulesToSave: (config.modules_to_save as string[] | null) ?? [], saveParams, seed: 0,
     };
-    await this.addNative(name, () => addon.addBottleneck(this.h, { adapter: name, modules: a.modules, bottleneckSize: a.bottleneckSize, nonlinearity: a.nonlinearity, modulesToSave: saveParams, seed: 0 }),
+    await this.addNative(name, a, () => addon.addBottleneck(this.h, { adapter: name, modules: a.modules, bottleneckSize: a.bottleneckSize, nonlinearity: a.nonlinearity, modulesToSave: saveParams, seed: 0 }),
       Boolean(options.trainable), options.activate ?? true, { file, entries });
-    this.adapterInfo.set(name, a);
-    if (options.activate ?? true) this.active = name;
   }
 
   private async loadPromptAdapter(name: string, config: Record<string, unknown>, header: ReturnType<typeof readHeader>, file: string,
     options: { trainable?: boolean; activate?: boolean }): Promise<void> {
-    if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
+    this.checkFreeName(name);
     const prompt = header.tensors.get('prompt_embeddings');
     if (!prompt) throw new TunekitError('E_FORMAT', `${file}: no prompt_embeddings tensor`);
     const n = Number(config.num_virtual_tokens);
@@ -513,40 +471,14 @@ export class Model {
       throw new TunekitError('E_SHAPE', `${file}: prompt_embeddings is [${prompt.shape}] but this model needs [${n}, ${hidden}]`);
     }
     if (Number(config.num_transformer_submodules ?? 1) !== 1) throw new TunekitError('E_FORMAT', `${file}: prompts for encoder-decoder models are not supported`);
-    const known = new Set(this.params.map((q) => q.name));
-    const prefix = BASE_PREFIX[this.modelType];
-    const saveParams: string[] = [];
-    const entries = [entry(`prompt_encoder.${name}.embedding.weight`, prompt)];
-    for (const key of header.tensors.keys()) {
-      if (key === 'prompt_embeddings') continue;
-      const rest = key.replace(/^base_model\.(model\.)?/, '');
-      const base = [rest, rest.startsWith(prefix) ? rest.slice(prefix.length) : prefix + rest].find((c) => known.has(c));
-      if (!base) throw new TunekitError('E_FORMAT', `${file}: '${key}' names no parameter of this ${this.modelType} ${this.task} model`);
-      saveParams.push(base);
-      const dot = base.lastIndexOf('.');
-      entries.push(entry(`${base.slice(0, dot)}.modules_to_save.${name}${base.slice(dot)}`, header.tensors.get(key)!));
-    }
+    const { entries, saveParams } = this.mapAdapterFile(header, file, name, /^base_model\.(model\.)?/,
+      (key) => (key === 'prompt_embeddings' ? `prompt_encoder.${name}.embedding.weight` : undefined));
     const p: ResolvedPrompt = {
       numVirtualTokens: n, initText: (config.prompt_tuning_init_text as string | null) ?? undefined, tokenizerNameOrPath: (config.tokenizer_name_or_path as string | null) ?? undefined,
       modulesToSave: (config.modules_to_save as string[] | null) ?? [], saveParams, seed: 0,
     };
-    await serial(async () => {
-      await addon.addPrompt(this.h, { adapter: name, numVirtualTokens: n, modulesToSave: saveParams, seed: 0 });
-      try {
-        await addon.loadSafetensors(this.h, file, entries);
-      } catch (e) {
-        await addon.deleteAdapter(this.h, name);
-        this.params = await addon.parameters(this.h);
-        throw e;
-      }
-      const all = await addon.parameters(this.h);
-      await addon.setTrainable(this.h, all.filter((q) => !ownedBy(q.name, name)).map((q) => q.name), false);
-      await addon.setTrainable(this.h, all.filter((q) => ownedBy(q.name, name)).map((q) => q.name), Boolean(options.trainable));
-      if (options.activate ?? true) await addon.setAdapter(this.h, name);
-      this.params = await addon.parameters(this.h);
-    });
-    this.adapterInfo.set(name, { ...p, kind: 'prompt' });
-    if (options.activate ?? true) this.active = name;
+    await this.addNative(name, { ...p, kind: 'prompt' }, () => addon.addPrompt(this.h, { adapter: name, numVirtualTokens: n, modulesToSave: saveParams, seed: 0 }),
+      Boolean(options.trainable), options.activate ?? true, { file, entries });
   }
 
   /** config.json + model.safetensors, loadable by transformers' from_pretrained. Each file lands atomically. */
@@ -566,10 +498,7 @@ export class Model {
     if (!options.includeAdapters && this.adapterInfo.size > 0) {
       const over = new Map<string, string>();
       if (this.active && this.merged) {
-        for (const base of this.adapterInfo.get(this.active)!.saveParams) {
-          const dot = base.lastIndexOf('.');
-          over.set(base, `${base.slice(0, dot)}.modules_to_save.${this.active}${base.slice(dot)}`);
-        }
+        for (const base of this.adapterInfo.get(this.active)!.saveParams) over.set(base, copyName(base, this.active));
       }
       const base = this.params.filter((p) => !/\.(lora_[AB]|modules_to_save|adapter)\./.test(p.name) && !/^(prompt|prefix)_encoder\./.test(p.name)).map((p) => p.name);
       names = base.map((n) => over.get(n) ?? n);
@@ -586,6 +515,14 @@ export class Model {
     if (this.handle) sync(() => addon.dispose(this.handle!));
     this.handle = null;
   }
+}
+
+type AdapterInfo = ResolvedLoRA | (ResolvedPrompt & { kind: 'prompt' }) | ResolvedAdapter | ResolvedPrefix;
+
+/** The name of an adapter's own trainable copy of a base parameter (PEFT's modules_to_save). */
+function copyName(base: string, adapter: string): string {
+  const dot = base.lastIndexOf('.');
+  return `${base.slice(0, dot)}.modules_to_save.${adapter}${base.slice(dot)}`;
 }
 
 /** Whether a parameter belongs to the named adapter (its LoRA matrices or its modules_to_save copies). */
