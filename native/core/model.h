@@ -105,6 +105,12 @@ Output distilbert_forward(Model& m, const torch::Tensor& ids, const torch::Tenso
 // Prefix tuning (peft/prefix.cpp): the active adapter's key/value prefixes, [n, layers * 2, kv_heads, head_dim].
 torch::Tensor prefix_table(const Model& m, const Adapter* adapter = nullptr);
 
+// Shared by every adapter kind (peft/lora.cpp): a new adapter's name must be free and contain no '.'; each
+// modules_to_save parameter gets the adapter's own trainable copy, queued in `created` and recorded in a.overrides.
+void check_new_adapter(const Model& m, const std::string& name);
+void add_saved_copies(const Model& m, const std::string& adapter, const std::vector<std::string>& bases, Adapter& a,
+                      std::vector<std::pair<std::string, torch::Tensor>>& created);
+
 // LoRA's linear (peft/lora.cpp): base(x) + scaling * B(A(dropout(x))), with its own backward that never forms the
 // frozen weight's gradient.
 torch::Tensor lora_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, const torch::Tensor& A,

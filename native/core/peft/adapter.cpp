@@ -8,8 +8,7 @@
 namespace tunekit {
 
 void add_bottleneck(Model& m, const BottleneckSpec& s) {
-  if (s.adapter.empty() || s.adapter.find('.') != std::string::npos) throw Error("E_ARG", "adapter name must be non-empty and contain no '.'");
-  if (m.adapters.count(s.adapter)) throw Error("E_STATE", "the model already has an adapter named '" + s.adapter + "'");
+  check_new_adapter(m, s.adapter);
   if (s.bottleneck_size < 1) throw Error("E_ARG", "bottleneck size must be a positive integer");
   if (s.modules.empty()) throw Error("E_ARG", "a bottleneck adapter needs at least one module to follow");
   activation(s.nonlinearity, torch::zeros({1}));  // an unknown name fails here, before anything is added
@@ -30,13 +29,7 @@ void add_bottleneck(Model& m, const BottleneckSpec& s) {
     created.emplace_back(prefix + "up.bias", torch::zeros({hidden}, torch::kFloat32));
     a.bottleneck[mod] = prefix;
   }
-  for (const auto& base : s.modules_to_save) {
-    if (!m.params.count(base)) throw Error("E_ARG", "modules_to_save: the model has no parameter '" + base + "'");
-    auto dot = base.rfind('.');
-    auto copy = base.substr(0, dot) + ".modules_to_save." + s.adapter + base.substr(dot);
-    created.emplace_back(copy, m.params.at(base).detach().clone());
-    a.overrides[base] = copy;
-  }
+  add_saved_copies(m, s.adapter, s.modules_to_save, a, created);
   for (auto& [name, t] : created) m.add(name, t);
   m.adapters[s.adapter] = std::move(a);
 }

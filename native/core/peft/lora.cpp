@@ -61,9 +61,24 @@ torch::Tensor lora_linear(const torch::Tensor& x, const torch::Tensor& weight, c
   return bias.defined() ? y + bias : y;
 }
 
+void check_new_adapter(const Model& m, const std::string& name) {
+  if (name.empty() || name.find('.') != std::string::npos) throw Error("E_ARG", "adapter name must be non-empty and contain no '.'");
+  if (m.adapters.count(name)) throw Error("E_STATE", "the model already has an adapter named '" + name + "'");
+}
+
+void add_saved_copies(const Model& m, const std::string& adapter, const std::vector<std::string>& bases, Adapter& a,
+                      std::vector<std::pair<std::string, torch::Tensor>>& created) {
+  for (const auto& base : bases) {
+    if (!m.params.count(base)) throw Error("E_ARG", "modules_to_save: the model has no parameter '" + base + "'");
+    auto dot = base.rfind('.');
+    auto copy = base.substr(0, dot) + ".modules_to_save." + adapter + base.substr(dot);
+    created.emplace_back(copy, m.params.at(base).detach().clone());
+    a.overrides[base] = copy;
+  }
+}
+
 void add_lora(Model& m, const LoraSpec& s) {
-  if (s.adapter.empty() || s.adapter.find('.') != std::string::npos) throw Error("E_ARG", "adapter name must be non-empty and contain no '.'");
-  if (m.adapters.count(s.adapter)) throw Error("E_STATE", "the model already has an adapter named '" + s.adapter + "'");
+  check_new_adapter(m, s.adapter);
   if (s.r < 1) throw Error("E_ARG", "LoRA rank r must be a positive integer");
   if (!(s.dropout >= 0 && s.dropout < 1)) throw Error("E_ARG", "LoRA dropout must be in [0, 1)");
   if (s.modules.empty()) throw Error("E_ARG", "LoRA needs at least one target module");
@@ -92,13 +107,7 @@ void add_lora(Model& m, const LoraSpec& s) {
     created.emplace_back(l.B, torch::zeros({out, s.r}, torch::kFloat32));
     a.lora[mod] = l;
   }
-  for (const auto& base : s.modules_to_save) {
-    if (!m.params.count(base)) throw Error("E_ARG", "modules_to_save: the model has no parameter '" + base + "'");
-    auto dot = base.rfind('.');
-    auto copy = base.substr(0, dot) + ".modules_to_save." + s.adapter + base.substr(dot);
-    created.emplace_back(copy, m.params.at(base).detach().clone());
-    a.overrides[base] = copy;
-  }
+  add_saved_copies(m, s.adapter, s.modules_to_save, a, created);
   for (auto& [name, t] : created) m.add(name, t);
   m.adapters[s.adapter] = std::move(a);
 }

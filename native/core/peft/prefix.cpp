@@ -12,8 +12,7 @@ static int64_t kv_heads(const Model& m) { return m.spec.family == "llama" ? m.sp
 static int64_t head_dim(const Model& m) { return m.spec.family == "llama" ? m.spec.head_dim : m.spec.hidden_size / m.spec.num_heads; }
 
 void add_prefix(Model& m, const PrefixSpec& s) {
-  if (s.adapter.empty() || s.adapter.find('.') != std::string::npos) throw Error("E_ARG", "adapter name must be non-empty and contain no '.'");
-  if (m.adapters.count(s.adapter)) throw Error("E_STATE", "the model already has an adapter named '" + s.adapter + "'");
+  check_new_adapter(m, s.adapter);
   if (s.num_virtual_tokens < 1) throw Error("E_ARG", "numVirtualTokens must be a positive integer");
   const int64_t n = s.num_virtual_tokens, L = m.spec.num_layers, kv_dim = kv_heads(m) * head_dim(m);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(s.seed);
@@ -38,13 +37,7 @@ void add_prefix(Model& m, const PrefixSpec& s) {
   } else {
     created.emplace_back(a.prefix, torch::empty({n, L * 2 * kv_dim}, f32).normal_(0, 1, gen));
   }
-  for (const auto& base : s.modules_to_save) {
-    if (!m.params.count(base)) throw Error("E_ARG", "modules_to_save: the model has no parameter '" + base + "'");
-    auto dot = base.rfind('.');
-    auto copy = base.substr(0, dot) + ".modules_to_save." + s.adapter + base.substr(dot);
-    created.emplace_back(copy, m.params.at(base).detach().clone());
-    a.overrides[base] = copy;
-  }
+  add_saved_copies(m, s.adapter, s.modules_to_save, a, created);
   for (auto& [name, t] : created) m.add(name, t);
   m.adapters[s.adapter] = std::move(a);
 }

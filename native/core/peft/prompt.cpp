@@ -6,8 +6,7 @@
 namespace tunekit {
 
 void add_prompt(Model& m, const PromptSpec& s) {
-  if (s.adapter.empty() || s.adapter.find('.') != std::string::npos) throw Error("E_ARG", "adapter name must be non-empty and contain no '.'");
-  if (m.adapters.count(s.adapter)) throw Error("E_STATE", "the model already has an adapter named '" + s.adapter + "'");
+  check_new_adapter(m, s.adapter);
   if (s.num_virtual_tokens < 1) throw Error("E_ARG", "numVirtualTokens must be a positive integer");
   const auto& table = m.params.at(m.word_embeddings_name());
   torch::Tensor prompt;
@@ -27,14 +26,9 @@ void add_prompt(Model& m, const PromptSpec& s) {
   a.method = "prompt";
   a.prompt = "prompt_encoder." + s.adapter + ".embedding.weight";
   a.virtual_tokens = s.num_virtual_tokens;
-  m.add(a.prompt, prompt);
-  for (const auto& base : s.modules_to_save) {
-    if (!m.params.count(base)) throw Error("E_ARG", "modules_to_save: the model has no parameter '" + base + "'");
-    auto dot = base.rfind('.');
-    auto copy = base.substr(0, dot) + ".modules_to_save." + s.adapter + base.substr(dot);
-    m.add(copy, m.params.at(base).detach().clone());
-    a.overrides[base] = copy;
-  }
+  std::vector<std::pair<std::string, torch::Tensor>> created{{a.prompt, prompt}};
+  add_saved_copies(m, s.adapter, s.modules_to_save, a, created);
+  for (auto& [name, t] : created) m.add(name, t);
   m.adapters[s.adapter] = std::move(a);
 }
 
