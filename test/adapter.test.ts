@@ -2,8 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { Adapter, AdamW, Model, SGD } from '../lib';
-import { readHeader } from '../lib/safetensors';
-import { ATTENTION_MASK, CLASS_LABELS, DEVICE, INPUT_IDS, modelDir, python, relError, savedParams, tmpDir } from './helpers';
+import { adapterTensors, DEVICE, fullBatch, modelDir, python, realPosition, relError, savedParams, tmpDir } from './helpers';
 
 const CASES = [
   { name: 'gpt2-seq-cls', classify: true, sites: 2 },
@@ -11,20 +10,9 @@ const CASES = [
   { name: 'distilbert-seq-cls', classify: true, sites: 2 },
 ];
 const ROWS = [0, 1, 2];
-const batchFor = (classify: boolean) => ({
-  inputIds: INPUT_IDS, attentionMask: ATTENTION_MASK,
-  labels: classify ? CLASS_LABELS : INPUT_IDS.map((ids, i) => ids.map((t, j) => (ATTENTION_MASK[i][j] ? t : -100))),
-});
-const valid = (shape: number[]) => (i: number) => shape.length === 2 || ATTENTION_MASK[Math.floor(i / (shape[1] * shape[2]))][Math.floor(i / shape[2]) % shape[1]] === 1;
+const batchFor = fullBatch;
+const valid = realPosition;
 
-async function adapterTensors(model: Model, dir = tmpDir('houlsby-read')): Promise<Map<string, Float32Array>> {
-  await model.saveAdapter(dir);
-  const file = path.join(dir, 'adapter_model.safetensors');
-  const buf = fs.readFileSync(file);
-  const out = new Map<string, Float32Array>();
-  for (const [k, e] of readHeader(file).tensors) out.set(k, new Float32Array(buf.buffer.slice(buf.byteOffset + e.begin, buf.byteOffset + e.end)));
-  return out;
-}
 
 for (const c of CASES) {
   test(`Houlsby adapters on ${c.name}: identity at start; logits, loss and gradients equal a PyTorch reference; file round trip`, async (t) => {

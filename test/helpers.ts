@@ -58,16 +58,34 @@ export const ATTENTION_MASK = [
 export const CLASS_LABELS = [0, 1, 1];
 export const LM_LABELS = INPUT_IDS.map((r, i) => r.map((t, j) => (ATTENTION_MASK[i][j] ? t : -100)));
 
-/** Reads every parameter back through savePretrained, the public way out of the core. */
-export async function savedParams(model: Model): Promise<Map<string, Float32Array>> {
-  const dir = tmpDir('params');
-  await model.savePretrained(dir);
-  const file = path.join(dir, 'model.safetensors');
+/** Every float32 tensor of a safetensors file, by name. */
+export function readTensors(file: string): Map<string, Float32Array> {
   const buf = fs.readFileSync(file);
   const out = new Map<string, Float32Array>();
   for (const [name, e] of readHeader(file).tensors) {
     out.set(name, new Float32Array(buf.buffer.slice(buf.byteOffset + e.begin, buf.byteOffset + e.end)));
   }
+  return out;
+}
+
+/** Reads every parameter back through savePretrained, the public way out of the core. */
+export async function savedParams(model: Model): Promise<Map<string, Float32Array>> {
+  const dir = tmpDir('params');
+  await model.savePretrained(dir);
+  const out = readTensors(path.join(dir, 'model.safetensors'));
   fs.rmSync(dir, { recursive: true, force: true });
   return out;
 }
+
+/** The active adapter's tensors under their PEFT keys, read back through saveAdapter (into `dir` when given). */
+export async function adapterTensors(model: Model, dir = tmpDir('adapter-read')): Promise<Map<string, Float32Array>> {
+  await model.saveAdapter(dir);
+  return readTensors(path.join(dir, 'adapter_model.safetensors'));
+}
+
+/** The test batch with class labels or language-model labels. */
+export const fullBatch = (classify: boolean) => ({ inputIds: INPUT_IDS, attentionMask: ATTENTION_MASK, labels: classify ? CLASS_LABELS : LM_LABELS });
+
+/** For logits of the test batch ([batch, labels] or [batch, seq, vocab]): whether flat index i is at a real (unpadded) position. */
+export const realPosition = (shape: number[]) => (i: number) =>
+  shape.length === 2 || ATTENTION_MASK[Math.floor(i / (shape[1] * shape[2]))][Math.floor(i / shape[2]) % shape[1]] === 1;

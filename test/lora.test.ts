@@ -2,28 +2,17 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { AdamW, LoRA, Model, SGD } from '../lib';
-import { readHeader } from '../lib/safetensors';
-import { ATTENTION_MASK, CLASS_LABELS, DEVICE, INPUT_IDS, LM_LABELS, modelDir, python, relError, savedParams, tmpDir } from './helpers';
+import { adapterTensors, DEVICE, fullBatch, modelDir, python, realPosition, relError, savedParams, tmpDir } from './helpers';
 
 const CASES = [
   { name: 'gpt2-seq-cls', targets: ['c_attn'], classify: true },
   { name: 'llama-causal-lm', targets: ['q_proj', 'v_proj'], classify: false },
   { name: 'distilbert-seq-cls', targets: ['q_lin', 'v_lin'], classify: true },
 ];
-const batchFor = (classify: boolean) => ({ inputIds: INPUT_IDS, attentionMask: ATTENTION_MASK, labels: classify ? CLASS_LABELS : LM_LABELS });
-const valid = (shape: number[]) => (i: number) => shape.length === 2 || ATTENTION_MASK[Math.floor(i / (shape[1] * shape[2]))][Math.floor(i / shape[2]) % shape[1]] === 1;
+const batchFor = fullBatch;
+const valid = realPosition;
 
 /** Values of the adapter tensors as PEFT keys, read back through saveAdapter. */
-async function adapterTensors(model: Model): Promise<Map<string, Float32Array>> {
-  const dir = tmpDir('adapter-read');
-  await model.saveAdapter(dir);
-  const file = path.join(dir, 'adapter_model.safetensors');
-  const h = readHeader(file);
-  const buf = fs.readFileSync(file);
-  const out = new Map<string, Float32Array>();
-  for (const [k, e] of h.tensors) out.set(k, new Float32Array(buf.buffer.slice(buf.byteOffset + e.begin, buf.byteOffset + e.end)));
-  return out;
-}
 
 for (const c of CASES) {
   test(`LoRA on ${c.name}: a PEFT adapter loads with PEFT's logits, loss and gradients; trainable count as PEFT`, async (t) => {

@@ -3,7 +3,7 @@ import path from 'node:path';
 import test from 'ava';
 import { AdamW, Model, PromptTuning, SGD, Tokenizer } from '../lib';
 import { readHeader } from '../lib/safetensors';
-import { ATTENTION_MASK, CLASS_LABELS, DEVICE, INPUT_IDS, modelDir, python, relError, tmpDir } from './helpers';
+import { adapterTensors, ATTENTION_MASK, CLASS_LABELS, DEVICE, INPUT_IDS, modelDir, python, relError, tmpDir } from './helpers';
 
 // gpt2/llama classification behind a soft prompt: PEFT feeds embeddings, so transformers takes the last position
 // whatever the padding; tunekit takes the last real token. Rows without right padding agree either way.
@@ -20,15 +20,6 @@ function batchFor(classify: boolean, rows: number[]) {
   return { inputIds, attentionMask, labels };
 }
 
-async function adapterTensors(model: Model): Promise<Map<string, Float32Array>> {
-  const dir = tmpDir('prompt-read');
-  await model.saveAdapter(dir);
-  const file = path.join(dir, 'adapter_model.safetensors');
-  const buf = fs.readFileSync(file);
-  const out = new Map<string, Float32Array>();
-  for (const [k, e] of readHeader(file).tensors) out.set(k, new Float32Array(buf.buffer.slice(buf.byteOffset + e.begin, buf.byteOffset + e.end)));
-  return out;
-}
 
 for (const c of CASES) {
   test(`prompt tuning on ${c.name}: a PEFT adapter loads with PEFT's logits, loss and gradients`, async (t) => {
