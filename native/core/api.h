@@ -106,7 +106,17 @@ void set_rng_state(const std::vector<uint8_t>& state);
 bool cuda_available();
 // float32 matrix-multiply throughput (GFLOP/s) of an n x n product through this libtorch: the machine's ceiling.
 double bench_matmul(int64_t n, int64_t iters);
-std::string torch_info();  // {"torch": version, "threads": intra-op threads}, as JSON
+std::string torch_info();  // {"torch", "threads", "cpuAllocator", "cpuCache": {...}}, as JSON
+
+// The caching CPU allocator (alloc.cpp). Installed once, before any tensor work, unless TUNEKIT_CPU_ALLOCATOR=system;
+// TUNEKIT_CPU_CACHE_MB caps the idle memory it keeps (default 2048). Returns whether it is in use.
+struct CpuCacheStats {
+  bool active = false;
+  size_t in_use = 0, cached = 0, peak = 0, hits = 0, misses = 0;  // bytes of large blocks; allocation counts
+};
+bool install_cpu_cache();
+CpuCacheStats cpu_cache_stats();
+void empty_cpu_cache();  // returns every idle cached block to the system
 
 std::shared_ptr<Optimizer> create_optimizer(Model& m, const OptimizerSpec& spec);
 // Clips (if max_norm > 0) and applies one update; returns the pre-clip gradient norm.

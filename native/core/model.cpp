@@ -424,7 +424,12 @@ double bench_matmul(int64_t n, int64_t iters) {
 }
 
 std::string torch_info() {
-  return std::string("{\"torch\":\"") + TORCH_VERSION + "\",\"threads\":" + std::to_string(at::get_num_threads()) + "}";
+  auto c = cpu_cache_stats();
+  auto mib = [](size_t b) { return std::to_string(double(b) / (1 << 20)); };
+  return std::string("{\"torch\":\"") + TORCH_VERSION + "\",\"threads\":" + std::to_string(at::get_num_threads()) +
+         ",\"cpuAllocator\":\"" + (c.active ? "caching" : "system") + "\",\"cpuCache\":{\"inUseMiB\":" + mib(c.in_use) +
+         ",\"cachedMiB\":" + mib(c.cached) + ",\"peakMiB\":" + mib(c.peak) + ",\"hits\":" + std::to_string(c.hits) +
+         ",\"misses\":" + std::to_string(c.misses) + "}}";
 }
 
 }  // namespace tunekit
