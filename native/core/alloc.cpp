@@ -21,6 +21,10 @@ namespace {
 constexpr size_t kAlign = 64;                 // c10's gAlignment
 constexpr size_t kLarge = size_t(64) << 10;   // below this, glibc's bins reuse memory well already
 constexpr size_t kRound = size_t(16) << 10;   // large requests are rounded up to this
+// A block idle for this many large allocations is returned to the system at the next miss. A training step makes a
+// few hundred, so a steady loop reuses everything, while the sizes of a shape seen once (a longer batch, a growing
+// buffer) do not stay resident until the cache limit.
+constexpr size_t kMaxIdle = 2048;
 
 class CachingCpuAllocator;
 CachingCpuAllocator* g_alloc = nullptr;  // never freed: tensors may be released during static teardown
@@ -54,10 +58,11 @@ class CachingCpuAllocator final : public c10::Allocator {
     size_t size = (n + kRound - 1) / kRound * kRound;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      tick_++;
       // Best fit, but never a block much larger than asked: a growing KV cache would otherwise pin big blocks.
       auto it = free_.lower_bound(size);
       if (it != free_.end() && it->first <= size + size / 4 + kRound) {
-        void* p = it->second;
+        void* p = it->second.ptr;
         size_t got = it->first;
         free_.erase(it);
         cached_ -= got;
@@ -69,6 +74,7 @@ class CachingCpuAllocator final : public c10::Allocator {
       }
       misses_++;
       if (cached_ + size > limit_) drop_cached();
+      else drop_idle();
     }
     void* p = map(size);
     if (!p) {
@@ -100,26 +106,42 @@ class CachingCpuAllocator final : public c10::Allocator {
     size_t size = it->second;
     live_.erase(it);
     in_use_ -= size;
-    free_.emplace(size, p);
+    free_.emplace(size, Idle{p, tick_});
     cached_ += size;
     while (cached_ > limit_ && !free_.empty()) {  // over the budget: the largest idle blocks go first
       auto big = std::prev(free_.end());
-      unmap(big->second, big->first);
+      unmap(big->second.ptr, big->first);
       cached_ -= big->first;
       free_.erase(big);
     }
   }
 
+  void drop_idle() {
+    for (auto it = free_.begin(); it != free_.end();) {
+      if (tick_ - it->second.since > kMaxIdle) {
+        unmap(it->second.ptr, it->first);
+        cached_ -= it->first;
+        it = free_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
   void drop_cached() {
-    for (auto& [size, p] : free_) unmap(p, size);
+    for (auto& [size, idle] : free_) unmap(idle.ptr, size);
     free_.clear();
     cached_ = 0;
   }
 
   std::mutex mu_;
-  std::multimap<size_t, void*> free_;
+  struct Idle {
+    void* ptr;
+    size_t since;  // tick_ when it was freed
+  };
+  std::multimap<size_t, Idle> free_;
   std::unordered_map<void*, size_t> live_;
-  size_t limit_, in_use_ = 0, cached_ = 0, peak_ = 0, hits_ = 0, misses_ = 0;
+  size_t limit_, tick_ = 0, in_use_ = 0, cached_ = 0, peak_ = 0, hits_ = 0, misses_ = 0;
 };
 
 void CachingCpuAllocator::release(void* p) {

@@ -322,7 +322,7 @@ FloatArray embed(Model& m, const Batch& b, const std::string& pooling) {
 std::vector<std::vector<int32_t>> generate(Model& m, const Batch& b, const GenerateSpec& g) {
   require(m.spec.task == "causal-lm", "E_STATE", "generate() needs a causal-lm model");
   auto t = to_tensors(m, b);
-  torch::NoGradGuard no_grad;
+  c10::InferenceMode inference;  // lighter than NoGradGuard per op, and nothing made here is ever differentiated
   auto gen = at::make_generator<at::CPUGeneratorImpl>(g.seed);
   auto ids = t.ids;
   auto mask = t.mask.defined() ? t.mask : torch::ones_like(ids);
@@ -335,9 +335,12 @@ std::vector<std::vector<int32_t>> generate(Model& m, const Batch& b, const Gener
     Model& m;
     ~Reset() { m.cache = nullptr; }
   } reset{m};
-  if (g.use_cache) m.cache = &kv;
   torch::Tensor input = ids, keys;
-  const int64_t extra = m.virtual_tokens() + (m.spec.family == "gpt2" ? m.prefix_tokens() : 0);
+  const int64_t extra = m.virtual_tokens() + m.prefix_tokens();
+  if (g.use_cache) {
+    m.cache = &kv;
+    kv.capacity = ids.size(1) + extra + g.max_new_tokens;
+  }
   for (int64_t step = 0; step < g.max_new_tokens; step++) {
     if (m.spec.family != "llama" && ids.size(1) + extra >= m.spec.max_positions) break;
     auto logits = m.run(input, kv.len > 0 ? keys : mask).logits.select(1, -1).to(torch::kFloat32);

@@ -41,8 +41,10 @@ struct Adapter {
 // Keys and values of every layer for the positions seen so far, so that decoding one more token costs one position's
 // work (prefix and virtual tokens included once, at the first step).
 struct KVCache {
-  std::vector<torch::Tensor> k, v;  // per layer, [batch, kv_heads, len, head_dim]
+  std::vector<torch::Tensor> k, v;  // per layer, [batch, kv_heads, len, head_dim]: views into kbuf/vbuf when those exist
+  std::vector<torch::Tensor> kbuf, vbuf;  // per layer, [batch, kv_heads, capacity, head_dim], filled in place
   int64_t len = 0;
+  int64_t capacity = 0;  // positions to reserve at the first step; 0: grow by concatenation
 };
 
 class Model {
@@ -118,6 +120,11 @@ torch::Tensor lora_linear(const torch::Tensor& x, const torch::Tensor& weight, c
 
 // Shared blocks (models/layers.cpp).
 torch::Tensor activation(const std::string& name, const torch::Tensor& x);
+// A dense layer, y = x W^T + b (fan_in_fan_out: W stored [in, out], as GPT-2's Conv1D), differentiable, through
+// oneDNN or aten, whichever is faster for the shape (gemm.cpp). bias may be undefined.
+torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool fan_in_fan_out = false);
+// x2 [n, in] times w_oi^T ([out, in], any strides) plus bias, not differentiable: the products inside backward passes.
+torch::Tensor matmul_nt(const torch::Tensor& x2, const torch::Tensor& w_oi, const torch::Tensor& bias);
 // Boolean [batch, 1, seq, seq] mask of allowed (query, key) pairs, or undefined when plain causal/full attention needs none.
 torch::Tensor attention_mask_4d(const torch::Tensor& mask, int64_t seq, bool causal);
 // The same with `prefix` always-visible key positions in front: [batch, 1, seq, prefix + seq].

@@ -79,7 +79,7 @@ Output distilbert_forward(Model& m, const torch::Tensor& ids, const torch::Tenso
     out.logits = m.linear("classifier", pooled);
   } else if (s.task == "masked-lm") {
     auto h = ln("vocab_layer_norm", activation(s.activation, m.linear("vocab_transform", x)));
-    out.logits = torch::linear(h, m.P(b + "embeddings.word_embeddings.weight"), m.P("vocab_projector.bias"));
+    out.logits = dense(h, m.P(b + "embeddings.word_embeddings.weight"), m.P("vocab_projector.bias"));
   }
   return out;
 }

@@ -70,7 +70,7 @@ Output gpt2_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mas
   Output out;
   out.hidden = m.layer_norm(b + "ln_f", x);
   if (s.task == "causal-lm") {
-    out.logits = torch::linear(out.hidden, m.P(m.has("lm_head.weight") ? "lm_head.weight" : b + "wte.weight"));
+    out.logits = dense(out.hidden, m.P(m.has("lm_head.weight") ? "lm_head.weight" : b + "wte.weight"), torch::Tensor());
   } else if (s.task == "sequence-classification") {
     auto last = last_token_index(m, ids);
     out.logits = torch::linear(out.hidden.index({torch::arange(B, last.options()), last}), m.P("score.weight"));

@@ -50,7 +50,7 @@ torch::Tensor Model::linear(const std::string& module, const torch::Tensor& x) c
     auto l = a->lora.find(module);
     if (l != a->lora.end()) return lora_linear(x, P(module + ".weight"), bias, params.at(l->second.A), params.at(l->second.B), l->second, training);
   }
-  return adapted(module, torch::linear(x, P(module + ".weight"), bias));
+  return adapted(module, dense(x, P(module + ".weight"), bias));
 }
 
 torch::Tensor Model::adapted(const std::string& module, torch::Tensor y) const {
@@ -68,10 +68,7 @@ torch::Tensor Model::conv1d(const std::string& module, const torch::Tensor& x) c
     auto l = a->lora.find(module);
     if (l != a->lora.end()) return lora_linear(x, P(module + ".weight"), P(module + ".bias"), params.at(l->second.A), params.at(l->second.B), l->second, training);
   }
-  const auto& w = P(module + ".weight");
-  auto sizes = x.sizes().vec();
-  sizes.back() = w.size(1);
-  return adapted(module, torch::addmm(P(module + ".bias"), x.reshape({-1, x.size(-1)}), w).view(sizes));
+  return adapted(module, dense(x, P(module + ".weight"), P(module + ".bias"), /*fan_in_fan_out=*/true));
 }
 
 torch::Tensor Model::layer_norm(const std::string& module, const torch::Tensor& x) const {
@@ -124,6 +121,24 @@ torch::Tensor cached_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t s
 std::pair<torch::Tensor, torch::Tensor> with_cache(Model& m, int64_t layer, torch::Tensor k, torch::Tensor v) {
   if (!m.cache) return {k, v};
   auto& c = *m.cache;
+  const int64_t end = c.len + k.size(2);
+  if (end <= c.capacity) {
+    // Writing into a buffer reserved for the whole generation: concatenating would copy the cache every step and
+    // allocate a slightly larger block each time, which no allocator can reuse.
+    if (c.len == 0) {
+      auto shape = k.sizes().vec();
+      shape[2] = c.capacity;
+      c.kbuf.resize(c.k.size());
+      c.vbuf.resize(c.v.size());
+      c.kbuf[layer] = torch::empty(shape, k.options());
+      c.vbuf[layer] = torch::empty(shape, v.options());
+    }
+    c.kbuf[layer].narrow(2, c.len, k.size(2)).copy_(k);
+    c.vbuf[layer].narrow(2, c.len, v.size(2)).copy_(v);
+    c.k[layer] = c.kbuf[layer].narrow(2, 0, end);
+    c.v[layer] = c.vbuf[layer].narrow(2, 0, end);
+    return {c.k[layer], c.v[layer]};
+  }
   if (c.len > 0) {
     k = torch::cat({c.k[layer], k}, 2);
     v = torch::cat({c.v[layer], v}, 2);

@@ -88,7 +88,7 @@ Output llama_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& ma
   Output out;
   out.hidden = m.rms_norm(b + "norm", x);
   if (s.task == "causal-lm") {
-    out.logits = torch::linear(out.hidden, m.P(m.has("lm_head.weight") ? "lm_head.weight" : b + "embed_tokens.weight"));
+    out.logits = dense(out.hidden, m.P(m.has("lm_head.weight") ? "lm_head.weight" : b + "embed_tokens.weight"), torch::Tensor());
   } else if (s.task == "sequence-classification") {
     auto last = last_token_index(m, ids);
     out.logits = torch::linear(out.hidden.index({torch::arange(B, last.options()), last}), m.P("score.weight"));

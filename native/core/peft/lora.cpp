@@ -16,7 +16,7 @@ struct LoraLinearFn : public torch::autograd::Function<LoraLinearFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& W, const torch::Tensor& A,
                                const torch::Tensor& B, double scaling, double p, bool training, bool fan_in_fan_out) {
     auto x2 = x.reshape({-1, x.size(-1)});
-    auto base = fan_in_fan_out ? torch::mm(x2, W) : torch::mm(x2, W.t());
+    auto base = matmul_nt(x2, fan_in_fan_out ? W.t() : W, torch::Tensor());
     torch::Tensor mask, xd = x2;
     if (training && p > 0) {
       mask = torch::empty_like(x2).bernoulli_(1 - p).div_(1 - p);
@@ -41,7 +41,7 @@ struct LoraLinearFn : public torch::autograd::Function<LoraLinearFn> {
     auto g_xa = torch::mm(dy, B).mul_(scaling);                    // [N, r]
     torch::Tensor dx, dW, dA, dB;
     if (ctx->needs_input_grad(0)) {
-      dx = fifo ? torch::mm(dy, W.t()) : torch::mm(dy, W);
+      dx = matmul_nt(dy, fifo ? W : W.t(), torch::Tensor());
       auto da = torch::mm(g_xa, A);
       dx.add_(mask.defined() ? da.mul_(mask) : da);
       auto sizes = grads[0].sizes().vec();
