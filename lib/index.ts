@@ -31,3 +31,5 @@ export { Adapter } from './peft/adapter';
 export type { AdapterOptions } from './peft/adapter';
 export { PrefixTuning } from './peft/prefix';
 export type { PrefixTuningOptions } from './peft/prefix';
+export { runtimeInfo, releaseCpuCache } from './runtime';
+export type { RuntimeInfo } from './runtime';

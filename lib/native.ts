@@ -56,6 +56,7 @@ export interface Addon {
   optimizerLoad(o: Handle, path: string, entries: RawEntry[], step: number): Promise<void>;
   benchMatmul(n: number, iters: number): Promise<number>;
   torchInfo(): string;
+  emptyCpuCache(): Promise<void>;
   addLora(m: Handle, spec: { adapter: string; modules: string[]; modulesToSave?: string[]; r: number; alpha: number; dropout: number; rslora: boolean; seed: number }): Promise<void>;
   setAdapter(m: Handle, name: string): Promise<void>;
   addBottleneck(m: Handle, spec: { adapter: string; modules: string[]; bottleneckSize: number; nonlinearity: string; modulesToSave?: string[]; seed: number }): Promise<void>;
@@ -72,6 +73,8 @@ function load(): Addon {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     return require('node-gyp-build')(root) as Addon;
   } catch (e) {
+    // The addon loaded but refused its environment (TUNEKIT_CPU_CACHE_MB): say that, not "not built".
+    if ((e as { code?: string }).code === 'E_ARG') throw fromNative(e);
     throw fromNative(Object.assign(new Error(
       `tunekit: the native addon is not built (${(e as Error).message.split('\n')[0]}). Run \`npm install\` or \`npm run build\`.`),
       { code: 'E_NATIVE' }));

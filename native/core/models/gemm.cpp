@@ -74,6 +74,8 @@ struct DenseFn : public torch::autograd::Function<DenseFn<kBias>> {
 
 }  // namespace
 
+bool onednn_gemm() { return onednn_linear() != nullptr; }
+
 torch::Tensor matmul_nt(const torch::Tensor& x2, const torch::Tensor& w_oi, const torch::Tensor& bias) {
   if (use_onednn(x2, w_oi)) {
     std::optional<at::Tensor> b;
