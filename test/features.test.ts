@@ -9,14 +9,14 @@ function writeF32(file: string, x: Float32Array) {
   fs.writeFileSync(file, Buffer.from(x.buffer, x.byteOffset, x.byteLength));
 }
 
-async function compareWithSklearn(t: any, train: { x: Float32Array; y: number[] }, test_: { x: Float32Array; y: number[] }, dim: number, classes: number, C: number) {
+async function compareWithSklearn(t: any, train: { x: Float32Array; y: number[] }, test_: { x: Float32Array; y: number[] }, dim: number, classes: number, C: number, tol = 1e-8) {
   const dir = tmpDir('logreg');
   writeF32(path.join(dir, 'train.f32'), train.x);
   writeF32(path.join(dir, 'test.f32'), test_.x);
   const spec = path.join(dir, 'spec.json');
   fs.writeFileSync(spec, JSON.stringify({ dim, C, train: { x: path.join(dir, 'train.f32'), y: train.y }, test: { x: path.join(dir, 'test.f32'), y: test_.y } }));
   const ref = python('logreg.py', [spec]);
-  const lr = await new LogisticRegression({ C, maxIter: 2000, tol: 1e-8 }).fit(train.x, dim, train.y, classes);
+  const lr = await new LogisticRegression({ C, maxIter: 2000, tol }).fit(train.x, dim, train.y, classes);
   const acc = lr.accuracy(test_.x, test_.y);
   t.true(Math.abs(acc - ref.test_accuracy) <= 0.01, `tunekit ${acc} vs scikit-learn ${ref.test_accuracy}`);
   const coefErr = relError(lr.weights!, ref.coef);
@@ -55,7 +55,9 @@ test('feature-based on tiny-distilbert embeddings: tunekit and scikit-learn agre
   const ftr = await fb.embed(model, train);
   const fte = await fb.embed(model, test_);
   t.is(ftr.dim, 256);
-  const { acc } = await compareWithSklearn(t, { x: ftr.data, y: train.map((e) => e.label!) }, { x: fte.data, y: test_.map((e) => e.label!) }, ftr.dim, 2, 1);
+  // The library's default tolerance: these raw 256-wide [CLS] vectors make an ill-conditioned problem on which
+  // L-BFGS needs more than 2,000 iterations to reach 1e-8, and the coefficients agree to 1e-3 either way.
+  const { acc } = await compareWithSklearn(t, { x: ftr.data, y: train.map((e) => e.label!) }, { x: fte.data, y: test_.map((e) => e.label!) }, ftr.dim, 2, 1, 1e-6);
   t.log(`test accuracy ${acc}`);
   // Cached: the same features come back from disk, and a different model misses the cache.
   t.is(fs.readdirSync(cacheDir).filter((f) => f.endsWith('.f32')).length, 2);

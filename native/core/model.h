@@ -131,6 +131,7 @@ torch::Tensor attention_mask_4d(const torch::Tensor& mask, int64_t seq, bool cau
 // The same with `prefix` always-visible key positions in front: [batch, 1, seq, prefix + seq].
 torch::Tensor prefix_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t prefix, bool causal, torch::Device device);
 // Decoding with a cache: `seq` new queries after `past` cached keys; `mask` covers all past + seq key positions.
+// Undefined when nothing needs masking (one new token, no padding): attention then runs without causality.
 torch::Tensor cached_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t past, torch::Device device);
 // Appends this step's keys/values to layer i's cache (or fills it) and returns the keys/values attention should use.
 std::pair<torch::Tensor, torch::Tensor> with_cache(Model& m, int64_t layer, torch::Tensor k, torch::Tensor v);

@@ -60,7 +60,7 @@ Output gpt2_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mas
       v = torch::cat({pv.to(v.scalar_type()), v}, 2);
     }
     std::tie(k, v) = with_cache(m, i, k, v);
-    auto y = attention(heads(qkv[0]), k, v, mask4d, true, s.attn_dropout, scale, m.training);
+    auto y = attention(heads(qkv[0]), k, v, mask4d, /*causal=*/past == 0, s.attn_dropout, scale, m.training);
     y = y.transpose(1, 2).reshape({B, T, C});
     x = x + m.dropout(m.conv1d(h + "attn.c_proj", y), s.resid_dropout);
     auto f = activation(s.activation, m.conv1d(h + "mlp.c_fc", m.layer_norm(h + "ln_2", x)));

@@ -112,6 +112,8 @@ torch::Tensor prefix_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t s
 }
 
 torch::Tensor cached_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t past, torch::Device device) {
+  // One new token, no padding anywhere: it sees every cached key, so no mask (callers then attend without causality).
+  if (seq == 1 && (!mask.defined() || mask.all().item<bool>())) return {};
   auto opts = torch::TensorOptions().dtype(torch::kBool).device(device);
   auto pattern = torch::cat({torch::ones({seq, past}, opts), torch::ones({seq, seq}, opts).tril()}, 1);
   auto keys = mask.defined() ? mask.to(torch::kBool) : torch::ones({batch, past + seq}, opts);

@@ -78,7 +78,7 @@ Output llama_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& ma
       k = k.repeat_interleave(nh / nkv, 1);
       v = v.repeat_interleave(nh / nkv, 1);
     }
-    auto y = attention(q, k, v, mask4d, true, s.attn_dropout, 1.0 / std::sqrt(double(hd)), m.training);
+    auto y = attention(q, k, v, mask4d, /*causal=*/past == 0, s.attn_dropout, 1.0 / std::sqrt(double(hd)), m.training);
     x = x + m.linear(l + "self_attn.o_proj", y.transpose(1, 2).reshape({B, T, nh * hd}));
     h = m.rms_norm(l + "post_attention_layernorm", x);
     auto gated = activation(s.activation, m.linear(l + "mlp.gate_proj", h)) * m.linear(l + "mlp.up_proj", h);
