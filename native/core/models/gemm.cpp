@@ -1,9 +1,11 @@
 // Dense layers through oneDNN where it is faster than MKL.
 //
 // The torch wheel's aten::mm/addmm call MKL, which on this project's AMD EPYC servers runs a slower code path than
-// oneDNN (bundled in the same libtorch): for the shapes of the benchmark models, oneDNN computes x W^T 5-40% faster
-// and a batch-1 LM head (x [1, 384] by a [8192, 384] table) four times faster. The weight gradient is the exception
-// (MKL wins there), so the backward computes it with aten::mm. Results agree with MKL's to float32 rounding (1e-6).
+// oneDNN (bundled in the same libtorch): for the shapes of the benchmark models, oneDNN computes x W^T 5-40% faster,
+// and when decoding one token, where each product streams its weight from memory, it reads them at about 16 GB/s
+// against MKL's 11 (a batch-1 LM head over an [8192, 384] table: four times faster). The weight gradient is the
+// exception (MKL wins there), so the backward computes it with aten::mm. Results agree with MKL's to float32
+// rounding (1e-6).
 // TUNEKIT_GEMM=aten sends every product back through aten.
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -34,8 +36,6 @@ const c10::TypedOperatorHandle<LinearPointwise>* onednn_linear() {
 
 bool use_onednn(const torch::Tensor& x2, const torch::Tensor& w) {
   if (!x2.device().is_cpu() || x2.scalar_type() != torch::kFloat32 || w.scalar_type() != torch::kFloat32) return false;
-  // One row against a weight stored [in, out] (GPT-2's Conv1D): MKL's matrix-vector product is twice as fast.
-  if (x2.size(0) == 1 && w.stride(0) == 1) return false;
   return onednn_linear() != nullptr;
 }
 
