@@ -64,3 +64,22 @@ def write_json(path, obj):
 
 def flat(t):
     return t.detach().to(torch.float32).reshape(-1).tolist()
+
+
+def base_model(folder):
+    """The model saved in folder, as the class its config names, in float32."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(folder)
+    return getattr(transformers, config.architectures[0]).from_pretrained(folder, dtype=torch.float32)
+
+
+def peft_batch(model, rows=(0, 1, 2)):
+    """The test batch (those rows) with labels for model's task: class labels, or the ids with padding as -100."""
+    ids = torch.tensor([INPUT_IDS[r] for r in rows])
+    mask = torch.tensor([ATTENTION_MASK[r] for r in rows])
+    if model.config.architectures[0].endswith("ForSequenceClassification"):
+        labels = torch.tensor([CLASS_LABELS[r] for r in rows])
+    else:
+        labels = ids.masked_fill(mask == 0, -100)
+    return dict(input_ids=ids, attention_mask=mask, labels=labels)

@@ -13,25 +13,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import ATTENTION_MASK, CLASS_LABELS, INPUT_IDS  # noqa: E402
+from common import base_model, peft_batch as batch  # noqa: E402
 
-import transformers  # noqa: E402
 from peft import PeftModel, PromptTuningConfig, TaskType, get_peft_model  # noqa: E402
-
-
-def base_model(folder):
-    config = transformers.AutoConfig.from_pretrained(folder)
-    return getattr(transformers, config.architectures[0]).from_pretrained(folder, dtype=torch.float32)
-
-
-def batch(model, rows):
-    ids = torch.tensor([INPUT_IDS[r] for r in rows])
-    mask = torch.tensor([ATTENTION_MASK[r] for r in rows])
-    if model.config.architectures[0].endswith("ForSequenceClassification"):
-        labels = torch.tensor([CLASS_LABELS[r] for r in rows])
-    else:
-        labels = ids.masked_fill(mask == 0, -100)
-    return dict(input_ids=ids, attention_mask=mask, labels=labels)
 
 
 def main():
