@@ -1,6 +1,7 @@
 """Shared pieces of the reference scripts: tiny configs of each family and the batches the tests use."""
 import json
 import os
+import sys
 
 import torch
 
@@ -83,3 +84,46 @@ def peft_batch(model, rows=(0, 1, 2)):
     else:
         labels = ids.masked_fill(mask == 0, -100)
     return dict(input_ids=ids, attention_mask=mask, labels=labels)
+
+
+def peft_reference(make_config, grad_key, prepare=None):
+    """The command line of every PEFT reference script (peft_lora.py, peft_prompt.py, peft_prefix.py):
+
+      SCRIPT create BASE_DIR OUT_DIR SPEC_JSON   (SPEC: the method's settings, seed, optional rows of the test batch)
+          get_peft_model(base, make_config(task, spec, base.config)), then prepare(model) if given, saved to OUT_DIR;
+          prints logits, loss, the gradient of every trainable tensor (named by grad_key) with dropout off, and PEFT's
+          trainable-parameter count.
+      SCRIPT load BASE_DIR ADAPTER_DIR [ROWS_JSON]
+          PeftModel.from_pretrained(base, ADAPTER_DIR) and prints its logits and loss on those rows (default: all).
+    """
+    from peft import PeftModel, TaskType, get_peft_model
+
+    mode, base_dir = sys.argv[1], sys.argv[2]
+    base = base_model(base_dir)
+    seq_cls = base.config.architectures[0].endswith("ForSequenceClassification")
+    task = TaskType.SEQ_CLS if seq_cls else TaskType.CAUSAL_LM
+    every_row = tuple(range(len(INPUT_IDS)))
+    if mode == "create":
+        out, spec = sys.argv[3], json.loads(sys.argv[4])
+        torch.manual_seed(spec.get("seed", 0))
+        model = get_peft_model(base, make_config(task, spec, base.config))
+        if prepare:
+            prepare(model)
+        model.save_pretrained(out)
+        model.train()
+        for m in model.modules():  # no dropout anywhere, so both sides compute the same thing
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        o = model(**peft_batch(model, spec.get("rows", every_row)))
+        o.loss.backward()
+        trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
+        grads = {grad_key(n): p.grad.reshape(-1).tolist() for n, p in model.named_parameters() if p.requires_grad}
+        trainable, _ = model.get_nb_trainable_parameters()
+        print(json.dumps({"loss": o.loss.item(), "logits": o.logits.reshape(-1).tolist(), "shape": list(o.logits.shape),
+                          "grads": grads, "names": trainable_names, "trainable": trainable}))
+    else:
+        rows = json.loads(sys.argv[4]) if len(sys.argv) > 4 else every_row
+        model = PeftModel.from_pretrained(base, sys.argv[3]).eval()
+        with torch.no_grad():
+            o = model(**peft_batch(model, rows))
+        print(json.dumps({"loss": o.loss.item(), "logits": o.logits.reshape(-1).tolist(), "shape": list(o.logits.shape)}))
