@@ -2,7 +2,8 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Model } from '../lib';
+import { AdamW } from '../lib';
+import type { BatchInput, ForwardOutput, Model } from '../lib';
 import { readHeader } from '../lib/safetensors';
 
 export const ROOT = path.resolve(__dirname, '..');
@@ -89,3 +90,20 @@ export const fullBatch = (classify: boolean) => ({ inputIds: INPUT_IDS, attentio
 /** For logits of the test batch ([batch, labels] or [batch, seq, vocab]): whether flat index i is at a real (unpadded) position. */
 export const realPosition = (shape: number[]) => (i: number) =>
   shape.length === 2 || ATTENTION_MASK[Math.floor(i / (shape[1] * shape[2]))][Math.floor(i / shape[2]) % shape[1]] === 1;
+
+/** Three AdamW steps (lr 1e-2) of the model's active adapter on `batch`, then its eval-mode outputs on the same batch
+ * and the adapter saved to a fresh folder: what the PEFT interop tests hand to PEFT. */
+export async function trainThenSaveAdapter(model: Model, batch: BatchInput, prefix: string): Promise<{ mine: ForwardOutput; dir: string }> {
+  const opt = new AdamW(model, { lr: 1e-2 });
+  await model.train();
+  for (let i = 0; i < 3; i++) {
+    await model.backward(batch);
+    await opt.step();
+    await opt.zeroGrad();
+  }
+  await model.eval();
+  const mine = await model.forward(batch);
+  const dir = tmpDir(prefix);
+  await model.saveAdapter(dir);
+  return { mine, dir };
+}

@@ -1,8 +1,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { AdamW, LoRA, Model, SGD } from '../lib';
-import { adapterTensors, DEVICE, fullBatch, modelDir, python, realPosition, relError, savedParams, tmpDir } from './helpers';
+import { LoRA, Model, SGD } from '../lib';
+import { adapterTensors, DEVICE, fullBatch, modelDir, python, realPosition, relError, savedParams, tmpDir, trainThenSaveAdapter } from './helpers';
 
 const CASES = [
   { name: 'gpt2-seq-cls', targets: ['c_attn'], classify: true },
@@ -49,18 +49,8 @@ for (const c of CASES) {
     const model = await Model.fromPretrained(modelDir(c.name), { device: DEVICE });
     const base = await savedParams(model);
     await new LoRA({ r: 4, alpha: 16, targetModules: c.targets, seed: 3 }).apply(model);
-    const opt = new AdamW(model, { lr: 1e-2 });
     const batch = batchFor(c.classify);
-    await model.train();
-    for (let i = 0; i < 3; i++) {
-      await model.backward(batch);
-      await opt.step();
-      await opt.zeroGrad();
-    }
-    await model.eval();
-    const mine = await model.forward(batch);
-    const dir = tmpDir('tk-adapter');
-    await model.saveAdapter(dir);
+    const { mine, dir } = await trainThenSaveAdapter(model, batch, 'tk-adapter');
     const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8'));
     t.is(cfg.peft_type, 'LORA');
     t.is(cfg.fan_in_fan_out, c.name.startsWith('gpt2'));

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { AdamW, Model, PrefixTuning, SGD } from '../lib';
-import { adapterTensors, DEVICE, fullBatch, INPUT_IDS, modelDir, python, realPosition, relError, tmpDir } from './helpers';
+import { adapterTensors, DEVICE, fullBatch, INPUT_IDS, modelDir, python, realPosition, relError, tmpDir, trainThenSaveAdapter } from './helpers';
 
 const ROWS = [0, 1, 2];
 const CASES = [
@@ -41,18 +41,7 @@ for (const c of CASES) {
   test(`prefix tuning on ${c.name} with the reparameterisation MLP: trained in tunekit, loaded by PEFT with the same logits`, async (t) => {
     const model = await Model.fromPretrained(modelDir(c.name), { device: DEVICE });
     await new PrefixTuning({ numVirtualTokens: 4, prefixProjection: true, encoderHiddenSize: 12, seed: 2 }).apply(model);
-    const batch = batchFor(c.classify);
-    const opt = new AdamW(model, { lr: 1e-2 });
-    await model.train();
-    for (let i = 0; i < 3; i++) {
-      await model.backward(batch);
-      await opt.step();
-      await opt.zeroGrad();
-    }
-    await model.eval();
-    const mine = await model.forward(batch);
-    const dir = tmpDir('tk-prefix');
-    await model.saveAdapter(dir);
+    const { mine, dir } = await trainThenSaveAdapter(model, batchFor(c.classify), 'tk-prefix');
     const ref = python('peft_prefix.py', ['load', modelDir(c.name), dir, JSON.stringify(ROWS)]);
     t.true(relError(mine.logits.data, ref.logits, valid(ref.shape)) < 1e-4, `tunekit vs PEFT ${relError(mine.logits.data, ref.logits, valid(ref.shape))}`);
     // Greedy generation runs behind the prefix too.

@@ -1,9 +1,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { AdamW, Model, PromptTuning, SGD, Tokenizer } from '../lib';
+import { Model, PromptTuning, SGD, Tokenizer } from '../lib';
 import { readHeader } from '../lib/safetensors';
-import { adapterTensors, ATTENTION_MASK, CLASS_LABELS, DEVICE, INPUT_IDS, modelDir, python, relError, tmpDir } from './helpers';
+import { adapterTensors, ATTENTION_MASK, CLASS_LABELS, DEVICE, INPUT_IDS, modelDir, python, relError, tmpDir, trainThenSaveAdapter } from './helpers';
 
 // gpt2/llama classification behind a soft prompt: PEFT feeds embeddings, so transformers takes the last position
 // whatever the padding; tunekit takes the last real token. Rows without right padding agree either way.
@@ -52,18 +52,7 @@ for (const c of CASES) {
   test(`prompt tuning on ${c.name}: trained in tunekit, loaded by PEFT with the same logits`, async (t) => {
     const model = await Model.fromPretrained(modelDir(c.name), { device: DEVICE });
     await new PromptTuning({ numVirtualTokens: 3, seed: 4 }).apply(model);
-    const batch = batchFor(c.classify, c.rows);
-    const opt = new AdamW(model, { lr: 1e-2 });
-    await model.train();
-    for (let i = 0; i < 3; i++) {
-      await model.backward(batch);
-      await opt.step();
-      await opt.zeroGrad();
-    }
-    await model.eval();
-    const mine = await model.forward(batch);
-    const dir = tmpDir('tk-prompt');
-    await model.saveAdapter(dir);
+    const { mine, dir } = await trainThenSaveAdapter(model, batchFor(c.classify, c.rows), 'tk-prompt');
     t.is(JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8')).peft_type, 'PROMPT_TUNING');
     const ref = python('peft_prompt.py', ['load', modelDir(c.name), dir, JSON.stringify(c.rows)]);
     t.true(relError(mine.logits.data, ref.logits) < 1e-4, `tunekit vs PEFT logits ${relError(mine.logits.data, ref.logits)}`);
