@@ -30,7 +30,7 @@ class RowMapper {
   readonly names: string[];
   private readonly fixedNames: boolean;
   private readonly f: Required<FieldMap>;
-  constructor(private readonly file: string, opts: ReadOptions) {
+  constructor(opts: ReadOptions) {
     this.f = { text: 'text', label: 'label', prompt: 'prompt', response: 'response', ...opts.fields };
     for (const [k, v] of Object.entries(this.f)) {
       if (typeof v !== 'string' || v.length === 0) throw new TunekitError('E_ARG', `field mapping ${k} must be a non-empty string, got ${JSON.stringify(v)}`);
@@ -116,24 +116,24 @@ export class Dataset {
   /** Reads rows one at a time from a JSON-lines file of any size. A malformed line is an error naming file and line. */
   static streamJsonl(file: string, opts: ReadOptions = {}): AsyncGenerator<Row> {
     checkFile(file);
-    return jsonlRows(file, new RowMapper(file, opts));
+    return jsonlRows(file, new RowMapper(opts));
   }
 
   /** Reads rows one at a time from a CSV file with a header row, of any size. */
   static streamCsv(file: string, opts: ReadOptions = {}): AsyncGenerator<Row> {
     checkFile(file);
-    return csvRows(file, new RowMapper(file, opts), opts.delimiter ?? ',');
+    return csvRows(file, new RowMapper(opts), opts.delimiter ?? ',');
   }
 
   static async fromJsonl(file: string, opts: ReadOptions = {}): Promise<Dataset> {
     checkFile(file);
-    const mapper = new RowMapper(file, opts);
+    const mapper = new RowMapper(opts);
     return collect(jsonlRows(file, mapper), mapper, file);
   }
 
   static async fromCsv(file: string, opts: ReadOptions = {}): Promise<Dataset> {
     checkFile(file);
-    const mapper = new RowMapper(file, opts);
+    const mapper = new RowMapper(opts);
     return collect(csvRows(file, mapper, opts.delimiter ?? ','), mapper, file);
   }
 
@@ -147,7 +147,7 @@ export class Dataset {
       throw new TunekitError('E_FORMAT', `${file}: not valid JSON (${(e as Error).message})`);
     }
     if (!Array.isArray(data)) throw new TunekitError('E_FORMAT', `${file}: expected a JSON array of objects`);
-    const mapper = new RowMapper(file, opts);
+    const mapper = new RowMapper(opts);
     const rows = data.map((raw, i) => mapper.map(raw, `${file}: item ${i}`));
     return finish(rows, mapper, file);
   }
