@@ -497,19 +497,25 @@ Napi::Value OptimizerLoad(const Napi::CallbackInfo& info) {
   return run_void(info.Env(), [o, path, entries, step] { optimizer_load(*o, path, entries, step); });
 }
 
+// The fields every adapter spec has: its name, PEFT's modules_to_save, and the seed of its initialisation.
+template <typename Spec>
+void adapter_fields(Napi::Env env, const Napi::Object& o, Spec& s) {
+  s.adapter = str_field(o, "adapter", "default");
+  auto mts = o.Get("modulesToSave");
+  if (!mts.IsUndefined()) s.modules_to_save = strings(env, mts, "modulesToSave");
+  s.seed = uint64_t(num_field(o, "seed", 0));
+}
+
 Napi::Value AddLora(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto o = object_arg(info, 1, "spec");
   LoraSpec s;
-  s.adapter = str_field(o, "adapter", "default");
+  adapter_fields(info.Env(), o, s);
   s.modules = strings(info.Env(), o.Get("modules"), "modules");
-  auto mts = o.Get("modulesToSave");
-  if (!mts.IsUndefined()) s.modules_to_save = strings(info.Env(), mts, "modulesToSave");
   s.r = int64_t(num_field(o, "r", 8));
   s.alpha = num_field(o, "alpha", 8);
   s.dropout = num_field(o, "dropout", 0);
   s.rslora = bool_field(o, "rslora", false);
-  s.seed = uint64_t(num_field(o, "seed", 0));
   return run_void(info.Env(), [m, s] { add_lora(*m, s); });
 }
 
@@ -517,15 +523,12 @@ Napi::Value AddPrompt(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto o = object_arg(info, 1, "spec");
   PromptSpec s;
-  s.adapter = str_field(o, "adapter", "default");
+  adapter_fields(info.Env(), o, s);
   s.num_virtual_tokens = int64_t(num_field(o, "numVirtualTokens", 8));
   auto init = o.Get("initIds");
   if (!init.IsUndefined()) {
     for (auto v : ints(info.Env(), init, "initIds")) s.init_ids.push_back(int32_t(v));
   }
-  auto mts = o.Get("modulesToSave");
-  if (!mts.IsUndefined()) s.modules_to_save = strings(info.Env(), mts, "modulesToSave");
-  s.seed = uint64_t(num_field(o, "seed", 0));
   return run_void(info.Env(), [m, s] { add_prompt(*m, s); });
 }
 
@@ -533,13 +536,10 @@ Napi::Value AddBottleneck(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto o = object_arg(info, 1, "spec");
   BottleneckSpec s;
-  s.adapter = str_field(o, "adapter", "default");
+  adapter_fields(info.Env(), o, s);
   s.modules = strings(info.Env(), o.Get("modules"), "modules");
   s.bottleneck_size = int64_t(num_field(o, "bottleneckSize", 64));
   s.nonlinearity = str_field(o, "nonlinearity", "relu");
-  auto mts = o.Get("modulesToSave");
-  if (!mts.IsUndefined()) s.modules_to_save = strings(info.Env(), mts, "modulesToSave");
-  s.seed = uint64_t(num_field(o, "seed", 0));
   return run_void(info.Env(), [m, s] { add_bottleneck(*m, s); });
 }
 
@@ -547,13 +547,10 @@ Napi::Value AddPrefix(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto o = object_arg(info, 1, "spec");
   PrefixSpec s;
-  s.adapter = str_field(o, "adapter", "default");
+  adapter_fields(info.Env(), o, s);
   s.num_virtual_tokens = int64_t(num_field(o, "numVirtualTokens", 8));
   s.projection = bool_field(o, "projection", false);
   s.encoder_hidden_size = int64_t(num_field(o, "encoderHiddenSize", 0));
-  auto mts = o.Get("modulesToSave");
-  if (!mts.IsUndefined()) s.modules_to_save = strings(info.Env(), mts, "modulesToSave");
-  s.seed = uint64_t(num_field(o, "seed", 0));
   return run_void(info.Env(), [m, s] { add_prefix(*m, s); });
 }
 
