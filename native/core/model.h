@@ -124,6 +124,8 @@ torch::Tensor activation(const std::string& name, const torch::Tensor& x);
 // oneDNN or aten, whichever is faster for the shape (gemm.cpp). bias may be undefined.
 torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool fan_in_fan_out = false);
 // x2 [n, in] times w_oi^T ([out, in], any strides) plus bias, not differentiable: the products inside backward passes.
+// A [rows, out] product viewed back with the leading dimensions of `like` (the [..., in] input it came from).
+torch::Tensor unflatten_rows(const torch::Tensor& y2, const torch::Tensor& like);
 bool onednn_gemm();  // whether dense() and matmul_nt() can use oneDNN in this process
 torch::Tensor matmul_nt(const torch::Tensor& x2, const torch::Tensor& w_oi, const torch::Tensor& bias);
 // Boolean [batch, 1, seq, seq] mask of allowed (query, key) pairs, or undefined when plain causal/full attention needs none.

@@ -49,9 +49,7 @@ struct DenseFn : public torch::autograd::Function<DenseFn<kBias>> {
     auto y = matmul_nt(x2, w_oi, kBias ? b : torch::Tensor());
     ctx->save_for_backward({x2, w});
     ctx->saved_data["fifo"] = fan_in_fan_out;
-    auto sizes = x.sizes().vec();
-    sizes.back() = y.size(1);
-    return y.view(sizes);
+    return unflatten_rows(y, x);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -62,9 +60,7 @@ struct DenseFn : public torch::autograd::Function<DenseFn<kBias>> {
     torch::Tensor dx, dw, db;
     if (ctx->needs_input_grad(0)) {
       auto w_oi = fifo ? w.t() : w;
-      auto sizes = grads[0].sizes().vec();
-      sizes.back() = w_oi.size(1);
-      dx = matmul_nt(dy, w_oi.t(), torch::Tensor()).view(sizes);
+      dx = unflatten_rows(matmul_nt(dy, w_oi.t(), torch::Tensor()), grads[0]);
     }
     if (ctx->needs_input_grad(1)) dw = fifo ? torch::mm(x2.t(), dy) : torch::mm(dy.t(), x2);
     if (kBias && ctx->needs_input_grad(2)) db = dy.sum(0);
@@ -73,6 +69,12 @@ struct DenseFn : public torch::autograd::Function<DenseFn<kBias>> {
 };
 
 }  // namespace
+
+torch::Tensor unflatten_rows(const torch::Tensor& y2, const torch::Tensor& like) {
+  auto sizes = like.sizes().vec();
+  sizes.back() = y2.size(1);
+  return y2.view(sizes);
+}
 
 bool onednn_gemm() { return onednn_linear() != nullptr; }
 
@@ -88,10 +90,8 @@ torch::Tensor matmul_nt(const torch::Tensor& x2, const torch::Tensor& w_oi, cons
 torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool fan_in_fan_out) {
   if (!use_onednn(x.reshape({-1, x.size(-1)}), fan_in_fan_out ? weight.t() : weight)) {
     if (!fan_in_fan_out) return torch::linear(x, weight, bias);
-    auto sizes = x.sizes().vec();
-    sizes.back() = weight.size(1);
     auto x2 = x.reshape({-1, x.size(-1)});
-    return (bias.defined() ? torch::addmm(bias, x2, weight) : torch::mm(x2, weight)).view(sizes);
+    return unflatten_rows(bias.defined() ? torch::addmm(bias, x2, weight) : torch::mm(x2, weight), x);
   }
   if (bias.defined()) return DenseFn<true>::apply(x, weight, bias, fan_in_fan_out);
   return DenseFn<false>::apply(x, weight, weight, fan_in_fan_out);  // the third input is a placeholder, never read

@@ -27,9 +27,7 @@ struct LoraLinearFn : public torch::autograd::Function<LoraLinearFn> {
     ctx->save_for_backward({xd, xa, W, A, B, mask, x2});
     ctx->saved_data["scaling"] = scaling;
     ctx->saved_data["fan_in_fan_out"] = fan_in_fan_out;
-    auto sizes = x.sizes().vec();
-    sizes.back() = y.size(1);
-    return y.view(sizes);
+    return unflatten_rows(y, x);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -44,9 +42,7 @@ struct LoraLinearFn : public torch::autograd::Function<LoraLinearFn> {
       dx = matmul_nt(dy, fifo ? W : W.t(), torch::Tensor());
       auto da = torch::mm(g_xa, A);
       dx.add_(mask.defined() ? da.mul_(mask) : da);
-      auto sizes = grads[0].sizes().vec();
-      sizes.back() = dx.size(1);
-      dx = dx.view(sizes);
+      dx = unflatten_rows(dx, grads[0]);
     }
     if (ctx->needs_input_grad(1)) dW = fifo ? torch::mm(x2.t(), dy) : torch::mm(dy.t(), x2);
     if (ctx->needs_input_grad(2)) dA = torch::mm(g_xa.t(), xd);    // [r, in]
