@@ -34,8 +34,9 @@ const c10::TypedOperatorHandle<LinearPointwise>* onednn_linear() {
   return op;
 }
 
-bool use_onednn(const torch::Tensor& x2, const torch::Tensor& w) {
-  if (!x2.device().is_cpu() || x2.scalar_type() != torch::kFloat32 || w.scalar_type() != torch::kFloat32) return false;
+// Only device and dtypes decide, so callers pass the tensors in whatever shape they hold them.
+bool use_onednn(const torch::Tensor& x, const torch::Tensor& w) {
+  if (!x.device().is_cpu() || x.scalar_type() != torch::kFloat32 || w.scalar_type() != torch::kFloat32) return false;
   return onednn_linear() != nullptr;
 }
 
@@ -88,7 +89,7 @@ torch::Tensor matmul_nt(const torch::Tensor& x2, const torch::Tensor& w_oi, cons
 }
 
 torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool fan_in_fan_out) {
-  if (!use_onednn(x.reshape({-1, x.size(-1)}), fan_in_fan_out ? weight.t() : weight)) {
+  if (!use_onednn(x, weight)) {
     if (!fan_in_fan_out) return torch::linear(x, weight, bias);
     auto x2 = x.reshape({-1, x.size(-1)});
     return unflatten_rows(bias.defined() ? torch::addmm(bias, x2, weight) : torch::mm(x2, weight), x);
