@@ -8,14 +8,18 @@ import { fromNative } from './errors';
 
 export type Handle = { readonly __brand: 'tunekit-handle' };
 
+/** The core's ModelSpec, field for field (native/addon/bind_model.cc reads exactly these; lib/families.ts fills them). */
 export interface RawSpec {
   family: string; task: string; device: string; dtype: string;
   vocabSize: number; hiddenSize: number; numLayers: number; numHeads: number; numKvHeads: number; headDim: number;
-  intermediateSize: number; maxPositions: number; numLabels: number; padTokenId: number;
+  intermediateSize: number; maxPositions: number; typeVocabSize: number; numLabels: number; padTokenId: number;
   normEps: number; ropeTheta: number; embdDropout: number; attnDropout: number; residDropout: number;
-  classifierDropout: number; activation: string; tieWordEmbeddings: boolean; attentionBias: boolean; mlpBias: boolean;
-  scaleAttnByInverseLayerIdx: boolean; initSeed: number;
+  classifierDropout: number; activation: string; tieWordEmbeddings: boolean; attentionBias: boolean; attentionOutBias: boolean;
+  mlpBias: boolean; scaleAttnByInverseLayerIdx: boolean; initSeed: number;
 }
+
+/** A PEFT method's settings for the core: plain values only; the method (native/core/peft/<method>.cpp) reads them. */
+export type RawAdapterSpec = { adapter: string; modulesToSave?: string[]; seed?: number } & Record<string, number | boolean | string | string[] | number[] | undefined>;
 
 export interface RawParam { name: string; dtype: string; shape: number[]; numel: number; trainable: boolean; hasGrad?: boolean }
 export interface RawBatch {
@@ -46,9 +50,9 @@ export interface Addon {
   zeroGrad(m: Handle): Promise<void>;
   gradNorm(m: Handle): Promise<number>;
   dispose(h: Handle): void;
-  manualSeed(seed: number): void;
-  rngState(): Buffer;
-  setRngState(state: Buffer): void;
+  manualSeed(seed: number): Promise<void>;
+  rngState(): Promise<Buffer>;
+  setRngState(state: Buffer): Promise<void>;
   cudaAvailable(): boolean;
   createOptimizer(m: Handle, spec: RawOptimizerSpec): Promise<Handle>;
   optimizerStep(o: Handle, lr: number, maxGradNorm: number): Promise<number>;
@@ -57,11 +61,9 @@ export interface Addon {
   benchMatmul(n: number, iters: number): Promise<number>;
   torchInfo(): string;
   emptyCpuCache(): Promise<void>;
-  addLora(m: Handle, spec: { adapter: string; modules: string[]; modulesToSave?: string[]; r: number; alpha: number; dropout: number; rslora: boolean; seed: number }): Promise<void>;
+  /** Adds an adapter of `method` (not active yet); resolves to the names of the parameters it created. */
+  addAdapter(m: Handle, method: string, spec: RawAdapterSpec): Promise<string[]>;
   setAdapter(m: Handle, name: string): Promise<void>;
-  addBottleneck(m: Handle, spec: { adapter: string; modules: string[]; bottleneckSize: number; nonlinearity: string; modulesToSave?: string[]; seed: number }): Promise<void>;
-  addPrefix(m: Handle, spec: { adapter: string; numVirtualTokens: number; projection: boolean; encoderHiddenSize: number; modulesToSave?: string[]; seed: number }): Promise<void>;
-  addPrompt(m: Handle, spec: { adapter: string; numVirtualTokens: number; initIds?: number[]; modulesToSave?: string[]; seed: number }): Promise<void>;
   mergeAdapter(m: Handle, merge: boolean): Promise<void>;
   deleteAdapter(m: Handle, name: string): Promise<void>;
   logRegFit(x: Float32Array, n: number, dim: number, y: Int32Array, classes: number, spec: { C?: number; maxIter?: number; tol?: number }): Promise<{ weights: Float64Array; bias: Float64Array; rows: number; iterations: number; loss: number; converged: boolean }>;

@@ -4,7 +4,8 @@ import path from 'node:path';
 import { padRows } from './batch';
 import { TunekitError } from './errors';
 import type { Model } from './model';
-import { addon, sync } from './native';
+import { addon, serial } from './native';
+import { shuffled } from './random';
 import type { Optimizer } from './optim';
 import { writeJsonAtomic } from './safetensors';
 
@@ -54,31 +55,8 @@ export interface TrainResult {
 
 interface TrainerState { step: number; epoch: number; batchInEpoch: number; seed: number; rng: string; tokens: number; history: Progress[] }
 
-/** mulberry32: a small seeded PRNG, returned as a function giving floats in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function batchSeed(seed: number, epoch: number, batch: number): number {
   return (Math.imul(seed ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(epoch + 1, 0xc2b2ae35) ^ Math.imul(batch + 1, 0x27d4eb2f)) >>> 0;
-}
-
-/** Fisher-Yates with mulberry32, so shuffling is the same on every run and after a resume. */
-export function shuffled(n: number, seed: number): number[] {
-  const rand = mulberry32(seed);
-  const idx = Array.from({ length: n }, (_, i) => i);
-  for (let i = n - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
-    [idx[i], idx[j]] = [idx[j], idx[i]];
-  }
-  return idx;
 }
 
 /** Pads examples into one batch for a model; language-model labels ignore (-100) the padding. */
@@ -168,7 +146,7 @@ export class Trainer {
       state = await this.restore(latest);
       resumedFrom = state.step;
     } else {
-      sync(() => addon.manualSeed(o.seed));
+      await serial(() => addon.manualSeed(o.seed));
     }
 
     await this.model.train();
@@ -239,7 +217,7 @@ export class Trainer {
     fs.rmSync(tmp, { recursive: true, force: true });
     await this.model.savePretrained(tmp, { includeAdapters: true });
     await this.options.optimizer.save(path.join(tmp, 'optimizer.safetensors'));
-    const saved: TrainerState = { ...state, rng: sync(() => addon.rngState()).toString('base64') };
+    const saved: TrainerState = { ...state, rng: (await serial(() => addon.rngState())).toString('base64') };
     await writeJsonAtomic(path.join(tmp, 'trainer_state.json'), { ...saved, optimizerSteps: this.options.optimizer.stepCount });
     const final = path.join(dir, name);
     fs.rmSync(final, { recursive: true, force: true });
@@ -261,7 +239,7 @@ export class Trainer {
     }
     await this.model.loadWeights(dir);
     await this.options.optimizer.load(path.join(dir, 'optimizer.safetensors'), s.optimizerSteps);
-    sync(() => addon.setRngState(Buffer.from(s.rng, 'base64')));
+    await serial(() => addon.setRngState(Buffer.from(s.rng, 'base64')));
     return { step: s.step, epoch: s.epoch, batchInEpoch: s.batchInEpoch, seed: s.seed, rng: '', tokens: s.tokens, history: s.history ?? [] };
   }
 }

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { AdamW, Example, Model, Tokenizer, Trainer } from '../lib';
 import { lineChartSvg, lossSeries, writeSvg } from '../lib/plot';
 import { MetricsWriter, progressBar, trainingFields } from '../lib/progress';
-import { mulberry32 } from '../lib/trainer';
+import { mulberry32 } from '../lib/random';
 import { buildCorpus, CorpusStats } from './pretrain/corpus';
 
 const ROOT = path.resolve(__dirname, '..');

@@ -8,6 +8,7 @@ const CASES = [
   { name: 'gpt2-seq-cls', classify: true, sites: 2 },
   { name: 'llama-causal-lm', classify: false, sites: 2 },
   { name: 'distilbert-seq-cls', classify: true, sites: 2 },
+  { name: 'bert-seq-cls', classify: true, sites: 2 },
 ];
 const ROWS = [0, 1, 2];
 const batchFor = fullBatch;

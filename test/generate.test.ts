@@ -14,8 +14,17 @@ test('greedy generation with the KV cache equals transformers generate() on tiny
   model.dispose();
 });
 
+test('qwen2: greedy generation with the KV cache equals transformers generate()', async (t) => {
+  const model = await Model.fromPretrained(modelDir('qwen2-causal-lm'), { device: DEVICE });
+  const ids = [5, 17, 33, 2, 90, 41];
+  const ref = python('generate.py', [modelDir('qwen2-causal-lm'), JSON.stringify(ids), '12']);
+  const [mine] = await model.generate({ inputIds: [ids] }, { maxNewTokens: 12 });
+  t.deepEqual(mine, ref.ids);
+  model.dispose();
+});
+
 // Left padding, adapters that add positions, and sampling: the cache must change nothing but the cost.
-for (const name of ['gpt2-causal-lm', 'llama-causal-lm']) {
+for (const name of ['gpt2-causal-lm', 'llama-causal-lm', 'qwen2-causal-lm']) {
   test(`${name}: generation with and without the KV cache agree (padding, LoRA, prefix, prompt, sampling)`, async (t) => {
     const batch = { inputIds: [[5, 17, 33, 2, 90], [0, 0, 44, 12, 70]], attentionMask: [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]] };
     const setups: [string, ((m: Model) => Promise<void>) | null][] = [

@@ -8,6 +8,8 @@ const CASES = [
   { name: 'gpt2-seq-cls', targets: ['c_attn'], classify: true },
   { name: 'llama-causal-lm', targets: ['q_proj', 'v_proj'], classify: false },
   { name: 'distilbert-seq-cls', targets: ['q_lin', 'v_lin'], classify: true },
+  { name: 'bert-seq-cls', targets: ['query', 'value'], classify: true },
+  { name: 'qwen2-causal-lm', targets: ['q_proj', 'v_proj'], classify: false },
 ];
 const batchFor = fullBatch;
 const valid = realPosition;

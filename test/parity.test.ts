@@ -6,6 +6,7 @@ import { ATTENTION_MASK, CLASS_LABELS, DEVICE, INPUT_IDS, LM_LABELS, modelDir, r
 const CASES = [
   'gpt2-causal-lm', 'gpt2-seq-cls', 'gpt2-base', 'llama-causal-lm', 'llama-tied-causal-lm', 'llama-seq-cls', 'llama-base',
   'distilbert-seq-cls', 'distilbert-base', 'distilbert-masked-lm', 'gpt2-causal-lm-f16', 'llama-causal-lm-bf16',
+  'bert-seq-cls', 'bert-base', 'bert-masked-lm', 'qwen2-causal-lm', 'qwen2-tied-causal-lm', 'qwen2-seq-cls', 'qwen2-base',
 ];
 
 /** Positions whose output means something: padded positions are garbage in both implementations. */

@@ -6,6 +6,7 @@ const ROWS = [0, 1, 2];
 const CASES = [
   { name: 'gpt2-seq-cls', classify: true },
   { name: 'llama-causal-lm', classify: false },
+  { name: 'bert-seq-cls', classify: true },
 ];
 const batchFor = fullBatch;
 const valid = realPosition;

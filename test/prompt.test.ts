@@ -11,6 +11,7 @@ const CASES = [
   { name: 'gpt2-seq-cls', classify: true, rows: [0, 2] },
   { name: 'llama-causal-lm', classify: false, rows: [0, 1, 2] },
   { name: 'distilbert-seq-cls', classify: true, rows: [0, 1, 2] },
+  { name: 'bert-seq-cls', classify: true, rows: [0, 1, 2] },
 ];
 
 function batchFor(classify: boolean, rows: number[]) {

@@ -12,6 +12,7 @@ import { Adapter } from '../peft/adapter';
 import { LoRA } from '../peft/lora';
 import { PrefixTuning } from '../peft/prefix';
 import { PromptTuning } from '../peft/prompt';
+import { IA3 } from '../peft/ia3';
 import { FeatureBased, FinetuneAll, FinetuneHead, FinetunePEFT, StrategyResult, TrainOptions } from '../strategies';
 import { Tokenizer } from '../tokenizer';
 import { evaluateModel } from '../trainer';
@@ -41,8 +42,9 @@ const STRATEGIES: Record<string, string> = {
   adapter: 'Houlsby bottleneck adapters after attention and feed-forward (--reduction-factor or --bottleneck-size, --nonlinearity) and the head',
   prefix: 'prefix tuning: trainable key/value prefixes in every layer (--num-virtual-tokens, --prefix-projection) and the head',
   prompt: 'soft prompt tuning: trainable virtual tokens before the input (--num-virtual-tokens, --prompt-init-text) and the head',
+  ia3: '(IA)^3: learned vectors rescaling keys, values and feed-forward (the family\'s PEFT defaults) and the head; --out gets a PEFT adapter',
 };
-const PEFT = new Set(['lora', 'adapter', 'prefix', 'prompt']);
+const PEFT = new Set(['lora', 'adapter', 'prefix', 'prompt', 'ia3']);
 
 function num(o: Opts, key: string, fallback: number | undefined, kind: 'int' | 'float' = 'float'): number | undefined {
   const v = o[key];
@@ -122,11 +124,11 @@ const COMMANDS: Record<string, Command> = {
       'max-steps': 'stop after this many optimizer steps', 'weight-decay': 'AdamW weight decay (default 0.01)',
       'warmup-ratio': 'fraction of steps of linear warm-up (default 0.1)', 'grad-accumulation': 'batches per optimizer step (default 1)',
       'unfreeze-last-blocks': 'with --strategy head: also train the last N transformer blocks',
-      pooling: 'with --strategy features: cls, mean or last (default cls for distilbert, last for gpt2/llama)',
+      pooling: 'with --strategy features: cls, mean or last (default: cls for encoders, last for decoders)',
       C: 'with --strategy features: inverse L2 strength of the logistic regression (default 1)',
       'lora-r': 'with --strategy lora: rank (default 8)', 'lora-alpha': 'with --strategy lora: alpha (default 16)',
       'lora-dropout': 'with --strategy lora: dropout on the adapter input (default 0.1)',
-      'lora-targets': 'with --strategy lora: comma-separated module names (default gpt2 c_attn, llama q_proj,v_proj, distilbert q_lin,v_lin)',
+      'lora-targets': 'with --strategy lora: comma-separated module names (default: PEFT\'s for the family)',
       'reduction-factor': 'with --strategy adapter: bottleneck = hidden / this (default 16)', 'bottleneck-size': 'with --strategy adapter: bottleneck width',
       nonlinearity: 'with --strategy adapter: relu (default), gelu, silu',
       'num-virtual-tokens': 'with --strategy prefix|prompt: how many (default 8)', 'prefix-projection': 'with --strategy prefix: reparameterise through an MLP',
@@ -143,7 +145,7 @@ const COMMANDS: Record<string, Command> = {
       if (strategyName === 'features') return runFeatures(dir, splits, tok, maxLength, out, o);
       const model = await modelFor(dir, splits, o);
       // Virtual tokens (and a GPT-2 prefix) take positions: leave them room.
-      const limit = Number(model.config.n_positions ?? model.config.max_position_embeddings ?? Infinity);
+      const limit = model.dims.maxPositions;
       const reserve = strategyName === 'prompt' || strategyName === 'prefix' ? num(o, 'num-virtual-tokens', 8, 'int')! : 0;
       const fit = Math.min(maxLength, limit - reserve);
       const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength: fit }));
@@ -171,6 +173,7 @@ const COMMANDS: Record<string, Command> = {
             ...(o['lora-targets'] ? { targetModules: String(o['lora-targets']).split(',').map((x) => x.trim()).filter(Boolean) } : {}),
           })
           : strategyName === 'adapter' ? new Adapter({ reductionFactor: num(o, 'reduction-factor', 16), bottleneckSize: num(o, 'bottleneck-size', undefined, 'int'), nonlinearity: o.nonlinearity as string | undefined, seed })
+          : strategyName === 'ia3' ? new IA3()
           : strategyName === 'prefix' ? new PrefixTuning({ numVirtualTokens: nvt, prefixProjection: Boolean(o['prefix-projection']), seed })
           : new PromptTuning({ numVirtualTokens: nvt, seed, ...(o['prompt-init-text'] ? { promptTuningInitText: String(o['prompt-init-text']), tokenizer: tok, tokenizerNameOrPath: dir } : {}) }),
           opts);

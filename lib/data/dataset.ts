@@ -4,7 +4,8 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { TunekitError } from '../errors';
 import type { Tokenizer } from '../tokenizer';
-import { Example, shuffled } from '../trainer';
+import type { Example } from '../trainer';
+import { shuffled } from '../random';
 import { readCsvRecords } from './csv';
 
 /** One example. Either `text` (with an optional class `label`) or a `prompt`/`response` pair. */

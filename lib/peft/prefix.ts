@@ -1,7 +1,7 @@
-/** Prefix tuning as PEFT 0.21's PREFIX_TUNING: options and adapter_config.json. */
+/** Prefix tuning as PEFT 0.21's PREFIX_TUNING: options and PEFT's files. */
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
-import { modulesToSaveParams, TASK_TYPES } from './lora';
+import { checkOptions, commonConfig, PeftMethod, positiveInt, registerMethod, Resolved, resolveModulesToSave } from './method';
 
 export interface PrefixTuningOptions {
   numVirtualTokens?: number;
@@ -12,40 +12,56 @@ export interface PrefixTuningOptions {
   seed?: number;
 }
 
-export interface ResolvedPrefix {
-  kind: 'prefix'; numVirtualTokens: number; projection: boolean; encoderHiddenSize: number; modulesToSave: string[]; saveParams: string[]; seed: number;
+export interface ResolvedPrefix extends Resolved {
+  numVirtualTokens: number; projection: boolean; encoderHiddenSize: number; seed: number;
 }
+
+const OPTIONS = ['numVirtualTokens', 'prefixProjection', 'encoderHiddenSize', 'modulesToSave', 'seed'];
 
 /** Keys/values are stored per key-value head (PEFT does the same for grouped-query attention). */
-export function kvShape(model: Model): { layers: number; kvHeads: number; headDim: number } {
-  const c = model.config;
-  const layers = Number(c.n_layer ?? c.n_layers ?? c.num_hidden_layers);
-  const heads = Number(c.n_head ?? c.n_heads ?? c.num_attention_heads);
-  const hidden = Number(c.n_embd ?? c.dim ?? c.hidden_size);
-  const kvHeads = Number(c.num_key_value_heads ?? heads);
-  const headDim = Number(c.head_dim ?? hidden / heads);
-  return { layers, kvHeads, headDim };
+function kvWidth(model: Model): number {
+  return model.dims.numKvHeads * model.dims.headDim;
 }
 
-export function resolvePrefix(model: Model, o: PrefixTuningOptions): ResolvedPrefix {
-  const n = o.numVirtualTokens ?? 8;
-  if (!Number.isInteger(n) || n < 1) throw new TunekitError('E_ARG', `numVirtualTokens must be a positive integer, got ${o.numVirtualTokens}`);
-  const { kvHeads, headDim } = kvShape(model);
-  const encoderHiddenSize = o.encoderHiddenSize ?? kvHeads * headDim;
-  if (!Number.isInteger(encoderHiddenSize) || encoderHiddenSize < 1) throw new TunekitError('E_ARG', `encoderHiddenSize must be a positive integer, got ${o.encoderHiddenSize}`);
-  const modulesToSave = o.modulesToSave ?? (model.task === 'sequence-classification' ? ['classifier', 'score'] : []);
-  return { kind: 'prefix', numVirtualTokens: n, projection: Boolean(o.prefixProjection), encoderHiddenSize, modulesToSave, saveParams: modulesToSaveParams(model, modulesToSave), seed: o.seed ?? 0 };
-}
+export const prefixMethod: PeftMethod<PrefixTuningOptions, ResolvedPrefix> = registerMethod<PrefixTuningOptions, ResolvedPrefix>({
+  name: 'prefix',
+  peftType: 'PREFIX_TUNING',
+  promptLearning: true,
 
-export function prefixConfigJson(model: Model, p: ResolvedPrefix, basePath: string | null): Record<string, unknown> {
-  const { layers, kvHeads, headDim } = kvShape(model);
-  return {
-    peft_type: 'PREFIX_TUNING', task_type: TASK_TYPES[model.task] ?? null, base_model_name_or_path: basePath, revision: null, inference_mode: true,
-    num_virtual_tokens: p.numVirtualTokens, token_dim: kvHeads * headDim, num_transformer_submodules: 1, num_attention_heads: kvHeads,
-    num_layers: layers, encoder_hidden_size: p.encoderHiddenSize, prefix_projection: p.projection,
-    modules_to_save: p.modulesToSave.length ? p.modulesToSave : null, auto_mapping: null, peft_version: '0.21.0',
-  };
-}
+  resolve(model, o) {
+    checkOptions(o, OPTIONS, 'PrefixTuning');
+    const n = positiveInt(o.numVirtualTokens, 8, 'numVirtualTokens');
+    const encoderHiddenSize = positiveInt(o.encoderHiddenSize, kvWidth(model), 'encoderHiddenSize');
+    return { numVirtualTokens: n, projection: Boolean(o.prefixProjection), encoderHiddenSize, seed: o.seed ?? 0, ...resolveModulesToSave(model, o.modulesToSave) };
+  },
+
+  nativeSpec: (_, p) => ({ numVirtualTokens: p.numVirtualTokens, projection: p.projection, encoderHiddenSize: p.encoderHiddenSize, seed: p.seed }),
+
+  // Saved prefixes are the final keys and values (PEFT saves a projection's output), which the core computes.
+  fileKey: () => undefined,
+  exports: [['prompt_embeddings', 'prompt_embeddings']],
+
+  configJson: (model, p, basePath) => ({
+    ...commonConfig(model, 'PREFIX_TUNING', p, basePath),
+    num_virtual_tokens: p.numVirtualTokens, token_dim: kvWidth(model), num_transformer_submodules: 1, num_attention_heads: model.dims.numKvHeads,
+    num_layers: model.dims.numLayers, encoder_hidden_size: p.encoderHiddenSize, prefix_projection: p.projection, auto_mapping: null, peft_version: '0.21.0',
+  }),
+
+  fromFile(model, adapter, f) {
+    const table = f.header.tensors.get('prompt_embeddings');
+    if (!table) throw new TunekitError('E_FORMAT', `${f.file}: no prompt_embeddings tensor`);
+    const n = Number(f.config.num_virtual_tokens);
+    const { numLayers: layers, numKvHeads: kvHeads, headDim } = model.dims;
+    if (table.shape.length !== 2 || table.shape[0] !== n || table.shape[1] !== layers * 2 * kvHeads * headDim) {
+      throw new TunekitError('E_SHAPE', `${f.file}: prompt_embeddings is [${table.shape}] but this model needs [${n}, ${layers * 2 * kvHeads * headDim}] (${layers} layers x 2 x ${kvHeads} heads x ${headDim})`);
+    }
+    // The saved keys/values load as a plain table, without the projection that made them.
+    return {
+      settings: { numVirtualTokens: n, projection: false, encoderHiddenSize: kvHeads * headDim, modulesToSave: (f.config.modules_to_save as string[] | null) ?? [], seed: 0 },
+      own: (key) => (key === 'prompt_embeddings' ? `prefix_encoder.${adapter}.embedding.weight` : undefined),
+    };
+  },
+});
 
 /** Prefix tuning (Li & Liang 2021): trainable key/value prefixes in every layer; the model is frozen. */
 export class PrefixTuning {
@@ -53,6 +69,6 @@ export class PrefixTuning {
   constructor(readonly options: PrefixTuningOptions = {}) {}
 
   async apply(model: Model, opts: { adapterName?: string } = {}): Promise<void> {
-    await model.addPrefixTuning(opts.adapterName ?? 'default', this.options);
+    await model.addAdapter(prefixMethod, opts.adapterName ?? 'default', this.options);
   }
 }

@@ -1,8 +1,8 @@
-/** Soft prompt tuning as PEFT 0.21's PROMPT_TUNING: options, TEXT initialisation and adapter_config.json. */
+/** Soft prompt tuning as PEFT 0.21's PROMPT_TUNING: options, TEXT initialisation and PEFT's files. */
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
 import type { Tokenizer } from '../tokenizer';
-import { modulesToSaveParams, TASK_TYPES } from './lora';
+import { checkOptions, commonConfig, PeftMethod, positiveInt, registerMethod, Resolved, resolveModulesToSave } from './method';
 
 export interface PromptTuningOptions {
   numVirtualTokens?: number;
@@ -15,40 +15,65 @@ export interface PromptTuningOptions {
   seed?: number;
 }
 
-export interface ResolvedPrompt {
-  numVirtualTokens: number; initIds?: number[]; initText?: string; tokenizerNameOrPath?: string;
-  modulesToSave: string[]; saveParams: string[]; seed: number;
+export interface ResolvedPrompt extends Resolved {
+  numVirtualTokens: number; initIds?: number[]; initText?: string; tokenizerNameOrPath?: string; seed: number;
 }
 
-export function resolvePrompt(model: Model, o: PromptTuningOptions): ResolvedPrompt {
-  const n = o.numVirtualTokens ?? 8;
-  if (!Number.isInteger(n) || n < 1) throw new TunekitError('E_ARG', `numVirtualTokens must be a positive integer, got ${o.numVirtualTokens}`);
-  let initIds: number[] | undefined;
-  if (o.promptTuningInitText !== undefined) {
-    if (!o.tokenizer) throw new TunekitError('E_ARG', 'promptTuningInitText needs the model\'s tokenizer (options.tokenizer)');
-    // PEFT: the text's ids with special tokens, cut or repeated to the number of virtual tokens.
-    const ids = o.tokenizer.encode(o.promptTuningInitText);
-    if (ids.length === 0) throw new TunekitError('E_ARG', 'promptTuningInitText encodes to no tokens');
-    initIds = Array.from({ length: n }, (_, i) => ids[i % ids.length]);
-  }
-  const modulesToSave = o.modulesToSave ?? (model.task === 'sequence-classification' ? ['classifier', 'score'] : []);
-  return {
-    numVirtualTokens: n, initIds, initText: o.promptTuningInitText, tokenizerNameOrPath: o.tokenizerNameOrPath, modulesToSave,
-    saveParams: modulesToSaveParams(model, modulesToSave), seed: o.seed ?? 0,
-  };
-}
+const OPTIONS = ['numVirtualTokens', 'promptTuningInitText', 'tokenizer', 'tokenizerNameOrPath', 'modulesToSave', 'seed'];
 
-export function promptConfigJson(model: Model, p: ResolvedPrompt, basePath: string | null): Record<string, unknown> {
-  const c = model.config;
-  return {
-    peft_type: 'PROMPT_TUNING', task_type: TASK_TYPES[model.task] ?? null, base_model_name_or_path: basePath, revision: null, inference_mode: true,
-    num_virtual_tokens: p.numVirtualTokens, token_dim: c.n_embd ?? c.dim ?? c.hidden_size, num_transformer_submodules: 1,
-    num_attention_heads: c.n_head ?? c.n_heads ?? c.num_attention_heads, num_layers: c.n_layer ?? c.n_layers ?? c.num_hidden_layers,
+export const promptMethod: PeftMethod<PromptTuningOptions, ResolvedPrompt> = registerMethod<PromptTuningOptions, ResolvedPrompt>({
+  name: 'prompt',
+  peftType: 'PROMPT_TUNING',
+  promptLearning: true,
+
+  resolve(model, o) {
+    checkOptions(o, OPTIONS, 'PromptTuning');
+    const n = positiveInt(o.numVirtualTokens, 8, 'numVirtualTokens');
+    let initIds: number[] | undefined;
+    if (o.promptTuningInitText !== undefined) {
+      if (!o.tokenizer) throw new TunekitError('E_ARG', 'promptTuningInitText needs the model\'s tokenizer (options.tokenizer)');
+      // PEFT: the text's ids with special tokens, cut or repeated to the number of virtual tokens.
+      const ids = o.tokenizer.encode(o.promptTuningInitText);
+      if (ids.length === 0) throw new TunekitError('E_ARG', 'promptTuningInitText encodes to no tokens');
+      initIds = Array.from({ length: n }, (_, i) => ids[i % ids.length]);
+    }
+    return {
+      numVirtualTokens: n, initIds, initText: o.promptTuningInitText, tokenizerNameOrPath: o.tokenizerNameOrPath, seed: o.seed ?? 0,
+      ...resolveModulesToSave(model, o.modulesToSave),
+    };
+  },
+
+  nativeSpec: (_, p) => ({ numVirtualTokens: p.numVirtualTokens, ...(p.initIds ? { initIds: p.initIds } : {}), seed: p.seed }),
+
+  fileKey: (param, adapter) => (param === `prompt_encoder.${adapter}.embedding.weight` ? 'prompt_embeddings' : undefined),
+
+  configJson: (model, p, basePath) => ({
+    ...commonConfig(model, 'PROMPT_TUNING', p, basePath),
+    num_virtual_tokens: p.numVirtualTokens, token_dim: model.dims.hiddenSize, num_transformer_submodules: 1,
+    num_attention_heads: model.dims.numHeads, num_layers: model.dims.numLayers,
     prompt_tuning_init: p.initText !== undefined ? 'TEXT' : 'RANDOM', prompt_tuning_init_text: p.initText ?? null,
-    tokenizer_name_or_path: p.tokenizerNameOrPath ?? null, tokenizer_kwargs: null,
-    modules_to_save: p.modulesToSave.length ? p.modulesToSave : null, auto_mapping: null, peft_version: '0.21.0',
-  };
-}
+    tokenizer_name_or_path: p.tokenizerNameOrPath ?? null, tokenizer_kwargs: null, auto_mapping: null, peft_version: '0.21.0',
+  }),
+
+  fromFile(model, adapter, f) {
+    const prompt = f.header.tensors.get('prompt_embeddings');
+    if (!prompt) throw new TunekitError('E_FORMAT', `${f.file}: no prompt_embeddings tensor`);
+    const n = Number(f.config.num_virtual_tokens);
+    const hidden = model.dims.hiddenSize;
+    if (prompt.shape.length !== 2 || prompt.shape[0] !== n || prompt.shape[1] !== hidden) {
+      throw new TunekitError('E_SHAPE', `${f.file}: prompt_embeddings is [${prompt.shape}] but this model needs [${n}, ${hidden}]`);
+    }
+    if (Number(f.config.num_transformer_submodules ?? 1) !== 1) throw new TunekitError('E_FORMAT', `${f.file}: prompts for encoder-decoder models are not supported`);
+    return {
+      settings: {
+        numVirtualTokens: n, initText: (f.config.prompt_tuning_init_text as string | null) ?? undefined,
+        tokenizerNameOrPath: (f.config.tokenizer_name_or_path as string | null) ?? undefined,
+        modulesToSave: (f.config.modules_to_save as string[] | null) ?? [], seed: 0,
+      },
+      own: (key) => (key === 'prompt_embeddings' ? `prompt_encoder.${adapter}.embedding.weight` : undefined),
+    };
+  },
+});
 
 /** Soft prompt tuning (Lester et al. 2021): trainable virtual-token embeddings before every input. */
 export class PromptTuning {
@@ -56,6 +81,6 @@ export class PromptTuning {
   constructor(readonly options: PromptTuningOptions = {}) {}
 
   async apply(model: Model, opts: { adapterName?: string } = {}): Promise<void> {
-    await model.addPromptTuning(opts.adapterName ?? 'default', this.options);
+    await model.addAdapter(promptMethod, opts.adapterName ?? 'default', this.options);
   }
 }

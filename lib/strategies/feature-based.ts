@@ -13,7 +13,7 @@ import { TunekitError } from '../errors';
 import { peakRssMiB, StrategyData, StrategyResult } from './common';
 
 export interface FeatureBasedOptions extends LogisticRegressionOptions {
-  /** How a sequence becomes one vector (default: cls for distilbert, last token for gpt2/llama). */
+  /** How a sequence becomes one vector (default: the family's, lib/families.ts: cls for encoders, last for decoders). */
   pooling?: Pooling;
   batchSize?: number;
   /** Folder to keep embeddings in, so a second run on the same model and data skips the model. */
@@ -31,7 +31,7 @@ export class FeatureBased {
   /** [n, hidden] embeddings of the examples with the frozen model, in eval mode. */
   async embed(model: Model, examples: Example[]): Promise<{ data: Float32Array; dim: number }> {
     if (!Array.isArray(examples) || examples.length === 0) throw new TunekitError('E_ARG', 'features: no examples to embed');
-    const pooling = this.options.pooling ?? (model.modelType === 'distilbert' ? 'cls' : 'last');
+    const pooling = this.options.pooling ?? model.family.pooling;
     await model.eval();
     const key = this.options.cacheDir ? await cacheKey(model, examples, pooling) : undefined;
     const file = key ? path.join(this.options.cacheDir!, `${key}.f32`) : undefined;

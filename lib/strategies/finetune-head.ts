@@ -1,6 +1,6 @@
 /**
- * Finetuning I: the backbone is frozen and only the output layers train (distilbert's pre_classifier + classifier,
- * gpt2's and llama's score head, or a language model's output projection), optionally with the last n blocks.
+ * Finetuning I: the backbone is frozen and only the output layers train (the family's heads for the task: a
+ * classifier, a score head, or a language model's output projection), optionally with the last n blocks.
  */
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
@@ -13,26 +13,18 @@ export interface FinetuneHeadOptions extends TrainOptions {
 
 /** The parameter-name patterns of a model's output layers. */
 export function headPatterns(model: Model): RegExp[] {
-  if (model.task === 'sequence-classification') {
-    return model.modelType === 'distilbert' ? [/^pre_classifier\./, /^classifier\./] : [/^score\./];
-  }
-  if (model.task === 'causal-lm') return model.modelType === 'gpt2' ? [/^lm_head\./] : [/^lm_head\./];
-  if (model.task === 'masked-lm') return [/^vocab_transform\./, /^vocab_layer_norm\./, /^vocab_projector\./];
-  throw new TunekitError('E_CONFIG', `a ${model.task} model has no output layers to train`);
+  const heads = model.family.heads[model.task];
+  if (!heads) throw new TunekitError('E_CONFIG', `a ${model.task} model has no output layers to train`);
+  return heads;
 }
 
 /** The parameter-name patterns of a model's last n blocks and the norm after them. */
 export function lastBlockPatterns(model: Model, n: number): RegExp[] {
-  const layers = Number(model.config.n_layer ?? model.config.n_layers ?? model.config.num_hidden_layers);
+  const layers = model.dims.numLayers;
   if (!Number.isInteger(n) || n < 0 || n > layers) throw new TunekitError('E_ARG', `unfreezeLastBlocks must be an integer from 0 to ${layers}, got ${n}`);
   const out: RegExp[] = [];
-  for (let i = layers - n; i < layers; i++) {
-    if (model.modelType === 'gpt2') out.push(new RegExp(`^(transformer\\.)?h\\.${i}\\.`));
-    else if (model.modelType === 'llama') out.push(new RegExp(`^(model\\.)?layers\\.${i}\\.`));
-    else out.push(new RegExp(`^(distilbert\\.)?transformer\\.layer\\.${i}\\.`));
-  }
-  if (n > 0 && model.modelType === 'gpt2') out.push(/^(transformer\.)?ln_f\./);
-  if (n > 0 && model.modelType === 'llama') out.push(/^(model\.)?norm\./);
+  for (let i = layers - n; i < layers; i++) out.push(model.family.block(i));
+  if (n > 0 && model.family.finalNorm) out.push(model.family.finalNorm);
   return out;
 }
 

@@ -7,9 +7,10 @@ import { Adapter, AdapterOptions } from '../peft/adapter';
 import { LoRA, LoRAOptions } from '../peft/lora';
 import { PrefixTuning, PrefixTuningOptions } from '../peft/prefix';
 import { PromptTuning, PromptTuningOptions } from '../peft/prompt';
+import { IA3, IA3Options } from '../peft/ia3';
 import { StrategyData, StrategyResult, TrainOptions, trainSupervised } from './common';
 
-export type PeftMethod = LoRA | Adapter | PrefixTuning | PromptTuning;
+export type PeftMethod = LoRA | Adapter | PrefixTuning | PromptTuning | IA3;
 
 export class FinetunePEFT {
   readonly name: string;
@@ -34,4 +35,4 @@ export class FinetuneLoRA extends FinetunePEFT {
   }
 }
 
-export type { AdapterOptions, PrefixTuningOptions, PromptTuningOptions };
+export type { AdapterOptions, IA3Options, PrefixTuningOptions, PromptTuningOptions };

@@ -1,6 +1,7 @@
 // The core's public surface. Plain C++ types only: the N-API addon includes this file and never torch.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -16,16 +17,16 @@ struct Error : std::runtime_error {
 
 // A Hugging Face config, already normalised by the TypeScript layer (n_embd vs hidden_size, rope_parameters, ...).
 struct ModelSpec {
-  std::string family;   // gpt2 | distilbert | llama
+  std::string family;   // config.json's model_type: a registered family (models/)
   std::string task;     // causal-lm | sequence-classification | feature-extraction | masked-lm
   std::string device = "cpu";
   std::string dtype = "float32";
   int64_t vocab_size = 0, hidden_size = 0, num_layers = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
-  int64_t intermediate_size = 0, max_positions = 0, num_labels = 2, pad_token_id = -1;
+  int64_t intermediate_size = 0, max_positions = 0, type_vocab_size = 0, num_labels = 2, pad_token_id = -1;
   double norm_eps = 1e-5, rope_theta = 10000.0;
   double embd_dropout = 0, attn_dropout = 0, resid_dropout = 0, classifier_dropout = 0;
   std::string activation = "gelu_new";
-  bool tie_word_embeddings = true, attention_bias = false, mlp_bias = false;
+  bool tie_word_embeddings = true, attention_bias = false, attention_out_bias = false, mlp_bias = false;
   bool scale_attn_by_inverse_layer_idx = false;
   uint64_t init_seed = 0;
 };
@@ -127,51 +128,20 @@ void optimizer_save(Optimizer& o, const std::string& path);
 void optimizer_load(Optimizer& o, const std::string& path, const std::vector<TensorEntry>& entries, int64_t step);
 int64_t optimizer_steps(Optimizer& o);
 
-// LoRA adapters (peft/lora.cpp). Parameters are named as PEFT names them inside the model
+// PEFT adapters (peft/): one generic spec, read by the method named in it (lora | prompt | prefix | bottleneck |
+// ia3, ...), so that a new method needs no new entry point. Parameters are named as PEFT names them inside the model
 // ("<module>.lora_A.<adapter>.weight"; modules_to_save copies "<module>.modules_to_save.<adapter>.<weight|bias>").
-struct LoraSpec {
-  std::string adapter = "default";
-  std::vector<std::string> modules;          // full module names, e.g. "transformer.h.0.attn.c_attn"
-  std::vector<std::string> modules_to_save;  // base parameter names to give this adapter its own trainable copy of
-  int64_t r = 8;
-  double alpha = 8, dropout = 0;
-  bool rslora = false;
-  uint64_t seed = 0;
+// Every spec may carry modulesToSave (base parameter names to give the adapter its own trainable copy of) and seed.
+struct AdapterSpec {
+  std::string method, adapter = "default";
+  std::map<std::string, double> numbers;
+  std::map<std::string, bool> flags;
+  std::map<std::string, std::string> strings;
+  std::map<std::string, std::vector<std::string>> lists;
+  std::map<std::string, std::vector<int64_t>> integer_lists;
 };
-void add_lora(Model& m, const LoraSpec& spec);
-
-// Soft prompt tuning (peft/prompt.cpp): the prompt is "prompt_encoder.<adapter>.embedding.weight".
-struct PromptSpec {
-  std::string adapter = "default";
-  int64_t num_virtual_tokens = 8;
-  std::vector<int32_t> init_ids;             // TEXT init: one token id per virtual token; empty: RANDOM (N(0, 1))
-  std::vector<std::string> modules_to_save;
-  uint64_t seed = 0;
-};
-void add_prompt(Model& m, const PromptSpec& spec);
-
-// Prefix tuning (peft/prefix.cpp), as PEFT's PREFIX_TUNING: trainable key/value prefixes for every layer's attention.
-struct PrefixSpec {
-  std::string adapter = "default";
-  int64_t num_virtual_tokens = 8;
-  bool projection = false;          // PEFT's prefix_projection: an MLP (Linear, Tanh, Linear) reparameterises the prefix
-  int64_t encoder_hidden_size = 0;  // that MLP's width (default: the key/value width)
-  std::vector<std::string> modules_to_save;
-  uint64_t seed = 0;
-};
-void add_prefix(Model& m, const PrefixSpec& spec);
-
-// Bottleneck adapters (peft/adapter.cpp), after the given modules (the attention and feed-forward output projections):
-// y + up(act(down(y))), parameters "<module>.adapter.<adapter>.{down,up}.{weight,bias}", up zero so it starts as identity.
-struct BottleneckSpec {
-  std::string adapter = "default";
-  std::vector<std::string> modules;
-  int64_t bottleneck_size = 64;
-  std::string nonlinearity = "relu";
-  std::vector<std::string> modules_to_save;
-  uint64_t seed = 0;
-};
-void add_bottleneck(Model& m, const BottleneckSpec& spec);
+// Adds the adapter (not active yet) and returns the names of the parameters it created.
+std::vector<std::string> add_adapter(Model& m, const AdapterSpec& spec);
 void set_adapter(Model& m, const std::string& name);  // "" runs the bare base model
 void merge_adapter(Model& m);
 void unmerge_adapter(Model& m);

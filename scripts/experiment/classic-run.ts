@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Adapter, FeatureBased, FinetuneAll, FinetuneHead, FinetunePEFT, LoRA, Model, PrefixTuning, PromptTuning, Tokenizer, builtinSplits } from '../../lib';
 import type { PeftMethod } from '../../lib/strategies';
-import { shuffled } from '../../lib/trainer';
+import { shuffled } from '../../lib/random';
 import type { StrategyResult } from '../../lib';
 
 export interface StrategyPlan { lr?: number; epochs?: number; unfreezeLastBlocks?: number }

@@ -29,7 +29,7 @@ def lm_labels():
 
 
 def configs():
-    from transformers import DistilBertConfig, GPT2Config, LlamaConfig
+    from transformers import BertConfig, DistilBertConfig, GPT2Config, LlamaConfig, Qwen2Config
 
     gpt2 = GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=4, pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -43,7 +43,18 @@ def configs():
     distilbert = DistilBertConfig(vocab_size=VOCAB, max_position_embeddings=32, dim=32, hidden_dim=64, n_layers=2,
                                   n_heads=4, pad_token_id=PAD, dropout=0.0, attention_dropout=0.0,
                                   seq_classif_dropout=0.0)
-    return {"gpt2": gpt2, "llama": llama, "llama_tied": llama_tied, "distilbert": distilbert}
+    bert = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                      max_position_embeddings=32, type_vocab_size=2, pad_token_id=PAD, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0, layer_norm_eps=1e-12)
+    qwen2 = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, rms_norm_eps=1e-6,
+                        pad_token_id=PAD, tie_word_embeddings=False)
+    qwen2_tied = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                             pad_token_id=PAD, tie_word_embeddings=True)
+    return {"gpt2": gpt2, "llama": llama, "llama_tied": llama_tied, "distilbert": distilbert, "bert": bert,
+            "qwen2": qwen2, "qwen2_tied": qwen2_tied}
 
 
 def randomise(model, seed):

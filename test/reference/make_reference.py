@@ -9,9 +9,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import ATTENTION_MASK, CACHE, CLASS_LABELS, INPUT_IDS, configs, flat, lm_labels, randomise, write_json  # noqa
 
 import transformers  # noqa: E402
-from transformers import (AutoModel, DistilBertForMaskedLM, DistilBertForSequenceClassification,  # noqa: E402
+from transformers import (AutoModel, BertForMaskedLM, BertForSequenceClassification, BertModel, DistilBertForMaskedLM, DistilBertForSequenceClassification,  # noqa: E402
                           DistilBertModel, GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2Model,
-                          LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel)
+                          LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel, Qwen2ForCausalLM,
+                          Qwen2ForSequenceClassification, Qwen2Model)
 from transformers.optimization import get_linear_schedule_with_warmup  # noqa: E402
 
 # name -> (class, config key, task, save options)
@@ -28,6 +29,13 @@ CASES = {
     "distilbert-masked-lm": (DistilBertForMaskedLM, "distilbert", "masked-lm", {}),
     "gpt2-causal-lm-f16": (GPT2LMHeadModel, "gpt2", "causal-lm", {"dtype": torch.float16}),
     "llama-causal-lm-bf16": (LlamaForCausalLM, "llama", "causal-lm", {"dtype": torch.bfloat16}),
+    "bert-seq-cls": (BertForSequenceClassification, "bert", "sequence-classification", {}),
+    "bert-base": (BertModel, "bert", "feature-extraction", {}),
+    "bert-masked-lm": (BertForMaskedLM, "bert", "masked-lm", {}),
+    "qwen2-causal-lm": (Qwen2ForCausalLM, "qwen2", "causal-lm", {}),
+    "qwen2-tied-causal-lm": (Qwen2ForCausalLM, "qwen2_tied", "causal-lm", {}),
+    "qwen2-seq-cls": (Qwen2ForSequenceClassification, "qwen2", "sequence-classification", {}),
+    "qwen2-base": (Qwen2Model, "qwen2", "feature-extraction", {}),
 }
 
 
@@ -70,23 +78,34 @@ def build(name):
     write_json(os.path.join(CACHE, "ref", name + ".json"), ref)
 
 
-def adamw_steps():
-    """Three AdamW steps with weight decay, clipping and linear warmup, as torch.optim + transformers do them."""
-    config = configs()["gpt2"]
+# name -> (class, config key, steps, warmup steps, eps): AdamW with weight decay, clipping and a linear schedule. One
+# step needs no warmup, or its learning rate would be zero. Adam's first step is lr * g / (|g| + eps): for entries
+# whose gradient is rounding noise (|g| near eps) it amplifies float32's last bit into a sizeable step, so the
+# one-step cases use eps 1e-6, where such entries move in proportion to g and rounding stays rounding.
+ADAMW = {
+    "gpt2-adamw": (GPT2LMHeadModel, "gpt2", 3, 2, 1e-8),
+    "bert-adamw": (BertForMaskedLM, "bert", 1, 0, 1e-6),
+    "qwen2-adamw": (Qwen2ForCausalLM, "qwen2", 1, 0, 1e-6),
+}
+
+
+def adamw_steps(name):
+    """AdamW steps with weight decay, clipping and linear warmup, as torch.optim + transformers do them."""
+    cls, key, steps, warmup, eps = ADAMW[name]
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(config)
+    model = cls(configs()[key])
     randomise(model, seed=7)
-    folder = os.path.join(CACHE, "models", "gpt2-adamw")
+    folder = os.path.join(CACHE, "models", name)
     model.save_pretrained(folder)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
-    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=10)
+                            lr=1e-2, betas=(0.9, 0.999), eps=eps)
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=warmup, num_training_steps=10)
     ids, mask, labels = torch.tensor(INPUT_IDS), torch.tensor(ATTENTION_MASK), torch.tensor(lm_labels())
     losses, norms, lrs = [], [], []
-    for _ in range(3):
+    for _ in range(steps):
         lrs.append(opt.param_groups[0]["lr"])
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -96,7 +115,7 @@ def adamw_steps():
         opt.zero_grad()
         losses.append(loss.item())
     params = {n: flat(p) for n, p in model.named_parameters()}
-    write_json(os.path.join(CACHE, "ref", "gpt2-adamw.json"),
+    write_json(os.path.join(CACHE, "ref", name + ".json"),
                {"losses": losses, "grad_norms": norms, "lrs": lrs, "params": params})
 
 
@@ -140,7 +159,8 @@ def main():
         return
     for name in names:
         build(name)
-    adamw_steps()
+    for name in ADAMW:
+        adamw_steps(name)
     tokenizers_reference()
     write_json(stamp + ".json", {"version": version})
     with open(stamp, "w") as f:

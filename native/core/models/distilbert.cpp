@@ -1,15 +1,15 @@
 // DistilBERT (DistilBertModel, DistilBertForSequenceClassification, DistilBertForMaskedLM), names as in transformers.
 // Post-norm blocks with bidirectional attention; LayerNorm eps is fixed at 1e-12 as in transformers.
-#include "../model.h"
+#include "family.h"
 
 namespace tunekit {
+namespace {
 
-static constexpr double kEps = 1e-12;
+constexpr double kEps = 1e-12;
 
-void distilbert_build(Model& m) {
+void build(Model& m) {
   const auto& s = m.spec;
   if (s.task == "causal-lm") throw Error("E_CONFIG", "distilbert is an encoder: it has no causal-lm head");
-  m.base = s.task == "feature-extraction" ? "" : "distilbert.";
   int64_t C = s.hidden_size, F = s.intermediate_size;
   auto normal = [&](std::vector<int64_t> shape) { return torch::randn(shape) * 0.02; };
   auto linear = [&](const std::string& name, int64_t in, int64_t out) {
@@ -42,46 +42,54 @@ void distilbert_build(Model& m) {
   }
 }
 
-Output distilbert_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mask) {
-  const auto& s = m.spec;
-  const auto& b = m.base;
-  auto tokens = m.token_embeddings(b + "embeddings.word_embeddings.weight", ids);
+Output forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor& mask) {
+  const auto& s = c.m.spec;
+  const auto& b = c.m.base;
+  auto tokens = c.token_embeddings(b + "embeddings.word_embeddings.weight", ids);
   int64_t B = ids.size(0), T = tokens.size(1), C = s.hidden_size, nh = s.num_heads, hd = C / nh;
-  auto ln = [&](const std::string& module, const torch::Tensor& x) {
-    return torch::layer_norm(x, {C}, m.P(module + ".weight"), m.P(module + ".bias"), kEps);
-  };
+  auto ln = [&](const std::string& module, const torch::Tensor& x) { return c.layer_norm(module, x, kEps); };
   auto pos = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
-  auto x = tokens + torch::embedding(m.P(b + "embeddings.position_embeddings.weight"), pos);
-  x = m.dropout(ln(b + "embeddings.LayerNorm", x), s.embd_dropout);
-  int64_t P = m.prefix_tokens();
+  auto x = tokens + torch::embedding(c.P(b + "embeddings.position_embeddings.weight"), pos);
+  x = c.dropout(ln(b + "embeddings.LayerNorm", x), s.embd_dropout);
+  int64_t P = c.prefix_tokens();
   auto mask4d = P ? prefix_mask_4d(mask, B, T, P, false, ids.device()) : attention_mask_4d(mask, T, false);
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto l = b + "transformer.layer." + std::to_string(i) + ".";
     auto heads = [&](const torch::Tensor& t) { return t.view({B, T, nh, hd}).transpose(1, 2); };
-    auto q = heads(m.linear(l + "attention.q_lin", x));
-    auto k = heads(m.linear(l + "attention.k_lin", x));
-    auto v = heads(m.linear(l + "attention.v_lin", x));
+    auto q = heads(c.linear(l + "attention.q_lin", x));
+    auto k = heads(c.linear(l + "attention.k_lin", x));
+    auto v = heads(c.linear(l + "attention.v_lin", x));
     if (P) {
-      auto [pk, pv] = m.prefix_kv(i, B);
+      auto [pk, pv] = c.prefix_kv(i, B);
       k = torch::cat({pk.to(k.scalar_type()), k}, 2);
       v = torch::cat({pv.to(v.scalar_type()), v}, 2);
     }
-    auto y = attention(q, k, v, mask4d, false, s.attn_dropout, 1.0 / std::sqrt(double(hd)), m.training);
-    y = m.linear(l + "attention.out_lin", y.transpose(1, 2).reshape({B, T, C}));
+    auto y = attention(q, k, v, mask4d, false, s.attn_dropout, 1.0 / std::sqrt(double(hd)), c.training);
+    y = c.linear(l + "attention.out_lin", y.transpose(1, 2).reshape({B, T, C}));
     x = ln(l + "sa_layer_norm", y + x);
-    auto f = m.linear(l + "ffn.lin2", activation(s.activation, m.linear(l + "ffn.lin1", x)));
-    x = ln(l + "output_layer_norm", m.dropout(f, s.resid_dropout) + x);
+    auto f = c.linear(l + "ffn.lin2", activation(s.activation, c.linear(l + "ffn.lin1", x)));
+    x = ln(l + "output_layer_norm", c.dropout(f, s.resid_dropout) + x);
   }
   Output out;
   out.hidden = x;
   if (s.task == "sequence-classification") {
-    auto pooled = m.dropout(torch::relu(m.linear("pre_classifier", x.select(1, 0))), s.classifier_dropout);
-    out.logits = m.linear("classifier", pooled);
+    auto pooled = c.dropout(torch::relu(c.linear("pre_classifier", x.select(1, 0))), s.classifier_dropout);
+    out.logits = c.linear("classifier", pooled);
   } else if (s.task == "masked-lm") {
-    auto h = ln("vocab_layer_norm", activation(s.activation, m.linear("vocab_transform", x)));
-    out.logits = dense(h, m.P(b + "embeddings.word_embeddings.weight"), m.P("vocab_projector.bias"));
+    auto h = ln("vocab_layer_norm", activation(s.activation, c.linear("vocab_transform", x)));
+    out.logits = dense(h, c.P(b + "embeddings.word_embeddings.weight"), c.P("vocab_projector.bias"));
   }
   return out;
 }
 
+const Family& kDistilBert = register_family({.name = "distilbert",
+                                             .backbone = "distilbert.",
+                                             .word_embeddings = "embeddings.word_embeddings.weight",
+                                             .embeddings = {"embeddings.word_embeddings", "embeddings.position_embeddings"},
+                                             .positions = Family::Positions::table,
+                                             .pad_row_frozen = true,
+                                             .build = build,
+                                             .forward = forward});
+
+}  // namespace
 }  // namespace tunekit

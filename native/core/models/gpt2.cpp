@@ -1,13 +1,13 @@
 // GPT-2 (GPT2Model, GPT2LMHeadModel, GPT2ForSequenceClassification), names as in transformers.
 // Conv1D layers keep their weights as [in, out].
-#include "../model.h"
+#include "family.h"
 
 namespace tunekit {
+namespace {
 
-void gpt2_build(Model& m) {
+void build(Model& m) {
   const auto& s = m.spec;
   if (s.task == "masked-lm") throw Error("E_CONFIG", "gpt2 has no masked-lm head");
-  m.base = s.task == "feature-extraction" ? "" : "transformer.";
   int64_t C = s.hidden_size, F = s.intermediate_size > 0 ? s.intermediate_size : 4 * C;
   auto normal = [&](std::vector<int64_t> shape) { return torch::randn(shape) * 0.02; };
   auto& b = m.base;
@@ -34,48 +34,62 @@ void gpt2_build(Model& m) {
   if (s.task == "causal-lm" && !s.tie_word_embeddings) m.add("lm_head.weight", normal({s.vocab_size, C}));
 }
 
-Output gpt2_forward(Model& m, const torch::Tensor& ids, const torch::Tensor& mask) {
-  const auto& s = m.spec;
-  const auto& b = m.base;
-  auto tokens = m.token_embeddings(b + "wte.weight", ids);
+Output forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor& mask) {
+  const auto& s = c.m.spec;
+  const auto& b = c.m.base;
+  auto tokens = c.token_embeddings(b + "wte.weight", ids);
   int64_t B = ids.size(0), T = tokens.size(1), C = s.hidden_size, nh = s.num_heads, hd = C / nh;
   // Behind a prefix, positions continue after it, as transformers counts a cache; with a cache, after what it holds.
-  const int64_t past = m.past();
-  const int64_t P = past > 0 ? 0 : m.prefix_tokens();
+  const int64_t past = c.past();
+  const int64_t P = past > 0 ? 0 : c.prefix_tokens();
   const int64_t start = past > 0 ? past : P;
   auto pos = torch::arange(start, start + T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
-  auto x = m.dropout(tokens + torch::embedding(m.P(b + "wpe.weight"), pos), s.embd_dropout);
-  auto mask4d = past > 0 ? cached_mask_4d(mask, B, T, past, ids.device())
-              : P ? prefix_mask_4d(mask, B, T, P, true, ids.device()) : attention_mask_4d(mask, T, true);
+  auto x = c.dropout(tokens + torch::embedding(c.P(b + "wpe.weight"), pos), s.embd_dropout);
+  auto mask4d = decoder_mask_4d(c, mask, B, T, P);
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto h = b + "h." + std::to_string(i) + ".";
-    auto qkv = m.conv1d(h + "attn.c_attn", m.layer_norm(h + "ln_1", x)).split(C, 2);
+    auto qkv = c.linear(h + "attn.c_attn", c.layer_norm(h + "ln_1", x, s.norm_eps)).split(C, 2);
     auto heads = [&](const torch::Tensor& t) { return t.view({B, T, nh, hd}).transpose(1, 2); };
     double scale = 1.0 / std::sqrt(double(hd));
     if (s.scale_attn_by_inverse_layer_idx) scale /= double(i + 1);
     auto k = heads(qkv[1]), v = heads(qkv[2]);
     if (P) {
-      auto [pk, pv] = m.prefix_kv(i, B);
+      auto [pk, pv] = c.prefix_kv(i, B);
       k = torch::cat({pk.to(k.scalar_type()), k}, 2);
       v = torch::cat({pv.to(v.scalar_type()), v}, 2);
     }
-    std::tie(k, v) = with_cache(m, i, k, v);
-    auto y = attention(heads(qkv[0]), k, v, mask4d, /*causal=*/past == 0, s.attn_dropout, scale, m.training);
+    std::tie(k, v) = c.with_cache(i, k, v);
+    auto y = attention(heads(qkv[0]), k, v, mask4d, /*causal=*/past == 0, s.attn_dropout, scale, c.training);
     y = y.transpose(1, 2).reshape({B, T, C});
-    x = x + m.dropout(m.conv1d(h + "attn.c_proj", y), s.resid_dropout);
-    auto f = activation(s.activation, m.conv1d(h + "mlp.c_fc", m.layer_norm(h + "ln_2", x)));
-    x = x + m.dropout(m.conv1d(h + "mlp.c_proj", f), s.resid_dropout);
+    x = x + c.dropout(c.linear(h + "attn.c_proj", y), s.resid_dropout);
+    auto f = activation(s.activation, c.linear(h + "mlp.c_fc", c.layer_norm(h + "ln_2", x, s.norm_eps)));
+    x = x + c.dropout(c.linear(h + "mlp.c_proj", f), s.resid_dropout);
   }
-  if (m.cache) m.cache->len = m.cache->k[0].size(2);
   Output out;
-  out.hidden = m.layer_norm(b + "ln_f", x);
+  out.hidden = c.layer_norm(b + "ln_f", x, s.norm_eps);
   if (s.task == "causal-lm") {
-    out.logits = dense(out.hidden, m.P(m.has("lm_head.weight") ? "lm_head.weight" : b + "wte.weight"), torch::Tensor());
+    out.logits = dense(out.hidden, c.P(c.m.has("lm_head.weight") ? "lm_head.weight" : b + "wte.weight"), torch::Tensor());
   } else if (s.task == "sequence-classification") {
-    auto last = last_token_index(m, ids);
-    out.logits = torch::linear(out.hidden.index({torch::arange(B, last.options()), last}), m.P("score.weight"));
+    auto last = c.last_token_index(ids);
+    out.logits = torch::linear(out.hidden.index({torch::arange(B, last.options()), last}), c.P("score.weight"));
   }
   return out;
 }
 
+// Every projection inside the blocks (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj) is a Conv1D; the heads are not.
+bool conv1d(const std::string& module) {
+  return module.find("h.") != std::string::npos &&
+         (module.find(".attn.") != std::string::npos || module.find(".mlp.") != std::string::npos);
+}
+
+const Family& kGpt2 = register_family({.name = "gpt2",
+                                       .backbone = "transformer.",
+                                       .word_embeddings = "wte.weight",
+                                       .embeddings = {"wte", "wpe"},
+                                       .positions = Family::Positions::table_after_prefix,
+                                       .build = build,
+                                       .forward = forward,
+                                       .conv1d = conv1d});
+
+}  // namespace
 }  // namespace tunekit

@@ -3,35 +3,50 @@
 // model starts as the base model; `down` is initialised as nn.Linear is (Kaiming-uniform).
 #include <cmath>
 
-#include "../model.h"
+#include "method.h"
 
 namespace tunekit {
+namespace {
 
-void add_bottleneck(Model& m, const BottleneckSpec& s) {
-  check_new_adapter(m, s.adapter);
-  if (s.bottleneck_size < 1) throw Error("E_ARG", "bottleneck size must be a positive integer");
-  if (s.modules.empty()) throw Error("E_ARG", "a bottleneck adapter needs at least one module to follow");
-  activation(s.nonlinearity, torch::zeros({1}));  // an unknown name fails here, before anything is added
-  Adapter a;
-  a.method = "bottleneck";
-  a.nonlinearity = s.nonlinearity;
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(s.seed);
-  std::vector<std::pair<std::string, torch::Tensor>> created;
-  for (const auto& mod : s.modules) {
-    if (!m.params.count(mod + ".weight")) throw Error("E_ARG", "adapter site '" + mod + "' has no weight");
-    const auto& W = m.params.at(mod + ".weight");
-    int64_t hidden = m.is_conv1d(mod) ? W.size(1) : W.size(0);
-    auto prefix = mod + ".adapter." + s.adapter + ".";
-    double bound = 1.0 / std::sqrt(double(hidden));
-    created.emplace_back(prefix + "down.weight", torch::empty({s.bottleneck_size, hidden}, torch::kFloat32).uniform_(-bound, bound, gen));
-    created.emplace_back(prefix + "down.bias", torch::empty({s.bottleneck_size}, torch::kFloat32).uniform_(-bound, bound, gen));
-    created.emplace_back(prefix + "up.weight", torch::zeros({hidden, s.bottleneck_size}, torch::kFloat32));
-    created.emplace_back(prefix + "up.bias", torch::zeros({hidden}, torch::kFloat32));
-    a.bottleneck[mod] = prefix;
+struct Bottleneck : AdapterMethod {
+  std::unordered_map<std::string, std::string> sites;  // module whose output it adapts -> its parameters' name prefix
+  std::string nonlinearity = "relu";
+
+  torch::Tensor linear(const ForwardContext& c, const std::string& module, const torch::Tensor& x, const torch::Tensor& W,
+                       const torch::Tensor& b, bool fan_in_fan_out) const override {
+    auto y = dense(x, W, b, fan_in_fan_out);
+    auto it = sites.find(module);
+    if (it == sites.end()) return y;
+    const auto& p = it->second;
+    const auto& m = c.m;
+    auto h = activation(nonlinearity, torch::linear(y, m.stored(p + "down.weight"), m.stored(p + "down.bias")));
+    return y + torch::linear(h, m.stored(p + "up.weight"), m.stored(p + "up.bias"));
   }
-  add_saved_copies(m, s.adapter, s.modules_to_save, a, created);
-  for (auto& [name, t] : created) m.add(name, t);
-  m.adapters[s.adapter] = std::move(a);
+};
+
+std::unique_ptr<AdapterMethod> create(const Model& m, SpecReader& s, Created& created) {
+  auto a = std::make_unique<Bottleneck>();
+  int64_t size = s.integer("bottleneckSize", 64);
+  require(size >= 1, "E_ARG", "bottleneck size must be a positive integer");
+  a->nonlinearity = s.string("nonlinearity", "relu");
+  activation(a->nonlinearity, torch::zeros({1}));  // an unknown name fails here, before anything is added
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(uint64_t(s.integer("seed", 0)));
+  auto modules = s.strings("modules");
+  require(!modules.empty(), "E_ARG", "a bottleneck adapter needs at least one module to follow");
+  for (const auto& mod : linear_targets(m, modules, "a bottleneck adapter")) {
+    int64_t hidden = linear_shape(m, mod).second;
+    auto prefix = mod + ".adapter." + s.adapter() + ".";
+    double bound = 1.0 / std::sqrt(double(hidden));
+    created.emplace_back(prefix + "down.weight", torch::empty({size, hidden}, torch::kFloat32).uniform_(-bound, bound, gen));
+    created.emplace_back(prefix + "down.bias", torch::empty({size}, torch::kFloat32).uniform_(-bound, bound, gen));
+    created.emplace_back(prefix + "up.weight", torch::zeros({hidden, size}, torch::kFloat32));
+    created.emplace_back(prefix + "up.bias", torch::zeros({hidden}, torch::kFloat32));
+    a->sites[mod] = prefix;
+  }
+  return a;
 }
 
+const bool kRegistered = register_method("bottleneck", create);
+
+}  // namespace
 }  // namespace tunekit

@@ -2,9 +2,10 @@
 // (alpha / sqrt(r) with rsLoRA), A Kaiming-uniform, B zero, so the adapted model starts equal to the base.
 #include <cmath>
 
-#include "../model.h"
+#include "method.h"
 
 namespace tunekit {
+namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -51,105 +52,53 @@ struct LoraLinearFn : public torch::autograd::Function<LoraLinearFn> {
   }
 };
 
-torch::Tensor lora_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, const torch::Tensor& A,
-                          const torch::Tensor& B, const LoraModule& spec, bool training) {
-  auto y = LoraLinearFn::apply(x, weight, A, B, spec.scaling, spec.dropout, training, spec.fan_in_fan_out);
-  return bias.defined() ? y + bias : y;
-}
+struct LoraModule {
+  std::string A, B;  // parameter names
+};
 
-void check_new_adapter(const Model& m, const std::string& name) {
-  if (name.empty() || name.find('.') != std::string::npos) throw Error("E_ARG", "adapter name must be non-empty and contain no '.'");
-  if (m.adapters.count(name)) throw Error("E_STATE", "the model already has an adapter named '" + name + "'");
-}
+struct Lora : AdapterMethod {
+  std::unordered_map<std::string, LoraModule> modules;
+  double scaling = 1, dropout = 0;
 
-void add_saved_copies(const Model& m, const std::string& adapter, const std::vector<std::string>& bases, Adapter& a,
-                      std::vector<std::pair<std::string, torch::Tensor>>& created) {
-  for (const auto& base : bases) {
-    if (!m.params.count(base)) throw Error("E_ARG", "modules_to_save: the model has no parameter '" + base + "'");
-    auto dot = base.rfind('.');
-    auto copy = base.substr(0, dot) + ".modules_to_save." + adapter + base.substr(dot);
-    created.emplace_back(copy, m.params.at(base).detach().clone());
-    a.overrides[base] = copy;
+  torch::Tensor linear(const ForwardContext& c, const std::string& module, const torch::Tensor& x, const torch::Tensor& W,
+                       const torch::Tensor& b, bool fan_in_fan_out) const override {
+    auto l = modules.find(module);
+    if (l == modules.end()) return dense(x, W, b, fan_in_fan_out);
+    auto y = LoraLinearFn::apply(x, W, c.m.stored(l->second.A), c.m.stored(l->second.B), scaling, dropout, c.training, fan_in_fan_out);
+    return b.defined() ? y + b : y;
   }
-}
 
-void add_lora(Model& m, const LoraSpec& s) {
-  check_new_adapter(m, s.adapter);
-  if (s.r < 1) throw Error("E_ARG", "LoRA rank r must be a positive integer");
-  if (!(s.dropout >= 0 && s.dropout < 1)) throw Error("E_ARG", "LoRA dropout must be in [0, 1)");
-  if (s.modules.empty()) throw Error("E_ARG", "LoRA needs at least one target module");
-  Adapter a;
-  a.method = "lora";
-  double scaling = s.rslora ? s.alpha / std::sqrt(double(s.r)) : s.alpha / double(s.r);
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(s.seed);
-  std::vector<std::pair<std::string, torch::Tensor>> created;
-  for (const auto& mod : s.modules) {
-    if (!m.params.count(mod + ".weight")) throw Error("E_ARG", "target module '" + mod + "' has no weight");
-    const auto& W = m.params.at(mod + ".weight");
-    if (W.dim() != 2) throw Error("E_ARG", "target module '" + mod + "' is not a linear layer");
-    if (mod.find("embed") != std::string::npos || mod.find("wte") != std::string::npos || mod.find("wpe") != std::string::npos)
-      throw Error("E_ARG", "target module '" + mod + "' is an embedding; LoRA here adapts linear layers only");
-    LoraModule l;
-    l.fan_in_fan_out = m.is_conv1d(mod);
-    int64_t in = l.fan_in_fan_out ? W.size(0) : W.size(1), out = l.fan_in_fan_out ? W.size(1) : W.size(0);
-    l.A = mod + ".lora_A." + s.adapter + ".weight";
-    l.B = mod + ".lora_B." + s.adapter + ".weight";
-    l.scaling = scaling;
-    l.dropout = s.dropout;
+  // W += scaling * B A (transposed for Conv1D): the adapted model then runs at the base model's cost.
+  void fold(Model& m, double sign) override {
+    for (auto& [mod, l] : modules) {
+      auto delta = torch::mm(m.stored(l.B), m.stored(l.A)).mul_(scaling);
+      m.stored(mod + ".weight").add_(m.is_conv1d(mod) ? delta.t() : delta, sign);
+    }
+  }
+};
+
+std::unique_ptr<AdapterMethod> create(const Model& m, SpecReader& s, Created& created) {
+  auto a = std::make_unique<Lora>();
+  int64_t r = s.integer("r", 8);
+  double alpha = s.number("alpha", 8);
+  a->dropout = s.number("dropout", 0);
+  require(r >= 1, "E_ARG", "LoRA rank r must be a positive integer");
+  require(a->dropout >= 0 && a->dropout < 1, "E_ARG", "LoRA dropout must be in [0, 1)");
+  a->scaling = s.flag("rslora", false) ? alpha / std::sqrt(double(r)) : alpha / double(r);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(uint64_t(s.integer("seed", 0)));
+  for (const auto& mod : linear_targets(m, s.strings("modules"), "LoRA")) {
+    auto [in, out] = linear_shape(m, mod);
+    LoraModule l{mod + ".lora_A." + s.adapter() + ".weight", mod + ".lora_B." + s.adapter() + ".weight"};
     // PEFT: nn.init.kaiming_uniform_(A, a=sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)); B = 0.
     double bound = 1.0 / std::sqrt(double(in));
-    auto A = torch::empty({s.r, in}, torch::kFloat32).uniform_(-bound, bound, gen);
-    created.emplace_back(l.A, A);
-    created.emplace_back(l.B, torch::zeros({out, s.r}, torch::kFloat32));
-    a.lora[mod] = l;
+    created.emplace_back(l.A, torch::empty({r, in}, torch::kFloat32).uniform_(-bound, bound, gen));
+    created.emplace_back(l.B, torch::zeros({out, r}, torch::kFloat32));
+    a->modules[mod] = l;
   }
-  add_saved_copies(m, s.adapter, s.modules_to_save, a, created);
-  for (auto& [name, t] : created) m.add(name, t);
-  m.adapters[s.adapter] = std::move(a);
+  return a;
 }
 
-void set_adapter(Model& m, const std::string& name) {
-  if (!name.empty() && !m.adapters.count(name)) throw Error("E_ARG", "the model has no adapter named '" + name + "'");
-  if (!m.active.empty() && m.active != name && m.adapters.at(m.active).merged)
-    throw Error("E_STATE", "adapter '" + m.active + "' is merged into the weights; unmerge it before switching");
-  m.active = name;
-}
+const bool kRegistered = register_method("lora", create);
 
-// W += scaling * B A (transposed for Conv1D): the adapted model then runs at the base model's cost.
-static void fold(Model& m, double sign) {
-  if (m.active.empty()) throw Error("E_STATE", "no adapter is active");
-  auto& a = m.adapters.at(m.active);
-  if (a.method != "lora") throw Error("E_STATE", "adapter '" + m.active + "' is " + a.method + " tuning; only LoRA folds into the weights");
-  if ((sign > 0) == a.merged) throw Error("E_STATE", std::string("adapter '") + m.active + (a.merged ? "' is already merged" : "' is not merged"));
-  torch::NoGradGuard g;
-  for (auto& [mod, l] : a.lora) {
-    auto& W = m.params.at(mod + ".weight");
-    auto delta = torch::mm(m.params.at(l.B), m.params.at(l.A)).mul_(l.scaling);
-    W.add_(l.fan_in_fan_out ? delta.t() : delta, sign);
-  }
-  a.merged = sign > 0;
-}
-
-void merge_adapter(Model& m) { fold(m, 1); }
-void unmerge_adapter(Model& m) { fold(m, -1); }
-
-void delete_adapter(Model& m, const std::string& name) {
-  auto it = m.adapters.find(name);
-  if (it == m.adapters.end()) throw Error("E_ARG", "the model has no adapter named '" + name + "'");
-  if (it->second.merged) throw Error("E_STATE", "adapter '" + name + "' is merged; unmerge it first");
-  std::vector<std::string> drop;
-  for (auto& [mod, l] : it->second.lora) drop.insert(drop.end(), {l.A, l.B});
-  for (auto& [base, copy] : it->second.overrides) drop.push_back(copy);
-  if (!it->second.prompt.empty()) drop.push_back(it->second.prompt);
-  if (!it->second.prefix.empty()) drop.push_back(it->second.prefix);
-  if (!it->second.prefix_mlp.empty())
-    for (auto p : {".0.weight", ".0.bias", ".2.weight", ".2.bias"}) drop.push_back(it->second.prefix_mlp + p);
-  for (auto& [mod, prefix] : it->second.bottleneck)
-    for (auto p : {"down.weight", "down.bias", "up.weight", "up.bias"}) drop.push_back(prefix + p);
-  for (auto& n : drop) m.params.erase(n);
-  m.order.erase(std::remove_if(m.order.begin(), m.order.end(), [&](const std::string& n) { return !m.params.count(n); }), m.order.end());
-  if (m.active == name) m.active = "";
-  m.adapters.erase(it);
-}
-
+}  // namespace
 }  // namespace tunekit

@@ -3,12 +3,10 @@
 // land on the same weights from the same gradients.
 #include <unordered_set>
 
-#include "../model.h"
+#include "../io.h"
 
 namespace tunekit {
 
-std::vector<torch::Tensor> read_safetensors(const std::string& path, const std::vector<TensorEntry>& entries);
-void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors);
 
 struct ParamState {
   std::string name;

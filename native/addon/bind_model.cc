@@ -1,0 +1,225 @@
+// Bindings of a model: creation from a spec, parameters, weights on disk, forward, backward, embeddings, generation.
+#include <cmath>
+#include <set>
+#include <variant>
+
+#include "convert.h"
+
+namespace tunekit::addon {
+namespace {
+
+// ModelSpec's fields by their JS names: the one table the addon reads a spec through. Every field is required and no
+// other is accepted, so the TS layer (lib/families.ts) is the only place defaults live.
+using SpecField = std::variant<std::string ModelSpec::*, int64_t ModelSpec::*, uint64_t ModelSpec::*, double ModelSpec::*,
+                               bool ModelSpec::*>;
+const std::pair<const char*, SpecField> kSpecFields[] = {
+    {"family", &ModelSpec::family},
+    {"task", &ModelSpec::task},
+    {"device", &ModelSpec::device},
+    {"dtype", &ModelSpec::dtype},
+    {"vocabSize", &ModelSpec::vocab_size},
+    {"hiddenSize", &ModelSpec::hidden_size},
+    {"numLayers", &ModelSpec::num_layers},
+    {"numHeads", &ModelSpec::num_heads},
+    {"numKvHeads", &ModelSpec::num_kv_heads},
+    {"headDim", &ModelSpec::head_dim},
+    {"intermediateSize", &ModelSpec::intermediate_size},
+    {"maxPositions", &ModelSpec::max_positions},
+    {"typeVocabSize", &ModelSpec::type_vocab_size},
+    {"numLabels", &ModelSpec::num_labels},
+    {"padTokenId", &ModelSpec::pad_token_id},
+    {"normEps", &ModelSpec::norm_eps},
+    {"ropeTheta", &ModelSpec::rope_theta},
+    {"embdDropout", &ModelSpec::embd_dropout},
+    {"attnDropout", &ModelSpec::attn_dropout},
+    {"residDropout", &ModelSpec::resid_dropout},
+    {"classifierDropout", &ModelSpec::classifier_dropout},
+    {"activation", &ModelSpec::activation},
+    {"tieWordEmbeddings", &ModelSpec::tie_word_embeddings},
+    {"attentionBias", &ModelSpec::attention_bias},
+    {"attentionOutBias", &ModelSpec::attention_out_bias},
+    {"mlpBias", &ModelSpec::mlp_bias},
+    {"scaleAttnByInverseLayerIdx", &ModelSpec::scale_attn_by_inverse_layer_idx},
+    {"initSeed", &ModelSpec::init_seed},
+};
+
+ModelSpec spec_arg(const Napi::CallbackInfo& info, size_t i) {
+  auto env = info.Env();
+  auto o = object_arg(info, i, "spec");
+  ModelSpec s;
+  std::set<std::string> known;
+  for (const auto& [key, field] : kSpecFields) {
+    known.insert(key);
+    auto v = o.Get(key);
+    if (v.IsUndefined()) type_error(env, std::string("spec.") + key + " is missing");
+    std::visit(
+        [&](auto member) {
+          using T = std::remove_reference_t<decltype(s.*member)>;
+          if constexpr (std::is_same_v<T, std::string>) {
+            if (!v.IsString()) type_error(env, std::string("spec.") + key + " must be a string");
+            s.*member = v.As<Napi::String>().Utf8Value();
+          } else if constexpr (std::is_same_v<T, bool>) {
+            if (!v.IsBoolean()) type_error(env, std::string("spec.") + key + " must be a boolean");
+            s.*member = v.As<Napi::Boolean>().Value();
+          } else {
+            if (!v.IsNumber()) type_error(env, std::string("spec.") + key + " must be a number");
+            double d = v.As<Napi::Number>().DoubleValue();
+            if constexpr (std::is_integral_v<T>) {
+              if (d != std::floor(d) || std::abs(d) > 9e15) type_error(env, std::string("spec.") + key + " must be an integer");
+            }
+            s.*member = T(d);
+          }
+        },
+        field);
+  }
+  auto keys = o.GetPropertyNames();
+  for (uint32_t k = 0; k < keys.Length(); k++) {
+    auto key = keys.Get(k).As<Napi::String>().Utf8Value();
+    if (!known.count(key)) type_error(env, "spec." + key + " is not a model spec field");
+  }
+  return s;
+}
+
+Napi::Value CreateModel(const Napi::CallbackInfo& info) {
+  auto s = spec_arg(info, 0);
+  return run<std::shared_ptr<Model>>(info.Env(), [s] { return create_model(s); },
+                                     [](Napi::Env env, std::shared_ptr<Model>& m) { return wrap(env, m); });
+}
+
+Napi::Value Parameters(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  return run<std::vector<ParamInfo>>(info.Env(), [m] { return parameters(*m); }, [](Napi::Env env, std::vector<ParamInfo>& ps) {
+    auto a = Napi::Array::New(env, ps.size());
+    for (size_t i = 0; i < ps.size(); i++) {
+      auto o = Napi::Object::New(env);
+      o.Set("name", ps[i].name);
+      o.Set("dtype", ps[i].dtype);
+      auto shape = Napi::Array::New(env, ps[i].shape.size());
+      for (size_t j = 0; j < ps[i].shape.size(); j++) shape.Set(uint32_t(j), Napi::Number::New(env, double(ps[i].shape[j])));
+      o.Set("shape", shape);
+      o.Set("numel", Napi::Number::New(env, double(ps[i].numel)));
+      o.Set("trainable", Napi::Boolean::New(env, ps[i].trainable));
+      o.Set("hasGrad", Napi::Boolean::New(env, ps[i].has_grad));
+      a.Set(uint32_t(i), o);
+    }
+    return Napi::Value(a);
+  });
+}
+
+Napi::Value SetTrainable(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto names = strings(info.Env(), info[1], "names");
+  bool on = bool_arg(info, 2, "trainable");
+  return run_void(info.Env(), [m, names, on] { set_trainable(*m, names, on); });
+}
+
+Napi::Value SetTraining(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  bool on = bool_arg(info, 1, "training");
+  return run_void(info.Env(), [m, on] { set_training(*m, on); });
+}
+
+Napi::Value LoadSafetensors(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto path = string_arg(info, 1, "path");
+  auto entries = entries_arg(info.Env(), info[2]);
+  return run_void(info.Env(), [m, path, entries] { load_safetensors(*m, path, entries); });
+}
+
+Napi::Value SaveSafetensors(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto path = string_arg(info, 1, "path");
+  auto names = strings(info.Env(), info[2], "names");
+  std::vector<std::string> keys;
+  if (info.Length() > 3 && !info[3].IsUndefined()) keys = strings(info.Env(), info[3], "keys");
+  return run_void(info.Env(), [m, path, names, keys] { save_safetensors(*m, path, names, keys); });
+}
+
+Napi::Value Forward(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto b = batch_arg(info, 1);
+  bool want = bool_arg(info, 2, "wantLogits");
+  return run<ForwardResult>(info.Env(), [m, b, want] { return forward(*m, b, want); }, [want](Napi::Env env, ForwardResult& r) {
+    auto o = Napi::Object::New(env);
+    if (want) o.Set("logits", float_array(env, r.logits));
+    if (r.has_loss) o.Set("loss", Napi::Number::New(env, r.loss));
+    return Napi::Value(o);
+  });
+}
+
+Napi::Value Backward(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto b = batch_arg(info, 1);
+  double scale = number_arg(info, 2, "lossScale");
+  return run<double>(info.Env(), [m, b, scale] { return backward(*m, b, scale); },
+                     [](Napi::Env env, double& loss) { return Napi::Number::New(env, loss); });
+}
+
+Napi::Value Embed(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto b = batch_arg(info, 1);
+  auto pooling = string_arg(info, 2, "pooling");
+  return run<FloatArray>(info.Env(), [m, b, pooling] { return embed(*m, b, pooling); }, float_array);
+}
+
+Napi::Value Generate(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto b = batch_arg(info, 1);
+  auto o = object_arg(info, 2, "options");
+  GenerateSpec g;
+  g.max_new_tokens = int64_t(num_field(o, "maxNewTokens", 20));
+  g.temperature = num_field(o, "temperature", 1.0);
+  g.top_k = int64_t(num_field(o, "topK", 0));
+  g.top_p = num_field(o, "topP", 1.0);
+  g.do_sample = bool_field(o, "doSample", false);
+  g.eos_token_id = int64_t(num_field(o, "eosTokenId", -1));
+  g.use_cache = bool_field(o, "useCache", true);
+  g.seed = uint64_t(num_field(o, "seed", 0));
+  using Rows = std::vector<std::vector<int32_t>>;
+  return run<Rows>(info.Env(), [m, b, g] { return generate(*m, b, g); }, [](Napi::Env env, Rows& rows) {
+    auto a = Napi::Array::New(env, rows.size());
+    for (size_t i = 0; i < rows.size(); i++) {
+      auto r = Napi::Array::New(env, rows[i].size());
+      for (size_t j = 0; j < rows[i].size(); j++) r.Set(uint32_t(j), Napi::Number::New(env, rows[i][j]));
+      a.Set(uint32_t(i), r);
+    }
+    return Napi::Value(a);
+  });
+}
+
+Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  return run_void(info.Env(), [m] { zero_grad(*m); });
+}
+
+Napi::Value GradNorm(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  return run<double>(info.Env(), [m] { return grad_norm(*m); }, [](Napi::Env env, double& n) { return Napi::Number::New(env, n); });
+}
+
+Napi::Value Dispose(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsExternal()) type_error(info.Env(), "handle must be a tunekit handle");
+  // A job still running keeps its own shared_ptr, so the tensors outlive it.
+  info[0].As<Napi::External<Holder>>().Data()->ptr.reset();
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void init_model(Napi::Env env, Napi::Object exports) {
+  exports.Set("createModel", Napi::Function::New(env, CreateModel));
+  exports.Set("parameters", Napi::Function::New(env, Parameters));
+  exports.Set("setTrainable", Napi::Function::New(env, SetTrainable));
+  exports.Set("setTraining", Napi::Function::New(env, SetTraining));
+  exports.Set("loadSafetensors", Napi::Function::New(env, LoadSafetensors));
+  exports.Set("saveSafetensors", Napi::Function::New(env, SaveSafetensors));
+  exports.Set("forward", Napi::Function::New(env, Forward));
+  exports.Set("backward", Napi::Function::New(env, Backward));
+  exports.Set("embed", Napi::Function::New(env, Embed));
+  exports.Set("generate", Napi::Function::New(env, Generate));
+  exports.Set("zeroGrad", Napi::Function::New(env, ZeroGrad));
+  exports.Set("gradNorm", Napi::Function::New(env, GradNorm));
+  exports.Set("dispose", Napi::Function::New(env, Dispose));
+}
+
+}  // namespace tunekit::addon

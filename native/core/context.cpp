@@ -1,0 +1,107 @@
+// ForwardContext: the per-call view of a model through which every family's forward reads its weights and calls the
+// active adapter's hooks.
+#include "models/family.h"
+#include "peft/method.h"
+
+namespace tunekit {
+
+ForwardContext::ForwardContext(const Model& model, const AdapterMethod* adapter, bool training, KVCache* cache)
+    : m(model), adapter(adapter), cache(cache), training(training) {}
+
+Output ForwardContext::run(const torch::Tensor& ids, const torch::Tensor& in_mask) {
+  auto mask = in_mask;
+  if (past() == 0) {  // with a filled cache the mask already spans prefix and virtual positions
+    if (int64_t n = virtual_tokens(); n > 0 && mask.defined()) mask = torch::cat({torch::ones({mask.size(0), n}, mask.options()), mask}, 1);
+    prefix_ = prefix_tokens() > 0 ? adapter->prefix_values(m) : torch::Tensor();
+  }
+  return m.family->forward(*this, ids, mask);
+}
+
+int64_t ForwardContext::virtual_tokens() const { return adapter ? adapter->virtual_tokens() : 0; }
+int64_t ForwardContext::prefix_tokens() const { return adapter ? adapter->prefix_tokens() : 0; }
+
+const torch::Tensor& ForwardContext::P(const std::string& name) const {
+  if (adapter && !adapter->overrides.empty()) {
+    auto o = adapter->overrides.find(name);
+    if (o != adapter->overrides.end()) return m.stored(o->second);
+  }
+  return m.stored(name);
+}
+
+torch::Tensor ForwardContext::linear(const std::string& module, const torch::Tensor& x) const {
+  const auto& W = P(module + ".weight");
+  auto bias = m.has(module + ".bias") ? P(module + ".bias") : torch::Tensor();
+  bool fifo = m.is_conv1d(module);
+  if (adapter && !adapter->merged) return adapter->linear(*this, module, x, W, bias, fifo);
+  return dense(x, W, bias, fifo);
+}
+
+torch::Tensor ForwardContext::layer_norm(const std::string& module, const torch::Tensor& x, double eps) const {
+  return torch::layer_norm(x, {x.size(-1)}, P(module + ".weight"), P(module + ".bias"), eps);
+}
+
+// As LlamaRMSNorm: normalise in float32, scale in the model's dtype.
+torch::Tensor ForwardContext::rms_norm(const std::string& module, const torch::Tensor& x) const {
+  auto h = x.to(torch::kFloat32);
+  h = h * torch::rsqrt(h.pow(2).mean(-1, true) + m.spec.norm_eps);
+  return P(module + ".weight") * h.to(x.scalar_type());
+}
+
+torch::Tensor ForwardContext::dropout(const torch::Tensor& x, double p) const {
+  return (training && p > 0) ? torch::dropout(x, p, true) : x;
+}
+
+torch::Tensor ForwardContext::token_embeddings(const std::string& table, const torch::Tensor& ids) const {
+  auto x = torch::embedding(P(table), ids, m.family->pad_row_frozen ? m.spec.pad_token_id : -1);
+  if (!adapter || past() > 0) return x;  // a cache already holds the virtual tokens
+  return adapter->input_embeddings(*this, x);
+}
+
+std::pair<torch::Tensor, torch::Tensor> ForwardContext::prefix_kv(int64_t layer, int64_t batch) const {
+  // PEFT's layout: [n, layers * 2, heads, head_dim], key of layer i at 2i and value at 2i + 1.
+  auto kv = [&](int64_t j) { return prefix_.select(1, j).permute({1, 0, 2}).unsqueeze(0).expand({batch, -1, -1, -1}); };
+  return {kv(2 * layer), kv(2 * layer + 1)};
+}
+
+std::pair<torch::Tensor, torch::Tensor> ForwardContext::with_cache(int64_t layer, torch::Tensor k, torch::Tensor v) {
+  if (!cache) return {k, v};
+  auto& c = *cache;
+  const int64_t end = c.len + k.size(2);
+  if (end <= c.capacity) {
+    // Writing into a buffer reserved for the whole generation: concatenating would copy the cache every step and
+    // allocate a slightly larger block each time, which no allocator can reuse.
+    if (c.len == 0) {
+      auto shape = k.sizes().vec();
+      shape[2] = c.capacity;
+      c.kbuf.resize(c.k.size());
+      c.vbuf.resize(c.v.size());
+      c.kbuf[layer] = torch::empty(shape, k.options());
+      c.vbuf[layer] = torch::empty(shape, v.options());
+    }
+    c.kbuf[layer].narrow(2, c.len, k.size(2)).copy_(k);
+    c.vbuf[layer].narrow(2, c.len, v.size(2)).copy_(v);
+    c.k[layer] = c.kbuf[layer].narrow(2, 0, end);
+    c.v[layer] = c.vbuf[layer].narrow(2, 0, end);
+  } else {
+    c.k[layer] = c.len > 0 ? torch::cat({c.k[layer], k}, 2) : k;
+    c.v[layer] = c.len > 0 ? torch::cat({c.v[layer], v}, 2) : v;
+  }
+  // The last layer's write completes this step.
+  if (layer == int64_t(c.k.size()) - 1) c.len = end;
+  return {c.k[layer], c.v[layer]};
+}
+
+torch::Tensor ForwardContext::last_token_index(const torch::Tensor& ids) const {
+  int64_t batch = ids.size(0), seq = ids.size(1);
+  if (m.spec.pad_token_id < 0) {
+    if (batch != 1) throw Error("E_CONFIG", "config has no pad_token_id: cannot find the last token of a padded batch");
+    return torch::full({batch}, seq - 1 + virtual_tokens(), torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
+  }
+  // Rightmost token that is not padding, so left and right padding both work.
+  auto non_pad = (ids != m.spec.pad_token_id).to(torch::kInt32);
+  auto positions = torch::arange(seq, torch::TensorOptions().dtype(torch::kInt32).device(ids.device()));
+  // Behind a soft prompt the sequence starts after the virtual tokens.
+  return (positions * non_pad).argmax(-1) + virtual_tokens();
+}
+
+}  // namespace tunekit

@@ -1,0 +1,132 @@
+// The entry points that turn plain batches into tensors and back: forward, backward (with the loss), pooled embeddings.
+#include "batch.h"
+#include "models/family.h"
+
+namespace tunekit {
+
+Tensors to_tensors(const ForwardContext& c, const Batch& b) {
+  const auto& m = c.m;
+  require(b.batch > 0 && b.seq > 0, "E_SHAPE", "inputIds must be a non-empty [batch, seq] array");
+  require(int64_t(b.input_ids.size()) == b.batch * b.seq, "E_SHAPE", "inputIds has the wrong number of elements");
+  int64_t V = m.spec.vocab_size;
+  for (auto id : b.input_ids)
+    require(id >= 0 && id < V, "E_RANGE", "token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+  if (m.family->positions != Family::Positions::rotary) {  // rotary positions have no table to run off
+    // Virtual tokens take positions, and so does a prefix where positions continue after it.
+    bool after_prefix = m.family->positions == Family::Positions::table_after_prefix;
+    int64_t extra = c.virtual_tokens() + (after_prefix ? c.prefix_tokens() : 0);
+    require(b.seq + extra <= m.spec.max_positions, "E_RANGE",
+            "sequence length " + std::to_string(b.seq) + (extra ? " + " + std::to_string(extra) + " virtual tokens" : "") +
+                " exceeds max_position_embeddings " + std::to_string(m.spec.max_positions));
+  }
+  Tensors t;
+  auto i32 = torch::TensorOptions().dtype(torch::kInt32);
+  t.ids = torch::from_blob(const_cast<int32_t*>(b.input_ids.data()), {b.batch, b.seq}, i32).to(m.device, torch::kLong);
+  if (!b.attention_mask.empty()) {
+    require(int64_t(b.attention_mask.size()) == b.batch * b.seq, "E_SHAPE", "attentionMask must have the shape of inputIds");
+    for (auto v : b.attention_mask) require(v == 0 || v == 1, "E_RANGE", "attentionMask values must be 0 or 1");
+    t.mask = torch::from_blob(const_cast<int32_t*>(b.attention_mask.data()), {b.batch, b.seq}, i32).to(m.device, torch::kLong);
+  }
+  if (!b.labels.empty()) {
+    auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+    t.labels = torch::from_blob(const_cast<float*>(b.labels.data()), b.labels_shape, f32).to(m.device);
+  }
+  return t;
+}
+
+static torch::Tensor loss_of(const ForwardContext& c, const Output& out, const torch::Tensor& labels) {
+  const auto& m = c.m;
+  const auto& task = m.spec.task;
+  auto check_range = [&](const torch::Tensor& l, int64_t hi, const char* what) {
+    auto bad = ((l < 0) & (l != -100)) | (l >= hi);
+    require(!bad.any().item<bool>(), "E_RANGE",
+            std::string("labels must be -100 (ignored) or in [0, ") + std::to_string(hi) + ") for " + what);
+  };
+  if (task == "causal-lm" || task == "masked-lm") {
+    // Behind a soft prompt, the virtual positions predict nothing (PEFT prepends -100 labels).
+    torch::Tensor labels_in = labels;
+    if (int64_t n = c.virtual_tokens(); n > 0 && labels.dim() == 2)
+      labels_in = torch::cat({torch::full({labels.size(0), n}, -100.0, labels.options()), labels}, 1);
+    const auto& labels = labels_in;
+    require(labels.dim() == 2 && labels.sizes() == out.logits.sizes().slice(0, 2), "E_SHAPE",
+            "labels for a language model must have the shape of inputIds");
+    auto l = labels.to(torch::kLong);
+    check_range(l, m.spec.vocab_size, "a language model");
+    auto logits = out.logits.to(torch::kFloat32);
+    if (task == "causal-lm") {  // predict token t+1 from position t: shift the labels, not the (large) logits
+      l = torch::cat({l.slice(1, 1), torch::full({l.size(0), 1}, -100, l.options())}, 1);
+    }
+    return torch::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), l.reshape({-1}), {}, at::Reduction::Mean, -100);
+  }
+  require(task == "sequence-classification", "E_STATE", "a " + task + " model computes no loss");
+  require(labels.dim() == 1 && labels.size(0) == out.logits.size(0), "E_SHAPE", "classification labels must be [batch]");
+  if (m.spec.num_labels == 1) return torch::mse_loss(out.logits.to(torch::kFloat32).squeeze(-1), labels);
+  auto l = labels.to(torch::kLong);
+  check_range(l, m.spec.num_labels, "classification");
+  return torch::cross_entropy_loss(out.logits.to(torch::kFloat32), l, {}, at::Reduction::Mean, -100);
+}
+
+FloatArray to_floats(const torch::Tensor& t) {
+  auto c = t.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  FloatArray a;
+  a.shape = c.sizes().vec();
+  a.data.assign(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+  return a;
+}
+
+// The context of a call from the API: the model's active adapter and dropout setting, no cache.
+static ForwardContext context(const Model& m) { return ForwardContext(m, m.adapter(m.active), m.training); }
+
+ForwardResult forward(Model& m, const Batch& b, bool want_logits) {
+  auto c = context(m);
+  auto t = to_tensors(c, b);
+  torch::NoGradGuard no_grad;
+  auto out = c.run(t.ids, t.mask);
+  ForwardResult r;
+  // A feature-extraction model answers with its last hidden state, as transformers' base models do.
+  if (want_logits) r.logits = to_floats(out.logits.defined() ? out.logits : out.hidden);
+  if (t.labels.defined()) {
+    r.has_loss = true;
+    r.loss = loss_of(c, out, t.labels).item<double>();
+  }
+  return r;
+}
+
+double backward(Model& m, const Batch& b, double loss_scale) {
+  auto c = context(m);
+  auto t = to_tensors(c, b);
+  require(t.labels.defined(), "E_ARG", "backward needs labels");
+  auto loss = loss_of(c, c.run(t.ids, t.mask), t.labels);
+  double value = loss.item<double>();
+  // Refuse before autograd runs: a non-finite loss would poison every accumulated gradient.
+  require(std::isfinite(value), "E_NAN",
+          std::string("loss is ") + (std::isnan(value) ? "NaN" : "infinite") + "; no gradient was accumulated");
+  (loss * loss_scale).backward();
+  return value;
+}
+
+FloatArray embed(Model& m, const Batch& b, const std::string& pooling) {
+  auto c = context(m);
+  auto t = to_tensors(c, b);
+  torch::NoGradGuard no_grad;
+  auto h = c.run(t.ids, t.mask).hidden;
+  if (int64_t n = c.virtual_tokens(); n > 0 && t.mask.defined()) t.mask = torch::cat({torch::ones({t.mask.size(0), n}, t.mask.options()), t.mask}, 1);
+  torch::Tensor pooled;
+  if (pooling == "cls") {
+    pooled = h.select(1, 0);
+  } else if (pooling == "mean") {
+    auto w = (t.mask.defined() ? t.mask : torch::ones({h.size(0), h.size(1)}, t.ids.options())).to(h.scalar_type()).unsqueeze(-1);
+    pooled = (h * w).sum(1) / w.sum(1).clamp_min(1);
+  } else if (pooling == "last") {
+    int64_t T = h.size(1);
+    auto last = t.mask.defined()
+                    ? (torch::arange(T, t.mask.options()) * t.mask).argmax(-1)
+                    : torch::full({h.size(0)}, T - 1, t.ids.options());
+    pooled = h.index({torch::arange(h.size(0), last.options()), last});
+  } else {
+    throw Error("E_ARG", "pooling must be 'cls', 'mean' or 'last', got '" + pooling + "'");
+  }
+  return to_floats(pooled);
+}
+
+}  // namespace tunekit

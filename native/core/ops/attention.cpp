@@ -1,0 +1,78 @@
+// Blocks every family shares: activations, attention masks, scaled-dot-product attention, dtype names.
+#include "../model.h"
+
+namespace tunekit {
+
+torch::Tensor activation(const std::string& name, const torch::Tensor& x) {
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") return torch::gelu(x, "tanh");
+  if (name == "gelu") return torch::gelu(x);
+  if (name == "relu") return torch::relu(x);
+  if (name == "silu" || name == "swish") return torch::silu(x);
+  if (name == "tanh") return torch::tanh(x);
+  throw Error("E_CONFIG", "unsupported activation '" + name + "'");
+}
+
+torch::Tensor attention_mask_4d(const torch::Tensor& mask, int64_t seq, bool causal) {
+  if (!mask.defined()) return {};
+  if (mask.all().item<bool>()) return {};
+  auto keys = mask.to(torch::kBool).view({mask.size(0), 1, 1, seq});
+  auto opts = torch::TensorOptions().dtype(torch::kBool).device(mask.device());
+  // A padded query may see no key at all: libtorch's attention returns zeros (and finite gradients) for such a row,
+  // exactly as transformers gets, so it is left empty rather than patched.
+  return causal ? keys & torch::ones({seq, seq}, opts).tril() : keys.expand({mask.size(0), 1, seq, seq});
+}
+
+torch::Tensor prefix_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t prefix, bool causal, torch::Device device) {
+  auto opts = torch::TensorOptions().dtype(torch::kBool).device(device);
+  auto pattern = torch::cat({torch::ones({seq, prefix}, opts), causal ? torch::ones({seq, seq}, opts).tril() : torch::ones({seq, seq}, opts)}, 1);
+  auto keys = torch::cat({torch::ones({batch, prefix}, opts), mask.defined() ? mask.to(torch::kBool) : torch::ones({batch, seq}, opts)}, 1);
+  return keys.view({batch, 1, 1, prefix + seq}) & pattern;
+}
+
+torch::Tensor cached_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t past, torch::Device device) {
+  // One new token, no padding anywhere: it sees every cached key, so no mask (callers then attend without causality).
+  if (seq == 1 && (!mask.defined() || mask.all().item<bool>())) return {};
+  auto opts = torch::TensorOptions().dtype(torch::kBool).device(device);
+  auto pattern = torch::cat({torch::ones({seq, past}, opts), torch::ones({seq, seq}, opts).tril()}, 1);
+  auto keys = mask.defined() ? mask.to(torch::kBool) : torch::ones({batch, past + seq}, opts);
+  return keys.view({batch, 1, 1, past + seq}) & pattern;
+}
+
+torch::Tensor decoder_mask_4d(const ForwardContext& c, const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t prefix) {
+  auto device = c.m.device;
+  if (c.past() > 0) return cached_mask_4d(mask, batch, seq, c.past(), device);
+  return prefix ? prefix_mask_4d(mask, batch, seq, prefix, true, device) : attention_mask_4d(mask, seq, true);
+}
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d,
+                        bool causal, double dropout, double scale, bool training) {
+  double p = training ? dropout : 0.0;
+  if (mask4d.defined()) return at::scaled_dot_product_attention(q, k, v, mask4d, p, false, scale);
+  return at::scaled_dot_product_attention(q, k, v, {}, p, causal, scale);
+}
+
+std::string scalar_name(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return "float32";
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kFloat16: return "float16";
+    default: return c10::toString(t);
+  }
+}
+
+torch::ScalarType parse_dtype(const std::string& s) {
+  if (s == "float32") return torch::kFloat32;
+  if (s == "bfloat16") return torch::kBFloat16;
+  if (s == "float16") return torch::kFloat16;
+  throw Error("E_ARG", "dtype must be 'float32', 'bfloat16' or 'float16', got '" + s + "'");
+}
+
+std::string shape_str(c10::IntArrayRef s) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < s.size(); i++) o << (i ? ", " : "") << s[i];
+  o << "]";
+  return o.str();
+}
+
+}  // namespace tunekit
