@@ -12,8 +12,8 @@ Output ForwardContext::run(const torch::Tensor& ids, const torch::Tensor& in_mas
   auto mask = in_mask;
   if (past() == 0) {  // with a filled cache the mask already spans prefix and virtual positions
     if (int64_t n = virtual_tokens(); n > 0 && mask.defined()) mask = torch::cat({torch::ones({mask.size(0), n}, mask.options()), mask}, 1);
-    prefix_ = prefix_tokens() > 0 ? adapter->prefix_values(m) : torch::Tensor();
   }
+  prefix_ = past() == 0 && prefix_tokens() > 0 ? adapter->prefix_values(m) : torch::Tensor();
   return m.family->forward(*this, ids, mask);
 }
 
@@ -57,13 +57,16 @@ torch::Tensor ForwardContext::token_embeddings(const std::string& table, const t
   return adapter->input_embeddings(*this, x);
 }
 
-std::pair<torch::Tensor, torch::Tensor> ForwardContext::prefix_kv(int64_t layer, int64_t batch) const {
-  // PEFT's layout: [n, layers * 2, heads, head_dim], key of layer i at 2i and value at 2i + 1.
-  auto kv = [&](int64_t j) { return prefix_.select(1, j).permute({1, 0, 2}).unsqueeze(0).expand({batch, -1, -1, -1}); };
-  return {kv(2 * layer), kv(2 * layer + 1)};
-}
-
-std::pair<torch::Tensor, torch::Tensor> ForwardContext::with_cache(int64_t layer, torch::Tensor k, torch::Tensor v) {
+std::pair<torch::Tensor, torch::Tensor> ForwardContext::keys_values(int64_t layer, torch::Tensor k, torch::Tensor v) {
+  if (prefix_.defined()) {
+    // PEFT's layout: [n, layers * 2, heads, head_dim], key of layer i at 2i and value at 2i + 1. Prefix keys are used
+    // as stored: no rotary embedding, as a cache holds them.
+    auto prefix = [&](int64_t j, const torch::Tensor& like) {
+      return prefix_.select(1, j).permute({1, 0, 2}).unsqueeze(0).expand({like.size(0), -1, -1, -1}).to(like.scalar_type());
+    };
+    k = torch::cat({prefix(2 * layer, k), k}, 2);
+    v = torch::cat({prefix(2 * layer + 1, v), v}, 2);
+  }
   if (!cache) return {k, v};
   auto& c = *cache;
   const int64_t end = c.len + k.size(2);

@@ -22,6 +22,18 @@ const Family& find_family(const std::string& name) {
   throw Error("E_CONFIG", "unknown model_type '" + name + "' (supported: " + known + ")");
 }
 
+torch::Tensor init_normal(std::vector<int64_t> shape) { return torch::randn(shape) * 0.02; }
+
+void add_linear(Model& m, const std::string& name, int64_t in, int64_t out, bool bias) {
+  m.add(name + ".weight", init_normal({out, in}));
+  if (bias) m.add(name + ".bias", torch::zeros({out}));
+}
+
+void add_layer_norm(Model& m, const std::string& name, int64_t width) {
+  m.add(name + ".weight", torch::ones({width}));
+  m.add(name + ".bias", torch::zeros({width}));
+}
+
 Model::Model() = default;
 Model::~Model() = default;
 

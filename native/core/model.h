@@ -75,6 +75,9 @@ class ForwardContext {
   // Virtual tokens the adapter prepends to every sequence (soft prompt), and prefix key/value positions.
   int64_t virtual_tokens() const;
   int64_t prefix_tokens() const;
+  // The position of the first input token: after what the cache holds, or after this call's prefix keys (transformers
+  // counts both as past positions).
+  int64_t first_position() const { return past() + (prefix_.defined() ? prefix_.size(0) : 0); }
   // A parameter by name; under an adapter, its modules_to_save copies stand in for the base tensors.
   const torch::Tensor& P(const std::string& name) const;
   // nn.Linear or Conv1D by module name, through the adapter's hooks (LoRA, IA3, bottleneck).
@@ -84,18 +87,20 @@ class ForwardContext {
   torch::Tensor dropout(const torch::Tensor& x, double p) const;
   // The input's token embeddings from `table`, after the adapter's soft prompt when it has one.
   torch::Tensor token_embeddings(const std::string& table, const torch::Tensor& ids) const;
-  // Layer i's prefix keys and values [batch, kv_heads, n, head_dim] (prefix tuning).
-  std::pair<torch::Tensor, torch::Tensor> prefix_kv(int64_t layer, int64_t batch) const;
-  // Appends this step's keys/values to layer i's cache (or fills it) and returns the keys/values attention should use.
-  std::pair<torch::Tensor, torch::Tensor> with_cache(int64_t layer, torch::Tensor k, torch::Tensor v);
+  // The keys and values layer i attends over, given its own [batch, kv_heads, seq, head_dim]: behind the adapter's
+  // prefix (prefix tuning, before anything is cached) and after what the KV cache holds, which they then join.
+  std::pair<torch::Tensor, torch::Tensor> keys_values(int64_t layer, torch::Tensor k, torch::Tensor v);
+  // The attention mask of this call: over cached positions, behind a prefix, or plain (causal or bidirectional).
+  torch::Tensor mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, bool causal) const;
   // Index of the token each sequence is classified from (transformers' *ForSequenceClassification rule).
   torch::Tensor last_token_index(const torch::Tensor& ids) const;
 
  private:
-  torch::Tensor prefix_;  // [n, layers * 2, kv_heads, head_dim] for this call
+  torch::Tensor prefix_;  // [n, layers * 2, kv_heads, head_dim] for this call, undefined without one or with a cache
 };
 
-// Shared blocks (ops/).
+// Shared blocks (ops/). Attention masks are boolean [batch, 1, seq, keys] of allowed (query, key) pairs, or undefined
+// where plain causal/full attention needs none (see ForwardContext::mask_4d).
 torch::Tensor activation(const std::string& name, const torch::Tensor& x);
 // A dense layer, y = x W^T + b (fan_in_fan_out: W stored [in, out], as GPT-2's Conv1D), differentiable, through
 // oneDNN or aten, whichever is faster for the shape (ops/gemm.cpp). bias may be undefined.
@@ -105,15 +110,6 @@ torch::Tensor unflatten_rows(const torch::Tensor& y2, const torch::Tensor& like)
 bool onednn_gemm();  // whether dense() and matmul_nt() can use oneDNN in this process
 // x2 [n, in] times w_oi^T ([out, in], any strides) plus bias, not differentiable: the products inside backward passes.
 torch::Tensor matmul_nt(const torch::Tensor& x2, const torch::Tensor& w_oi, const torch::Tensor& bias);
-// Boolean [batch, 1, seq, seq] mask of allowed (query, key) pairs, or undefined when plain causal/full attention needs none.
-torch::Tensor attention_mask_4d(const torch::Tensor& mask, int64_t seq, bool causal);
-// The same with `prefix` always-visible key positions in front: [batch, 1, seq, prefix + seq].
-torch::Tensor prefix_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t prefix, bool causal, torch::Device device);
-// Decoding with a cache: `seq` new queries after `past` cached keys; `mask` covers all past + seq key positions.
-// Undefined when nothing needs masking (one new token, no padding): attention then runs without causality.
-torch::Tensor cached_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t past, torch::Device device);
-// The mask a decoder's forward needs at this call: with a cache, behind a prefix, or plain causal.
-torch::Tensor decoder_mask_4d(const ForwardContext& c, const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t prefix);
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d,
                         bool causal, double dropout, double scale, bool training);
 

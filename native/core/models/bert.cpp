@@ -11,35 +11,26 @@ void build(Model& m) {
   if (s.task == "causal-lm") throw Error("E_CONFIG", "bert is an encoder here: it has no causal-lm head");
   if (s.type_vocab_size < 1) throw Error("E_CONFIG", "bert needs type_vocab_size >= 1");
   int64_t C = s.hidden_size, F = s.intermediate_size;
-  auto normal = [&](std::vector<int64_t> shape) { return torch::randn(shape) * 0.02; };
-  auto linear = [&](const std::string& name, int64_t in, int64_t out) {
-    m.add(name + ".weight", normal({out, in}));
-    m.add(name + ".bias", torch::zeros({out}));
-  };
-  auto norm = [&](const std::string& name) {
-    m.add(name + ".weight", torch::ones({C}));
-    m.add(name + ".bias", torch::zeros({C}));
-  };
   auto& b = m.base;
-  m.add(b + "embeddings.word_embeddings.weight", normal({s.vocab_size, C}));
-  m.add(b + "embeddings.position_embeddings.weight", normal({s.max_positions, C}));
-  m.add(b + "embeddings.token_type_embeddings.weight", normal({s.type_vocab_size, C}));
-  norm(b + "embeddings.LayerNorm");
+  m.add(b + "embeddings.word_embeddings.weight", init_normal({s.vocab_size, C}));
+  m.add(b + "embeddings.position_embeddings.weight", init_normal({s.max_positions, C}));
+  m.add(b + "embeddings.token_type_embeddings.weight", init_normal({s.type_vocab_size, C}));
+  add_layer_norm(m, b + "embeddings.LayerNorm", C);
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto l = b + "encoder.layer." + std::to_string(i) + ".";
-    for (auto p : {"query", "key", "value"}) linear(l + "attention.self." + p, C, C);
-    linear(l + "attention.output.dense", C, C);
-    norm(l + "attention.output.LayerNorm");
-    linear(l + "intermediate.dense", C, F);
-    linear(l + "output.dense", F, C);
-    norm(l + "output.LayerNorm");
+    for (auto p : {"query", "key", "value"}) add_linear(m, l + "attention.self." + p, C, C);
+    add_linear(m, l + "attention.output.dense", C, C);
+    add_layer_norm(m, l + "attention.output.LayerNorm", C);
+    add_linear(m, l + "intermediate.dense", C, F);
+    add_linear(m, l + "output.dense", F, C);
+    add_layer_norm(m, l + "output.LayerNorm", C);
   }
-  if (s.task != "masked-lm") linear(b + "pooler.dense", C, C);
+  if (s.task != "masked-lm") add_linear(m, b + "pooler.dense", C, C);
   if (s.task == "sequence-classification") {
-    linear("classifier", C, s.num_labels);
+    add_linear(m, "classifier", C, s.num_labels);
   } else if (s.task == "masked-lm") {
-    linear("cls.predictions.transform.dense", C, C);
-    norm("cls.predictions.transform.LayerNorm");
+    add_linear(m, "cls.predictions.transform.dense", C, C);
+    add_layer_norm(m, "cls.predictions.transform.LayerNorm", C);
     m.add("cls.predictions.bias", torch::zeros({s.vocab_size}));  // the decoder's weight is the word embeddings
   }
 }
@@ -50,23 +41,19 @@ Output forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor&
   auto tokens = c.token_embeddings(b + "embeddings.word_embeddings.weight", ids);
   int64_t B = ids.size(0), T = tokens.size(1), C = s.hidden_size, nh = s.num_heads, hd = C / nh;
   // Behind a prefix, positions continue after it: transformers counts the prefix as past key/value positions.
-  const int64_t P = c.prefix_tokens();
-  auto pos = torch::arange(P, P + T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
+  const int64_t start = c.first_position();
+  auto pos = torch::arange(start, start + T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
   auto x = tokens + torch::embedding(c.P(b + "embeddings.position_embeddings.weight"), pos) +
            c.P(b + "embeddings.token_type_embeddings.weight")[0];
   x = c.dropout(c.layer_norm(b + "embeddings.LayerNorm", x, s.norm_eps), s.embd_dropout);
-  auto mask4d = P ? prefix_mask_4d(mask, B, T, P, false, ids.device()) : attention_mask_4d(mask, T, false);
+  auto mask4d = c.mask_4d(mask, B, T, /*causal=*/false);
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, nh, hd}).transpose(1, 2); };
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto l = b + "encoder.layer." + std::to_string(i) + ".";
     auto q = heads(c.linear(l + "attention.self.query", x));
     auto k = heads(c.linear(l + "attention.self.key", x));
     auto v = heads(c.linear(l + "attention.self.value", x));
-    if (P) {
-      auto [pk, pv] = c.prefix_kv(i, B);
-      k = torch::cat({pk.to(k.scalar_type()), k}, 2);
-      v = torch::cat({pv.to(v.scalar_type()), v}, 2);
-    }
+    std::tie(k, v) = c.keys_values(i, k, v);
     auto y = attention(q, k, v, mask4d, false, s.attn_dropout, 1.0 / std::sqrt(double(hd)), c.training);
     y = c.dropout(c.linear(l + "attention.output.dense", y.transpose(1, 2).reshape({B, T, C})), s.resid_dropout);
     x = c.layer_norm(l + "attention.output.LayerNorm", y + x, s.norm_eps);

@@ -5,35 +5,30 @@
 
 namespace tunekit {
 
+namespace {
+
 void decoder_build(Model& m) {
   const auto& s = m.spec;
   if (s.task == "masked-lm") throw Error("E_CONFIG", s.family + " has no masked-lm head");
   int64_t C = s.hidden_size, hd = s.head_dim, F = s.intermediate_size;
-  auto normal = [&](std::vector<int64_t> shape) { return torch::randn(shape) * 0.02; };
-  auto linear = [&](const std::string& name, int64_t in, int64_t out, bool bias) {
-    m.add(name + ".weight", normal({out, in}));
-    if (bias) m.add(name + ".bias", torch::zeros({out}));
-  };
   auto& b = m.base;
-  m.add(b + "embed_tokens.weight", normal({s.vocab_size, C}));
+  m.add(b + "embed_tokens.weight", init_normal({s.vocab_size, C}));
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto l = b + "layers." + std::to_string(i) + ".";
     m.add(l + "input_layernorm.weight", torch::ones({C}));
-    linear(l + "self_attn.q_proj", C, s.num_heads * hd, s.attention_bias);
-    linear(l + "self_attn.k_proj", C, s.num_kv_heads * hd, s.attention_bias);
-    linear(l + "self_attn.v_proj", C, s.num_kv_heads * hd, s.attention_bias);
-    linear(l + "self_attn.o_proj", s.num_heads * hd, C, s.attention_out_bias);
+    add_linear(m, l + "self_attn.q_proj", C, s.num_heads * hd, s.attention_bias);
+    add_linear(m, l + "self_attn.k_proj", C, s.num_kv_heads * hd, s.attention_bias);
+    add_linear(m, l + "self_attn.v_proj", C, s.num_kv_heads * hd, s.attention_bias);
+    add_linear(m, l + "self_attn.o_proj", s.num_heads * hd, C, s.attention_out_bias);
     m.add(l + "post_attention_layernorm.weight", torch::ones({C}));
-    linear(l + "mlp.gate_proj", C, F, s.mlp_bias);
-    linear(l + "mlp.up_proj", C, F, s.mlp_bias);
-    linear(l + "mlp.down_proj", F, C, s.mlp_bias);
+    add_linear(m, l + "mlp.gate_proj", C, F, s.mlp_bias);
+    add_linear(m, l + "mlp.up_proj", C, F, s.mlp_bias);
+    add_linear(m, l + "mlp.down_proj", F, C, s.mlp_bias);
   }
   m.add(b + "norm.weight", torch::ones({C}));
-  if (s.task == "sequence-classification") m.add("score.weight", normal({s.num_labels, C}));
-  if (s.task == "causal-lm" && !s.tie_word_embeddings) m.add("lm_head.weight", normal({s.vocab_size, C}));
+  if (s.task == "sequence-classification") m.add("score.weight", init_normal({s.num_labels, C}));
+  if (s.task == "causal-lm" && !s.tie_word_embeddings) m.add("lm_head.weight", init_normal({s.vocab_size, C}));
 }
-
-namespace {
 
 // cos/sin tables as LlamaRotaryEmbedding computes them: in float32, then cast to the model's dtype.
 std::pair<torch::Tensor, torch::Tensor> rotary(const Model& m, const torch::Tensor& positions) {
@@ -50,19 +45,16 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
   return torch::cat({-halves[1], halves[0]}, -1);
 }
 
-}  // namespace
-
 Output decoder_forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor& mask) {
   const auto& s = c.m.spec;
   const auto& b = c.m.base;
   auto x = c.token_embeddings(b + "embed_tokens.weight", ids);
   int64_t B = ids.size(0), T = x.size(1), hd = s.head_dim, nh = s.num_heads, nkv = s.num_kv_heads;
-  const int64_t past = c.past();
-  const int64_t P = past > 0 ? 0 : c.prefix_tokens();
-  const int64_t start = past > 0 ? past : P;
+  const int64_t start = c.first_position();
   auto positions = torch::arange(start, start + T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
   auto [cos, sin] = rotary(c.m, positions);
-  auto mask4d = decoder_mask_4d(c, mask, B, T, P);
+  auto mask4d = c.mask_4d(mask, B, T, /*causal=*/true);
+  const bool causal = c.past() == 0;  // decoding from a cache attends to everything before the new token
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto l = b + "layers." + std::to_string(i) + ".";
     auto h = c.rms_norm(l + "input_layernorm", x);
@@ -71,17 +63,12 @@ Output decoder_forward(ForwardContext& c, const torch::Tensor& ids, const torch:
     auto v = c.linear(l + "self_attn.v_proj", h).view({B, T, nkv, hd}).transpose(1, 2);
     q = q * cos + rotate_half(q) * sin;
     k = k * cos + rotate_half(k) * sin;
-    if (P) {  // the prefix keys are used as stored: no rotation, as a cache holds them
-      auto [pk, pv] = c.prefix_kv(i, B);
-      k = torch::cat({pk.to(k.scalar_type()), k}, 2);
-      v = torch::cat({pv.to(v.scalar_type()), v}, 2);
-    }
-    std::tie(k, v) = c.with_cache(i, k, v);
+    std::tie(k, v) = c.keys_values(i, k, v);
     if (nkv != nh) {
       k = k.repeat_interleave(nh / nkv, 1);
       v = v.repeat_interleave(nh / nkv, 1);
     }
-    auto y = attention(q, k, v, mask4d, /*causal=*/past == 0, s.attn_dropout, 1.0 / std::sqrt(double(hd)), c.training);
+    auto y = attention(q, k, v, mask4d, causal, s.attn_dropout, 1.0 / std::sqrt(double(hd)), c.training);
     x = x + c.linear(l + "self_attn.o_proj", y.transpose(1, 2).reshape({B, T, nh * hd}));
     h = c.rms_norm(l + "post_attention_layernorm", x);
     auto gated = activation(s.activation, c.linear(l + "mlp.gate_proj", h)) * c.linear(l + "mlp.up_proj", h);
@@ -96,6 +83,19 @@ Output decoder_forward(ForwardContext& c, const torch::Tensor& ids, const torch:
     out.logits = torch::linear(out.hidden.index({torch::arange(B, last.options()), last}), c.P("score.weight"));
   }
   return out;
+}
+
+}  // namespace
+
+Family decoder_family(std::string name) {
+  return {.name = std::move(name),
+          .backbone = "model.",
+          .word_embeddings = "embed_tokens.weight",
+          .embeddings = {"embed_tokens"},
+          .positions = Family::Positions::rotary,
+          .pad_row_frozen = true,
+          .build = decoder_build,
+          .forward = decoder_forward};
 }
 
 }  // namespace tunekit

@@ -11,33 +11,24 @@ void build(Model& m) {
   const auto& s = m.spec;
   if (s.task == "causal-lm") throw Error("E_CONFIG", "distilbert is an encoder: it has no causal-lm head");
   int64_t C = s.hidden_size, F = s.intermediate_size;
-  auto normal = [&](std::vector<int64_t> shape) { return torch::randn(shape) * 0.02; };
-  auto linear = [&](const std::string& name, int64_t in, int64_t out) {
-    m.add(name + ".weight", normal({out, in}));
-    m.add(name + ".bias", torch::zeros({out}));
-  };
-  auto norm = [&](const std::string& name) {
-    m.add(name + ".weight", torch::ones({C}));
-    m.add(name + ".bias", torch::zeros({C}));
-  };
   auto& b = m.base;
-  m.add(b + "embeddings.word_embeddings.weight", normal({s.vocab_size, C}));
-  m.add(b + "embeddings.position_embeddings.weight", normal({s.max_positions, C}));
-  norm(b + "embeddings.LayerNorm");
+  m.add(b + "embeddings.word_embeddings.weight", init_normal({s.vocab_size, C}));
+  m.add(b + "embeddings.position_embeddings.weight", init_normal({s.max_positions, C}));
+  add_layer_norm(m, b + "embeddings.LayerNorm", C);
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto l = b + "transformer.layer." + std::to_string(i) + ".";
-    for (auto p : {"q_lin", "k_lin", "v_lin", "out_lin"}) linear(l + "attention." + p, C, C);
-    norm(l + "sa_layer_norm");
-    linear(l + "ffn.lin1", C, F);
-    linear(l + "ffn.lin2", F, C);
-    norm(l + "output_layer_norm");
+    for (auto p : {"q_lin", "k_lin", "v_lin", "out_lin"}) add_linear(m, l + "attention." + p, C, C);
+    add_layer_norm(m, l + "sa_layer_norm", C);
+    add_linear(m, l + "ffn.lin1", C, F);
+    add_linear(m, l + "ffn.lin2", F, C);
+    add_layer_norm(m, l + "output_layer_norm", C);
   }
   if (s.task == "sequence-classification") {
-    linear("pre_classifier", C, C);
-    linear("classifier", C, s.num_labels);
+    add_linear(m, "pre_classifier", C, C);
+    add_linear(m, "classifier", C, s.num_labels);
   } else if (s.task == "masked-lm") {
-    linear("vocab_transform", C, C);
-    norm("vocab_layer_norm");
+    add_linear(m, "vocab_transform", C, C);
+    add_layer_norm(m, "vocab_layer_norm", C);
     m.add("vocab_projector.bias", torch::zeros({s.vocab_size}));  // its weight is tied to the word embeddings
   }
 }
@@ -51,19 +42,14 @@ Output forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor&
   auto pos = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
   auto x = tokens + torch::embedding(c.P(b + "embeddings.position_embeddings.weight"), pos);
   x = c.dropout(ln(b + "embeddings.LayerNorm", x), s.embd_dropout);
-  int64_t P = c.prefix_tokens();
-  auto mask4d = P ? prefix_mask_4d(mask, B, T, P, false, ids.device()) : attention_mask_4d(mask, T, false);
+  auto mask4d = c.mask_4d(mask, B, T, /*causal=*/false);
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto l = b + "transformer.layer." + std::to_string(i) + ".";
     auto heads = [&](const torch::Tensor& t) { return t.view({B, T, nh, hd}).transpose(1, 2); };
     auto q = heads(c.linear(l + "attention.q_lin", x));
     auto k = heads(c.linear(l + "attention.k_lin", x));
     auto v = heads(c.linear(l + "attention.v_lin", x));
-    if (P) {
-      auto [pk, pv] = c.prefix_kv(i, B);
-      k = torch::cat({pk.to(k.scalar_type()), k}, 2);
-      v = torch::cat({pv.to(v.scalar_type()), v}, 2);
-    }
+    std::tie(k, v) = c.keys_values(i, k, v);
     auto y = attention(q, k, v, mask4d, false, s.attn_dropout, 1.0 / std::sqrt(double(hd)), c.training);
     y = c.linear(l + "attention.out_lin", y.transpose(1, 2).reshape({B, T, C}));
     x = ln(l + "sa_layer_norm", y + x);

@@ -31,8 +31,14 @@ const Family& register_family(Family f);
 // The family of a model_type, or E_CONFIG naming the supported ones.
 const Family& find_family(const std::string& name);
 
-// Blocks that more than one family runs (a family that only differs in its config reuses them).
-void decoder_build(Model& m);  // Llama-style decoder: RMSNorm, rotary, SwiGLU, grouped-query attention
-Output decoder_forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor& mask);
+// Fresh parameters as every family's build creates them (transformers' pretraining init): normal(0, 0.02) matrices and
+// embedding tables, zero biases, unit norm weights, drawn from torch's global generator, which create_model seeds.
+torch::Tensor init_normal(std::vector<int64_t> shape);
+void add_linear(Model& m, const std::string& name, int64_t in, int64_t out, bool bias = true);  // nn.Linear, [out, in]
+void add_layer_norm(Model& m, const std::string& name, int64_t width);
+
+// The Llama-style decoder (RMSNorm, rotary, SwiGLU, grouped-query attention; decoder.cpp) under a family's own
+// model_type: a family that differs from Llama only in its config registers this descriptor.
+Family decoder_family(std::string name);
 
 }  // namespace tunekit

@@ -9,29 +9,25 @@ void build(Model& m) {
   const auto& s = m.spec;
   if (s.task == "masked-lm") throw Error("E_CONFIG", "gpt2 has no masked-lm head");
   int64_t C = s.hidden_size, F = s.intermediate_size > 0 ? s.intermediate_size : 4 * C;
-  auto normal = [&](std::vector<int64_t> shape) { return torch::randn(shape) * 0.02; };
   auto& b = m.base;
-  m.add(b + "wte.weight", normal({s.vocab_size, C}));
-  m.add(b + "wpe.weight", normal({s.max_positions, C}));
+  m.add(b + "wte.weight", init_normal({s.vocab_size, C}));
+  m.add(b + "wpe.weight", init_normal({s.max_positions, C}));
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto h = b + "h." + std::to_string(i) + ".";
-    m.add(h + "ln_1.weight", torch::ones({C}));
-    m.add(h + "ln_1.bias", torch::zeros({C}));
-    m.add(h + "attn.c_attn.weight", normal({C, 3 * C}));
+    add_layer_norm(m, h + "ln_1", C);
+    m.add(h + "attn.c_attn.weight", init_normal({C, 3 * C}));
     m.add(h + "attn.c_attn.bias", torch::zeros({3 * C}));
-    m.add(h + "attn.c_proj.weight", normal({C, C}));
+    m.add(h + "attn.c_proj.weight", init_normal({C, C}));
     m.add(h + "attn.c_proj.bias", torch::zeros({C}));
-    m.add(h + "ln_2.weight", torch::ones({C}));
-    m.add(h + "ln_2.bias", torch::zeros({C}));
-    m.add(h + "mlp.c_fc.weight", normal({C, F}));
+    add_layer_norm(m, h + "ln_2", C);
+    m.add(h + "mlp.c_fc.weight", init_normal({C, F}));
     m.add(h + "mlp.c_fc.bias", torch::zeros({F}));
-    m.add(h + "mlp.c_proj.weight", normal({F, C}));
+    m.add(h + "mlp.c_proj.weight", init_normal({F, C}));
     m.add(h + "mlp.c_proj.bias", torch::zeros({C}));
   }
-  m.add(b + "ln_f.weight", torch::ones({C}));
-  m.add(b + "ln_f.bias", torch::zeros({C}));
-  if (s.task == "sequence-classification") m.add("score.weight", normal({s.num_labels, C}));
-  if (s.task == "causal-lm" && !s.tie_word_embeddings) m.add("lm_head.weight", normal({s.vocab_size, C}));
+  add_layer_norm(m, b + "ln_f", C);
+  if (s.task == "sequence-classification") m.add("score.weight", init_normal({s.num_labels, C}));
+  if (s.task == "causal-lm" && !s.tie_word_embeddings) m.add("lm_head.weight", init_normal({s.vocab_size, C}));
 }
 
 Output forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor& mask) {
@@ -39,27 +35,19 @@ Output forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor&
   const auto& b = c.m.base;
   auto tokens = c.token_embeddings(b + "wte.weight", ids);
   int64_t B = ids.size(0), T = tokens.size(1), C = s.hidden_size, nh = s.num_heads, hd = C / nh;
-  // Behind a prefix, positions continue after it, as transformers counts a cache; with a cache, after what it holds.
-  const int64_t past = c.past();
-  const int64_t P = past > 0 ? 0 : c.prefix_tokens();
-  const int64_t start = past > 0 ? past : P;
+  const int64_t start = c.first_position();
   auto pos = torch::arange(start, start + T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
   auto x = c.dropout(tokens + torch::embedding(c.P(b + "wpe.weight"), pos), s.embd_dropout);
-  auto mask4d = decoder_mask_4d(c, mask, B, T, P);
+  auto mask4d = c.mask_4d(mask, B, T, /*causal=*/true);
+  const bool causal = c.past() == 0;  // decoding from a cache attends to everything before the new token
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto h = b + "h." + std::to_string(i) + ".";
     auto qkv = c.linear(h + "attn.c_attn", c.layer_norm(h + "ln_1", x, s.norm_eps)).split(C, 2);
     auto heads = [&](const torch::Tensor& t) { return t.view({B, T, nh, hd}).transpose(1, 2); };
     double scale = 1.0 / std::sqrt(double(hd));
     if (s.scale_attn_by_inverse_layer_idx) scale /= double(i + 1);
-    auto k = heads(qkv[1]), v = heads(qkv[2]);
-    if (P) {
-      auto [pk, pv] = c.prefix_kv(i, B);
-      k = torch::cat({pk.to(k.scalar_type()), k}, 2);
-      v = torch::cat({pv.to(v.scalar_type()), v}, 2);
-    }
-    std::tie(k, v) = c.with_cache(i, k, v);
-    auto y = attention(heads(qkv[0]), k, v, mask4d, /*causal=*/past == 0, s.attn_dropout, scale, c.training);
+    auto [k, v] = c.keys_values(i, heads(qkv[1]), heads(qkv[2]));
+    auto y = attention(heads(qkv[0]), k, v, mask4d, causal, s.attn_dropout, scale, c.training);
     y = y.transpose(1, 2).reshape({B, T, C});
     x = x + c.dropout(c.linear(h + "attn.c_proj", y), s.resid_dropout);
     auto f = activation(s.activation, c.linear(h + "mlp.c_fc", c.layer_norm(h + "ln_2", x, s.norm_eps)));

@@ -5,14 +5,7 @@
 namespace tunekit {
 namespace {
 
-const Family& kLlama = register_family({.name = "llama",
-                                        .backbone = "model.",
-                                        .word_embeddings = "embed_tokens.weight",
-                                        .embeddings = {"embed_tokens"},
-                                        .positions = Family::Positions::rotary,
-                                        .pad_row_frozen = true,
-                                        .build = decoder_build,
-                                        .forward = decoder_forward});
+const Family& kLlama = register_family(decoder_family("llama"));
 
 }  // namespace
 }  // namespace tunekit

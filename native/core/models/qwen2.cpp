@@ -6,14 +6,7 @@
 namespace tunekit {
 namespace {
 
-const Family& kQwen2 = register_family({.name = "qwen2",
-                                        .backbone = "model.",
-                                        .word_embeddings = "embed_tokens.weight",
-                                        .embeddings = {"embed_tokens"},
-                                        .positions = Family::Positions::rotary,
-                                        .pad_row_frozen = true,
-                                        .build = decoder_build,
-                                        .forward = decoder_forward});
+const Family& kQwen2 = register_family(decoder_family("qwen2"));
 
 }  // namespace
 }  // namespace tunekit

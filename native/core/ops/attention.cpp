@@ -12,7 +12,9 @@ torch::Tensor activation(const std::string& name, const torch::Tensor& x) {
   throw Error("E_CONFIG", "unsupported activation '" + name + "'");
 }
 
-torch::Tensor attention_mask_4d(const torch::Tensor& mask, int64_t seq, bool causal) {
+namespace {
+
+torch::Tensor plain_mask_4d(const torch::Tensor& mask, int64_t seq, bool causal) {
   if (!mask.defined()) return {};
   if (mask.all().item<bool>()) return {};
   auto keys = mask.to(torch::kBool).view({mask.size(0), 1, 1, seq});
@@ -22,6 +24,7 @@ torch::Tensor attention_mask_4d(const torch::Tensor& mask, int64_t seq, bool cau
   return causal ? keys & torch::ones({seq, seq}, opts).tril() : keys.expand({mask.size(0), 1, seq, seq});
 }
 
+// `prefix` always-visible key positions in front: [batch, 1, seq, prefix + seq].
 torch::Tensor prefix_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t prefix, bool causal, torch::Device device) {
   auto opts = torch::TensorOptions().dtype(torch::kBool).device(device);
   auto pattern = torch::cat({torch::ones({seq, prefix}, opts), causal ? torch::ones({seq, seq}, opts).tril() : torch::ones({seq, seq}, opts)}, 1);
@@ -29,6 +32,7 @@ torch::Tensor prefix_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t s
   return keys.view({batch, 1, 1, prefix + seq}) & pattern;
 }
 
+// Decoding with a cache: `seq` new queries after `past` cached keys; `mask` covers all past + seq key positions.
 torch::Tensor cached_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t past, torch::Device device) {
   // One new token, no padding anywhere: it sees every cached key, so no mask (callers then attend without causality).
   if (seq == 1 && (!mask.defined() || mask.all().item<bool>())) return {};
@@ -38,10 +42,12 @@ torch::Tensor cached_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t s
   return keys.view({batch, 1, 1, past + seq}) & pattern;
 }
 
-torch::Tensor decoder_mask_4d(const ForwardContext& c, const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t prefix) {
-  auto device = c.m.device;
-  if (c.past() > 0) return cached_mask_4d(mask, batch, seq, c.past(), device);
-  return prefix ? prefix_mask_4d(mask, batch, seq, prefix, true, device) : attention_mask_4d(mask, seq, true);
+}  // namespace
+
+torch::Tensor ForwardContext::mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, bool causal) const {
+  if (past() > 0) return cached_mask_4d(mask, batch, seq, past(), m.device);
+  if (prefix_.defined()) return prefix_mask_4d(mask, batch, seq, prefix_.size(0), causal, m.device);
+  return plain_mask_4d(mask, seq, causal);
 }
 
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d,
