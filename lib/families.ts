@@ -109,7 +109,7 @@ function decoderHyper(c: ConfigReader, biases: { qkv: boolean; out: boolean }): 
   };
 }
 
-const decoderPeft = {
+const decoderLayout = {
   lora: ['q_proj', 'v_proj'],
   adapterSites: ['self_attn.o_proj', 'mlp.down_proj'],
   heads: { 'sequence-classification': [/^score\./], 'causal-lm': [/^lm_head\./] },
@@ -147,14 +147,14 @@ export const FAMILIES: Record<ModelType, Family> = {
     pooling: 'last',
   },
   llama: {
-    modelType: 'llama', defaultTask: 'causal-lm', ...decoderPeft,
+    modelType: 'llama', defaultTask: 'causal-lm', ...decoderLayout,
     architectures: { 'causal-lm': 'LlamaForCausalLM', 'sequence-classification': 'LlamaForSequenceClassification', 'feature-extraction': 'LlamaModel' },
     dims: decoderDims,
     hyper: (c) => decoderHyper(c, { qkv: c.flag('attention_bias', false), out: c.flag('attention_bias', false) }),
     ia3: { targets: ['k_proj', 'v_proj', 'down_proj'], feedforward: ['down_proj'] },
   },
   qwen2: {
-    modelType: 'qwen2', defaultTask: 'causal-lm', ...decoderPeft,
+    modelType: 'qwen2', defaultTask: 'causal-lm', ...decoderLayout,
     architectures: { 'causal-lm': 'Qwen2ForCausalLM', 'sequence-classification': 'Qwen2ForSequenceClassification', 'feature-extraction': 'Qwen2Model' },
     dims: decoderDims,
     hyper: (c) => {
@@ -191,14 +191,13 @@ export const FAMILIES: Record<ModelType, Family> = {
   bert: {
     modelType: 'bert', defaultTask: 'feature-extraction', backbone: 'bert.', conv1d: false,
     architectures: { 'sequence-classification': 'BertForSequenceClassification', 'feature-extraction': 'BertModel', 'masked-lm': 'BertForMaskedLM' },
-    dims: (c) => ({
-      vocabSize: c.int(['vocab_size']), ...(() => {
-        const { hiddenSize, numHeads, headDim } = c.heads(['hidden_size'], ['num_attention_heads']);
-        return { hiddenSize, numHeads, numKvHeads: numHeads, headDim };
-      })(),
-      numLayers: c.int(['num_hidden_layers']), intermediateSize: c.int(['intermediate_size']),
-      maxPositions: c.int(['max_position_embeddings'], 512), typeVocabSize: c.int(['type_vocab_size'], 2),
-    }),
+    dims: (c) => {
+      const { hiddenSize, numHeads, headDim } = c.heads(['hidden_size'], ['num_attention_heads']);
+      return {
+        vocabSize: c.int(['vocab_size']), hiddenSize, numLayers: c.int(['num_hidden_layers']), numHeads, numKvHeads: numHeads, headDim,
+        intermediateSize: c.int(['intermediate_size']), maxPositions: c.int(['max_position_embeddings'], 512), typeVocabSize: c.int(['type_vocab_size'], 2),
+      };
+    },
     hyper: (c) => {
       const positions = c.str('position_embedding_type', 'absolute');
       if (positions !== 'absolute') throw new TunekitError('E_CONFIG', `${c.where}: bert position_embedding_type '${positions}' is not supported (only 'absolute')`);

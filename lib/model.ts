@@ -114,10 +114,9 @@ export class Model {
    * parameters the checkpoint lacks; a missing backbone tensor is an error. */
   private async loadFrom(headers: ReturnType<typeof readCheckpoint>, dir: string): Promise<string[]> {
     const missing: string[] = [];
-    const prefix = this.family.backbone;
     const byFile = new Map<string, ReturnType<typeof entry>[]>();
     for (const p of this.params) {
-      const candidates = [p.name, p.name.startsWith(prefix) ? p.name.slice(prefix.length) : prefix + p.name];
+      const candidates = this.withAndWithoutBackbone(p.name);
       let found = false;
       for (const h of headers) {
         const key = candidates.find((c) => h.tensors.has(c));
@@ -129,7 +128,7 @@ export class Model {
         break;
       }
       if (found) continue;
-      const isHead = (this.task !== 'feature-extraction' && !p.name.startsWith(prefix)) || Boolean(this.family.optional?.test(p.name));
+      const isHead = (this.task !== 'feature-extraction' && !p.name.startsWith(this.family.backbone)) || Boolean(this.family.optional?.test(p.name));
       if (!isHead) throw new TunekitError('E_FORMAT', `${dir}: checkpoint lacks tensor '${p.name}' that config.json implies`);
       missing.push(p.name);
     }
@@ -286,11 +285,10 @@ export class Model {
     return this.parameters().filter((p) => !owned.has(p.name));
   }
 
-  /** A checkpoint's name for one of our parameters, with or without the backbone prefix, as transformers maps them. */
-  private baseParamOf(n: string): string | undefined {
+  /** A name as it is, and with the backbone prefix added or removed: transformers maps checkpoint names both ways. */
+  private withAndWithoutBackbone(n: string): [string, string] {
     const prefix = this.family.backbone;
-    const known = new Set(this.baseParameters().map((q) => q.name));
-    return [n, n.startsWith(prefix) ? n.slice(prefix.length) : prefix + n].find((c) => known.has(c));
+    return [n, n.startsWith(prefix) ? n.slice(prefix.length) : prefix + n];
   }
 
   /** Runs calls through the named adapter, or through the bare base model with null. */
@@ -353,22 +351,26 @@ export class Model {
     const { config, header, file } = readAdapterFolder(dir);
     const method = methodForPeftType(config.peft_type, `${dir}/adapter_config.json`);
     this.checkNewAdapter(name);
-    const view: AdapterFile = { file, config, header, baseParam: (n) => this.baseParamOf(n) };
+    const known = new Set(this.baseParameters().map((q) => q.name));
+    const view: AdapterFile = {
+      file, config, header,
+      tensors: [...header.tensors].map(([key, e]) => ({ key, rest: key.replace(/^base_model\.(model\.)?/, ''), entry: e })),
+      baseParam: (n) => this.withAndWithoutBackbone(n).find((c) => known.has(c)),
+    };
     const { settings, own } = method.fromFile(this, name, view);
     // Every tensor of the file is one of the method's own or a modules_to_save copy of a base parameter.
     const entries: ReturnType<typeof entry>[] = [];
     const saveParams: string[] = [];
-    for (const key of header.tensors.keys()) {
-      const rest = key.replace(/^base_model\.(model\.)?/, '');
-      const mine = own(key, rest);
+    for (const t of view.tensors) {
+      const mine = own(t.key, t.rest);
       if (mine !== undefined) {
-        entries.push(entry(mine, header.tensors.get(key)!));
+        entries.push(entry(mine, t.entry));
         continue;
       }
-      const base = this.baseParamOf(rest);
-      if (!base) throw new TunekitError('E_FORMAT', `${file}: '${key}' names no parameter of this ${this.modelType} ${this.task} model`);
+      const base = view.baseParam(t.rest);
+      if (!base) throw new TunekitError('E_FORMAT', `${file}: '${t.key}' names no parameter of this ${this.modelType} ${this.task} model`);
       saveParams.push(base);
-      entries.push(entry(copyName(base, name), header.tensors.get(key)!));
+      entries.push(entry(copyName(base, name), t.entry));
     }
     // As PEFT: the base is frozen under an adapter; the adapter itself trains only when asked to.
     await this.addNative(name, method, { ...settings, saveParams }, Boolean(options.trainable), options.activate ?? true, { file, entries });

@@ -71,8 +71,8 @@ export const bottleneckMethod: PeftMethod<AdapterOptions, ResolvedAdapter> = reg
       return { mod, part: `${m[2]}.${m[3]}` };
     };
     const modules = new Set<string>();
-    for (const key of f.header.tensors.keys()) {
-      const s = site(key, key.replace(/^base_model\.(model\.)?/, ''));
+    for (const t of f.tensors) {
+      const s = site(t.key, t.rest);
       if (s) modules.add(s.mod);
     }
     if (modules.size === 0) throw new TunekitError('E_FORMAT', `${f.file}: no adapter tensors`);

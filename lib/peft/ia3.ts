@@ -59,19 +59,9 @@ export const ia3Method: PeftMethod<IA3Options, ResolvedIA3> = registerMethod<IA3
       if (!mod) throw new TunekitError('E_FORMAT', `${f.file}: '${key}' rescales a module this ${model.modelType} ${model.task} model does not have`);
       return mod;
     };
-    const modules: string[] = [];
-    const feedforward: string[] = [];
-    for (const [key, entry] of f.header.tensors) {
-      const mod = module(key, key.replace(/^base_model\.(model\.)?/, ''));
-      if (!mod) continue;
-      modules.push(mod);
-      // PEFT stores a feed-forward vector as [1, in], any other as [out, 1].
-      if (entry.shape.length === 2 && entry.shape[0] === 1 && entry.shape[1] !== 1) feedforward.push(mod);
-      else if (entry.shape.length === 2 && entry.shape[0] === 1) {
-        // A 1-wide layer is ambiguous by shape; the config decides.
-        if (matchesTarget(mod, (f.config.feedforward_modules as string[] | string | null) ?? [])) feedforward.push(mod);
-      }
-    }
+    const modules = f.tensors.map((t) => module(t.key, t.rest)).filter((m): m is string => m !== undefined);
+    // As PEFT decides on loading: by the config's feedforward_modules (the core then checks each vector's shape).
+    const feedforward = modules.filter((m) => matchesTarget(m, (f.config.feedforward_modules as string[] | string | null) ?? []));
     if (modules.length === 0) throw new TunekitError('E_FORMAT', `${f.file}: no ia3_l tensors`);
     return {
       settings: {

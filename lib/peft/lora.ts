@@ -79,11 +79,11 @@ export const loraMethod: PeftMethod<LoRAOptions, ResolvedLoRA> = registerMethod<
       if (!mod) throw new TunekitError('E_FORMAT', `${f.file}: '${key}' adapts a module this ${model.modelType} ${model.task} model does not have`);
       return [mod, m[2]];
     };
-    for (const [key, entry] of f.header.tensors) {
-      const found = module(key, key.replace(/^base_model\.(model\.)?/, ''));
+    for (const t of f.tensors) {
+      const found = module(t.key, t.rest);
       if (!found) continue;
       modules.add(found[0]);
-      if (found[1] === 'lora_A') r = entry.shape[0];
+      if (found[1] === 'lora_A') r = t.entry.shape[0];
     }
     if (modules.size === 0) throw new TunekitError('E_FORMAT', `${f.file}: no lora_A/lora_B tensors`);
     return {

@@ -8,7 +8,7 @@ import type { Task } from '../families';
 import { matchesSuffix } from '../families';
 import type { Model } from '../model';
 import type { RawAdapterSpec } from '../native';
-import type { Header } from '../safetensors';
+import type { Header, HeaderEntry } from '../safetensors';
 
 /** Settings every method resolves: the user's modules_to_save and the base parameters they cover. */
 export interface Resolved {
@@ -21,6 +21,8 @@ export interface AdapterFile {
   file: string;
   config: Record<string, unknown>;
   header: Header;
+  /** Every tensor: its key as stored, and `rest`, the key without "base_model.model." / "base_model.". */
+  tensors: { key: string; rest: string; entry: HeaderEntry }[];
   /** Our name of a base parameter the file names (with or without the backbone prefix), or undefined. */
   baseParam(name: string): string | undefined;
 }
@@ -28,7 +30,8 @@ export interface AdapterFile {
 /** What a method reads from a file: its settings, and our parameter name for each of its own tensors. */
 export interface FromFile<R extends Resolved> {
   settings: Omit<R, 'saveParams'>;
-  /** `key` as stored, `rest` without "base_model.model." / "base_model."; undefined: a modules_to_save tensor. */
+  /** Our parameter for one of the method's own tensors (key and rest as in AdapterFile.tensors); undefined: a
+   * modules_to_save tensor. */
   own(key: string, rest: string): string | undefined;
 }
 
