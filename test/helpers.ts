@@ -2,7 +2,8 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { AdamW } from '../lib';
+import type { ExecutionContext } from 'ava';
+import { AdamW, SGD } from '../lib';
 import type { BatchInput, ForwardOutput, Model } from '../lib';
 import { readHeader } from '../lib/safetensors';
 
@@ -106,4 +107,24 @@ export async function trainThenSaveAdapter(model: Model, batch: BatchInput, pref
   const dir = tmpDir(prefix);
   await model.saveAdapter(dir);
   return { mine, dir };
+}
+
+/**
+ * One SGD step at lr 1 on `batch` moves each adapter tensor by minus its gradient: checks that only the adapter's own
+ * parameters (`own`) got a gradient and that each tensor's step equals the reference gradient (`grads`, by PEFT key).
+ * `before`: the adapter's tensors before the step (adapterTensors).
+ */
+export async function expectGradients(t: ExecutionContext, model: Model, batch: BatchInput, before: Map<string, Float32Array>,
+  grads: Record<string, number[]>, own: RegExp): Promise<void> {
+  const opt = new SGD(model, { lr: 1, weightDecay: 0 });
+  await model.backward(batch);
+  t.deepEqual((await model.parametersWithGradients()).filter((n) => !own.test(n)), [], 'the frozen base holds no gradient');
+  await opt.step();
+  const after = await adapterTensors(model);
+  t.deepEqual([...after.keys()].sort(), Object.keys(grads).sort());
+  for (const [k, g] of Object.entries(grads)) {
+    const step = after.get(k)!.map((v, i) => before.get(k)![i] - v);
+    if (g.every((v) => v === 0)) t.true(step.every((v) => v === 0), `${k}: zero gradient`);
+    else t.true(relError(step, g) < 1e-4, `${k}: gradient rel. error ${relError(step, g)}`);
+  }
 }
