@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
+import { STRATEGIES } from '../lib/strategies';
 import { ROOT, tmpDir } from './helpers';
 
 const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
@@ -62,6 +63,22 @@ test('finetune writes the model, metrics.jsonl, a loss curve and results; evalua
   t.is(ev.status, 0, ev.stderr);
   t.regex(ev.stdout, new RegExp(`test accuracy ${m![1].replace('.', '\\.')}% \\(loss ${m![2].replace('.', '\\.')}, 200 examples\\)`));
 });
+
+// Every PEFT strategy of the registry, as the CLI builds it: it trains, saves a PEFT adapter, and evaluate with that
+// adapter reproduces the test accuracy the run reported.
+for (const [name] of Object.entries(STRATEGIES).filter(([, s]) => s.peft)) {
+  test(`finetune --strategy ${name} saves an adapter that evaluate --adapter reproduces`, (t) => {
+    const out = path.join(tmpDir(`cli-${name}`), 'run');
+    const r = run('finetune', '--strategy', name, '--max-steps', '2', '--out', out, '--quiet');
+    t.is(r.status, 0, r.stderr);
+    const m = r.stdout.match(/test accuracy ([\d.]+)% \(loss ([\d.]+), 200 examples\)/);
+    t.truthy(m, r.stdout);
+    t.true(fs.existsSync(path.join(out, 'adapter_config.json')) && fs.existsSync(path.join(out, 'adapter_model.safetensors')));
+    const ev = run('evaluate', '--model', path.join(ROOT, 'models', 'tiny-distilbert'), '--adapter', out, '--data', 'builtin:imdb-sentences');
+    t.is(ev.status, 0, ev.stderr);
+    t.regex(ev.stdout, new RegExp(`test accuracy ${m![1].replace('.', '\\.')}% \\(loss ${m![2].replace('.', '\\.')}, 200 examples\\)`));
+  });
+}
 
 test('generate continues a prompt', (t) => {
   const r = run('generate', '--model', path.join(ROOT, 'models', 'tiny-gpt2'), '--prompt', 'The ship', '--max-new-tokens', '8');

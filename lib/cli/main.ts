@@ -8,12 +8,7 @@ import { TunekitError } from '../errors';
 import { Model, Pooling } from '../model';
 import { lineChartSvg, lossSeries, writeSvg } from '../plot';
 import { MetricsWriter, progressBar, ProgressBar, trainingFields } from '../progress';
-import { Adapter } from '../peft/adapter';
-import { LoRA } from '../peft/lora';
-import { PrefixTuning } from '../peft/prefix';
-import { PromptTuning } from '../peft/prompt';
-import { IA3 } from '../peft/ia3';
-import { FeatureBased, FinetuneAll, FinetuneHead, FinetunePEFT, StrategyResult, TrainOptions } from '../strategies';
+import { FEATURES_SUMMARY, FeatureBased, STRATEGIES, StrategyOptions, StrategyResult, TrainOptions } from '../strategies';
 import { Tokenizer } from '../tokenizer';
 import { evaluateModel } from '../trainer';
 
@@ -34,17 +29,6 @@ interface Command {
   run(o: Opts): Promise<void>;
 }
 
-const STRATEGIES: Record<string, string> = {
-  features: 'feature-based: embed with the frozen model, fit a logistic regression (--pooling cls|mean|last, --C)',
-  full: 'finetuning II: train every parameter',
-  head: 'finetuning I: freeze the backbone, train the output layers (add --unfreeze-last-blocks N for the last blocks too)',
-  lora: 'LoRA: freeze the model, train low-rank adapters (--lora-r, --lora-alpha, --lora-dropout, --lora-targets) and the head; --out gets a PEFT adapter',
-  adapter: 'Houlsby bottleneck adapters after attention and feed-forward (--reduction-factor or --bottleneck-size, --nonlinearity) and the head',
-  prefix: 'prefix tuning: trainable key/value prefixes in every layer (--num-virtual-tokens, --prefix-projection) and the head',
-  prompt: 'soft prompt tuning: trainable virtual tokens before the input (--num-virtual-tokens, --prompt-init-text) and the head',
-  ia3: '(IA)^3: learned vectors rescaling keys, values and feed-forward (the family\'s PEFT defaults) and the head; --out gets a PEFT adapter',
-};
-const PEFT = new Set(['lora', 'adapter', 'prefix', 'prompt', 'ia3']);
 
 function num(o: Opts, key: string, fallback: number | undefined, kind: 'int' | 'float' = 'float'): number | undefined {
   const v = o[key];
@@ -118,9 +102,9 @@ const COMMANDS: Record<string, Command> = {
     },
     help: {
       ...commonHelp,
-      strategy: `how to adapt the model (default full): ${Object.entries(STRATEGIES).map(([k, v]) => `${k} = ${v}`).join('; ')}`,
+      strategy: `how to adapt the model (default full): features = ${FEATURES_SUMMARY}; ${Object.entries(STRATEGIES).map(([k, v]) => `${k} = ${v.summary}`).join('; ')}`,
       out: 'folder for the finetuned model, metrics.jsonl, loss.svg and results.json (default: runs/MODEL-STRATEGY)',
-      epochs: 'passes over the training split (default 3)', lr: 'peak learning rate (default 3e-4 for full, 1e-3 for head, lora and adapter, 1e-2 for prefix and prompt)',
+      epochs: 'passes over the training split (default 3)', lr: `peak learning rate (default ${Object.entries(STRATEGIES).map(([k, v]) => `${k} ${v.lr}`).join(', ')})`,
       'max-steps': 'stop after this many optimizer steps', 'weight-decay': 'AdamW weight decay (default 0.01)',
       'warmup-ratio': 'fraction of steps of linear warm-up (default 0.1)', 'grad-accumulation': 'batches per optimizer step (default 1)',
       'unfreeze-last-blocks': 'with --strategy head: also train the last N transformer blocks',
@@ -136,7 +120,8 @@ const COMMANDS: Record<string, Command> = {
     },
     async run(o) {
       const strategyName = String(o.strategy ?? 'full');
-      if (!STRATEGIES[strategyName]) throw new UsageError(`--strategy ${strategyName}: unknown strategy (expected one of ${Object.keys(STRATEGIES).join(', ')})`);
+      const spec = STRATEGIES[strategyName];
+      if (strategyName !== 'features' && !spec) throw new UsageError(`--strategy ${strategyName}: unknown strategy (expected one of features, ${Object.keys(STRATEGIES).join(', ')})`);
       const dir = modelDir(o);
       const splits = await splitsOf(o);
       const out = path.resolve(String(o.out ?? path.join('runs', `${path.basename(dir)}-${strategyName}`)));
@@ -144,39 +129,37 @@ const COMMANDS: Record<string, Command> = {
       const maxLength = num(o, 'max-length', 128, 'int')!;
       if (strategyName === 'features') return runFeatures(dir, splits, tok, maxLength, out, o);
       const model = await modelFor(dir, splits, o);
-      // Virtual tokens (and a GPT-2 prefix) take positions: leave them room.
-      const limit = model.dims.maxPositions;
-      const reserve = strategyName === 'prompt' || strategyName === 'prefix' ? num(o, 'num-virtual-tokens', 8, 'int')! : 0;
-      const fit = Math.min(maxLength, limit - reserve);
+      const seed = num(o, 'seed', 42, 'int');
+      const virtualTokens = num(o, 'num-virtual-tokens', undefined, 'int');
+      // Each method's options from its flags (the strategy uses its own; every other's are unused).
+      const methodOptions: StrategyOptions = {
+        head: { unfreezeLastBlocks: num(o, 'unfreeze-last-blocks', 0, 'int') },
+        lora: {
+          r: num(o, 'lora-r', 8, 'int'), alpha: num(o, 'lora-alpha', 16), dropout: num(o, 'lora-dropout', 0.1), seed,
+          ...(o['lora-targets'] ? { targetModules: String(o['lora-targets']).split(',').map((x) => x.trim()).filter(Boolean) } : {}),
+        },
+        adapter: { reductionFactor: num(o, 'reduction-factor', 16), bottleneckSize: num(o, 'bottleneck-size', undefined, 'int'), nonlinearity: o.nonlinearity as string | undefined, seed },
+        prefix: { numVirtualTokens: virtualTokens, prefixProjection: Boolean(o['prefix-projection']), seed },
+        prompt: { numVirtualTokens: virtualTokens, seed, ...(o['prompt-init-text'] ? { promptTuningInitText: String(o['prompt-init-text']), tokenizer: tok, tokenizerNameOrPath: dir } : {}) },
+        ia3: {},
+      };
+      // Virtual tokens (and a prefix where positions continue after it) take positions: leave them room.
+      const fit = Math.min(maxLength, model.dims.maxPositions - spec.virtualTokens(methodOptions));
       const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength: fit }));
       fs.mkdirSync(out, { recursive: true });
       const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'));
       let bar: ProgressBar | undefined;
       const opts: TrainOptions = {
-        lr: num(o, 'lr', strategyName === 'full' ? 3e-4 : 1e-3), epochs: num(o, 'epochs', 3, 'int'), batchSize: num(o, 'batch-size', 16, 'int'),
+        lr: num(o, 'lr', spec.lr), epochs: num(o, 'epochs', 3, 'int'), batchSize: num(o, 'batch-size', 16, 'int'),
         maxSteps: num(o, 'max-steps', undefined, 'int'), weightDecay: num(o, 'weight-decay', 0.01), warmupRatio: num(o, 'warmup-ratio', 0.1),
-        gradAccumulation: num(o, 'grad-accumulation', 1, 'int'), seed: num(o, 'seed', 42, 'int'),
+        gradAccumulation: num(o, 'grad-accumulation', 1, 'int'), seed,
         onProgress: (p) => {
           bar ??= progressBar(p.totalSteps, strategyName, { silent: Boolean(o.quiet) });
           bar.update(p.step, trainingFields(p));
           metrics.write({ step: p.step, epoch: p.epoch, loss: p.loss, lr: p.lr, gradNorm: p.gradNorm, tokensPerSecond: p.tokensPerSecond, elapsedMs: p.elapsedMs, ...(p.evalLoss !== undefined ? { evalLoss: p.evalLoss } : {}), ...(p.evalAccuracy !== undefined ? { evalAccuracy: p.evalAccuracy } : {}) });
         },
       };
-      if (PEFT.has(strategyName)) opts.lr = num(o, 'lr', strategyName === 'prompt' || strategyName === 'prefix' ? 1e-2 : 1e-3);
-      const seed = num(o, 'seed', 42, 'int');
-      const nvt = num(o, 'num-virtual-tokens', 8, 'int');
-      const strategy = strategyName === 'full' ? new FinetuneAll(opts)
-        : strategyName === 'head' ? new FinetuneHead({ ...opts, unfreezeLastBlocks: num(o, 'unfreeze-last-blocks', 0, 'int') })
-        : new FinetunePEFT(
-          strategyName === 'lora' ? new LoRA({
-            r: num(o, 'lora-r', 8, 'int'), alpha: num(o, 'lora-alpha', 16), dropout: num(o, 'lora-dropout', 0.1), seed,
-            ...(o['lora-targets'] ? { targetModules: String(o['lora-targets']).split(',').map((x) => x.trim()).filter(Boolean) } : {}),
-          })
-          : strategyName === 'adapter' ? new Adapter({ reductionFactor: num(o, 'reduction-factor', 16), bottleneckSize: num(o, 'bottleneck-size', undefined, 'int'), nonlinearity: o.nonlinearity as string | undefined, seed })
-          : strategyName === 'ia3' ? new IA3()
-          : strategyName === 'prefix' ? new PrefixTuning({ numVirtualTokens: nvt, prefixProjection: Boolean(o['prefix-projection']), seed })
-          : new PromptTuning({ numVirtualTokens: nvt, seed, ...(o['prompt-init-text'] ? { promptTuningInitText: String(o['prompt-init-text']), tokenizer: tok, tokenizerNameOrPath: dir } : {}) }),
-          opts);
+      const strategy = spec.create(opts, methodOptions);
       console.log(`${strategyName} finetuning of ${dir} on ${splits.train.source}: ${train.length} train / ${validation.length} validation / ${test.length} test examples`);
       let result: StrategyResult;
       try {
@@ -184,7 +167,7 @@ const COMMANDS: Record<string, Command> = {
       } finally {
         bar?.stop();
       }
-      if (PEFT.has(strategyName)) await model.saveAdapter(out, { baseModelNameOrPath: dir });
+      if (spec.peft) await model.saveAdapter(out, { baseModelNameOrPath: dir });
       else await model.savePretrained(out);
       for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
         if (fs.existsSync(path.join(dir, f))) fs.copyFileSync(path.join(dir, f), path.join(out, f));
@@ -195,7 +178,7 @@ const COMMANDS: Record<string, Command> = {
       console.log(`trainable parameters: ${result.trainableParameters.toLocaleString('en-US')} of ${result.totalParameters.toLocaleString('en-US')}; ${tr?.steps} steps in ${(result.wallTimeMs / 1000).toFixed(1)} s (${Math.round(result.tokensPerSecond ?? 0)} tok/s), peak RSS ${result.peakRssMiB.toFixed(0)} MiB`);
       if (result.validation) console.log(`validation ${describe(result.validation)}`);
       if (result.test) console.log(`test ${describe(result.test)}`);
-      console.log(`saved to ${out} (${PEFT.has(strategyName) ? `${strategyName} adapter (use evaluate --adapter ${out} --model ${dir})` : 'model'}, metrics.jsonl, loss.svg, results.json)`);
+      console.log(`saved to ${out} (${spec.peft ? `${strategyName} adapter (use evaluate --adapter ${out} --model ${dir})` : 'model'}, metrics.jsonl, loss.svg, results.json)`);
       model.dispose();
     },
   },

@@ -116,6 +116,9 @@ export function commonConfig(model: Model, peftType: string, r: Resolved, basePa
   };
 }
 
+/** How many virtual tokens prompt and prefix tuning add unless told (PEFT requires a number; 8 is tunekit's). */
+export const DEFAULT_VIRTUAL_TOKENS = 8;
+
 export function positiveInt(value: number | undefined, fallback: number, what: string): number {
   const v = value ?? fallback;
   if (!Number.isInteger(v) || v < 1) throw new TunekitError('E_ARG', `${what} must be a positive integer, got ${value}`);

@@ -1,7 +1,7 @@
 /** Prefix tuning as PEFT 0.21's PREFIX_TUNING: options and PEFT's files. */
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
-import { checkOptions, commonConfig, PeftMethod, positiveInt, registerMethod, Resolved, resolveModulesToSave } from './method';
+import { checkOptions, commonConfig, DEFAULT_VIRTUAL_TOKENS, PeftMethod, positiveInt, registerMethod, Resolved, resolveModulesToSave } from './method';
 
 export interface PrefixTuningOptions {
   numVirtualTokens?: number;
@@ -30,7 +30,7 @@ export const prefixMethod: PeftMethod<PrefixTuningOptions, ResolvedPrefix> = reg
 
   resolve(model, o) {
     checkOptions(o, OPTIONS, 'PrefixTuning');
-    const n = positiveInt(o.numVirtualTokens, 8, 'numVirtualTokens');
+    const n = positiveInt(o.numVirtualTokens, DEFAULT_VIRTUAL_TOKENS, 'numVirtualTokens');
     const encoderHiddenSize = positiveInt(o.encoderHiddenSize, kvWidth(model), 'encoderHiddenSize');
     return { numVirtualTokens: n, projection: Boolean(o.prefixProjection), encoderHiddenSize, seed: o.seed ?? 0, ...resolveModulesToSave(model, o.modulesToSave) };
   },

@@ -2,7 +2,7 @@
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
 import type { Tokenizer } from '../tokenizer';
-import { checkOptions, commonConfig, PeftMethod, positiveInt, registerMethod, Resolved, resolveModulesToSave } from './method';
+import { checkOptions, commonConfig, DEFAULT_VIRTUAL_TOKENS, PeftMethod, positiveInt, registerMethod, Resolved, resolveModulesToSave } from './method';
 
 export interface PromptTuningOptions {
   numVirtualTokens?: number;
@@ -28,7 +28,7 @@ export const promptMethod: PeftMethod<PromptTuningOptions, ResolvedPrompt> = reg
 
   resolve(model, o) {
     checkOptions(o, OPTIONS, 'PromptTuning');
-    const n = positiveInt(o.numVirtualTokens, 8, 'numVirtualTokens');
+    const n = positiveInt(o.numVirtualTokens, DEFAULT_VIRTUAL_TOKENS, 'numVirtualTokens');
     let initIds: number[] | undefined;
     if (o.promptTuningInitText !== undefined) {
       if (!o.tokenizer) throw new TunekitError('E_ARG', 'promptTuningInitText needs the model\'s tokenizer (options.tokenizer)');

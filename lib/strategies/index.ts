@@ -7,3 +7,5 @@ export { FeatureBased } from './feature-based';
 export type { FeatureBasedOptions } from './feature-based';
 export { FinetuneLoRA, FinetunePEFT } from './lora';
 export type { PeftMethod } from './lora';
+export { FEATURES_SUMMARY, STRATEGIES } from './registry';
+export type { StrategyOptions, TrainingStrategy } from './registry';

@@ -9,30 +9,29 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { Adapter, FeatureBased, FinetuneAll, FinetuneHead, FinetunePEFT, LoRA, Model, PrefixTuning, PromptTuning, Tokenizer, builtinSplits } from '../../lib';
-import type { PeftMethod } from '../../lib/strategies';
+import { FeatureBased, FinetunePEFT, Model, Tokenizer, builtinSplits } from '../../lib';
+import { STRATEGIES, StrategyOptions } from '../../lib/strategies';
 import { shuffled } from '../../lib/random';
 import type { StrategyResult } from '../../lib';
 
-export interface StrategyPlan { lr?: number; epochs?: number; unfreezeLastBlocks?: number }
+/** `base`: the registered strategy a plan runs (default: the plan's own name). */
+export interface StrategyPlan { base?: string; lr?: number; epochs?: number; unfreezeLastBlocks?: number }
 
 /** The hyperparameters of each strategy, shared by both sides. */
 export const PLANS: Record<string, StrategyPlan> = {
   features: {},
   head: { lr: 2e-3, epochs: 3 },
-  'head+last1': { lr: 1e-3, epochs: 3, unfreezeLastBlocks: 1 },
+  'head+last1': { base: 'head', lr: 1e-3, epochs: 3, unfreezeLastBlocks: 1 },
   full: { lr: 3e-4, epochs: 3 },
   lora: { lr: 2e-3, epochs: 3 },
   adapter: { lr: 2e-3, epochs: 3 },
   prefix: { lr: 1e-2, epochs: 3 },
   prompt: { lr: 1e-2, epochs: 3 },
 };
-const PEFT_METHODS: Record<string, (seed: number) => PeftMethod> = {
-  lora: (seed) => new LoRA({ ...LORA, seed }),
-  adapter: (seed) => new Adapter({ reductionFactor: 16, seed }),
-  prefix: (seed) => new PrefixTuning({ numVirtualTokens: 8, seed }),
-  prompt: (seed) => new PromptTuning({ numVirtualTokens: 8, seed }),
-};
+/** The PEFT methods' settings in the experiment (the registry's defaults otherwise). */
+const methodOptions = (seed: number): StrategyOptions => ({
+  lora: { ...LORA, seed }, adapter: { reductionFactor: 16, seed }, prefix: { numVirtualTokens: 8, seed }, prompt: { numVirtualTokens: 8, seed },
+});
 /** LoRA's shape in the experiment: PEFT's default target modules, r 8, alpha 16, no dropout (deterministic runs). */
 export const LORA = { r: 8, alpha: 16, dropout: 0 };
 export const BATCH_SIZE = 16;
@@ -66,8 +65,9 @@ async function main() {
   fs.mkdirSync(work, { recursive: true });
   const splits = builtinSplits(data.replace(/^builtin:/, ''));
   const tok = await Tokenizer.fromPretrained(modelDir);
-  // Virtual tokens and prefixes take positions too (8 each in this experiment).
-  const maxLength = strategy === 'prompt' || strategy === 'prefix' ? MAX_LENGTH - 8 : MAX_LENGTH;
+  // Virtual tokens and prefixes take positions too.
+  const registered = STRATEGIES[plan.base ?? strategy];
+  const maxLength = MAX_LENGTH - (registered?.virtualTokens(methodOptions(seed)) ?? 0);
   const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength }));
   const epochs = epochsFor(plan, data);
   const orders = Array.from({ length: epochs }, (_, e) => shuffled(train.length, seed + e));
@@ -83,18 +83,17 @@ async function main() {
     const model = await Model.fromPretrained(modelDir, { task: 'sequence-classification', numLabels: 2, seed, config: NO_DROPOUT, labelNames: ['negative', 'positive'] });
     await model.savePretrained(path.join(work, 'init'));
     const opts = { lr: plan.lr, epochs, batchSize: BATCH_SIZE, seed, weightDecay: 0.01, warmupRatio: 0.1, maxGradNorm: 1.0 };
-    if (PEFT_METHODS[strategy]) {
+    if (registered.peft) {
+      const peft = registered.create(opts, methodOptions(seed)) as FinetunePEFT;
       // The adapter is created here so its initial weights can be handed to PEFT too.
-      const method = PEFT_METHODS[strategy](seed);
-      await method.apply(model);
+      await peft.apply(model);
       await model.saveAdapter(path.join(work, 'init-adapter'));
-      result = await new FinetunePEFT(method, opts).run(model, { train, validation, test });
+      result = await peft.run(model, { train, validation, test });
       const file = path.join(work, 'adapter');
       await model.saveAdapter(file);
       (result as StrategyResult & { adapterBytes?: number; checkpointBytes?: number }).adapterBytes = fs.statSync(path.join(file, 'adapter_model.safetensors')).size;
     } else {
-      const s = strategy === 'full' ? new FinetuneAll(opts) : new FinetuneHead({ ...opts, unfreezeLastBlocks: plan.unfreezeLastBlocks ?? 0 });
-      result = await s.run(model, { train, validation, test });
+      result = await registered.create(opts, { head: { unfreezeLastBlocks: plan.unfreezeLastBlocks ?? 0 } }).run(model, { train, validation, test });
     }
     (result as StrategyResult & { checkpointBytes?: number }).checkpointBytes = fs.statSync(path.join(work, 'init', 'model.safetensors')).size;
   }
