@@ -26,8 +26,25 @@ const names = argOf('workloads')?.split(',') ?? (smoke ? ['smoke-gpt2'] : Object
 const rounds = smoke ? 1 : quick ? 2 : 3;
 const outDir = argOf('out') ?? path.join(__dirname, 'results');
 
-interface Workload { kind: 'train' | 'forward' | 'generate'; base?: string; batch: number; seq: number; classify?: boolean; new_tokens?: number; config?: Record<string, unknown>; lora?: { r: number; alpha: number; target_modules: string[] } }
-interface Side { side: string; first: unknown; times: number[]; threads: number; torch: string; peakRssMiB: number; params: number }
+interface Workload {
+  kind: 'train' | 'forward' | 'generate';
+  base?: string;
+  batch: number;
+  seq: number;
+  classify?: boolean;
+  new_tokens?: number;
+  config?: Record<string, unknown>;
+  lora?: { r: number; alpha: number; target_modules: string[] };
+}
+interface Side {
+  side: string;
+  first: unknown;
+  times: number[];
+  threads: number;
+  torch: string;
+  peakRssMiB: number;
+  params: number;
+}
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -45,7 +62,11 @@ function plan(w: Workload): { steps: number; warmup: number } {
 function json(cmd: string, args: string[]): Side {
   const r = spawnSync(cmd, args, { cwd: ROOT, encoding: 'utf8', maxBuffer: 1 << 26 });
   if (r.status !== 0) throw new Error(`${cmd} ${args[1] ?? ''} failed: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
-  const line = r.stdout.trim().split('\n').filter((l) => l.startsWith('{')).pop();
+  const line = r.stdout
+    .trim()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .pop();
   if (!line) throw new Error(`no result from ${cmd}`);
   return JSON.parse(line);
 }
@@ -57,7 +78,9 @@ function prepare(name: string, w: Workload): string {
   const key = crypto.createHash('sha256').update(JSON.stringify(base)).digest('hex').slice(0, 12);
   const dir = path.join(__dirname, '.cache', `${baseName}-${key}`);
   if (!fs.existsSync(path.join(dir, 'batch.json'))) {
-    execFileSync(PY, [path.join(__dirname, 'python_side.py'), 'prepare', JSON.stringify(base), dir, '1234'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    execFileSync(PY, [path.join(__dirname, 'python_side.py'), 'prepare', JSON.stringify(base), dir, '1234'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
   }
   return dir;
 }
@@ -66,7 +89,10 @@ function prepare(name: string, w: Workload): string {
 function agree(w: Workload, a: unknown, b: unknown): { ok: boolean; detail: string } {
   if (w.kind === 'train') {
     const rel = Math.abs((a as number) - (b as number)) / Math.abs(b as number);
-    return { ok: rel < 1e-4, detail: `first-step loss ${(a as number).toFixed(6)} vs ${(b as number).toFixed(6)} (rel. ${rel.toExponential(1)})` };
+    return {
+      ok: rel < 1e-4,
+      detail: `first-step loss ${(a as number).toFixed(6)} vs ${(b as number).toFixed(6)} (rel. ${rel.toExponential(1)})`,
+    };
   }
   if (w.kind === 'forward') {
     const x = a as number[];
@@ -87,7 +113,8 @@ function modelFlops(name: string, w: Workload, params: number): number {
   const V = c.vocab_size;
   const P = c.n_positions ?? c.max_position_embeddings;
   // Lookup tables are not matmuls: position tables never; the token table only when it is not also the LM head.
-  const lookups = (c.model_type === 'gpt2' ? P * d : 0) + (c.model_type === 'distilbert' ? (V + P) * d : 0) + (c.model_type === 'llama' ? V * d : 0);
+  const lookups =
+    (c.model_type === 'gpt2' ? P * d : 0) + (c.model_type === 'distilbert' ? (V + P) * d : 0) + (c.model_type === 'llama' ? V * d : 0);
   const n = params - lookups;
   const tokens = w.batch * w.seq;
   // LoRA's useful work: forward (2N) and the input gradients (2N); frozen weights need no weight gradients.
@@ -114,7 +141,17 @@ async function main() {
     const tk: Side[] = [];
     const py: Side[] = [];
     for (let r = 0; r < rounds; r++) {
-      tk.push(json(process.execPath, ['--require', 'tsx/cjs', path.join(__dirname, 'tunekit_side.ts'), JSON.stringify(w), dir, String(steps), String(warmup)]));
+      tk.push(
+        json(process.execPath, [
+          '--require',
+          'tsx/cjs',
+          path.join(__dirname, 'tunekit_side.ts'),
+          JSON.stringify(w),
+          dir,
+          String(steps),
+          String(warmup),
+        ]),
+      );
       py.push(json(PY, [path.join(__dirname, 'python_side.py'), 'run', JSON.stringify(w), dir, String(steps), String(warmup)]));
       if (r === 0) {
         const check = agree(w, tk[0].first, py[0].first);
@@ -127,9 +164,25 @@ async function main() {
     const tkMed = median(tkTimes);
     const pyMed = median(pyTimes);
     const row: Record<string, unknown> = {
-      workload: name, kind: w.kind, batch: w.batch, seq: w.seq, params: tk[0].params,
-      tunekit: { median_s: tkMed, p10_s: quantile(tkTimes, 0.1), p90_s: quantile(tkTimes, 0.9), samples: tkTimes.length, peakRssMiB: Math.max(...tk.map((s) => s.peakRssMiB)) },
-      python: { median_s: pyMed, p10_s: quantile(pyTimes, 0.1), p90_s: quantile(pyTimes, 0.9), samples: pyTimes.length, peakRssMiB: Math.max(...py.map((s) => s.peakRssMiB)) },
+      workload: name,
+      kind: w.kind,
+      batch: w.batch,
+      seq: w.seq,
+      params: tk[0].params,
+      tunekit: {
+        median_s: tkMed,
+        p10_s: quantile(tkTimes, 0.1),
+        p90_s: quantile(tkTimes, 0.9),
+        samples: tkTimes.length,
+        peakRssMiB: Math.max(...tk.map((s) => s.peakRssMiB)),
+      },
+      python: {
+        median_s: pyMed,
+        p10_s: quantile(pyTimes, 0.1),
+        p90_s: quantile(pyTimes, 0.9),
+        samples: pyTimes.length,
+        peakRssMiB: Math.max(...py.map((s) => s.peakRssMiB)),
+      },
       ratio_python_over_tunekit: pyMed / tkMed,
       check: agree(w, tk[0].first, py[0].first).detail,
     };
@@ -140,7 +193,9 @@ async function main() {
     }
     results.push(row);
     if (!smoke) await measureCeiling(1);
-    console.error(`${name}: tunekit ${(tkMed * 1000).toFixed(1)} ms, python ${(pyMed * 1000).toFixed(1)} ms, ratio ${(pyMed / tkMed).toFixed(2)}`);
+    console.error(
+      `${name}: tunekit ${(tkMed * 1000).toFixed(1)} ms, python ${(pyMed * 1000).toFixed(1)} ms, ratio ${(pyMed / tkMed).toFixed(2)}`,
+    );
   }
   const ceiling = Math.max(...ceilings);
   for (const r of results) {
@@ -153,16 +208,28 @@ async function main() {
   for (const r of results) {
     const base = ALL[r.workload as string].base;
     const full = results.find((x) => x.workload === base);
-    if (ALL[r.workload as string].lora && full) r.lora_over_full_tunekit = (r.tunekit as { median_s: number }).median_s / (full.tunekit as { median_s: number }).median_s;
+    if (ALL[r.workload as string].lora && full)
+      r.lora_over_full_tunekit = (r.tunekit as { median_s: number }).median_s / (full.tunekit as { median_s: number }).median_s;
   }
   let commit = 'unknown';
   try {
     commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
-  } catch { /* not a checkout */ }
+  } catch {
+    /* not a checkout */
+  }
   const report = {
-    date: new Date().toISOString(), commit, machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}`, memoryGiB: os.totalmem() / 2 ** 30,
-    threads: info.threads, libtorch: info.torch, mode: smoke ? 'smoke' : quick ? 'quick' : 'full', rounds,
-    matmul_gflops: ceiling, matmul_gflops_samples: ceilings, flop_formula: 'training: (6 N + 12 L d T) per token, N = parameters used in matmuls (LoRA: 4 N)', results,
+    date: new Date().toISOString(),
+    commit,
+    machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}`,
+    memoryGiB: os.totalmem() / 2 ** 30,
+    threads: info.threads,
+    libtorch: info.torch,
+    mode: smoke ? 'smoke' : quick ? 'quick' : 'full',
+    rounds,
+    matmul_gflops: ceiling,
+    matmul_gflops_samples: ceilings,
+    flop_formula: 'training: (6 N + 12 L d T) per token, N = parameters used in matmuls (LoRA: 4 N)',
+    results,
   };
   fs.mkdirSync(outDir, { recursive: true });
   fs.writeFileSync(path.join(outDir, 'latest.json'), JSON.stringify(report, null, 2) + '\n');
@@ -171,11 +238,24 @@ async function main() {
   console.log(md);
 }
 
-function table(r: { date: string; commit: string; machine: string; threads: number; libtorch: string; mode: string; matmul_gflops: number; results: Record<string, any>[] }): string {
+function table(r: {
+  date: string;
+  commit: string;
+  machine: string;
+  threads: number;
+  libtorch: string;
+  mode: string;
+  matmul_gflops: number;
+  results: Record<string, any>[];
+}): string {
   const ms = (s: number) => (s * 1000).toFixed(s < 0.1 ? 2 : 1);
   const lines = r.results.map((x) => {
-    const extra = x.kind === 'train' ? `MFU ${(100 * x.mfu_tunekit).toFixed(0)}% vs ${(100 * x.mfu_python).toFixed(0)}%${x.lora_over_full_tunekit ? `; ${x.lora_over_full_tunekit.toFixed(2)}x tunekit's full step` : ''}`
-      : x.kind === 'generate' ? `${x.tokens_per_s_tunekit.toFixed(0)} vs ${x.tokens_per_s_python.toFixed(0)} tok/s` : '';
+    const extra =
+      x.kind === 'train'
+        ? `MFU ${(100 * x.mfu_tunekit).toFixed(0)}% vs ${(100 * x.mfu_python).toFixed(0)}%${x.lora_over_full_tunekit ? `; ${x.lora_over_full_tunekit.toFixed(2)}x tunekit's full step` : ''}`
+        : x.kind === 'generate'
+          ? `${x.tokens_per_s_tunekit.toFixed(0)} vs ${x.tokens_per_s_python.toFixed(0)} tok/s`
+          : '';
     return `| ${x.workload} | ${ms(x.tunekit.median_s)} (${ms(x.tunekit.p10_s)}-${ms(x.tunekit.p90_s)}) | ${ms(x.python.median_s)} (${ms(x.python.p10_s)}-${ms(x.python.p90_s)}) | **${x.ratio_python_over_tunekit.toFixed(2)}** | ${x.tunekit.peakRssMiB.toFixed(0)} / ${x.python.peakRssMiB.toFixed(0)} | ${extra} | ${x.check} |`;
   });
   return `Benchmark ${r.mode} run, ${r.date.slice(0, 16)}, commit ${r.commit}; ${r.machine}, ${r.threads} threads, libtorch ${r.libtorch}; float32 matmul ceiling ${r.matmul_gflops.toFixed(0)} GFLOP/s.

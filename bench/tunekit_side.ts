@@ -14,7 +14,9 @@ async function main() {
   const warmup = Number(warmupArg);
   const b = JSON.parse(fs.readFileSync(path.join(dir, 'batch.json'), 'utf8'));
   const ids: number[][] = b.input_ids.slice(0, w.batch).map((r: number[]) => r.slice(0, w.seq));
-  const labels = Array.isArray(b.labels[0]) ? b.labels.slice(0, w.batch).map((r: number[]) => r.slice(0, w.seq)) : b.labels.slice(0, w.batch);
+  const labels = Array.isArray(b.labels[0])
+    ? b.labels.slice(0, w.batch).map((r: number[]) => r.slice(0, w.seq))
+    : b.labels.slice(0, w.batch);
   const model = await Model.fromPretrained(path.join(dir, 'model'));
   const times: number[] = [];
   let first: unknown;
@@ -54,7 +56,17 @@ async function main() {
     }
   }
   const info = JSON.parse(addon.torchInfo());
-  console.log(JSON.stringify({ side: 'tunekit', first, times, threads: info.threads, torch: info.torch, peakRssMiB: process.resourceUsage().maxRSS / 1024, params: model.countParameters() }));
+  console.log(
+    JSON.stringify({
+      side: 'tunekit',
+      first,
+      times,
+      threads: info.threads,
+      torch: info.torch,
+      peakRssMiB: process.resourceUsage().maxRSS / 1024,
+      params: model.countParameters(),
+    }),
+  );
   model.dispose();
 }
 

@@ -30,24 +30,46 @@ const trainSet = data.filter((_, i) => i % 20 !== 0);
 
 async function main() {
   const config = {
-    model_type: 'gpt2', architectures: ['GPT2LMHeadModel'], vocab_size: 256, n_positions: 128, n_embd: 128, n_layer: 4,
-    n_head: 4, resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0, bos_token_id: 10, eos_token_id: 10,
+    model_type: 'gpt2',
+    architectures: ['GPT2LMHeadModel'],
+    vocab_size: 256,
+    n_positions: 128,
+    n_embd: 128,
+    n_layer: 4,
+    n_head: 4,
+    resid_pdrop: 0,
+    embd_pdrop: 0,
+    attn_pdrop: 0,
+    bos_token_id: 10,
+    eos_token_id: 10,
   };
   const model = await Model.fromConfig(config, { seed: 0 });
-  console.log(`gpt2 over bytes: ${model.countParameters().toLocaleString()} parameters; ${trainSet.length} training windows of ${seq} bytes`);
+  console.log(
+    `gpt2 over bytes: ${model.countParameters().toLocaleString()} parameters; ${trainSet.length} training windows of ${seq} bytes`,
+  );
   const optimizer = new AdamW(model, { lr: 2e-3, weightDecay: 0.01, schedule: { type: 'cosine', warmupSteps: 10 } });
   const trainer = new Trainer(model, {
-    optimizer, batchSize: 16, epochs: 100, maxSteps: steps, maxGradNorm: 1.0, evalEvery: 50, seed: 0,
+    optimizer,
+    batchSize: 16,
+    epochs: 100,
+    maxSteps: steps,
+    maxGradNorm: 1.0,
+    evalEvery: 50,
+    seed: 0,
     onProgress: (p) => {
       if (p.step % 10 === 0 || p.step === 1) {
         const ev = p.evalLoss !== undefined ? `  eval loss ${p.evalLoss.toFixed(3)}` : '';
-        console.log(`step ${String(p.step).padStart(4)}/${p.totalSteps}  loss ${p.loss.toFixed(3)}  lr ${p.lr.toExponential(2)}  ${Math.round(p.tokensPerSecond)} tok/s${ev}`);
+        console.log(
+          `step ${String(p.step).padStart(4)}/${p.totalSteps}  loss ${p.loss.toFixed(3)}  lr ${p.lr.toExponential(2)}  ${Math.round(p.tokensPerSecond)} tok/s${ev}`,
+        );
       }
     },
   });
   const before = await trainer.evaluate(evalSet);
   const result = await trainer.train(trainSet, { evalSet });
-  console.log(`held-out loss ${before.loss.toFixed(3)} -> ${result.eval!.loss.toFixed(3)} (uniform guess: ${Math.log(256).toFixed(3)}) in ${(result.wallTimeMs / 1000).toFixed(1)} s`);
+  console.log(
+    `held-out loss ${before.loss.toFixed(3)} -> ${result.eval!.loss.toFixed(3)} (uniform guess: ${Math.log(256).toFixed(3)}) in ${(result.wallTimeMs / 1000).toFixed(1)} s`,
+  );
   await model.savePretrained(out);
   const reloaded = await Model.fromPretrained(out);
   const prompt = Array.from(Buffer.from('The software is provided '));

@@ -10,15 +10,20 @@ export interface BatchInput {
 }
 
 function rectangular(name: string, rows: unknown, seq: number | undefined): number[][] {
-  if (!Array.isArray(rows) || rows.length === 0) throw new TunekitError('E_TYPE', `${name} must be a non-empty array of arrays of integers`);
+  if (!Array.isArray(rows) || rows.length === 0)
+    throw new TunekitError('E_TYPE', `${name} must be a non-empty array of arrays of integers`);
   rows.forEach((r, i) => {
     if (!Array.isArray(r)) throw new TunekitError('E_TYPE', `${name}[${i}] must be an array of integers`);
     const want = seq ?? (rows[0] as unknown[]).length;
     if (r.length !== want) {
-      throw new TunekitError('E_SHAPE', `${name}[${i}] has length ${r.length} but ${seq === undefined ? `${name}[0]` : 'inputIds'} has ${want}`);
+      throw new TunekitError(
+        'E_SHAPE',
+        `${name}[${i}] has length ${r.length} but ${seq === undefined ? `${name}[0]` : 'inputIds'} has ${want}`,
+      );
     }
     r.forEach((v, j) => {
-      if (typeof v !== 'number' || !Number.isInteger(v)) throw new TunekitError('E_TYPE', `${name}[${i}][${j}] must be an integer, got ${JSON.stringify(v)}`);
+      if (typeof v !== 'number' || !Number.isInteger(v))
+        throw new TunekitError('E_TYPE', `${name}[${i}][${j}] must be an integer, got ${JSON.stringify(v)}`);
     });
   });
   return rows as number[][];
@@ -31,10 +36,13 @@ export function packBatch(b: BatchInput, opts: { vocabSize: number; requireLabel
   const seq = ids[0].length;
   if (seq === 0) throw new TunekitError('E_SHAPE', 'inputIds rows must not be empty');
   const inputIds = new Int32Array(batch * seq);
-  ids.forEach((r, i) => r.forEach((v, j) => {
-    if (v < 0 || v >= opts.vocabSize) throw new TunekitError('E_RANGE', `inputIds[${i}][${j}] = ${v} is outside the vocabulary [0, ${opts.vocabSize})`);
-    inputIds[i * seq + j] = v;
-  }));
+  ids.forEach((r, i) =>
+    r.forEach((v, j) => {
+      if (v < 0 || v >= opts.vocabSize)
+        throw new TunekitError('E_RANGE', `inputIds[${i}][${j}] = ${v} is outside the vocabulary [0, ${opts.vocabSize})`);
+      inputIds[i * seq + j] = v;
+    }),
+  );
   const raw: RawBatch = { batch, seq, inputIds };
   if (b.attentionMask !== undefined) {
     if (!Array.isArray(b.attentionMask) || b.attentionMask.length !== batch) {
@@ -42,13 +50,16 @@ export function packBatch(b: BatchInput, opts: { vocabSize: number; requireLabel
     }
     const mask = rectangular('attentionMask', b.attentionMask, seq);
     raw.attentionMask = new Int32Array(batch * seq);
-    mask.forEach((r, i) => r.forEach((v, j) => {
-      if (v !== 0 && v !== 1) throw new TunekitError('E_RANGE', `attentionMask[${i}][${j}] must be 0 or 1, got ${v}`);
-      raw.attentionMask![i * seq + j] = v;
-    }));
+    mask.forEach((r, i) =>
+      r.forEach((v, j) => {
+        if (v !== 0 && v !== 1) throw new TunekitError('E_RANGE', `attentionMask[${i}][${j}] must be 0 or 1, got ${v}`);
+        raw.attentionMask![i * seq + j] = v;
+      }),
+    );
   }
   if (b.labels !== undefined) {
-    if (!Array.isArray(b.labels) || b.labels.length !== batch) throw new TunekitError('E_SHAPE', `labels must have ${batch} entries, one per row of inputIds`);
+    if (!Array.isArray(b.labels) || b.labels.length !== batch)
+      throw new TunekitError('E_SHAPE', `labels must have ${batch} entries, one per row of inputIds`);
     if (Array.isArray(b.labels[0])) {
       const l = rectangular('labels', b.labels, seq);
       raw.labels = Float32Array.from(l.flat());

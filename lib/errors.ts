@@ -1,7 +1,19 @@
 /** Every error tunekit throws on purpose. `code` says what kind of fault it is. */
 export type ErrorCode =
-  | 'E_FILE' | 'E_FORMAT' | 'E_SHAPE' | 'E_RANGE' | 'E_NAN' | 'E_TYPE' | 'E_ARG' | 'E_CONFIG'
-  | 'E_DEVICE' | 'E_STATE' | 'E_DISPOSED' | 'E_MEMORY' | 'E_TORCH' | 'E_NATIVE';
+  | 'E_FILE'
+  | 'E_FORMAT'
+  | 'E_SHAPE'
+  | 'E_RANGE'
+  | 'E_NAN'
+  | 'E_TYPE'
+  | 'E_ARG'
+  | 'E_CONFIG'
+  | 'E_DEVICE'
+  | 'E_STATE'
+  | 'E_DISPOSED'
+  | 'E_MEMORY'
+  | 'E_TORCH'
+  | 'E_NATIVE';
 
 export class TunekitError extends Error {
   readonly code: ErrorCode;

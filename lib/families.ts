@@ -13,8 +13,15 @@ export type Pooling = 'cls' | 'mean' | 'last';
 
 /** The shape of a model, normalised across the families' config spellings (n_embd, dim, hidden_size, ...). */
 export interface Dims {
-  vocabSize: number; hiddenSize: number; numLayers: number; numHeads: number; numKvHeads: number; headDim: number;
-  intermediateSize: number; maxPositions: number; typeVocabSize: number;
+  vocabSize: number;
+  hiddenSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  intermediateSize: number;
+  maxPositions: number;
+  typeVocabSize: number;
 }
 
 /** What a family's config sets beyond the shape: norms, positions, dropout, activation, biases. */
@@ -50,15 +57,20 @@ export interface Family {
 
 /** Reads config.json values, each checked: a wrong or missing one is E_CONFIG naming the key. */
 export class ConfigReader {
-  constructor(readonly config: HFConfig, readonly where: string) {}
+  constructor(
+    readonly config: HFConfig,
+    readonly where: string,
+  ) {}
 
   /** The first of `keys` present, which must be a number (> 0 and an integer when `int`). */
   num(keys: string[], fallback?: number, kind: 'int' | 'positive' | 'any' = 'any'): number {
     for (const k of keys) {
       const v = this.config[k];
       if (v === undefined || v === null) continue;
-      if (typeof v !== 'number' || !Number.isFinite(v)) throw new TunekitError('E_CONFIG', `${this.where}: ${k} must be a number, got ${JSON.stringify(v)}`);
-      if (kind === 'int' && (!Number.isInteger(v) || v < 1)) throw new TunekitError('E_CONFIG', `${this.where}: ${k} must be a positive integer, got ${v}`);
+      if (typeof v !== 'number' || !Number.isFinite(v))
+        throw new TunekitError('E_CONFIG', `${this.where}: ${k} must be a number, got ${JSON.stringify(v)}`);
+      if (kind === 'int' && (!Number.isInteger(v) || v < 1))
+        throw new TunekitError('E_CONFIG', `${this.where}: ${k} must be a positive integer, got ${v}`);
       if (kind === 'positive' && !(v > 0)) throw new TunekitError('E_CONFIG', `${this.where}: ${k} must be positive, got ${v}`);
       if (kind === 'any' && v < 0) throw new TunekitError('E_CONFIG', `${this.where}: ${k} must not be negative, got ${v}`);
       return v;
@@ -67,15 +79,25 @@ export class ConfigReader {
     return fallback;
   }
 
-  int(keys: string[], fallback?: number): number { return this.num(keys, fallback, 'int'); }
-  str(key: string, fallback: string): string { return typeof this.config[key] === 'string' ? (this.config[key] as string) : fallback; }
-  flag(key: string, fallback: boolean): boolean { return typeof this.config[key] === 'boolean' ? (this.config[key] as boolean) : fallback; }
+  int(keys: string[], fallback?: number): number {
+    return this.num(keys, fallback, 'int');
+  }
+  str(key: string, fallback: string): string {
+    return typeof this.config[key] === 'string' ? (this.config[key] as string) : fallback;
+  }
+  flag(key: string, fallback: boolean): boolean {
+    return typeof this.config[key] === 'boolean' ? (this.config[key] as boolean) : fallback;
+  }
 
   /** Head size and count: `hidden` must divide into `heads` equal heads. */
   heads(hiddenKeys: string[], headKeys: string[]): { hiddenSize: number; numHeads: number; headDim: number } {
     const hiddenSize = this.int(hiddenKeys);
     const numHeads = this.int(headKeys);
-    if (hiddenSize % numHeads !== 0) throw new TunekitError('E_CONFIG', `${this.where}: ${hiddenKeys[0]} (${hiddenSize}) must be divisible by ${headKeys[0]} (${numHeads})`);
+    if (hiddenSize % numHeads !== 0)
+      throw new TunekitError(
+        'E_CONFIG',
+        `${this.where}: ${hiddenKeys[0]} (${hiddenSize}) must be divisible by ${headKeys[0]} (${numHeads})`,
+      );
     return { hiddenSize, numHeads, headDim: hiddenSize / numHeads };
   }
 }
@@ -87,25 +109,50 @@ function decoderDims(c: ConfigReader): Dims {
   const hiddenSize = c.int(['hidden_size']);
   const numHeads = c.int(['num_attention_heads']);
   const numKvHeads = c.int(['num_key_value_heads'], numHeads);
-  if (numHeads % numKvHeads !== 0) throw new TunekitError('E_CONFIG', `${c.where}: num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`);
-  if (c.config.head_dim == null && hiddenSize % numHeads !== 0) throw new TunekitError('E_CONFIG', `${c.where}: hidden_size (${hiddenSize}) must be divisible by num_attention_heads (${numHeads}) unless head_dim is given`);
+  if (numHeads % numKvHeads !== 0)
+    throw new TunekitError(
+      'E_CONFIG',
+      `${c.where}: num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`,
+    );
+  if (c.config.head_dim == null && hiddenSize % numHeads !== 0)
+    throw new TunekitError(
+      'E_CONFIG',
+      `${c.where}: hidden_size (${hiddenSize}) must be divisible by num_attention_heads (${numHeads}) unless head_dim is given`,
+    );
   const headDim = c.int(['head_dim'], hiddenSize / numHeads);
   if (headDim % 2 !== 0) throw new TunekitError('E_CONFIG', `${c.where}: head_dim must be even for rotary embeddings, got ${headDim}`);
   return {
-    vocabSize: c.int(['vocab_size']), hiddenSize, numLayers: c.int(['num_hidden_layers']), numHeads, numKvHeads, headDim,
-    intermediateSize: c.int(['intermediate_size']), maxPositions: c.int(['max_position_embeddings'], 2048), ...noExtras,
+    vocabSize: c.int(['vocab_size']),
+    hiddenSize,
+    numLayers: c.int(['num_hidden_layers']),
+    numHeads,
+    numKvHeads,
+    headDim,
+    intermediateSize: c.int(['intermediate_size']),
+    maxPositions: c.int(['max_position_embeddings'], 2048),
+    ...noExtras,
   };
 }
 
 function decoderHyper(c: ConfigReader, biases: { qkv: boolean; out: boolean }): Hyper {
   const rope = (c.config.rope_parameters ?? c.config.rope_scaling ?? {}) as Record<string, unknown>;
   const ropeType = rope.rope_type ?? rope.type ?? 'default';
-  if (ropeType !== 'default') throw new TunekitError('E_CONFIG', `${c.where}: rope_type '${String(ropeType)}' is not supported (only 'default')`);
+  if (ropeType !== 'default')
+    throw new TunekitError('E_CONFIG', `${c.where}: rope_type '${String(ropeType)}' is not supported (only 'default')`);
   const ropeTheta = typeof rope.rope_theta === 'number' ? rope.rope_theta : c.num(['rope_theta'], 10000, 'positive');
   return {
-    normEps: c.num(['rms_norm_eps'], 1e-6, 'positive'), ropeTheta, embdDropout: 0, attnDropout: c.num(['attention_dropout'], 0),
-    residDropout: 0, classifierDropout: 0, activation: c.str('hidden_act', 'silu'), tieWordEmbeddings: c.flag('tie_word_embeddings', false),
-    attentionBias: biases.qkv, attentionOutBias: biases.out, mlpBias: c.flag('mlp_bias', false), scaleAttnByInverseLayerIdx: false,
+    normEps: c.num(['rms_norm_eps'], 1e-6, 'positive'),
+    ropeTheta,
+    embdDropout: 0,
+    attnDropout: c.num(['attention_dropout'], 0),
+    residDropout: 0,
+    classifierDropout: 0,
+    activation: c.str('hidden_act', 'silu'),
+    tieWordEmbeddings: c.flag('tie_word_embeddings', false),
+    attentionBias: biases.qkv,
+    attentionOutBias: biases.out,
+    mlpBias: c.flag('mlp_bias', false),
+    scaleAttnByInverseLayerIdx: false,
   };
 }
 
@@ -123,20 +170,42 @@ const decoderLayout = {
 /** BERT-style encoders' classification and masked-LM heads share nothing with decoders; their blocks are numbered. */
 export const FAMILIES: Record<ModelType, Family> = {
   gpt2: {
-    modelType: 'gpt2', defaultTask: 'causal-lm', backbone: 'transformer.', conv1d: true,
-    architectures: { 'causal-lm': 'GPT2LMHeadModel', 'sequence-classification': 'GPT2ForSequenceClassification', 'feature-extraction': 'GPT2Model' },
+    modelType: 'gpt2',
+    defaultTask: 'causal-lm',
+    backbone: 'transformer.',
+    conv1d: true,
+    architectures: {
+      'causal-lm': 'GPT2LMHeadModel',
+      'sequence-classification': 'GPT2ForSequenceClassification',
+      'feature-extraction': 'GPT2Model',
+    },
     dims: (c) => {
       const { hiddenSize, numHeads, headDim } = c.heads(['n_embd', 'hidden_size'], ['n_head', 'num_attention_heads']);
       return {
-        vocabSize: c.int(['vocab_size']), hiddenSize, numLayers: c.int(['n_layer', 'num_hidden_layers']), numHeads, numKvHeads: numHeads, headDim,
-        intermediateSize: c.int(['n_inner'], 4 * hiddenSize), maxPositions: c.int(['n_positions', 'max_position_embeddings']), ...noExtras,
+        vocabSize: c.int(['vocab_size']),
+        hiddenSize,
+        numLayers: c.int(['n_layer', 'num_hidden_layers']),
+        numHeads,
+        numKvHeads: numHeads,
+        headDim,
+        intermediateSize: c.int(['n_inner'], 4 * hiddenSize),
+        maxPositions: c.int(['n_positions', 'max_position_embeddings']),
+        ...noExtras,
       };
     },
     hyper: (c) => ({
-      normEps: c.num(['layer_norm_epsilon'], 1e-5, 'positive'), ropeTheta: 0, embdDropout: c.num(['embd_pdrop'], 0.1),
-      attnDropout: c.num(['attn_pdrop'], 0.1), residDropout: c.num(['resid_pdrop'], 0.1), classifierDropout: 0,
-      activation: c.str('activation_function', 'gelu_new'), tieWordEmbeddings: c.flag('tie_word_embeddings', true),
-      attentionBias: true, attentionOutBias: true, mlpBias: true, scaleAttnByInverseLayerIdx: c.flag('scale_attn_by_inverse_layer_idx', false),
+      normEps: c.num(['layer_norm_epsilon'], 1e-5, 'positive'),
+      ropeTheta: 0,
+      embdDropout: c.num(['embd_pdrop'], 0.1),
+      attnDropout: c.num(['attn_pdrop'], 0.1),
+      residDropout: c.num(['resid_pdrop'], 0.1),
+      classifierDropout: 0,
+      activation: c.str('activation_function', 'gelu_new'),
+      tieWordEmbeddings: c.flag('tie_word_embeddings', true),
+      attentionBias: true,
+      attentionOutBias: true,
+      mlpBias: true,
+      scaleAttnByInverseLayerIdx: c.flag('scale_attn_by_inverse_layer_idx', false),
     }),
     lora: ['c_attn'],
     ia3: { targets: ['c_attn', 'mlp.c_proj'], feedforward: ['mlp.c_proj'] },
@@ -147,36 +216,72 @@ export const FAMILIES: Record<ModelType, Family> = {
     pooling: 'last',
   },
   llama: {
-    modelType: 'llama', defaultTask: 'causal-lm', ...decoderLayout,
-    architectures: { 'causal-lm': 'LlamaForCausalLM', 'sequence-classification': 'LlamaForSequenceClassification', 'feature-extraction': 'LlamaModel' },
+    modelType: 'llama',
+    defaultTask: 'causal-lm',
+    ...decoderLayout,
+    architectures: {
+      'causal-lm': 'LlamaForCausalLM',
+      'sequence-classification': 'LlamaForSequenceClassification',
+      'feature-extraction': 'LlamaModel',
+    },
     dims: decoderDims,
     hyper: (c) => decoderHyper(c, { qkv: c.flag('attention_bias', false), out: c.flag('attention_bias', false) }),
     ia3: { targets: ['k_proj', 'v_proj', 'down_proj'], feedforward: ['down_proj'] },
   },
   qwen2: {
-    modelType: 'qwen2', defaultTask: 'causal-lm', ...decoderLayout,
-    architectures: { 'causal-lm': 'Qwen2ForCausalLM', 'sequence-classification': 'Qwen2ForSequenceClassification', 'feature-extraction': 'Qwen2Model' },
+    modelType: 'qwen2',
+    defaultTask: 'causal-lm',
+    ...decoderLayout,
+    architectures: {
+      'causal-lm': 'Qwen2ForCausalLM',
+      'sequence-classification': 'Qwen2ForSequenceClassification',
+      'feature-extraction': 'Qwen2Model',
+    },
     dims: decoderDims,
     hyper: (c) => {
-      if (c.config.use_sliding_window === true) throw new TunekitError('E_CONFIG', `${c.where}: qwen2 sliding-window attention is not supported (use_sliding_window: true)`);
+      if (c.config.use_sliding_window === true)
+        throw new TunekitError('E_CONFIG', `${c.where}: qwen2 sliding-window attention is not supported (use_sliding_window: true)`);
       return decoderHyper(c, { qkv: true, out: false });
     },
     ia3: { targets: ['q_proj', 'v_proj', 'down_proj'], feedforward: ['down_proj'] },
   },
   distilbert: {
-    modelType: 'distilbert', defaultTask: 'feature-extraction', backbone: 'distilbert.', conv1d: false,
-    architectures: { 'sequence-classification': 'DistilBertForSequenceClassification', 'feature-extraction': 'DistilBertModel', 'masked-lm': 'DistilBertForMaskedLM' },
+    modelType: 'distilbert',
+    defaultTask: 'feature-extraction',
+    backbone: 'distilbert.',
+    conv1d: false,
+    architectures: {
+      'sequence-classification': 'DistilBertForSequenceClassification',
+      'feature-extraction': 'DistilBertModel',
+      'masked-lm': 'DistilBertForMaskedLM',
+    },
     dims: (c) => {
       const { hiddenSize, numHeads, headDim } = c.heads(['dim', 'hidden_size'], ['n_heads', 'num_attention_heads']);
       return {
-        vocabSize: c.int(['vocab_size']), hiddenSize, numLayers: c.int(['n_layers', 'num_hidden_layers']), numHeads, numKvHeads: numHeads, headDim,
-        intermediateSize: c.int(['hidden_dim', 'intermediate_size']), maxPositions: c.int(['max_position_embeddings'], 512), ...noExtras,
+        vocabSize: c.int(['vocab_size']),
+        hiddenSize,
+        numLayers: c.int(['n_layers', 'num_hidden_layers']),
+        numHeads,
+        numKvHeads: numHeads,
+        headDim,
+        intermediateSize: c.int(['hidden_dim', 'intermediate_size']),
+        maxPositions: c.int(['max_position_embeddings'], 512),
+        ...noExtras,
       };
     },
     hyper: (c) => ({
-      normEps: 1e-12, ropeTheta: 0, embdDropout: c.num(['dropout'], 0.1), attnDropout: c.num(['attention_dropout'], 0.1),
-      residDropout: c.num(['dropout'], 0.1), classifierDropout: c.num(['seq_classif_dropout'], 0.2), activation: c.str('activation', 'gelu'),
-      tieWordEmbeddings: true, attentionBias: true, attentionOutBias: true, mlpBias: true, scaleAttnByInverseLayerIdx: false,
+      normEps: 1e-12,
+      ropeTheta: 0,
+      embdDropout: c.num(['dropout'], 0.1),
+      attnDropout: c.num(['attention_dropout'], 0.1),
+      residDropout: c.num(['dropout'], 0.1),
+      classifierDropout: c.num(['seq_classif_dropout'], 0.2),
+      activation: c.str('activation', 'gelu'),
+      tieWordEmbeddings: true,
+      attentionBias: true,
+      attentionOutBias: true,
+      mlpBias: true,
+      scaleAttnByInverseLayerIdx: false,
     }),
     lora: ['q_lin', 'v_lin'],
     ia3: { targets: ['k_lin', 'v_lin', 'ffn.lin2'], feedforward: ['ffn.lin2'] },
@@ -189,24 +294,49 @@ export const FAMILIES: Record<ModelType, Family> = {
     pooling: 'cls',
   },
   bert: {
-    modelType: 'bert', defaultTask: 'feature-extraction', backbone: 'bert.', conv1d: false,
-    architectures: { 'sequence-classification': 'BertForSequenceClassification', 'feature-extraction': 'BertModel', 'masked-lm': 'BertForMaskedLM' },
+    modelType: 'bert',
+    defaultTask: 'feature-extraction',
+    backbone: 'bert.',
+    conv1d: false,
+    architectures: {
+      'sequence-classification': 'BertForSequenceClassification',
+      'feature-extraction': 'BertModel',
+      'masked-lm': 'BertForMaskedLM',
+    },
     dims: (c) => {
       const { hiddenSize, numHeads, headDim } = c.heads(['hidden_size'], ['num_attention_heads']);
       return {
-        vocabSize: c.int(['vocab_size']), hiddenSize, numLayers: c.int(['num_hidden_layers']), numHeads, numKvHeads: numHeads, headDim,
-        intermediateSize: c.int(['intermediate_size']), maxPositions: c.int(['max_position_embeddings'], 512), typeVocabSize: c.int(['type_vocab_size'], 2),
+        vocabSize: c.int(['vocab_size']),
+        hiddenSize,
+        numLayers: c.int(['num_hidden_layers']),
+        numHeads,
+        numKvHeads: numHeads,
+        headDim,
+        intermediateSize: c.int(['intermediate_size']),
+        maxPositions: c.int(['max_position_embeddings'], 512),
+        typeVocabSize: c.int(['type_vocab_size'], 2),
       };
     },
     hyper: (c) => {
       const positions = c.str('position_embedding_type', 'absolute');
-      if (positions !== 'absolute') throw new TunekitError('E_CONFIG', `${c.where}: bert position_embedding_type '${positions}' is not supported (only 'absolute')`);
-      if (c.config.is_decoder === true) throw new TunekitError('E_CONFIG', `${c.where}: bert as a decoder (is_decoder: true) is not supported`);
+      if (positions !== 'absolute')
+        throw new TunekitError('E_CONFIG', `${c.where}: bert position_embedding_type '${positions}' is not supported (only 'absolute')`);
+      if (c.config.is_decoder === true)
+        throw new TunekitError('E_CONFIG', `${c.where}: bert as a decoder (is_decoder: true) is not supported`);
       const hidden = c.num(['hidden_dropout_prob'], 0.1);
       return {
-        normEps: c.num(['layer_norm_eps'], 1e-12, 'positive'), ropeTheta: 0, embdDropout: hidden, attnDropout: c.num(['attention_probs_dropout_prob'], 0.1),
-        residDropout: hidden, classifierDropout: c.num(['classifier_dropout'], hidden), activation: c.str('hidden_act', 'gelu'),
-        tieWordEmbeddings: true, attentionBias: true, attentionOutBias: true, mlpBias: true, scaleAttnByInverseLayerIdx: false,
+        normEps: c.num(['layer_norm_eps'], 1e-12, 'positive'),
+        ropeTheta: 0,
+        embdDropout: hidden,
+        attnDropout: c.num(['attention_probs_dropout_prob'], 0.1),
+        residDropout: hidden,
+        classifierDropout: c.num(['classifier_dropout'], hidden),
+        activation: c.str('hidden_act', 'gelu'),
+        tieWordEmbeddings: true,
+        attentionBias: true,
+        attentionOutBias: true,
+        mlpBias: true,
+        scaleAttnByInverseLayerIdx: false,
       };
     },
     lora: ['query', 'value'],
@@ -253,13 +383,24 @@ export function numLabelsOf(config: HFConfig): number {
 }
 
 /** config.json to the core's flat spec: the family's dims and hyper-parameters plus the run's own settings. */
-export function toSpec(family: Family, task: Task, config: HFConfig, where: string,
-  opts: { numLabels: number; device: string; dtype: string; initSeed: number }): RawSpec {
+export function toSpec(
+  family: Family,
+  task: Task,
+  config: HFConfig,
+  where: string,
+  opts: { numLabels: number; device: string; dtype: string; initSeed: number },
+): RawSpec {
   const c = new ConfigReader(config, where);
   return {
-    family: family.modelType, task, device: opts.device, dtype: opts.dtype, numLabels: opts.numLabels,
-    padTokenId: typeof config.pad_token_id === 'number' ? config.pad_token_id : -1, initSeed: opts.initSeed,
-    ...family.dims(c), ...family.hyper(c),
+    family: family.modelType,
+    task,
+    device: opts.device,
+    dtype: opts.dtype,
+    numLabels: opts.numLabels,
+    padTokenId: typeof config.pad_token_id === 'number' ? config.pad_token_id : -1,
+    initSeed: opts.initSeed,
+    ...family.dims(c),
+    ...family.hyper(c),
   };
 }
 

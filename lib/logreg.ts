@@ -28,12 +28,21 @@ export class LogisticRegression {
   /** Fits on n rows of `dim` features (row-major) with labels in [0, classes). */
   async fit(x: Float32Array, dim: number, y: ArrayLike<number>, classes?: number): Promise<this> {
     if (!(x instanceof Float32Array)) throw new TunekitError('E_TYPE', 'features must be a Float32Array');
-    if (!Number.isInteger(dim) || dim < 1 || x.length % dim !== 0) throw new TunekitError('E_SHAPE', `features of length ${x.length} do not split into rows of ${dim}`);
+    if (!Number.isInteger(dim) || dim < 1 || x.length % dim !== 0)
+      throw new TunekitError('E_SHAPE', `features of length ${x.length} do not split into rows of ${dim}`);
     const n = x.length / dim;
     const labels = Int32Array.from(y);
     const k = classes ?? Math.max(2, ...Array.from(labels, (v) => v + 1));
     const r = await serial(() => addon.logRegFit(x, n, dim, labels, k, this.options));
-    Object.assign(this, { weights: r.weights, bias: r.bias, classes: k, dim, iterations: r.iterations, converged: r.converged, trainLoss: r.loss });
+    Object.assign(this, {
+      weights: r.weights,
+      bias: r.bias,
+      classes: k,
+      dim,
+      iterations: r.iterations,
+      converged: r.converged,
+      trainLoss: r.loss,
+    });
     return this;
   }
 
@@ -59,7 +68,7 @@ export class LogisticRegression {
       } else {
         const m = Math.max(...z);
         let sum = 0;
-        for (let r = 0; r < rows; r++) sum += (out[i * classes + r] = Math.exp(z[r] - m));
+        for (let r = 0; r < rows; r++) sum += out[i * classes + r] = Math.exp(z[r] - m);
         for (let r = 0; r < rows; r++) out[i * classes + r] /= sum;
       }
     }
@@ -82,14 +91,23 @@ export class LogisticRegression {
     const pred = this.predict(x);
     if (pred.length !== y.length) throw new TunekitError('E_SHAPE', `${pred.length} rows of features but ${y.length} labels`);
     let ok = 0;
-    pred.forEach((p, i) => { if (p === y[i]) ok++; });
+    pred.forEach((p, i) => {
+      if (p === y[i]) ok++;
+    });
     return ok / pred.length;
   }
 
   /** Weights as JSON (small: classes x dim numbers). */
   async save(file: string): Promise<void> {
     if (!this.weights || !this.bias) throw new TunekitError('E_STATE', 'logistic regression is not fitted');
-    await writeJsonAtomic(file, { type: 'logistic-regression', C: this.options.C, classes: this.classes, dim: this.dim, weights: Array.from(this.weights), bias: Array.from(this.bias) });
+    await writeJsonAtomic(file, {
+      type: 'logistic-regression',
+      C: this.options.C,
+      classes: this.classes,
+      dim: this.dim,
+      weights: Array.from(this.weights),
+      bias: Array.from(this.bias),
+    });
   }
 
   static load(file: string): LogisticRegression {

@@ -83,7 +83,7 @@ export class Model {
     model.givenLabels = options.labelNames;
     try {
       model.params = await serial(() => addon.parameters(handle));
-      model.newlyInitialized.push(...await model.loadFrom(headers, dir));
+      model.newlyInitialized.push(...(await model.loadFrom(headers, dir)));
     } catch (e) {
       model.dispose();
       throw e;
@@ -128,7 +128,8 @@ export class Model {
         break;
       }
       if (found) continue;
-      const isHead = (this.task !== 'feature-extraction' && !p.name.startsWith(this.family.backbone)) || Boolean(this.family.optional?.test(p.name));
+      const isHead =
+        (this.task !== 'feature-extraction' && !p.name.startsWith(this.family.backbone)) || Boolean(this.family.optional?.test(p.name));
       if (!isHead) throw new TunekitError('E_FORMAT', `${dir}: checkpoint lacks tensor '${p.name}' that config.json implies`);
       missing.push(p.name);
     }
@@ -143,13 +144,17 @@ export class Model {
     return this.handle;
   }
 
-  get vocabSize(): number { return this.spec.vocabSize; }
+  get vocabSize(): number {
+    return this.spec.vocabSize;
+  }
   /** The model's shape, normalised across the families' config spellings. */
   get dims(): Dims {
     const { vocabSize, hiddenSize, numLayers, numHeads, numKvHeads, headDim, intermediateSize, maxPositions, typeVocabSize } = this.spec;
     return { vocabSize, hiddenSize, numLayers, numHeads, numKvHeads, headDim, intermediateSize, maxPositions, typeVocabSize };
   }
-  get numLabels(): number { return this.spec.numLabels; }
+  get numLabels(): number {
+    return this.spec.numLabels;
+  }
   /** Class names, index = label id (from the options, the config's id2label, or LABEL_i). */
   get labelNames(): string[] {
     const given = this.givenLabels;
@@ -158,9 +163,13 @@ export class Model {
     const names = Array.from({ length: this.numLabels }, (_, i) => id2label?.[String(i)]);
     return names.every((n) => typeof n === 'string') ? (names as string[]) : names.map((_, i) => `LABEL_${i}`);
   }
-  get padTokenId(): number | undefined { return this.spec.padTokenId >= 0 ? this.spec.padTokenId : undefined; }
+  get padTokenId(): number | undefined {
+    return this.spec.padTokenId >= 0 ? this.spec.padTokenId : undefined;
+  }
   /** @internal the native handle, for optimizers. */
-  get nativeHandle(): Handle { return this.h; }
+  get nativeHandle(): Handle {
+    return this.h;
+  }
 
   parameters(): RawParam[] {
     return this.params.map((p) => ({ ...p, shape: [...p.shape] }));
@@ -188,8 +197,12 @@ export class Model {
   }
 
   /** Dropout on (train) or off (eval); models load in eval mode, as in transformers. */
-  async train(on = true): Promise<void> { await serial(() => addon.setTraining(this.h, on)); }
-  async eval(): Promise<void> { await this.train(false); }
+  async train(on = true): Promise<void> {
+    await serial(() => addon.setTraining(this.h, on));
+  }
+  async eval(): Promise<void> {
+    await this.train(false);
+  }
 
   /** `logits: false` returns only the loss: evaluating a language model then copies no [batch, seq, vocab] array. */
   async forward(batch: BatchInput, options: { logits: false }): Promise<{ loss?: number }>;
@@ -208,8 +221,12 @@ export class Model {
     return { loss };
   }
 
-  async zeroGrad(): Promise<void> { await serial(() => addon.zeroGrad(this.h)); }
-  async gradNorm(): Promise<number> { return serial(() => addon.gradNorm(this.h)); }
+  async zeroGrad(): Promise<void> {
+    await serial(() => addon.zeroGrad(this.h));
+  }
+  async gradNorm(): Promise<number> {
+    return serial(() => addon.gradNorm(this.h));
+  }
 
   async embed(batch: BatchInput, options: { pooling?: Pooling } = {}): Promise<FloatArray> {
     const raw = packBatch({ inputIds: batch.inputIds, attentionMask: batch.attentionMask }, { vocabSize: this.vocabSize });
@@ -217,22 +234,37 @@ export class Model {
   }
 
   async generate(batch: { inputIds: number[][]; attentionMask?: number[][] }, options: GenerateOptions = {}): Promise<number[][]> {
-    const raw = packBatch({ inputIds: batch.inputIds, attentionMask: batch.attentionMask ?? options.attentionMask }, { vocabSize: this.vocabSize });
+    const raw = packBatch(
+      { inputIds: batch.inputIds, attentionMask: batch.attentionMask ?? options.attentionMask },
+      { vocabSize: this.vocabSize },
+    );
     const temperature = options.temperature ?? 0;
     if (!(temperature >= 0)) throw new TunekitError('E_ARG', 'temperature must be >= 0');
     const eos = options.eosTokenId ?? firstId(this.config.eos_token_id);
-    return serial(() => addon.generate(this.h, raw, {
-      maxNewTokens: options.maxNewTokens ?? 20, temperature: temperature || 1, topK: options.topK ?? 0, topP: options.topP ?? 1,
-      doSample: temperature > 0, eosTokenId: eos, seed: options.seed ?? 0, useCache: options.useCache ?? true,
-    }));
+    return serial(() =>
+      addon.generate(this.h, raw, {
+        maxNewTokens: options.maxNewTokens ?? 20,
+        temperature: temperature || 1,
+        topK: options.topK ?? 0,
+        topP: options.topP ?? 1,
+        doSample: temperature > 0,
+        eosTokenId: eos,
+        seed: options.seed ?? 0,
+        useCache: options.useCache ?? true,
+      }),
+    );
   }
 
   // ---- adapters (PEFT) ------------------------------------------------------------------------------------------
 
   /** Names of the adapters on this model. */
-  get adapters(): string[] { return [...this.adapterInfo.keys()]; }
+  get adapters(): string[] {
+    return [...this.adapterInfo.keys()];
+  }
   /** The adapter forward/backward use, or null for the bare base model. */
-  get activeAdapter(): string | null { return this.active; }
+  get activeAdapter(): string | null {
+    return this.active;
+  }
 
   /**
    * Adds an adapter of a PEFT method (what LoRA.apply, IA3.apply, ... call): freezes everything else, as PEFT does,
@@ -240,12 +272,14 @@ export class Model {
    */
   async addAdapter<O, R extends Resolved>(method: PeftMethod<O, R>, name: string, options: O): Promise<void> {
     this.checkNewAdapter(name);
-    if (this.active && this.merged) throw new TunekitError('E_STATE', `adapter '${this.active}' is merged; unmerge it before adding another`);
+    if (this.active && this.merged)
+      throw new TunekitError('E_STATE', `adapter '${this.active}' is merged; unmerge it before adding another`);
     await this.addNative(name, method, method.resolve(this, options), true, true);
   }
 
   private checkNewAdapter(name: string): void {
-    if (typeof name !== 'string' || !/^[A-Za-z0-9_-]+$/.test(name)) throw new TunekitError('E_ARG', `adapter name must be letters, digits, _ or -, got ${JSON.stringify(name)}`);
+    if (typeof name !== 'string' || !/^[A-Za-z0-9_-]+$/.test(name))
+      throw new TunekitError('E_ARG', `adapter name must be letters, digits, _ or -, got ${JSON.stringify(name)}`);
     if (this.adapterInfo.has(name)) throw new TunekitError('E_STATE', `the model already has an adapter named '${name}'`);
   }
 
@@ -253,8 +287,14 @@ export class Model {
    * Creates an adapter in the core (and loads its weights from a file, removing it again if that fails), freezes
    * everything it does not own and sets its own trainability; one serial job. Then records it.
    */
-  private async addNative<R extends Resolved>(name: string, method: PeftMethod<unknown, R>, settings: R, trainable: boolean, activate: boolean,
-    load?: { file: string; entries: ReturnType<typeof entry>[] }): Promise<void> {
+  private async addNative<R extends Resolved>(
+    name: string,
+    method: PeftMethod<unknown, R>,
+    settings: R,
+    trainable: boolean,
+    activate: boolean,
+    load?: { file: string; entries: ReturnType<typeof entry>[] },
+  ): Promise<void> {
     const spec = { ...method.nativeSpec(this, settings), adapter: name, modulesToSave: settings.saveParams };
     let params: string[] = [];
     await serial(async () => {
@@ -270,7 +310,11 @@ export class Model {
       }
       const own = new Set(params);
       const all = await addon.parameters(this.h);
-      await addon.setTrainable(this.h, all.filter((q) => !own.has(q.name)).map((q) => q.name), false);
+      await addon.setTrainable(
+        this.h,
+        all.filter((q) => !own.has(q.name)).map((q) => q.name),
+        false,
+      );
       await addon.setTrainable(this.h, params, trainable);
       if (activate) await addon.setAdapter(this.h, name);
       this.params = await addon.parameters(this.h);
@@ -293,7 +337,8 @@ export class Model {
 
   /** Runs calls through the named adapter, or through the bare base model with null. */
   async setAdapter(name: string | null): Promise<void> {
-    if (name !== null && !this.adapterInfo.has(name)) throw new TunekitError('E_ARG', `the model has no adapter named '${name}' (it has: ${this.adapters.join(', ') || 'none'})`);
+    if (name !== null && !this.adapterInfo.has(name))
+      throw new TunekitError('E_ARG', `the model has no adapter named '${name}' (it has: ${this.adapters.join(', ') || 'none'})`);
     await serial(() => addon.setAdapter(this.h, name ?? ''));
     this.active = name;
   }
@@ -325,17 +370,24 @@ export class Model {
   /** adapter_config.json + adapter_model.safetensors in PEFT's layout and key names, loadable by PeftModel.from_pretrained. */
   async saveAdapter(dir: string, options: { name?: string; baseModelNameOrPath?: string } = {}): Promise<void> {
     const name = options.name ?? this.active ?? (this.adapterInfo.size === 1 ? this.adapters[0] : undefined);
-    if (!name || !this.adapterInfo.has(name)) throw new TunekitError('E_STATE', name ? `the model has no adapter named '${name}'` : 'the model has no adapter to save');
+    if (!name || !this.adapterInfo.has(name))
+      throw new TunekitError('E_STATE', name ? `the model has no adapter named '${name}'` : 'the model has no adapter to save');
     const { method, settings, params } = this.adapterInfo.get(name)!;
     const names: string[] = [];
     const keys: string[] = [];
-    for (const [what, key] of method.exports ?? []) { names.push(`@${name}:${what}`); keys.push(key); }
+    for (const [what, key] of method.exports ?? []) {
+      names.push(`@${name}:${what}`);
+      keys.push(key);
+    }
     const copies = new Map(settings.saveParams.map((base) => [copyName(base, name), base]));
     // PEFT keys a prompt-learning adapter's modules_to_save under base_model., the others under base_model.model.
     const copyPrefix = method.promptLearning ? 'base_model' : 'base_model.model';
     for (const p of params) {
       const key = copies.has(p) ? `${copyPrefix}.${copies.get(p)}` : method.fileKey(p, name);
-      if (key !== undefined) { names.push(p); keys.push(key); }
+      if (key !== undefined) {
+        names.push(p);
+        keys.push(key);
+      }
     }
     fs.mkdirSync(dir, { recursive: true });
     await atomicWrite(path.join(dir, 'adapter_model.safetensors'), (tmp) => serial(() => addon.saveSafetensors(this.h, tmp, names, keys)));
@@ -353,7 +405,9 @@ export class Model {
     this.checkNewAdapter(name);
     const known = new Set(this.baseParameters().map((q) => q.name));
     const view: AdapterFile = {
-      file, config, header,
+      file,
+      config,
+      header,
       tensors: [...header.tensors].map(([key, e]) => ({ key, rest: key.replace(/^base_model\.(model\.)?/, ''), entry: e })),
       baseParam: (n) => this.withAndWithoutBackbone(n).find((c) => known.has(c)),
     };
@@ -373,7 +427,10 @@ export class Model {
       entries.push(entry(copyName(base, name), t.entry));
     }
     // As PEFT: the base is frozen under an adapter; the adapter itself trains only when asked to.
-    await this.addNative(name, method, { ...settings, saveParams }, Boolean(options.trainable), options.activate ?? true, { file, entries });
+    await this.addNative(name, method, { ...settings, saveParams }, Boolean(options.trainable), options.activate ?? true, {
+      file,
+      entries,
+    });
   }
 
   /** config.json + model.safetensors, loadable by transformers' from_pretrained. Each file lands atomically. */
@@ -419,7 +476,8 @@ function copyName(base: string, adapter: string): string {
 }
 
 function readAdapterFolder(dir: string) {
-  if (typeof dir !== 'string' || !fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new TunekitError('E_FILE', `adapter folder ${dir} does not exist`);
+  if (typeof dir !== 'string' || !fs.existsSync(dir) || !fs.statSync(dir).isDirectory())
+    throw new TunekitError('E_FILE', `adapter folder ${dir} does not exist`);
   const cfgFile = path.join(dir, 'adapter_config.json');
   if (!fs.existsSync(cfgFile)) throw new TunekitError('E_FILE', `${cfgFile} does not exist`);
   let config: Record<string, unknown>;
@@ -439,14 +497,20 @@ function resolveSpec(config: HFConfig, options: FromPretrainedOptions, where: st
   const task = options.task ?? defaultTask(family, config);
   if (!family.architectures[task]) throw new TunekitError('E_CONFIG', `${family.modelType} does not support task '${task}'`);
   const device = options.device ?? 'cpu';
-  if (device !== 'cpu' && device !== 'cuda') throw new TunekitError('E_ARG', `device must be 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
+  if (device !== 'cpu' && device !== 'cuda')
+    throw new TunekitError('E_ARG', `device must be 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
   const dtype = options.dtype ?? 'float32';
-  if (dtype !== 'float32' && dtype !== 'bfloat16') throw new TunekitError('E_ARG', `dtype must be 'float32' or 'bfloat16', got ${JSON.stringify(dtype)}`);
+  if (dtype !== 'float32' && dtype !== 'bfloat16')
+    throw new TunekitError('E_ARG', `dtype must be 'float32' or 'bfloat16', got ${JSON.stringify(dtype)}`);
   const numLabels = options.numLabels ?? options.labelNames?.length ?? numLabelsOf(config);
-  if (options.labelNames !== undefined && (!Array.isArray(options.labelNames) || options.labelNames.length !== numLabels || options.labelNames.some((n) => typeof n !== 'string'))) {
+  if (
+    options.labelNames !== undefined &&
+    (!Array.isArray(options.labelNames) || options.labelNames.length !== numLabels || options.labelNames.some((n) => typeof n !== 'string'))
+  ) {
     throw new TunekitError('E_ARG', `labelNames must be ${numLabels} strings, got ${JSON.stringify(options.labelNames)}`);
   }
-  if (!Number.isInteger(numLabels) || numLabels < 1) throw new TunekitError('E_ARG', `numLabels must be a positive integer, got ${numLabels}`);
+  if (!Number.isInteger(numLabels) || numLabels < 1)
+    throw new TunekitError('E_ARG', `numLabels must be a positive integer, got ${numLabels}`);
   return toSpec(family, task, config, where, { numLabels, device, dtype, initSeed: options.seed ?? 0 });
 }
 

@@ -10,30 +10,89 @@ export type Handle = { readonly __brand: 'tunekit-handle' };
 
 /** The core's ModelSpec, field for field (native/addon/bind_model.cc reads exactly these; lib/families.ts fills them). */
 export interface RawSpec {
-  family: string; task: string; device: string; dtype: string;
-  vocabSize: number; hiddenSize: number; numLayers: number; numHeads: number; numKvHeads: number; headDim: number;
-  intermediateSize: number; maxPositions: number; typeVocabSize: number; numLabels: number; padTokenId: number;
-  normEps: number; ropeTheta: number; embdDropout: number; attnDropout: number; residDropout: number;
-  classifierDropout: number; activation: string; tieWordEmbeddings: boolean; attentionBias: boolean; attentionOutBias: boolean;
-  mlpBias: boolean; scaleAttnByInverseLayerIdx: boolean; initSeed: number;
+  family: string;
+  task: string;
+  device: string;
+  dtype: string;
+  vocabSize: number;
+  hiddenSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  intermediateSize: number;
+  maxPositions: number;
+  typeVocabSize: number;
+  numLabels: number;
+  padTokenId: number;
+  normEps: number;
+  ropeTheta: number;
+  embdDropout: number;
+  attnDropout: number;
+  residDropout: number;
+  classifierDropout: number;
+  activation: string;
+  tieWordEmbeddings: boolean;
+  attentionBias: boolean;
+  attentionOutBias: boolean;
+  mlpBias: boolean;
+  scaleAttnByInverseLayerIdx: boolean;
+  initSeed: number;
 }
 
 /** A PEFT method's settings for the core: plain values only; the method (native/core/peft/<method>.cpp) reads them. */
-export type RawAdapterSpec = { adapter: string; modulesToSave?: string[]; seed?: number } & Record<string, number | boolean | string | string[] | number[] | undefined>;
+export type RawAdapterSpec = { adapter: string; modulesToSave?: string[]; seed?: number } & Record<
+  string,
+  number | boolean | string | string[] | number[] | undefined
+>;
 
-export interface RawParam { name: string; dtype: string; shape: number[]; numel: number; trainable: boolean; hasGrad?: boolean }
-export interface RawBatch {
-  batch: number; seq: number; inputIds: Int32Array; attentionMask?: Int32Array;
-  labels?: Float32Array; labelsShape?: number[];
+export interface RawParam {
+  name: string;
+  dtype: string;
+  shape: number[];
+  numel: number;
+  trainable: boolean;
+  hasGrad?: boolean;
 }
-export interface RawEntry { name: string; dtype: string; shape: number[]; begin: number; end: number }
-export interface FloatArray { data: Float32Array; shape: number[] }
+export interface RawBatch {
+  batch: number;
+  seq: number;
+  inputIds: Int32Array;
+  attentionMask?: Int32Array;
+  labels?: Float32Array;
+  labelsShape?: number[];
+}
+export interface RawEntry {
+  name: string;
+  dtype: string;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+export interface FloatArray {
+  data: Float32Array;
+  shape: number[];
+}
 export interface RawOptimizerSpec {
-  kind: 'adamw' | 'sgd'; beta1: number; beta2: number; eps: number; weightDecay: number;
-  momentum: number; dampening: number; nesterov: boolean; noDecay: string[];
+  kind: 'adamw' | 'sgd';
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  momentum: number;
+  dampening: number;
+  nesterov: boolean;
+  noDecay: string[];
 }
 export interface RawGenerate {
-  maxNewTokens: number; temperature: number; topK: number; topP: number; doSample: boolean; eosTokenId: number; seed: number; useCache?: boolean;
+  maxNewTokens: number;
+  temperature: number;
+  topK: number;
+  topP: number;
+  doSample: boolean;
+  eosTokenId: number;
+  seed: number;
+  useCache?: boolean;
 }
 
 export interface Addon {
@@ -66,7 +125,14 @@ export interface Addon {
   setAdapter(m: Handle, name: string): Promise<void>;
   mergeAdapter(m: Handle, merge: boolean): Promise<void>;
   deleteAdapter(m: Handle, name: string): Promise<void>;
-  logRegFit(x: Float32Array, n: number, dim: number, y: Int32Array, classes: number, spec: { C?: number; maxIter?: number; tol?: number }): Promise<{ weights: Float64Array; bias: Float64Array; rows: number; iterations: number; loss: number; converged: boolean }>;
+  logRegFit(
+    x: Float32Array,
+    n: number,
+    dim: number,
+    y: Int32Array,
+    classes: number,
+    spec: { C?: number; maxIter?: number; tol?: number },
+  ): Promise<{ weights: Float64Array; bias: Float64Array; rows: number; iterations: number; loss: number; converged: boolean }>;
 }
 
 function load(): Addon {
@@ -77,9 +143,14 @@ function load(): Addon {
   } catch (e) {
     // The addon loaded but refused its environment (TUNEKIT_CPU_CACHE_MB): say that, not "not built".
     if ((e as { code?: string }).code === 'E_ARG') throw fromNative(e);
-    throw fromNative(Object.assign(new Error(
-      `tunekit: the native addon is not built (${(e as Error).message.split('\n')[0]}). Run \`npm install\` or \`npm run build\`.`),
-      { code: 'E_NATIVE' }));
+    throw fromNative(
+      Object.assign(
+        new Error(
+          `tunekit: the native addon is not built (${(e as Error).message.split('\n')[0]}). Run \`npm install\` or \`npm run build\`.`,
+        ),
+        { code: 'E_NATIVE' },
+      ),
+    );
   }
 }
 
@@ -89,7 +160,11 @@ let tail: Promise<unknown> = Promise.resolve();
 
 /** Runs `job` after every job queued before it; errors from the addon become TunekitErrors. */
 export function serial<T>(job: () => Promise<T>): Promise<T> {
-  const run = tail.then(() => job()).catch((e) => { throw fromNative(e); });
+  const run = tail
+    .then(() => job())
+    .catch((e) => {
+      throw fromNative(e);
+    });
   tail = run.catch(() => undefined);
   return run;
 }

@@ -39,7 +39,11 @@ export interface OptimizerOptions {
   noDecay?: (name: string, shape: number[]) => boolean;
 }
 
-export interface StepResult { gradNorm: number; lr: number; step: number }
+export interface StepResult {
+  gradNorm: number;
+  lr: number;
+  step: number;
+}
 
 abstract class Optimizer {
   readonly model: Model;
@@ -71,7 +75,10 @@ abstract class Optimizer {
    */
   private async native(): Promise<Handle> {
     if (!this.handle) {
-      const names = this.model.parameters().filter((p) => p.trainable && this.noDecay(p.name, p.shape)).map((p) => p.name);
+      const names = this.model
+        .parameters()
+        .filter((p) => p.trainable && this.noDecay(p.name, p.shape))
+        .map((p) => p.name);
       const h = await addon.createOptimizer(this.model.nativeHandle, this.spec(names));
       if (this.pendingState) {
         const { file, step } = this.pendingState;
@@ -84,8 +91,12 @@ abstract class Optimizer {
     return this.handle;
   }
 
-  get stepCount(): number { return this.steps; }
-  currentLr(): number { return this.lr * scheduleFactor(this.schedule, this.steps); }
+  get stepCount(): number {
+    return this.steps;
+  }
+  currentLr(): number {
+    return this.lr * scheduleFactor(this.schedule, this.steps);
+  }
 
   /** Clips, applies one update and advances the schedule. A non-finite gradient is refused (E_NAN), weights untouched. */
   step(): Promise<StepResult> {
@@ -99,7 +110,9 @@ abstract class Optimizer {
     });
   }
 
-  async zeroGrad(): Promise<void> { await this.model.zeroGrad(); }
+  async zeroGrad(): Promise<void> {
+    await this.model.zeroGrad();
+  }
 
   /** Writes the optimizer's moment buffers as safetensors (atomically); the step count goes in the caller's state. */
   async save(file: string): Promise<void> {
@@ -120,7 +133,10 @@ abstract class Optimizer {
   }
 }
 
-export interface AdamWOptions extends OptimizerOptions { betas?: [number, number]; eps?: number }
+export interface AdamWOptions extends OptimizerOptions {
+  betas?: [number, number];
+  eps?: number;
+}
 
 /** AdamW with decoupled weight decay, step for step as torch.optim.AdamW. */
 export class AdamW extends Optimizer {
@@ -132,11 +148,25 @@ export class AdamW extends Optimizer {
     this.eps = options.eps ?? 1e-8;
   }
   protected spec(noDecay: string[]): RawOptimizerSpec {
-    return { kind: 'adamw', beta1: this.betas[0], beta2: this.betas[1], eps: this.eps, weightDecay: this.weightDecay, momentum: 0, dampening: 0, nesterov: false, noDecay };
+    return {
+      kind: 'adamw',
+      beta1: this.betas[0],
+      beta2: this.betas[1],
+      eps: this.eps,
+      weightDecay: this.weightDecay,
+      momentum: 0,
+      dampening: 0,
+      nesterov: false,
+      noDecay,
+    };
   }
 }
 
-export interface SGDOptions extends OptimizerOptions { momentum?: number; dampening?: number; nesterov?: boolean }
+export interface SGDOptions extends OptimizerOptions {
+  momentum?: number;
+  dampening?: number;
+  nesterov?: boolean;
+}
 
 /** SGD with momentum and L2 weight decay, as torch.optim.SGD. */
 export class SGD extends Optimizer {
@@ -150,7 +180,17 @@ export class SGD extends Optimizer {
     this.nesterov = options.nesterov ?? false;
   }
   protected spec(noDecay: string[]): RawOptimizerSpec {
-    return { kind: 'sgd', beta1: 0, beta2: 0, eps: 0, weightDecay: this.weightDecay, momentum: this.momentum, dampening: this.dampening, nesterov: this.nesterov, noDecay };
+    return {
+      kind: 'sgd',
+      beta1: 0,
+      beta2: 0,
+      eps: 0,
+      weightDecay: this.weightDecay,
+      momentum: this.momentum,
+      dampening: this.dampening,
+      nesterov: this.nesterov,
+      noDecay,
+    };
   }
 }
 

@@ -4,7 +4,10 @@ import path from 'node:path';
 import cliProgress from 'cli-progress';
 import type { Progress } from './trainer';
 
-export interface ProgressBar { update(done: number, fields?: Record<string, string | number>): void; stop(): void }
+export interface ProgressBar {
+  update(done: number, fields?: Record<string, string | number>): void;
+  stop(): void;
+}
 
 /**
  * A bar showing step/total, loss, tokens/s and ETA. On a terminal it redraws in place; in a log file (no TTY) it
@@ -13,18 +16,30 @@ export interface ProgressBar { update(done: number, fields?: Record<string, stri
 export function progressBar(total: number, label: string, opts: { stream?: NodeJS.WriteStream; silent?: boolean } = {}): ProgressBar {
   if (opts.silent) return { update() {}, stop() {} };
   const stream = opts.stream ?? process.stderr;
-  const bar = new cliProgress.SingleBar({
-    format: `${label} [{bar}] {value}/{total} | {info} | ETA {eta_formatted}`,
-    barsize: 24, hideCursor: stream.isTTY, stream, etaBuffer: 50, fps: 5,
-    noTTYOutput: true, notTTYSchedule: 5000,
-  }, cliProgress.Presets.shades_classic);
+  const bar = new cliProgress.SingleBar(
+    {
+      format: `${label} [{bar}] {value}/{total} | {info} | ETA {eta_formatted}`,
+      barsize: 24,
+      hideCursor: stream.isTTY,
+      stream,
+      etaBuffer: 50,
+      fps: 5,
+      noTTYOutput: true,
+      notTTYSchedule: 5000,
+    },
+    cliProgress.Presets.shades_classic,
+  );
   bar.start(total, 0, { info: '' });
   return {
     update(done, fields = {}) {
-      const info = Object.entries(fields).map(([k, v]) => `${k} ${v}`).join(' | ');
+      const info = Object.entries(fields)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(' | ');
       bar.update(done, { info });
     },
-    stop() { bar.stop(); },
+    stop() {
+      bar.stop();
+    },
   };
 }
 

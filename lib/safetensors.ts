@@ -8,12 +8,32 @@ import { TunekitError } from './errors';
 import type { RawEntry } from './native';
 
 const DTYPE_SIZES: Record<string, number> = {
-  F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1, F8_E4M3: 1, F8_E5M2: 1,
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U8: 1,
+  BOOL: 1,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
 };
 const MAX_HEADER = 100 * 1024 * 1024;
 
-export interface HeaderEntry { dtype: string; shape: number[]; begin: number; end: number }
-export interface Header { file: string; tensors: Map<string, HeaderEntry>; metadata: Record<string, string> }
+export interface HeaderEntry {
+  dtype: string;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+export interface Header {
+  file: string;
+  tensors: Map<string, HeaderEntry>;
+  metadata: Record<string, string>;
+}
 
 export function readHeader(file: string): Header {
   let fd: number;
@@ -52,7 +72,8 @@ export function readHeader(file: string): Header {
       }
       const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
       if (!e || typeof e !== 'object') throw bad(`tensor '${name}' has no description`);
-      if (typeof e.dtype !== 'string' || !(e.dtype in DTYPE_SIZES)) throw bad(`tensor '${name}' has unknown dtype ${JSON.stringify(e.dtype)}`);
+      if (typeof e.dtype !== 'string' || !(e.dtype in DTYPE_SIZES))
+        throw bad(`tensor '${name}' has unknown dtype ${JSON.stringify(e.dtype)}`);
       const isDim = (d: unknown) => Number.isSafeInteger(d) && (d as number) >= 0;
       if (!Array.isArray(e.shape) || !e.shape.every(isDim)) throw bad(`tensor '${name}' has an invalid shape`);
       const off = e.data_offsets;
@@ -64,7 +85,8 @@ export function readHeader(file: string): Header {
       if (off[1] - off[0] !== want) {
         throw bad(`tensor '${name}' spans ${off[1] - off[0]} bytes but ${e.dtype} ${JSON.stringify(e.shape)} needs ${want}`);
       }
-      if (off[1] > dataLen) throw bad(`tensor '${name}' ends at byte ${off[1]}, past the end of the data (${dataLen} bytes): truncated file?`);
+      if (off[1] > dataLen)
+        throw bad(`tensor '${name}' ends at byte ${off[1]}, past the end of the data (${dataLen} bytes): truncated file?`);
       tensors.set(name, { dtype: e.dtype, shape: e.shape as number[], begin: dataStart + off[0], end: dataStart + off[1] });
     }
     const spans = [...tensors.entries()].filter(([, t]) => t.end > t.begin).sort((a, b) => a[1].begin - b[1].begin);

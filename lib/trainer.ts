@@ -18,8 +18,16 @@ export interface Example {
 }
 
 export interface Progress {
-  step: number; totalSteps: number; epoch: number; loss: number; lr: number; gradNorm: number;
-  tokensPerSecond: number; elapsedMs: number; evalLoss?: number; evalAccuracy?: number;
+  step: number;
+  totalSteps: number;
+  epoch: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  tokensPerSecond: number;
+  elapsedMs: number;
+  evalLoss?: number;
+  evalAccuracy?: number;
 }
 
 export interface TrainerOptions {
@@ -47,13 +55,32 @@ export interface TrainerOptions {
   transform?: (examples: Example[], seed: number) => Example[];
 }
 
-export interface EvalResult { loss: number; accuracy?: number; perplexity?: number; examples: number }
+export interface EvalResult {
+  loss: number;
+  accuracy?: number;
+  perplexity?: number;
+  examples: number;
+}
 export interface TrainResult {
-  steps: number; epochs: number; trainLoss: number; wallTimeMs: number; tokensPerSecond: number;
-  history: Progress[]; eval?: EvalResult; resumedFrom?: number;
+  steps: number;
+  epochs: number;
+  trainLoss: number;
+  wallTimeMs: number;
+  tokensPerSecond: number;
+  history: Progress[];
+  eval?: EvalResult;
+  resumedFrom?: number;
 }
 
-interface TrainerState { step: number; epoch: number; batchInEpoch: number; seed: number; rng: string; tokens: number; history: Progress[] }
+interface TrainerState {
+  step: number;
+  epoch: number;
+  batchInEpoch: number;
+  seed: number;
+  rng: string;
+  tokens: number;
+  history: Progress[];
+}
 
 function batchSeed(seed: number, epoch: number, batch: number): number {
   return (Math.imul(seed ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(epoch + 1, 0xc2b2ae35) ^ Math.imul(batch + 1, 0x27d4eb2f)) >>> 0;
@@ -63,7 +90,14 @@ function batchSeed(seed: number, epoch: number, batch: number): number {
 export function collateExamples(model: Model, examples: Example[], maxLength?: number) {
   const pad = model.padTokenId ?? 0;
   const cut = (r: number[]) => (maxLength ? r.slice(0, maxLength) : r);
-  const { inputIds, attentionMask, pad: padTo } = padRows(examples.map((e) => cut(e.inputIds)), pad);
+  const {
+    inputIds,
+    attentionMask,
+    pad: padTo,
+  } = padRows(
+    examples.map((e) => cut(e.inputIds)),
+    pad,
+  );
   const classify = model.task === 'sequence-classification';
   let labels: number[] | number[][];
   if (classify) {
@@ -78,7 +112,11 @@ export function collateExamples(model: Model, examples: Example[], maxLength?: n
 }
 
 /** Mean loss over examples, plus accuracy for a classifier or perplexity for a language model. Puts the model in eval mode. */
-export async function evaluateModel(model: Model, data: Example[], opts: { batchSize?: number; maxLength?: number } = {}): Promise<EvalResult> {
+export async function evaluateModel(
+  model: Model,
+  data: Example[],
+  opts: { batchSize?: number; maxLength?: number } = {},
+): Promise<EvalResult> {
   if (!Array.isArray(data) || data.length === 0) throw new TunekitError('E_ARG', 'evaluation data must be a non-empty array of examples');
   const bs = opts.batchSize ?? 16;
   await model.eval();
@@ -108,7 +146,8 @@ export async function evaluateModel(model: Model, data: Example[], opts: { batch
 
 export class Trainer {
   readonly model: Model;
-  readonly options: Required<Pick<TrainerOptions, 'batchSize' | 'epochs' | 'gradAccumulation' | 'seed' | 'keepCheckpoints' | 'resume'>> & TrainerOptions;
+  readonly options: Required<Pick<TrainerOptions, 'batchSize' | 'epochs' | 'gradAccumulation' | 'seed' | 'keepCheckpoints' | 'resume'>> &
+    TrainerOptions;
 
   constructor(model: Model, options: TrainerOptions) {
     if (!options?.optimizer) throw new TunekitError('E_ARG', 'Trainer needs an optimizer');
@@ -181,8 +220,14 @@ export class Trainer {
         }
         const elapsedMs = Date.now() - start;
         last = {
-          step: state.step, totalSteps, epoch, loss: windowLoss / windowBatches, lr, gradNorm,
-          tokensPerSecond: (state.tokens - tokensAtStart) / Math.max(1e-3, elapsedMs / 1000), elapsedMs,
+          step: state.step,
+          totalSteps,
+          epoch,
+          loss: windowLoss / windowBatches,
+          lr,
+          gradNorm,
+          tokensPerSecond: (state.tokens - tokensAtStart) / Math.max(1e-3, elapsedMs / 1000),
+          elapsedMs,
         };
         windowLoss = 0;
         windowBatches = 0;
@@ -200,8 +245,12 @@ export class Trainer {
     await this.model.eval();
     const wallTimeMs = Date.now() - start;
     const result: TrainResult = {
-      steps: state.step, epochs: state.epoch, trainLoss: last?.loss ?? NaN, wallTimeMs,
-      tokensPerSecond: (state.tokens - tokensAtStart) / Math.max(1e-3, wallTimeMs / 1000), history: state.history,
+      steps: state.step,
+      epochs: state.epoch,
+      trainLoss: last?.loss ?? NaN,
+      wallTimeMs,
+      tokensPerSecond: (state.tokens - tokensAtStart) / Math.max(1e-3, wallTimeMs / 1000),
+      history: state.history,
       ...(resumedFrom !== undefined ? { resumedFrom } : {}),
     };
     if (extra.evalSet) result.eval = await this.evaluate(extra.evalSet);
@@ -223,7 +272,9 @@ export class Trainer {
     fs.rmSync(final, { recursive: true, force: true });
     fs.renameSync(tmp, final);
     await writeJsonAtomic(path.join(dir, 'latest.json'), { checkpoint: name, step: state.step });
-    const old = fs.readdirSync(dir).filter((f) => /^checkpoint-\d+$/.test(f))
+    const old = fs
+      .readdirSync(dir)
+      .filter((f) => /^checkpoint-\d+$/.test(f))
       .sort((a, b) => Number(a.split('-')[1]) - Number(b.split('-')[1]));
     for (const f of old.slice(0, Math.max(0, old.length - this.options.keepCheckpoints))) {
       fs.rmSync(path.join(dir, f), { recursive: true, force: true });
@@ -240,7 +291,15 @@ export class Trainer {
     await this.model.loadWeights(dir);
     await this.options.optimizer.load(path.join(dir, 'optimizer.safetensors'), s.optimizerSteps);
     await serial(() => addon.setRngState(Buffer.from(s.rng, 'base64')));
-    return { step: s.step, epoch: s.epoch, batchInEpoch: s.batchInEpoch, seed: s.seed, rng: '', tokens: s.tokens, history: s.history ?? [] };
+    return {
+      step: s.step,
+      epoch: s.epoch,
+      batchInEpoch: s.batchInEpoch,
+      seed: s.seed,
+      rng: '',
+      tokens: s.tokens,
+      history: s.history ?? [],
+    };
   }
 }
 

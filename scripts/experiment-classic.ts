@@ -37,12 +37,33 @@ const resultsFile = path.join(work, 'results.jsonl');
 /** Hand-written discussion of the numbers, kept apart so that a rerun does not overwrite it. */
 const NOTES = path.join(ROOT, 'docs', 'results-notes.md');
 
-interface Run { side: 'tunekit' | 'python'; model: string; data: string; strategy: string; seed: number; test: { accuracy: number }; trainableParameters: number; totalParameters?: number; wallTimeMs: number; peakRssMiB: number; steps?: number; adapterBytes?: number; checkpointBytes?: number }
+interface Run {
+  side: 'tunekit' | 'python';
+  model: string;
+  data: string;
+  strategy: string;
+  seed: number;
+  test: { accuracy: number };
+  trainableParameters: number;
+  totalParameters?: number;
+  wallTimeMs: number;
+  peakRssMiB: number;
+  steps?: number;
+  adapterBytes?: number;
+  checkpointBytes?: number;
+}
 
 function runJson(cmd: string, args: string[]): any {
   const r = spawnSync(cmd, args, { cwd: ROOT, encoding: 'utf8', maxBuffer: 1 << 26 });
-  if (r.status !== 0) throw new Error(`${path.basename(args[args.length > 2 ? 2 : 0])} failed (${r.status}): ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
-  const line = r.stdout.trim().split('\n').filter((l) => l.startsWith('{')).pop();
+  if (r.status !== 0)
+    throw new Error(
+      `${path.basename(args[args.length > 2 ? 2 : 0])} failed (${r.status}): ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`,
+    );
+  const line = r.stdout
+    .trim()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .pop();
   if (!line) throw new Error(`no result from ${cmd} ${args.join(' ')}`);
   return JSON.parse(line);
 }
@@ -52,31 +73,64 @@ const std = (xs: number[]) => (xs.length < 2 ? 0 : Math.sqrt(xs.reduce((a, x) =>
 const pct = (x: number) => (100 * x).toFixed(1);
 
 async function main() {
-  if (process.argv.includes('--report-only')) {  // rewrite docs/RESULTS.md from the last run's results.jsonl
-    const runs = fs.readFileSync(resultsFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  if (process.argv.includes('--report-only')) {
+    // rewrite docs/RESULTS.md from the last run's results.jsonl
+    const runs = fs
+      .readFileSync(resultsFile, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l));
     const minutes = Number(arg('minutes', 'NaN'));
     return report(runs, minutes);
   }
   fs.mkdirSync(work, { recursive: true });
-  const previous: Run[] = resume && fs.existsSync(resultsFile) ? fs.readFileSync(resultsFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
+  const previous: Run[] =
+    resume && fs.existsSync(resultsFile)
+      ? fs
+          .readFileSync(resultsFile, 'utf8')
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => JSON.parse(l))
+      : [];
   if (!resume) fs.writeFileSync(resultsFile, '');
-  const jobs = models.flatMap((m) => datasets.flatMap((d) => seeds.flatMap((s) => strategies.map((st) => ({ m, d, s, st })))))
+  const jobs = models
+    .flatMap((m) => datasets.flatMap((d) => seeds.flatMap((s) => strategies.map((st) => ({ m, d, s, st })))))
     .filter((j) => !PEFT_STRATEGIES.includes(j.st) || peftData.includes(j.d));
   const bar = progressBar(jobs.length, 'classic');
   const runs: Run[] = [...previous];
-  const have = (side: string, j: { m: string; d: string; s: number; st: string }) => previous.some((r) => r.side === side && r.model === j.m && r.data === j.d && r.seed === j.s && r.strategy === j.st);
+  const have = (side: string, j: { m: string; d: string; s: number; st: string }) =>
+    previous.some((r) => r.side === side && r.model === j.m && r.data === j.d && r.seed === j.s && r.strategy === j.st);
   const started = Date.now();
   for (const [i, j] of jobs.entries()) {
     const dir = path.join(work, `${j.m}-${j.d}-${j.st}-${j.s}`);
     const modelDir = path.join(ROOT, 'models', j.m);
-    const wantPython = withPython && pythonModels.includes(j.m) && pythonData.includes(j.d) && pythonSeeds.includes(j.s) && j.st !== 'adapter'
-      && !(j.st === 'prefix' && j.m === 'tiny-distilbert');  // PEFT cannot prefix-tune DistilBERT (no past key values)
+    const wantPython =
+      withPython &&
+      pythonModels.includes(j.m) &&
+      pythonData.includes(j.d) &&
+      pythonSeeds.includes(j.s) &&
+      j.st !== 'adapter' &&
+      !(j.st === 'prefix' && j.m === 'tiny-distilbert'); // PEFT cannot prefix-tune DistilBERT (no past key values)
     if (have('tunekit', j) && (!wantPython || have('python', j))) {
       bar.update(i + 1, { last: `${j.m} ${j.d} ${j.st} seed ${j.s}: from the previous run` });
       continue;
     }
     fs.rmSync(dir, { recursive: true, force: true });
-    const t = runJson(process.execPath, ['--require', 'tsx/cjs', path.join(__dirname, 'experiment', 'classic-run.ts'), '--model', modelDir, '--data', `builtin:${j.d}`, '--strategy', j.st, '--seed', String(j.s), '--work', dir]);
+    const t = runJson(process.execPath, [
+      '--require',
+      'tsx/cjs',
+      path.join(__dirname, 'experiment', 'classic-run.ts'),
+      '--model',
+      modelDir,
+      '--data',
+      `builtin:${j.d}`,
+      '--strategy',
+      j.st,
+      '--seed',
+      String(j.s),
+      '--work',
+      dir,
+    ]);
     const tk: Run = { ...t, side: 'tunekit', model: j.m, data: j.d, strategy: j.st, seed: j.s };
     runs.push(tk);
     fs.appendFileSync(resultsFile, JSON.stringify(tk) + '\n');
@@ -115,7 +169,9 @@ async function report(runs: Run[], minutes: number) {
         const gap = pa.length ? Math.abs(mean(paired) - mean(pa)) * 100 : NaN;
         if (pa.length) gaps.push(gap);
         const total = tk[0].totalParameters ?? 0;
-        rows.push(`| ${m} | ${d} | ${st} | **${pct(mean(a))} ± ${pct(std(a))}** | ${pa.length ? `${pct(mean(pa))} ± ${pct(std(pa))}` : 'n/a'} | ${pa.length ? gap.toFixed(1) : 'n/a'} | ${tk[0].trainableParameters.toLocaleString('en-US')} (${(100 * tk[0].trainableParameters / total).toFixed(2)}%) | ${(mean(tk.map((r) => r.wallTimeMs)) / 1000).toFixed(1)} s | ${pa.length ? `${(mean(py.map((r) => r.wallTimeMs)) / 1000).toFixed(1)} s` : 'n/a'} | ${mean(tk.map((r) => r.peakRssMiB)).toFixed(0)} MiB | ${pa.length ? `${mean(py.map((r) => r.peakRssMiB)).toFixed(0)} MiB` : 'n/a'} |`);
+        rows.push(
+          `| ${m} | ${d} | ${st} | **${pct(mean(a))} ± ${pct(std(a))}** | ${pa.length ? `${pct(mean(pa))} ± ${pct(std(pa))}` : 'n/a'} | ${pa.length ? gap.toFixed(1) : 'n/a'} | ${tk[0].trainableParameters.toLocaleString('en-US')} (${((100 * tk[0].trainableParameters) / total).toFixed(2)}%) | ${(mean(tk.map((r) => r.wallTimeMs)) / 1000).toFixed(1)} s | ${pa.length ? `${(mean(py.map((r) => r.wallTimeMs)) / 1000).toFixed(1)} s` : 'n/a'} | ${mean(tk.map((r) => r.peakRssMiB)).toFixed(0)} MiB | ${pa.length ? `${mean(py.map((r) => r.peakRssMiB)).toFixed(0)} MiB` : 'n/a'} |`,
+        );
         chart.push({ group: `${m} / ${d}`, category: st, value: 100 * mean(a), error: 100 * std(a) });
       }
     }
@@ -135,13 +191,25 @@ async function report(runs: Run[], minutes: number) {
         const a = tk.map((r) => r.test.accuracy);
         const total = tk[0].totalParameters ?? 1;
         const bytes = st === 'full' ? 1 : (tk[0].adapterBytes ?? NaN) / (tk[0].checkpointBytes ?? NaN);
-        peftRows.push(`| ${m} | ${d} | ${st} | **${pct(mean(a))} ± ${pct(std(a))}** | ${tk[0].trainableParameters.toLocaleString('en-US')} | ${(100 * tk[0].trainableParameters / total).toFixed(2)}% | ${stepMs(tk).toFixed(0)} ms (${(stepMs(tk) / fullStep).toFixed(2)}x) | ${mean(tk.map((r) => r.peakRssMiB)).toFixed(0)} MiB (${(mean(tk.map((r) => r.peakRssMiB)) / fullRss).toFixed(2)}x) | ${st === 'full' ? `${((tk[0].checkpointBytes ?? 0) / 2 ** 20).toFixed(1)} MiB checkpoint` : `${((tk[0].adapterBytes ?? 0) / 2 ** 10).toFixed(0)} KiB (${(100 * bytes).toFixed(2)}%)`} |`);
+        peftRows.push(
+          `| ${m} | ${d} | ${st} | **${pct(mean(a))} ± ${pct(std(a))}** | ${tk[0].trainableParameters.toLocaleString('en-US')} | ${((100 * tk[0].trainableParameters) / total).toFixed(2)}% | ${stepMs(tk).toFixed(0)} ms (${(stepMs(tk) / fullStep).toFixed(2)}x) | ${mean(tk.map((r) => r.peakRssMiB)).toFixed(0)} MiB (${(mean(tk.map((r) => r.peakRssMiB)) / fullRss).toFixed(2)}x) | ${st === 'full' ? `${((tk[0].checkpointBytes ?? 0) / 2 ** 20).toFixed(1)} MiB checkpoint` : `${((tk[0].adapterBytes ?? 0) / 2 ** 10).toFixed(0)} KiB (${(100 * bytes).toFixed(2)}%)`} |`,
+        );
       }
     }
   }
-  const svg = await barChartSvg(chart, { title: 'Test accuracy (%) by strategy, mean ± std over seeds (tunekit)', y: 'test accuracy (%)', width: 180 });
+  const svg = await barChartSvg(chart, {
+    title: 'Test accuracy (%) by strategy, mean ± std over seeds (tunekit)',
+    y: 'test accuracy (%)',
+    width: 180,
+  });
   await writeSvg(path.join(ROOT, 'docs', 'results-classic.svg'), svg);
-  const plans = Object.entries(PLANS).filter(([k]) => strategies.includes(k)).map(([k, p]) => `\`${k}\`: ${k === 'features' ? 'frozen model, pooled embedding (distilbert: [CLS]; gpt2: last token), logistic regression C = 1 (L-BFGS)' : `lr ${p.lr}, ${p.epochs} epochs (${epochsFor(p, 'sentiment-sentences')} on sentiment-sentences)${p.unfreezeLastBlocks ? `, last ${p.unfreezeLastBlocks} block trainable` : ''}`}`).join('; ');
+  const plans = Object.entries(PLANS)
+    .filter(([k]) => strategies.includes(k))
+    .map(
+      ([k, p]) =>
+        `\`${k}\`: ${k === 'features' ? 'frozen model, pooled embedding (distilbert: [CLS]; gpt2: last token), logistic regression C = 1 (L-BFGS)' : `lr ${p.lr}, ${p.epochs} epochs (${epochsFor(p, 'sentiment-sentences')} on sentiment-sentences)${p.unfreezeLastBlocks ? `, last ${p.unfreezeLastBlocks} block trainable` : ''}`}`,
+    )
+    .join('; ');
   const md = `# Results: the classic approaches on tunekit's own models
 
 Made by \`npm run experiment:classic\` on ${new Date().toISOString().slice(0, 10)} (${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}${Number.isFinite(minutes) ? `, ${minutes.toFixed(1)} min for the whole run` : ''}).
@@ -190,13 +258,17 @@ function commentary(runs: Run[]): string {
   for (const m of models) {
     for (const d of datasets) {
       const acc = (st: string) => {
-        const a = runs.filter((r) => r.side === 'tunekit' && r.model === m && r.data === d && r.strategy === st).map((r) => r.test.accuracy);
+        const a = runs
+          .filter((r) => r.side === 'tunekit' && r.model === m && r.data === d && r.strategy === st)
+          .map((r) => r.test.accuracy);
         return a.length ? mean(a) : NaN;
       };
       const [f, h, full] = [acc('features'), acc('head'), acc('full')];
       if ([f, h, full].some(Number.isNaN)) continue;
       const holds = f < h && h < full;
-      lines.push(`- ${m} on ${d}: features ${pct(f)}%, head ${pct(h)}%, full ${pct(full)}%: the article's ordering features < head < full ${holds ? 'holds' : 'does not hold'}.`);
+      lines.push(
+        `- ${m} on ${d}: features ${pct(f)}%, head ${pct(h)}%, full ${pct(full)}%: the article's ordering features < head < full ${holds ? 'holds' : 'does not hold'}.`,
+      );
     }
   }
   return lines.join('\n');

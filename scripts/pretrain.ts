@@ -24,29 +24,70 @@ interface Recipe {
   config: Record<string, unknown>;
   /** Dropout during pretraining; the shipped config carries the usual finetuning dropout instead. */
   pretrainDropout: Record<string, number>;
-  batchSize: number; steps: number; lr: number; warmupSteps: number; weightDecay: number;
+  batchSize: number;
+  steps: number;
+  lr: number;
+  warmupSteps: number;
+  weightDecay: number;
 }
 
 const RECIPES: Record<string, Recipe> = {
   'tiny-gpt2': {
     kind: 'bpe',
     config: {
-      model_type: 'gpt2', architectures: ['GPT2LMHeadModel'], vocab_size: 8192, n_positions: BLOCK, n_embd: 256, n_layer: 4,
-      n_head: 4, n_inner: null, activation_function: 'gelu_new', resid_pdrop: 0.1, embd_pdrop: 0.1, attn_pdrop: 0.1,
-      layer_norm_epsilon: 1e-5, initializer_range: 0.02, bos_token_id: 0, eos_token_id: 0, pad_token_id: 0, tie_word_embeddings: true,
+      model_type: 'gpt2',
+      architectures: ['GPT2LMHeadModel'],
+      vocab_size: 8192,
+      n_positions: BLOCK,
+      n_embd: 256,
+      n_layer: 4,
+      n_head: 4,
+      n_inner: null,
+      activation_function: 'gelu_new',
+      resid_pdrop: 0.1,
+      embd_pdrop: 0.1,
+      attn_pdrop: 0.1,
+      layer_norm_epsilon: 1e-5,
+      initializer_range: 0.02,
+      bos_token_id: 0,
+      eos_token_id: 0,
+      pad_token_id: 0,
+      tie_word_embeddings: true,
     },
     pretrainDropout: { resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0 },
-    batchSize: 16, steps: 2500, lr: 1e-3, warmupSteps: 100, weightDecay: 0.1,
+    batchSize: 16,
+    steps: 2500,
+    lr: 1e-3,
+    warmupSteps: 100,
+    weightDecay: 0.1,
   },
   'tiny-distilbert': {
     kind: 'wordpiece',
     config: {
-      model_type: 'distilbert', architectures: ['DistilBertForMaskedLM'], vocab_size: 8192, max_position_embeddings: BLOCK, dim: 256,
-      n_layers: 4, n_heads: 4, hidden_dim: 1024, activation: 'gelu', dropout: 0.1, attention_dropout: 0.1, qa_dropout: 0.1,
-      seq_classif_dropout: 0.2, sinusoidal_pos_embds: false, initializer_range: 0.02, pad_token_id: 0, tie_word_embeddings: true,
+      model_type: 'distilbert',
+      architectures: ['DistilBertForMaskedLM'],
+      vocab_size: 8192,
+      max_position_embeddings: BLOCK,
+      dim: 256,
+      n_layers: 4,
+      n_heads: 4,
+      hidden_dim: 1024,
+      activation: 'gelu',
+      dropout: 0.1,
+      attention_dropout: 0.1,
+      qa_dropout: 0.1,
+      seq_classif_dropout: 0.2,
+      sinusoidal_pos_embds: false,
+      initializer_range: 0.02,
+      pad_token_id: 0,
+      tie_word_embeddings: true,
     },
     pretrainDropout: { dropout: 0, attention_dropout: 0 },
-    batchSize: 32, steps: 1000, lr: 5e-4, warmupSteps: 150, weightDecay: 0.01,
+    batchSize: 32,
+    steps: 1000,
+    lr: 5e-4,
+    warmupSteps: 150,
+    weightDecay: 0.01,
   },
 };
 
@@ -97,7 +138,8 @@ async function main() {
   const seed = Number(arg('seed', '0'));
   if (!Number.isInteger(steps) || steps < 1) fail(`--steps must be a positive integer, got ${arg('steps')}`);
   const out = path.resolve(arg('out', path.join(ROOT, 'models', name))!);
-  if (process.argv.includes('--card-only')) {  // rewrite the model card from the run's pretrain.json
+  if (process.argv.includes('--card-only')) {
+    // rewrite the model card from the run's pretrain.json
     fs.writeFileSync(path.join(out, 'README.md'), modelCard(JSON.parse(fs.readFileSync(path.join(out, 'pretrain.json'), 'utf8'))));
     console.log(`wrote ${path.join(out, 'README.md')}`);
     return;
@@ -108,12 +150,18 @@ async function main() {
 
   const corpusDir = path.join(ROOT, '.cache', 'pretrain', 'corpus');
   const stats: CorpusStats = buildCorpus(corpusDir);
-  console.log(`corpus: ${stats.train.words.toLocaleString()} words train, ${stats.validation.words.toLocaleString()} held out; ${stats.duplicatesRemoved} duplicate paragraphs and ${stats.sentimentOverlapRemoved} overlapping the sentiment sentences removed`);
+  console.log(
+    `corpus: ${stats.train.words.toLocaleString()} words train, ${stats.validation.words.toLocaleString()} held out; ${stats.duplicatesRemoved} duplicate paragraphs and ${stats.sentimentOverlapRemoved} overlapping the sentiment sentences removed`,
+  );
 
   const tokDir = path.join(work, 'tokenizer');
   const python = path.join(ROOT, '.venv', 'bin', 'python');
   if (!fs.existsSync(python)) fail(`${python} is missing: run npm install first (it creates .venv)`);
-  execFileSync(python, [path.join(__dirname, 'pretrain', 'tokenizer.py'), recipe.kind, corpusDir, tokDir, String(recipe.config.vocab_size), String(BLOCK)], { stdio: 'inherit' });
+  execFileSync(
+    python,
+    [path.join(__dirname, 'pretrain', 'tokenizer.py'), recipe.kind, corpusDir, tokDir, String(recipe.config.vocab_size), String(BLOCK)],
+    { stdio: 'inherit' },
+  );
   const tok = await Tokenizer.fromPretrained(tokDir);
 
   const read = (f: string) => fs.readFileSync(path.join(corpusDir, f), 'utf8').split('\n').filter(Boolean);
@@ -141,7 +189,9 @@ async function main() {
     validBlocks = wrap(blocks(stream(read('validation.txt')), BLOCK - 2));
   }
   const trainTokens = trainBlocks.length * BLOCK;
-  console.log(`tokenised in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${trainBlocks.length} training blocks (${trainTokens.toLocaleString()} tokens), ${validBlocks.length} validation blocks of ${BLOCK}`);
+  console.log(
+    `tokenised in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${trainBlocks.length} training blocks (${trainTokens.toLocaleString()} tokens), ${validBlocks.length} validation blocks of ${BLOCK}`,
+  );
 
   let train: Example[] = trainBlocks.map((b) => ({ inputIds: b }));
   let valid: Example[];
@@ -165,15 +215,38 @@ async function main() {
 
   const config = { ...recipe.config, ...recipe.pretrainDropout };
   const model = await Model.fromConfig(config, { seed });
-  const optimizer = new AdamW(model, { lr: recipe.lr, weightDecay: recipe.weightDecay, betas: [0.9, 0.98], schedule: { type: 'cosine', warmupSteps: recipe.warmupSteps } });
+  const optimizer = new AdamW(model, {
+    lr: recipe.lr,
+    weightDecay: recipe.weightDecay,
+    betas: [0.9, 0.98],
+    schedule: { type: 'cosine', warmupSteps: recipe.warmupSteps },
+  });
   const metrics = new MetricsWriter(path.join(work, 'metrics.jsonl'), { append: true });
   const evalSubset = valid.filter((_, i) => i % Math.max(1, Math.floor(valid.length / 64)) === 0).slice(0, 64);
   const bar = progressBar(steps, name);
   const trainer = new Trainer(model, {
-    optimizer, batchSize: recipe.batchSize, epochs: 1000, maxSteps: steps, maxGradNorm: 1.0, seed,
-    evalEvery: 250, checkpointEvery: 250, keepCheckpoints: 1, checkpointDir: path.join(work, 'checkpoints'), transform,
+    optimizer,
+    batchSize: recipe.batchSize,
+    epochs: 1000,
+    maxSteps: steps,
+    maxGradNorm: 1.0,
+    seed,
+    evalEvery: 250,
+    checkpointEvery: 250,
+    keepCheckpoints: 1,
+    checkpointDir: path.join(work, 'checkpoints'),
+    transform,
     onProgress: (p) => {
-      metrics.write({ step: p.step, epoch: p.epoch, loss: p.loss, lr: p.lr, gradNorm: p.gradNorm, tokensPerSecond: p.tokensPerSecond, elapsedMs: p.elapsedMs, ...(p.evalLoss !== undefined ? { evalLoss: p.evalLoss } : {}) });
+      metrics.write({
+        step: p.step,
+        epoch: p.epoch,
+        loss: p.loss,
+        lr: p.lr,
+        gradNorm: p.gradNorm,
+        tokensPerSecond: p.tokensPerSecond,
+        elapsedMs: p.elapsedMs,
+        ...(p.evalLoss !== undefined ? { evalLoss: p.evalLoss } : {}),
+      });
       bar.update(p.step, trainingFields(p));
     },
   });
@@ -184,7 +257,9 @@ async function main() {
   const wallS = (Date.now() - started) / 1000;
   const final = await trainer.evaluate(valid);
   const ppl = Math.exp(final.loss);
-  console.log(`validation loss ${final.loss.toFixed(4)}, perplexity ${ppl.toFixed(1)} (unigram baseline ${unigramPpl.toFixed(1)}) after ${result.steps} steps, ${wallS.toFixed(0)} s this run`);
+  console.log(
+    `validation loss ${final.loss.toFixed(4)}, perplexity ${ppl.toFixed(1)} (unigram baseline ${unigramPpl.toFixed(1)}) after ${result.steps} steps, ${wallS.toFixed(0)} s this run`,
+  );
 
   const samples: { prompt: string; continuation: string }[] = [];
   if (recipe.kind === 'bpe') {
@@ -194,13 +269,21 @@ async function main() {
     }
   } else {
     const maskId = tok.tokenId('[MASK]')!;
-    for (const text of ['the president said that the [MASK] would meet on monday.', 'the whale swam under the [MASK].', 'the people of the united [MASK] have a right to vote.']) {
+    for (const text of [
+      'the president said that the [MASK] would meet on monday.',
+      'the whale swam under the [MASK].',
+      'the people of the united [MASK] have a right to vote.',
+    ]) {
       const ids = tok.encode(text);
       const out = await model.forward({ inputIds: [ids] });
       const at = ids.indexOf(maskId);
       const V = out.logits.shape[2];
       const row = Array.from(out.logits.data.subarray(at * V, (at + 1) * V));
-      const top = row.map((v, i) => [v, i]).sort((a, b) => b[0] - a[0]).slice(0, 5).map(([, i]) => tok.decode([i]));
+      const top = row
+        .map((v, i) => [v, i])
+        .sort((a, b) => b[0] - a[0])
+        .slice(0, 5)
+        .map(([, i]) => tok.decode([i]));
       samples.push({ prompt: text, continuation: top.join(', ') });
     }
   }
@@ -215,15 +298,49 @@ async function main() {
   fs.writeFileSync(cfgFile, JSON.stringify({ ...saved, ...recipe.config, torch_dtype: 'float32' }, null, 2) + '\n');
   for (const f of fs.readdirSync(tokDir)) fs.copyFileSync(path.join(tokDir, f), path.join(tmp, f));
   fs.copyFileSync(metrics.file, path.join(tmp, 'metrics.jsonl'));
-  await writeSvg(path.join(tmp, 'loss.svg'), await lineChartSvg(lossSeries(metrics.file), { title: `${name}: pretraining loss`, y: recipe.kind === 'bpe' ? 'causal LM loss (nats/token)' : 'masked LM loss (nats/masked token)' }));
-  const metricsRows = fs.readFileSync(metrics.file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  await writeSvg(
+    path.join(tmp, 'loss.svg'),
+    await lineChartSvg(lossSeries(metrics.file), {
+      title: `${name}: pretraining loss`,
+      y: recipe.kind === 'bpe' ? 'causal LM loss (nats/token)' : 'masked LM loss (nats/masked token)',
+    }),
+  );
+  const metricsRows = fs
+    .readFileSync(metrics.file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l));
   const totalWallS = metricsRows.length ? metricsRows[metricsRows.length - 1].elapsedMs / 1000 : wallS;
   const summary = {
-    model: name, parameters: model.countParameters(), config: recipe.config, seed, steps: result.steps, batchSize: recipe.batchSize, blockSize: BLOCK,
-    tokensSeen: result.steps * recipe.batchSize * BLOCK, trainTokens, validationBlocks: validBlocks.length, validationTargets: targets.length,
-    optimizer: { kind: 'adamw', lr: recipe.lr, betas: [0.9, 0.98], weightDecay: recipe.weightDecay, schedule: 'cosine', warmupSteps: recipe.warmupSteps, maxGradNorm: 1.0 },
-    pretrainDropout: recipe.pretrainDropout, validationLoss: final.loss, validationPerplexity: ppl, unigramPerplexity: unigramPpl,
-    wallTimeS: totalWallS, tokensPerSecond: result.tokensPerSecond, machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}`, corpus: stats, samples,
+    model: name,
+    parameters: model.countParameters(),
+    config: recipe.config,
+    seed,
+    steps: result.steps,
+    batchSize: recipe.batchSize,
+    blockSize: BLOCK,
+    tokensSeen: result.steps * recipe.batchSize * BLOCK,
+    trainTokens,
+    validationBlocks: validBlocks.length,
+    validationTargets: targets.length,
+    optimizer: {
+      kind: 'adamw',
+      lr: recipe.lr,
+      betas: [0.9, 0.98],
+      weightDecay: recipe.weightDecay,
+      schedule: 'cosine',
+      warmupSteps: recipe.warmupSteps,
+      maxGradNorm: 1.0,
+    },
+    pretrainDropout: recipe.pretrainDropout,
+    validationLoss: final.loss,
+    validationPerplexity: ppl,
+    unigramPerplexity: unigramPpl,
+    wallTimeS: totalWallS,
+    tokensPerSecond: result.tokensPerSecond,
+    machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}`,
+    corpus: stats,
+    samples,
     date: new Date().toISOString().slice(0, 10),
   };
   fs.writeFileSync(path.join(tmp, 'pretrain.json'), JSON.stringify(summary, null, 2) + '\n');
@@ -248,10 +365,14 @@ function modelCard(s: Summary): string {
   const tokenizer = gpt
     ? 'byte-level BPE, 8,192 tokens, trained on the training split with Hugging Face `tokenizers` (`<\\|endoftext\\|>` is BOS, EOS and padding)'
     : 'WordPiece, lower-cased, 8,192 tokens, trained on the training split with Hugging Face `tokenizers` (`[PAD]` `[UNK]` `[CLS]` `[SEP]` `[MASK]` are ids 0-4)';
-  const src = s.corpus.sources.map((x: Summary) => `| ${x.name} | \`${x.package}\` | ${x.words.toLocaleString('en-US')} | ${x.licence} |`).join('\n');
+  const src = s.corpus.sources
+    .map((x: Summary) => `| ${x.name} | \`${x.package}\` | ${x.words.toLocaleString('en-US')} | ${x.licence} |`)
+    .join('\n');
   // A pipe inside a table cell (as in <|endoftext|>) must be escaped, even inside code.
   const cell = (t: string) => t.replace(/\|/g, '\\|');
-  const samples = s.samples.map((x: Summary) => `| ${cell(JSON.stringify(x.prompt))} | ${cell(JSON.stringify(x.continuation))} |`).join('\n');
+  const samples = s.samples
+    .map((x: Summary) => `| ${cell(JSON.stringify(x.prompt))} | ${cell(JSON.stringify(x.continuation))} |`)
+    .join('\n');
   return `# ${s.model}
 
 A small ${gpt ? 'GPT-2' : 'DistilBERT'} pretrained from scratch by tunekit's own Trainer on 2 CPU cores, shipped with tunekit so that
@@ -261,7 +382,7 @@ useful general language model.
 | | |
 |---|---|
 | architecture | ${shape} |
-| parameters | ${s.parameters.toLocaleString('en-US')} (float32, ${(s.parameters * 4 / 1e6).toFixed(1)} MB) |
+| parameters | ${s.parameters.toLocaleString('en-US')} (float32, ${((s.parameters * 4) / 1e6).toFixed(1)} MB) |
 | tokenizer | ${tokenizer} |
 | objective | ${objective} |
 | corpus | ${s.corpus.train.words.toLocaleString('en-US')} words / ${s.trainTokens.toLocaleString('en-US')} tokens for training, ${s.corpus.validation.words.toLocaleString('en-US')} words held out (2% of paragraphs) |

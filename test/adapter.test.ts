@@ -2,7 +2,18 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { Adapter, AdamW, Model } from '../lib';
-import { adapterTensors, DEVICE, expectGradients, fullBatch, modelDir, python, realPosition, relError, savedParams, tmpDir } from './helpers';
+import {
+  adapterTensors,
+  DEVICE,
+  expectGradients,
+  fullBatch,
+  modelDir,
+  python,
+  realPosition,
+  relError,
+  savedParams,
+  tmpDir,
+} from './helpers';
 
 const CASES = [
   { name: 'gpt2-seq-cls', classify: true, sites: 2 },
@@ -14,7 +25,6 @@ const ROWS = [0, 1, 2];
 const batchFor = fullBatch;
 const valid = realPosition;
 
-
 for (const c of CASES) {
   test(`Houlsby adapters on ${c.name}: identity at start; logits, loss and gradients equal a PyTorch reference; file round trip`, async (t) => {
     const model = await Model.fromPretrained(modelDir(c.name), { device: DEVICE });
@@ -23,7 +33,12 @@ for (const c of CASES) {
     const base = await savedParams(model);
     await new Adapter({ bottleneckSize: 4, nonlinearity: 'gelu', seed: 5 }).apply(model);
     const layers = Number(model.config.n_layer ?? model.config.n_layers ?? model.config.num_hidden_layers);
-    const sites = new Set(model.parameters().filter((p) => p.name.includes('.adapter.')).map((p) => p.name.split('.adapter.')[0]));
+    const sites = new Set(
+      model
+        .parameters()
+        .filter((p) => p.name.includes('.adapter.'))
+        .map((p) => p.name.split('.adapter.')[0]),
+    );
     t.is(sites.size, c.sites * layers, 'after attention and feed-forward of every block');
     const start = await model.forward(batch);
     t.true(relError(start.logits.data, bare.logits.data, valid(bare.logits.shape)) < 1e-6, 'identity at initialisation');
@@ -39,7 +54,10 @@ for (const c of CASES) {
     t.is(JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8')).peft_type, 'TUNEKIT_HOULSBY_ADAPTER');
     const ref = python('houlsby.py', [modelDir(c.name), dir, JSON.stringify(ROWS)]);
     const out = await model.forward(batch);
-    t.true(relError(out.logits.data, ref.logits, valid(ref.shape)) < 1e-5, `logits ${relError(out.logits.data, ref.logits, valid(ref.shape))}`);
+    t.true(
+      relError(out.logits.data, ref.logits, valid(ref.shape)) < 1e-5,
+      `logits ${relError(out.logits.data, ref.logits, valid(ref.shape))}`,
+    );
     t.true(Math.abs(out.loss! - ref.loss) / Math.abs(ref.loss) < 1e-5);
     await expectGradients(t, model, batch, before, ref.grads, /\.(adapter|modules_to_save)\./);
     // Reloaded into a fresh base, the saved adapter gives the same logits; the base weights never moved.

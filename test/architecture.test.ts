@@ -15,7 +15,7 @@ function files(dir: string, ext: RegExp): string[] {
 
 const SOURCES = [...files('lib', /\.ts$/), ...files('native', /\.(cc|cpp|h)$/)];
 
-test('no file outside a family\'s own files compares a family name', (t) => {
+test("no file outside a family's own files compares a family name", (t) => {
   const own = (f: string) => f === 'lib/families.ts' || f.startsWith('native/core/models/') || f === 'native/tests/test_core.cpp';
   const literal = new RegExp(`['"](${MODEL_TYPES.join('|')})['"]`);
   const offenders = SOURCES.filter((f) => !own(f) && literal.test(fs.readFileSync(path.join(ROOT, f), 'utf8')));
@@ -24,10 +24,25 @@ test('no file outside a family\'s own files compares a family name', (t) => {
 });
 
 test('no file outside the PEFT method files compares a method name', (t) => {
-  const methods = ['lora', 'prompt', 'prefix', 'bottleneck', 'ia3', 'LORA', 'PROMPT_TUNING', 'PREFIX_TUNING', 'IA3', 'TUNEKIT_HOULSBY_ADAPTER'];
+  const methods = [
+    'lora',
+    'prompt',
+    'prefix',
+    'bottleneck',
+    'ia3',
+    'LORA',
+    'PROMPT_TUNING',
+    'PREFIX_TUNING',
+    'IA3',
+    'TUNEKIT_HOULSBY_ADAPTER',
+  ];
   // The strategies and the CLI name methods as users choose them, which is what they are for.
-  const own = (f: string) => f.startsWith('lib/peft/') || f.startsWith('native/core/peft/') || f.startsWith('lib/strategies/')
-    || f.startsWith('lib/cli/') || f === 'native/tests/test_core.cpp';
+  const own = (f: string) =>
+    f.startsWith('lib/peft/') ||
+    f.startsWith('native/core/peft/') ||
+    f.startsWith('lib/strategies/') ||
+    f.startsWith('lib/cli/') ||
+    f === 'native/tests/test_core.cpp';
   const compare = new RegExp(`(===|!==|==|!=)\\s*['"](${methods.join('|')})['"]`);
   const offenders = SOURCES.filter((f) => !own(f) && compare.test(fs.readFileSync(path.join(ROOT, f), 'utf8')));
   t.deepEqual(offenders, []);

@@ -6,7 +6,10 @@ import { ROOT, tmpDir } from './helpers';
 
 test('npm run bench starts and writes well-formed results (smoke config, no timing claims)', (t) => {
   const out = tmpDir('bench');
-  const r = spawnSync(process.execPath, ['--require', 'tsx/cjs', path.join(ROOT, 'bench', 'run.ts'), '--smoke', '--out', out], { cwd: ROOT, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, ['--require', 'tsx/cjs', path.join(ROOT, 'bench', 'run.ts'), '--smoke', '--out', out], {
+    cwd: ROOT,
+    encoding: 'utf8',
+  });
   t.is(r.status, 0, r.stderr);
   const j = JSON.parse(fs.readFileSync(path.join(out, 'latest.json'), 'utf8'));
   t.is(j.mode, 'smoke');

@@ -32,7 +32,12 @@ test('--help on each command', (t) => {
 });
 
 test('bad arguments: one line, non-zero exit, no stack trace', (t) => {
-  failsCleanly(t, run('finetune', '--strategy', 'magic'), 2, /--strategy magic: unknown strategy \(expected one of features, full, head, lora, adapter, prefix, prompt/);
+  failsCleanly(
+    t,
+    run('finetune', '--strategy', 'magic'),
+    2,
+    /--strategy magic: unknown strategy \(expected one of features, full, head, lora, adapter, prefix, prompt/,
+  );
   failsCleanly(t, run('finetune', '--model', '/no/such/model'), 2, /--model \/no\/such\/model: no such folder/);
   failsCleanly(t, run('finetune', '--data', '/no/such.jsonl'), 2, /no such file/);
   failsCleanly(t, run('finetune', '--epochs', 'many'), 2, /--epochs must be an integer/);
@@ -51,9 +56,17 @@ test('finetune writes the model, metrics.jsonl, a loss curve and results; evalua
   t.is(r.status, 0, r.stderr);
   const m = r.stdout.match(/test accuracy ([\d.]+)% \(loss ([\d.]+), 200 examples\)/);
   t.truthy(m, r.stdout);
-  for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'metrics.jsonl', 'loss.svg', 'results.json']) t.true(fs.existsSync(path.join(out, f)), f);
-  const rows = fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-  t.deepEqual(rows.map((x) => x.step), [1, 2, 3, 4]);
+  for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'metrics.jsonl', 'loss.svg', 'results.json'])
+    t.true(fs.existsSync(path.join(out, f)), f);
+  const rows = fs
+    .readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+  t.deepEqual(
+    rows.map((x) => x.step),
+    [1, 2, 3, 4],
+  );
   t.true(rows.every((x) => Number.isFinite(x.loss) && x.tokensPerSecond > 0));
   t.regex(fs.readFileSync(path.join(out, 'loss.svg'), 'utf8'), /^<svg[\s\S]*<\/svg>\s*$/);
   const config = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
@@ -74,7 +87,15 @@ for (const [name] of Object.entries(STRATEGIES).filter(([, s]) => s.peft)) {
     const m = r.stdout.match(/test accuracy ([\d.]+)% \(loss ([\d.]+), 200 examples\)/);
     t.truthy(m, r.stdout);
     t.true(fs.existsSync(path.join(out, 'adapter_config.json')) && fs.existsSync(path.join(out, 'adapter_model.safetensors')));
-    const ev = run('evaluate', '--model', path.join(ROOT, 'models', 'tiny-distilbert'), '--adapter', out, '--data', 'builtin:imdb-sentences');
+    const ev = run(
+      'evaluate',
+      '--model',
+      path.join(ROOT, 'models', 'tiny-distilbert'),
+      '--adapter',
+      out,
+      '--data',
+      'builtin:imdb-sentences',
+    );
     t.is(ev.status, 0, ev.stderr);
     t.regex(ev.stdout, new RegExp(`test accuracy ${m![1].replace('.', '\\.')}% \\(loss ${m![2].replace('.', '\\.')}, 200 examples\\)`));
   });

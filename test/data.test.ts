@@ -16,14 +16,20 @@ test('JSONL: text + label, string labels numbered in first-seen order, blank lin
   const ds = await Dataset.fromJsonl(f);
   t.is(ds.length, 3);
   t.deepEqual(ds.labelNames, ['pos', 'neg']);
-  t.deepEqual(ds.rows.map((r) => r.label), [0, 1, 0]);
+  t.deepEqual(
+    ds.rows.map((r) => r.label),
+    [0, 1, 0],
+  );
   t.is(ds.kind, 'classification');
 });
 
 test('JSONL: field mapping and prompt/response pairs', async (t) => {
   const f = write('b.jsonl', '{"review":"nice","stars":1}\n{"review":"meh","stars":0}\n');
   const ds = await Dataset.fromJsonl(f, { fields: { text: 'review', label: 'stars' } });
-  t.deepEqual(ds.rows, [{ text: 'nice', label: 1 }, { text: 'meh', label: 0 }]);
+  t.deepEqual(ds.rows, [
+    { text: 'nice', label: 1 },
+    { text: 'meh', label: 0 },
+  ]);
   const g = write('c.jsonl', '{"prompt":"Q: 2+2?","response":" 4"}\n');
   const pr = await Dataset.fromJsonl(g);
   t.is(pr.kind, 'prompt-response');
@@ -46,7 +52,11 @@ test('a malformed line is an error naming the file and the line; nothing is drop
 test('CSV: header, quoted fields with commas, doubled quotes and newlines, CRLF; numeric labels', async (t) => {
   const f = write('a.csv', 'text,label\r\n"Hello, world",1\r\n"She said ""no""\nand left",0\r\nplain,1\r\n');
   const ds = await Dataset.fromCsv(f);
-  t.deepEqual(ds.rows, [{ text: 'Hello, world', label: 1 }, { text: 'She said "no"\nand left', label: 0 }, { text: 'plain', label: 1 }]);
+  t.deepEqual(ds.rows, [
+    { text: 'Hello, world', label: 1 },
+    { text: 'She said "no"\nand left', label: 0 },
+    { text: 'plain', label: 1 },
+  ]);
   t.deepEqual(ds.labelNames, ['0', '1']);
   // A doubled quote split across the reader's 64 KiB chunks is still one literal quote.
   const head = 'text,label\n"';
@@ -54,7 +64,10 @@ test('CSV: header, quoted fields with commas, doubled quotes and newlines, CRLF;
   const big = await Dataset.fromCsv(write('split.csv', `${head}${long}""b",1\n`));
   t.is(big.rows[0].text, `${long}"b`);
   const tsv = write('a.tsv', 'label\ttext\n1\tgood\n0\tbad\n');
-  t.deepEqual((await Dataset.fromFile(tsv)).rows, [{ text: 'good', label: 1 }, { text: 'bad', label: 0 }]);
+  t.deepEqual((await Dataset.fromFile(tsv)).rows, [
+    { text: 'good', label: 1 },
+    { text: 'bad', label: 0 },
+  ]);
 });
 
 test('CSV: errors name file and line', async (t) => {
@@ -67,10 +80,18 @@ test('CSV: errors name file and line', async (t) => {
 });
 
 test('JSON array files, and their errors', async (t) => {
-  const f = write('a.json', JSON.stringify([{ text: 'a', label: 0 }, { text: 'b', label: 1 }]));
+  const f = write(
+    'a.json',
+    JSON.stringify([
+      { text: 'a', label: 0 },
+      { text: 'b', label: 1 },
+    ]),
+  );
   t.is((await Dataset.fromJson(f)).length, 2);
   await t.throwsAsync(Dataset.fromJson(write('obj.json', '{"text":"a"}')), { message: /expected a JSON array/ });
-  await t.throwsAsync(Dataset.fromJson(write('item.json', '[{"text":"a"},{"label":1}]')), { message: /item\.json: item 1: no "text" field/ });
+  await t.throwsAsync(Dataset.fromJson(write('item.json', '[{"text":"a"},{"label":1}]')), {
+    message: /item\.json: item 1: no "text" field/,
+  });
   await t.throwsAsync(Dataset.fromFile(write('a.xml', '<a/>')), { message: /unknown data format/ });
 });
 
@@ -116,10 +137,16 @@ test('built-in datasets: the sentiment@5.0.2 sentences, fixed 70/10/20 splits', 
   const all = builtinSplits('sentiment-sentences');
   t.deepEqual([all.train.length, all.validation.length, all.test.length], [2100, 300, 600]);
   const every = [...all.train.rows, ...all.validation.rows, ...all.test.rows];
-  t.true(every.every((r) => r.text!.length > 0 && (r.label === 0 || r.label === 1)), 'the files\' empty sentinels are left out');
+  t.true(
+    every.every((r) => r.text!.length > 0 && (r.label === 0 || r.label === 1)),
+    "the files' empty sentinels are left out",
+  );
   t.is(every.filter((r) => r.label === 1).length, 1500);
   const allTest = new Set(all.test.rows.map((r) => r.text));
-  t.true(imdb.test.rows.every((r) => allTest.has(r.text)), 'imdb test sentences are in the combined test split');
+  t.true(
+    imdb.test.rows.every((r) => allTest.has(r.text)),
+    'imdb test sentences are in the combined test split',
+  );
   const again = await loadSplits('builtin:imdb-sentences');
   t.deepEqual(again.test.rows, imdb.test.rows);
   t.true(BUILTINS['imdb-sentences'].licence.includes('CC BY 4.0'));

@@ -9,7 +9,9 @@ import { ATTENTION_MASK, INPUT_IDS, LM_LABELS, modelDir, savedParams, tmpDir } f
 const SOURCE = () => modelDir('gpt2-causal-lm');
 
 /** A copy of the tiny gpt2 folder whose safetensors header (or bytes) `edit` may rewrite. */
-function corrupted(edit: (header: Record<string, any>, data: Buffer) => { header?: Record<string, any>; data?: Buffer; raw?: Buffer }): string {
+function corrupted(
+  edit: (header: Record<string, any>, data: Buffer) => { header?: Record<string, any>; data?: Buffer; raw?: Buffer },
+): string {
   const dir = tmpDir('bad');
   fs.copyFileSync(path.join(SOURCE(), 'config.json'), path.join(dir, 'config.json'));
   const buf = fs.readFileSync(path.join(SOURCE(), 'model.safetensors'));
@@ -114,7 +116,16 @@ test('bad batches are refused and the model stays usable', async (t) => {
   await rejectsWith(t, model.forward({ inputIds: [[1, 2, 96]] }), 'E_RANGE', /outside the vocabulary/);
   await rejectsWith(t, model.forward({ inputIds: [[1, -2, 3]] }), 'E_RANGE');
   await rejectsWith(t, model.forward({ inputIds: [[1, 2, 3]], attentionMask: [[1, 1]] }), 'E_SHAPE');
-  await rejectsWith(t, model.forward({ inputIds: [[1, 2, 3], [1, 2]] }), 'E_SHAPE');
+  await rejectsWith(
+    t,
+    model.forward({
+      inputIds: [
+        [1, 2, 3],
+        [1, 2],
+      ],
+    }),
+    'E_SHAPE',
+  );
   await rejectsWith(t, model.forward({ inputIds: 'hello' as any }), 'E_TYPE');
   await rejectsWith(t, model.forward({ inputIds: [['a', 'b']] as any }), 'E_TYPE');
   await rejectsWith(t, model.forward({ inputIds: [[1, 2]], labels: [[1, 200]] }), 'E_RANGE', /labels/);

@@ -10,7 +10,15 @@ function writeF32(file: string, x: Float32Array) {
 }
 
 /** scikit-learn's objective in float64: C * sum of log losses + ||W||^2 / 2 (binary: one row, sigmoid). */
-function objective(x: Float32Array, y: number[], dim: number, classes: number, C: number, W: ArrayLike<number>, b: ArrayLike<number>): number {
+function objective(
+  x: Float32Array,
+  y: number[],
+  dim: number,
+  classes: number,
+  C: number,
+  W: ArrayLike<number>,
+  b: ArrayLike<number>,
+): number {
   const rows = b.length;
   let loss = 0;
   for (let i = 0; i < y.length; i++) {
@@ -32,12 +40,23 @@ function objective(x: Float32Array, y: number[], dim: number, classes: number, C
   return C * loss + norm / 2;
 }
 
-async function compareWithSklearn(t: any, train: { x: Float32Array; y: number[] }, test_: { x: Float32Array; y: number[] }, dim: number, classes: number, C: number, tol = 1e-8) {
+async function compareWithSklearn(
+  t: any,
+  train: { x: Float32Array; y: number[] },
+  test_: { x: Float32Array; y: number[] },
+  dim: number,
+  classes: number,
+  C: number,
+  tol = 1e-8,
+) {
   const dir = tmpDir('logreg');
   writeF32(path.join(dir, 'train.f32'), train.x);
   writeF32(path.join(dir, 'test.f32'), test_.x);
   const spec = path.join(dir, 'spec.json');
-  fs.writeFileSync(spec, JSON.stringify({ dim, C, train: { x: path.join(dir, 'train.f32'), y: train.y }, test: { x: path.join(dir, 'test.f32'), y: test_.y } }));
+  fs.writeFileSync(
+    spec,
+    JSON.stringify({ dim, C, train: { x: path.join(dir, 'train.f32'), y: train.y }, test: { x: path.join(dir, 'test.f32'), y: test_.y } }),
+  );
   const ref = python('logreg.py', [spec]);
   const lr = await new LogisticRegression({ C, maxIter: 2000, tol }).fit(train.x, dim, train.y, classes);
   const acc = lr.accuracy(test_.x, test_.y);
@@ -52,7 +71,9 @@ async function compareWithSklearn(t: any, train: { x: Float32Array; y: number[] 
   const gap = Math.abs(Fk - Fs);
   t.true(gap <= 1e-6 * Math.abs(Fs), `objective: tunekit ${Fk}, scikit-learn ${Fs}`);
   let dw = 0;
-  lr.weights!.forEach((w: number, i: number) => { dw += (w - ref.coef[i]) ** 2; });
+  lr.weights!.forEach((w: number, i: number) => {
+    dw += (w - ref.coef[i]) ** 2;
+  });
   t.true(Math.sqrt(dw) <= Math.sqrt(2 * 1e-6 * Math.abs(Fs)) + 1e-6, `weights differ by ${Math.sqrt(dw)} (L2)`);
   t.true(lr.converged);
   return { acc, ref };
@@ -89,13 +110,24 @@ test('feature-based on tiny-distilbert embeddings: tunekit and scikit-learn agre
   t.is(ftr.dim, 256);
   // The library's default tolerance: these raw 256-wide [CLS] vectors make an ill-conditioned problem on which
   // L-BFGS needs more than 2,000 iterations to reach 1e-8; the objectives agree at 1e-6 either way.
-  const { acc } = await compareWithSklearn(t, { x: ftr.data, y: train.map((e) => e.label!) }, { x: fte.data, y: test_.map((e) => e.label!) }, ftr.dim, 2, 1, 1e-6);
+  const { acc } = await compareWithSklearn(
+    t,
+    { x: ftr.data, y: train.map((e) => e.label!) },
+    { x: fte.data, y: test_.map((e) => e.label!) },
+    ftr.dim,
+    2,
+    1,
+    1e-6,
+  );
   t.log(`test accuracy ${acc}`);
   // Cached: the same features come back from disk, and a different model misses the cache.
   t.is(fs.readdirSync(cacheDir).filter((f) => f.endsWith('.f32')).length, 2);
   const again = await fb.embed(model, train);
   t.deepEqual(again.data, ftr.data);
-  const other = await Model.fromConfig(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')), { task: 'feature-extraction', seed: 5 });
+  const other = await Model.fromConfig(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')), {
+    task: 'feature-extraction',
+    seed: 5,
+  });
   await fb.embed(other, train.slice(0, 4));
   t.is(fs.readdirSync(cacheDir).filter((f) => f.endsWith('.f32')).length, 3);
   model.dispose();

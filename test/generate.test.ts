@@ -26,7 +26,16 @@ test('qwen2: greedy generation with the KV cache equals transformers generate()'
 // Left padding, adapters that add positions, and sampling: the cache must change nothing but the cost.
 for (const name of ['gpt2-causal-lm', 'llama-causal-lm', 'qwen2-causal-lm']) {
   test(`${name}: generation with and without the KV cache agree (padding, LoRA, prefix, prompt, sampling)`, async (t) => {
-    const batch = { inputIds: [[5, 17, 33, 2, 90], [0, 0, 44, 12, 70]], attentionMask: [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]] };
+    const batch = {
+      inputIds: [
+        [5, 17, 33, 2, 90],
+        [0, 0, 44, 12, 70],
+      ],
+      attentionMask: [
+        [1, 1, 1, 1, 1],
+        [0, 0, 1, 1, 1],
+      ],
+    };
     const setups: [string, ((m: Model) => Promise<void>) | null][] = [
       ['bare', null],
       ['lora', (m) => new LoRA({ r: 2, seed: 1, targetModules: name.startsWith('gpt2') ? ['c_attn'] : ['q_proj', 'v_proj'] }).apply(m)],

@@ -50,7 +50,12 @@ const REFERENCE_ENV = { ...process.env, MKL_CBWR: 'COMPATIBLE' };
 
 /** Runs a reference script in .venv and returns its JSON output. */
 export function python(script: string, args: string[]): any {
-  const out = execFileSync(PYTHON, [path.join(ROOT, 'test', 'reference', script), ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 28, env: REFERENCE_ENV });
+  const out = execFileSync(PYTHON, [path.join(ROOT, 'test', 'reference', script), ...args], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+    maxBuffer: 1 << 28,
+    env: REFERENCE_ENV,
+  });
   return JSON.parse(out.trim().split('\n').pop()!);
 }
 
@@ -93,7 +98,11 @@ export async function adapterTensors(model: Model, dir = tmpDir('adapter-read'))
 }
 
 /** The test batch with class labels or language-model labels. */
-export const fullBatch = (classify: boolean) => ({ inputIds: INPUT_IDS, attentionMask: ATTENTION_MASK, labels: classify ? CLASS_LABELS : LM_LABELS });
+export const fullBatch = (classify: boolean) => ({
+  inputIds: INPUT_IDS,
+  attentionMask: ATTENTION_MASK,
+  labels: classify ? CLASS_LABELS : LM_LABELS,
+});
 
 /** For logits of the test batch ([batch, labels] or [batch, seq, vocab]): whether flat index i is at a real (unpadded) position. */
 export const realPosition = (shape: number[]) => (i: number) =>
@@ -121,17 +130,31 @@ export async function trainThenSaveAdapter(model: Model, batch: BatchInput, pref
  * parameters (`own`) got a gradient and that each tensor's step equals the reference gradient (`grads`, by PEFT key).
  * `before`: the adapter's tensors before the step (adapterTensors).
  */
-export async function expectGradients(t: ExecutionContext, model: Model, batch: BatchInput, before: Map<string, Float32Array>,
-  grads: Record<string, number[]>, own: RegExp): Promise<void> {
+export async function expectGradients(
+  t: ExecutionContext,
+  model: Model,
+  batch: BatchInput,
+  before: Map<string, Float32Array>,
+  grads: Record<string, number[]>,
+  own: RegExp,
+): Promise<void> {
   const opt = new SGD(model, { lr: 1, weightDecay: 0 });
   await model.backward(batch);
-  t.deepEqual((await model.parametersWithGradients()).filter((n) => !own.test(n)), [], 'the frozen base holds no gradient');
+  t.deepEqual(
+    (await model.parametersWithGradients()).filter((n) => !own.test(n)),
+    [],
+    'the frozen base holds no gradient',
+  );
   await opt.step();
   const after = await adapterTensors(model);
   t.deepEqual([...after.keys()].sort(), Object.keys(grads).sort());
   for (const [k, g] of Object.entries(grads)) {
     const step = after.get(k)!.map((v, i) => before.get(k)![i] - v);
-    if (g.every((v) => v === 0)) t.true(step.every((v) => v === 0), `${k}: zero gradient`);
+    if (g.every((v) => v === 0))
+      t.true(
+        step.every((v) => v === 0),
+        `${k}: zero gradient`,
+      );
     else t.true(relError(step, g) < 1e-4, `${k}: gradient rel. error ${relError(step, g)}`);
   }
 }

@@ -3,7 +3,19 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { IA3, Model } from '../lib';
-import { adapterTensors, DEVICE, expectGradients, fullBatch, modelDir, python, realPosition, relError, savedParams, tmpDir, trainThenSaveAdapter } from './helpers';
+import {
+  adapterTensors,
+  DEVICE,
+  expectGradients,
+  fullBatch,
+  modelDir,
+  python,
+  realPosition,
+  relError,
+  savedParams,
+  tmpDir,
+  trainThenSaveAdapter,
+} from './helpers';
 
 // PEFT's own defaults for gpt2, llama, qwen2 and bert; distilbert has none in PEFT, so tunekit's are passed to both.
 const CASES = [
@@ -17,7 +29,12 @@ const CASES = [
 for (const c of CASES) {
   test(`IA3 on ${c.name}: a PEFT adapter loads with PEFT's logits, loss and gradients; trainable count as PEFT`, async (t) => {
     const dir = tmpDir('peft-ia3');
-    const ref = python('peft_ia3.py', ['create', modelDir(c.name), dir, JSON.stringify({ target_modules: c.targets, feedforward_modules: c.ff, seed: 1 })]);
+    const ref = python('peft_ia3.py', [
+      'create',
+      modelDir(c.name),
+      dir,
+      JSON.stringify({ target_modules: c.targets, feedforward_modules: c.ff, seed: 1 }),
+    ]);
     const model = await Model.fromPretrained(modelDir(c.name), { device: DEVICE });
     await model.loadAdapter(dir, { trainable: true });
     t.is(model.countParameters({ trainableOnly: true }), ref.trainable);
@@ -61,8 +78,14 @@ for (const c of CASES) {
 test('IA3 bad input: no matching module, feed-forward outside the targets, unknown option', async (t) => {
   const model = await Model.fromPretrained(modelDir('bert-seq-cls'), { device: DEVICE });
   await t.throwsAsync(new IA3({ targetModules: ['q_proj'] }).apply(model), { code: 'E_ARG', message: /match no linear layer/ } as any);
-  await t.throwsAsync(new IA3({ targetModules: ['key'], feedforwardModules: ['value'] }).apply(model), { code: 'E_ARG', message: /among targetModules/ } as any);
-  await t.throwsAsync(new IA3({ targetModule: ['key'] } as any).apply(model), { code: 'E_ARG', message: /unknown option 'targetModule'/ } as any);
+  await t.throwsAsync(new IA3({ targetModules: ['key'], feedforwardModules: ['value'] }).apply(model), {
+    code: 'E_ARG',
+    message: /among targetModules/,
+  } as any);
+  await t.throwsAsync(new IA3({ targetModule: ['key'] } as any).apply(model), {
+    code: 'E_ARG',
+    message: /unknown option 'targetModule'/,
+  } as any);
   t.deepEqual(model.adapters, []);
   model.dispose();
 });

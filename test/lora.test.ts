@@ -2,7 +2,19 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { LoRA, Model, SGD } from '../lib';
-import { adapterTensors, DEVICE, expectGradients, fullBatch, modelDir, python, realPosition, relError, savedParams, tmpDir, trainThenSaveAdapter } from './helpers';
+import {
+  adapterTensors,
+  DEVICE,
+  expectGradients,
+  fullBatch,
+  modelDir,
+  python,
+  realPosition,
+  relError,
+  savedParams,
+  tmpDir,
+  trainThenSaveAdapter,
+} from './helpers';
 
 const CASES = [
   { name: 'gpt2-seq-cls', targets: ['c_attn'], classify: true },
@@ -19,7 +31,12 @@ const valid = realPosition;
 for (const c of CASES) {
   test(`LoRA on ${c.name}: a PEFT adapter loads with PEFT's logits, loss and gradients; trainable count as PEFT`, async (t) => {
     const dir = tmpDir('peft-made');
-    const ref = python('peft_lora.py', ['create', modelDir(c.name), dir, JSON.stringify({ r: 4, alpha: 8, target_modules: c.targets, seed: 1 })]);
+    const ref = python('peft_lora.py', [
+      'create',
+      modelDir(c.name),
+      dir,
+      JSON.stringify({ r: 4, alpha: 8, target_modules: c.targets, seed: 1 }),
+    ]);
     const model = await Model.fromPretrained(modelDir(c.name), { device: DEVICE });
     await model.loadAdapter(dir, { trainable: true });
     t.is(model.countParameters({ trainableOnly: true }), ref.trainable);
@@ -63,7 +80,10 @@ test('two adapters on one base, switched per call; the bare base with setAdapter
   const batch = batchFor(true);
   const bare = await model.forward(batch);
   const trained: Record<string, Float32Array> = {};
-  for (const [name, lr] of [['a', 5e-2], ['b', -5e-2]] as const) {
+  for (const [name, lr] of [
+    ['a', 5e-2],
+    ['b', -5e-2],
+  ] as const) {
     await new LoRA({ r: 2, targetModules: ['c_attn'], seed: name === 'a' ? 1 : 2 }).apply(model, { adapterName: name });
     const opt = new SGD(model, { lr: Math.abs(lr) });
     await model.train();
@@ -91,7 +111,12 @@ test('LoRA bad input: no matching module, bad rank, missing or foreign adapter f
   await t.throwsAsync(new LoRA({ r: 0 }).apply(model), { code: 'E_ARG' } as any);
   await t.throwsAsync(model.loadAdapter('/no/such/adapter'), { code: 'E_FILE' } as any);
   const dir = tmpDir('bad-adapter');
-  const ref = python('peft_lora.py', ['create', modelDir('distilbert-seq-cls'), dir, JSON.stringify({ r: 2, alpha: 4, target_modules: ['q_lin'] })]);
+  const ref = python('peft_lora.py', [
+    'create',
+    modelDir('distilbert-seq-cls'),
+    dir,
+    JSON.stringify({ r: 2, alpha: 4, target_modules: ['q_lin'] }),
+  ]);
   t.truthy(ref.loss);
   await t.throwsAsync(model.loadAdapter(dir), { code: 'E_FORMAT', message: /names no parameter|does not have/ } as any);
   t.deepEqual(model.adapters, []);

@@ -4,7 +4,11 @@ import test from 'ava';
 import { Model, Tokenizer } from '../lib';
 import { python, relError, ROOT } from './helpers';
 
-const TEXTS = ['The whale swam slowly under the ship.', 'Congress shall meet on Monday to debate the budget, and the President will speak.', 'It was a good film.'];
+const TEXTS = [
+  'The whale swam slowly under the ship.',
+  'Congress shall meet on Monday to debate the budget, and the President will speak.',
+  'It was a good film.',
+];
 
 /** The words of the Brown corpus (a devDependency): a dictionary of English to judge generated text by. */
 function englishWords(): Set<string> {
@@ -33,7 +37,11 @@ for (const name of ['tiny-gpt2', 'tiny-distilbert']) {
     const out = await model.forward({ inputIds: ref.input_ids, attentionMask: ref.attention_mask });
     t.deepEqual(out.logits.shape, ref.shape);
     const [, seq, vocab] = ref.shape;
-    const err = relError(out.logits.data, ref.data, (i) => ref.attention_mask[Math.floor(i / (seq * vocab))][Math.floor(i / vocab) % seq] === 1);
+    const err = relError(
+      out.logits.data,
+      ref.data,
+      (i) => ref.attention_mask[Math.floor(i / (seq * vocab))][Math.floor(i / vocab) % seq] === 1,
+    );
     t.true(err < 1e-4, `relative error ${err}`);
     model.dispose();
   });

@@ -7,7 +7,12 @@ test('3 AdamW steps leave the same parameters as torch.optim.AdamW', async (t) =
   const ref = reference('gpt2-adamw');
   const model = await Model.fromPretrained(modelDir('gpt2-adamw'), { device: DEVICE });
   await model.train();
-  const opt = new AdamW(model, { lr: 1e-2, weightDecay: 0.1, maxGradNorm: 1.0, schedule: { type: 'linear', warmupSteps: 2, totalSteps: 10 } });
+  const opt = new AdamW(model, {
+    lr: 1e-2,
+    weightDecay: 0.1,
+    maxGradNorm: 1.0,
+    schedule: { type: 'linear', warmupSteps: 2, totalSteps: 10 },
+  });
   const batch = { inputIds: INPUT_IDS, attentionMask: ATTENTION_MASK, labels: LM_LABELS };
   for (let i = 0; i < 3; i++) {
     t.is(opt.currentLr(), ref.lrs[i]);
@@ -54,13 +59,22 @@ test('3 AdamW steps leave the same parameters as torch.optim.AdamW', async (t) =
 });
 
 // The families added through the plug-in points: one AdamW step (decay, clipping, warmup) on a masked LM and a causal LM.
-for (const [name, keyBias] of [['bert-adamw', /attention\.self\.key\.bias$/], ['qwen2-adamw', /self_attn\.k_proj\.bias$/]] as const) {
+for (const [name, keyBias] of [
+  ['bert-adamw', /attention\.self\.key\.bias$/],
+  ['qwen2-adamw', /self_attn\.k_proj\.bias$/],
+] as const) {
   test(`${name}: one AdamW step leaves the same parameters as torch.optim.AdamW`, async (t) => {
     const ref = reference(name);
     const model = await Model.fromPretrained(modelDir(name), { device: DEVICE });
     await model.train();
     // eps 1e-6 as the reference (make_reference.py: why a single Adam step needs it).
-    const opt = new AdamW(model, { lr: 1e-2, eps: 1e-6, weightDecay: 0.1, maxGradNorm: 1.0, schedule: { type: 'linear', warmupSteps: 0, totalSteps: 10 } });
+    const opt = new AdamW(model, {
+      lr: 1e-2,
+      eps: 1e-6,
+      weightDecay: 0.1,
+      maxGradNorm: 1.0,
+      schedule: { type: 'linear', warmupSteps: 0, totalSteps: 10 },
+    });
     t.is(opt.currentLr(), ref.lrs[0]);
     const { loss } = await model.backward({ inputIds: INPUT_IDS, attentionMask: ATTENTION_MASK, labels: LM_LABELS });
     t.true(Math.abs(loss - ref.losses[0]) / ref.losses[0] < 1e-5, `loss ${loss} vs ${ref.losses[0]}`);
@@ -90,7 +104,10 @@ for (const [name, keyBias] of [['bert-adamw', /attention\.self\.key\.bias$/], ['
 
 test('schedules follow transformers: warmup then linear or cosine decay', (t) => {
   const lin = { type: 'linear' as const, warmupSteps: 2, totalSteps: 10 };
-  t.deepEqual([0, 1, 2, 6, 10, 12].map((s) => scheduleFactor(lin, s)), [0, 0.5, 1, 0.5, 0, 0]);
+  t.deepEqual(
+    [0, 1, 2, 6, 10, 12].map((s) => scheduleFactor(lin, s)),
+    [0, 0.5, 1, 0.5, 0, 0],
+  );
   const cos = { type: 'cosine' as const, warmupSteps: 0, totalSteps: 10 };
   t.is(scheduleFactor(cos, 0), 1);
   t.true(Math.abs(scheduleFactor(cos, 5) - 0.5) < 1e-12);

@@ -4,9 +4,25 @@ import { Model } from '../lib';
 import { ATTENTION_MASK, CLASS_LABELS, DEVICE, INPUT_IDS, LM_LABELS, modelDir, reference, relError } from './helpers';
 
 const CASES = [
-  'gpt2-causal-lm', 'gpt2-seq-cls', 'gpt2-base', 'llama-causal-lm', 'llama-tied-causal-lm', 'llama-seq-cls', 'llama-base',
-  'distilbert-seq-cls', 'distilbert-base', 'distilbert-masked-lm', 'gpt2-causal-lm-f16', 'llama-causal-lm-bf16',
-  'bert-seq-cls', 'bert-base', 'bert-masked-lm', 'qwen2-causal-lm', 'qwen2-tied-causal-lm', 'qwen2-seq-cls', 'qwen2-base',
+  'gpt2-causal-lm',
+  'gpt2-seq-cls',
+  'gpt2-base',
+  'llama-causal-lm',
+  'llama-tied-causal-lm',
+  'llama-seq-cls',
+  'llama-base',
+  'distilbert-seq-cls',
+  'distilbert-base',
+  'distilbert-masked-lm',
+  'gpt2-causal-lm-f16',
+  'llama-causal-lm-bf16',
+  'bert-seq-cls',
+  'bert-base',
+  'bert-masked-lm',
+  'qwen2-causal-lm',
+  'qwen2-tied-causal-lm',
+  'qwen2-seq-cls',
+  'qwen2-base',
 ];
 
 /** Positions whose output means something: padded positions are garbage in both implementations. */
@@ -23,10 +39,17 @@ for (const name of CASES) {
     const model = await Model.fromPretrained(modelDir(name), { device: DEVICE });
     t.is(model.task, ref.task);
     t.deepEqual(model.newlyInitialized, []);
-    for (const [variant, rows] of [['padded', 3], ['unpadded', 1]] as const) {
+    for (const [variant, rows] of [
+      ['padded', 3],
+      ['unpadded', 1],
+    ] as const) {
       const r = ref[variant];
-      const labels = ref.task === 'sequence-classification' ? CLASS_LABELS.slice(0, rows)
-        : ref.task === 'feature-extraction' ? undefined : LM_LABELS.slice(0, rows);
+      const labels =
+        ref.task === 'sequence-classification'
+          ? CLASS_LABELS.slice(0, rows)
+          : ref.task === 'feature-extraction'
+            ? undefined
+            : LM_LABELS.slice(0, rows);
       const out = await model.forward({ inputIds: INPUT_IDS.slice(0, rows), attentionMask: ATTENTION_MASK.slice(0, rows), labels });
       t.deepEqual(out.logits.shape, r.shape);
       const want = r.logits ?? r.last_hidden_state;

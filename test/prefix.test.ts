@@ -1,6 +1,18 @@
 import test from 'ava';
 import { AdamW, Model, PrefixTuning } from '../lib';
-import { adapterTensors, DEVICE, expectGradients, fullBatch, INPUT_IDS, modelDir, python, realPosition, relError, tmpDir, trainThenSaveAdapter } from './helpers';
+import {
+  adapterTensors,
+  DEVICE,
+  expectGradients,
+  fullBatch,
+  INPUT_IDS,
+  modelDir,
+  python,
+  realPosition,
+  relError,
+  tmpDir,
+  trainThenSaveAdapter,
+} from './helpers';
 
 const ROWS = [0, 1, 2];
 const CASES = [
@@ -10,7 +22,6 @@ const CASES = [
 ];
 const batchFor = fullBatch;
 const valid = realPosition;
-
 
 for (const c of CASES) {
   test(`prefix tuning on ${c.name}: a PEFT adapter loads with PEFT's logits, loss and gradients`, async (t) => {
@@ -23,7 +34,10 @@ for (const c of CASES) {
     const batch = batchFor(c.classify);
     const out = await model.forward(batch);
     t.deepEqual(out.logits.shape, ref.shape);
-    t.true(relError(out.logits.data, ref.logits, valid(ref.shape)) < 1e-5, `logits ${relError(out.logits.data, ref.logits, valid(ref.shape))}`);
+    t.true(
+      relError(out.logits.data, ref.logits, valid(ref.shape)) < 1e-5,
+      `logits ${relError(out.logits.data, ref.logits, valid(ref.shape))}`,
+    );
     t.true(Math.abs(out.loss! - ref.loss) / Math.abs(ref.loss) < 1e-5, `loss ${out.loss} vs ${ref.loss}`);
     const before = await adapterTensors(model);
     await expectGradients(t, model, batch, before, ref.grads, /modules_to_save|prefix_encoder/);
@@ -35,7 +49,10 @@ for (const c of CASES) {
     await new PrefixTuning({ numVirtualTokens: 4, prefixProjection: true, encoderHiddenSize: 12, seed: 2 }).apply(model);
     const { mine, dir } = await trainThenSaveAdapter(model, batchFor(c.classify), 'tk-prefix');
     const ref = python('peft_prefix.py', ['load', modelDir(c.name), dir, JSON.stringify(ROWS)]);
-    t.true(relError(mine.logits.data, ref.logits, valid(ref.shape)) < 1e-4, `tunekit vs PEFT ${relError(mine.logits.data, ref.logits, valid(ref.shape))}`);
+    t.true(
+      relError(mine.logits.data, ref.logits, valid(ref.shape)) < 1e-4,
+      `tunekit vs PEFT ${relError(mine.logits.data, ref.logits, valid(ref.shape))}`,
+    );
     // Greedy generation runs behind the prefix too.
     if (!c.classify) {
       const [ids] = await model.generate({ inputIds: [INPUT_IDS[0]] }, { maxNewTokens: 3 });

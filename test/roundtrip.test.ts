@@ -11,7 +11,11 @@ for (const name of ['gpt2-causal-lm', 'llama-causal-lm', 'distilbert-seq-cls', '
     const dir = tmpDir('save');
     await model.savePretrained(dir);
     t.true(fs.existsSync(path.join(dir, 'config.json')));
-    t.deepEqual(fs.readdirSync(dir).filter((f) => f.endsWith('.tmp')), [], 'no temporary file is left behind');
+    t.deepEqual(
+      fs.readdirSync(dir).filter((f) => f.endsWith('.tmp')),
+      [],
+      'no temporary file is left behind',
+    );
     const ours = await model.forward({ inputIds: INPUT_IDS, attentionMask: ATTENTION_MASK });
     const theirs = python('logits.py', [dir]);
     t.deepEqual(ours.logits.shape, theirs.shape);

@@ -9,7 +9,10 @@ import { trainSteps } from './scripts/train-steps';
 const SCRIPT = path.join(__dirname, 'scripts', 'train-steps.ts');
 
 function child(env: Record<string, string>, steps = 4) {
-  const r = spawnSync(process.execPath, ['--require', 'tsx/cjs', SCRIPT, String(steps)], { env: { ...process.env, ...env }, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, ['--require', 'tsx/cjs', SCRIPT, String(steps)], {
+    env: { ...process.env, ...env },
+    encoding: 'utf8',
+  });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -35,7 +38,9 @@ test.serial('the system allocator and aten matmuls give the same training to flo
   t.is(plain.info.gemm, 'aten');
   t.is(plain.info.cpuCache.hits + plain.info.cpuCache.misses, 0);
   t.log(`losses ${fast.losses.map((l: number, i: number) => `${l} / ${plain.losses[i]}`).join(', ')}`);
-  fast.losses.forEach((l: number, i: number) => t.true(Math.abs(l - plain.losses[i]) / plain.losses[i] < 1e-5, `step ${i}: ${l} vs ${plain.losses[i]}`));
+  fast.losses.forEach((l: number, i: number) =>
+    t.true(Math.abs(l - plain.losses[i]) / plain.losses[i] < 1e-5, `step ${i}: ${l} vs ${plain.losses[i]}`),
+  );
   t.true(Math.abs(fast.gradNorm - plain.gradNorm) / plain.gradNorm < 1e-4, `grad norm ${fast.gradNorm} vs ${plain.gradNorm}`);
   t.true(fast.losses[3] < fast.losses[0], 'the run must train for the comparison to mean anything');
 });

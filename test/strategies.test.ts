@@ -7,12 +7,23 @@ import { ATTENTION_MASK, CLASS_LABELS, DEVICE, INPUT_IDS, modelDir, ROOT, tmpDir
 
 const batch = { inputIds: INPUT_IDS, attentionMask: ATTENTION_MASK, labels: CLASS_LABELS };
 
-for (const [name, head] of [['distilbert-seq-cls', ['pre_classifier.weight', 'pre_classifier.bias', 'classifier.weight', 'classifier.bias']], ['gpt2-seq-cls', ['score.weight']], ['llama-seq-cls', ['score.weight']]] as const) {
+for (const [name, head] of [
+  ['distilbert-seq-cls', ['pre_classifier.weight', 'pre_classifier.bias', 'classifier.weight', 'classifier.bias']],
+  ['gpt2-seq-cls', ['score.weight']],
+  ['llama-seq-cls', ['score.weight']],
+] as const) {
   test(`FinetuneHead on ${name}: only the head gets gradients and optimizer state`, async (t) => {
     const model = await Model.fromPretrained(modelDir(name), { device: DEVICE });
     const s = new FinetuneHead();
     await s.apply(model);
-    t.deepEqual(model.parameters().filter((p) => p.trainable).map((p) => p.name).sort(), [...head].sort());
+    t.deepEqual(
+      model
+        .parameters()
+        .filter((p) => p.trainable)
+        .map((p) => p.name)
+        .sort(),
+      [...head].sort(),
+    );
     await model.backward(batch);
     t.deepEqual((await model.parametersWithGradients()).sort(), [...head].sort());
     const opt = new AdamW(model, { lr: 1e-3 });
@@ -29,7 +40,10 @@ test('FinetuneHead with unfreezeLastBlocks adds the last block (and gpt2 its fin
   const model = await Model.fromPretrained(modelDir('gpt2-seq-cls'), { device: DEVICE });
   await new FinetuneHead({ unfreezeLastBlocks: 1 }).apply(model);
   const layers = Number(model.config.n_layer);
-  const trainable = model.parameters().filter((p) => p.trainable).map((p) => p.name);
+  const trainable = model
+    .parameters()
+    .filter((p) => p.trainable)
+    .map((p) => p.name);
   t.true(trainable.includes('score.weight'));
   t.true(trainable.some((n) => n.startsWith(`transformer.h.${layers - 1}.`)));
   t.false(trainable.some((n) => n.startsWith(`transformer.h.${layers - 2}.`)));
@@ -57,9 +71,17 @@ test('FinetuneAll trains every parameter', async (t) => {
  */
 function sourceTask(tok: Tokenizer) {
   const dir = path.join(path.dirname(require.resolve('sentiment/package.json')), 'test', 'fixtures');
-  const rows = ['imdb', 'yelp'].flatMap((f, label) => (JSON.parse(fs.readFileSync(path.join(dir, `${f}.json`), 'utf8')) as { text: string }[]).filter((r) => r.text.trim() !== '').map((r) => ({ text: r.text.trim(), label })));
+  const rows = ['imdb', 'yelp'].flatMap((f, label) =>
+    (JSON.parse(fs.readFileSync(path.join(dir, `${f}.json`), 'utf8')) as { text: string }[])
+      .filter((r) => r.text.trim() !== '')
+      .map((r) => ({ text: r.text.trim(), label })),
+  );
   const parts = new Dataset(rows, { labelNames: ['imdb', 'yelp'] }).split({ train: 0.7, validation: 0.1, test: 0.2 }, 11);
-  return { train: parts.train.toExamples(tok, { maxLength: 64 }), validation: parts.validation.toExamples(tok, { maxLength: 64 }), test: parts.test.toExamples(tok, { maxLength: 64 }) };
+  return {
+    train: parts.train.toExamples(tok, { maxLength: 64 }),
+    validation: parts.validation.toExamples(tok, { maxLength: 64 }),
+    test: parts.test.toExamples(tok, { maxLength: 64 }),
+  };
 }
 
 test('each strategy beats chance on a held-out split with tiny-distilbert', async (t) => {
@@ -87,7 +109,11 @@ test('each strategy beats chance on a held-out split with tiny-distilbert', asyn
 test('the CLI runs the feature-based strategy', async (t) => {
   const { spawnSync } = await import('node:child_process');
   const out = path.join(tmpDir('cli-features'), 'run');
-  const r = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'cli', 'main.js'), 'finetune', '--strategy', 'features', '--out', out, '--quiet'], { encoding: 'utf8' });
+  const r = spawnSync(
+    process.execPath,
+    [path.join(ROOT, 'dist', 'cli', 'main.js'), 'finetune', '--strategy', 'features', '--out', out, '--quiet'],
+    { encoding: 'utf8' },
+  );
   t.is(r.status, 0, r.stderr);
   t.regex(r.stdout, /test accuracy [\d.]+% \(loss [\d.]+, 200 examples\)/);
   const clf = JSON.parse(fs.readFileSync(path.join(out, 'classifier.json'), 'utf8'));

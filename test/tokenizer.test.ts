@@ -25,15 +25,24 @@ test('encodeBatch pads, truncates and builds attention masks on either side', as
   right.inputIds.forEach((r, i) => {
     t.is(r.length, longest);
     t.deepEqual(r.slice(0, ids[i].length), ids[i]);
-    t.deepEqual(right.attentionMask[i], r.map((_, j) => (j < ids[i].length ? 1 : 0)));
+    t.deepEqual(
+      right.attentionMask[i],
+      r.map((_, j) => (j < ids[i].length ? 1 : 0)),
+    );
   });
   const left = tok.encodeBatch(texts, { paddingSide: 'left' });
   left.inputIds.forEach((r, i) => t.deepEqual(r.slice(longest - ids[i].length), ids[i]));
   // Truncation keeps the template's [CLS] ... [SEP] and cuts the text between them, as transformers does.
   const cut = (r: number[], n: number) => (r.length <= n ? r : [...r.slice(0, n - 1), r[r.length - 1]]);
   const fixed = tok.encodeBatch(texts, { padding: 6 });
-  t.deepEqual(fixed.inputIds, ids.map((r) => cut(r, 6)));
-  t.true(fixed.inputIds.every((r) => r[0] === 2 && r[5] === 3), '[CLS] first, [SEP] last');
+  t.deepEqual(
+    fixed.inputIds,
+    ids.map((r) => cut(r, 6)),
+  );
+  t.true(
+    fixed.inputIds.every((r) => r[0] === 2 && r[5] === 3),
+    '[CLS] first, [SEP] last',
+  );
   const trunc = tok.encodeBatch(texts, { maxLength: 4 });
   t.true(trunc.inputIds.every((r) => r.length === 4));
   t.deepEqual(tok.encode(texts[0], { addSpecialTokens: false, maxLength: 2 }), ids[0].slice(1, 3));

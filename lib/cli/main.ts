@@ -29,7 +29,6 @@ interface Command {
   run(o: Opts): Promise<void>;
 }
 
-
 function num(o: Opts, key: string, fallback: number | undefined, kind: 'int' | 'float' = 'float'): number | undefined {
   const v = o[key];
   if (v === undefined) return fallback;
@@ -50,8 +49,12 @@ function modelDir(o: Opts): string {
 
 async function splitsOf(o: Opts): Promise<Splits> {
   const spec = String(o.data ?? DEFAULT_DATA);
-  const fields = { ...(o['text-field'] ? { text: String(o['text-field']) } : {}), ...(o['label-field'] ? { label: String(o['label-field']) } : {}) };
-  if (!spec.startsWith('builtin:') && !fs.existsSync(spec)) throw new UsageError(`--data ${spec}: no such file (or use builtin:imdb-sentences, builtin:sentiment-sentences)`);
+  const fields = {
+    ...(o['text-field'] ? { text: String(o['text-field']) } : {}),
+    ...(o['label-field'] ? { label: String(o['label-field']) } : {}),
+  };
+  if (!spec.startsWith('builtin:') && !fs.existsSync(spec))
+    throw new UsageError(`--data ${spec}: no such file (or use builtin:imdb-sentences, builtin:sentiment-sentences)`);
   return loadSplits(spec, { fields, seed: num(o, 'seed', 42, 'int') });
 }
 
@@ -72,9 +75,16 @@ function describe(r: { accuracy?: number; perplexity?: number; loss: number; exa
 }
 
 const common = {
-  model: { type: 'string' }, data: { type: 'string' }, 'batch-size': { type: 'string' }, 'max-length': { type: 'string' },
-  'text-field': { type: 'string' }, 'label-field': { type: 'string' }, seed: { type: 'string' }, device: { type: 'string' },
-  quiet: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+  model: { type: 'string' },
+  data: { type: 'string' },
+  'batch-size': { type: 'string' },
+  'max-length': { type: 'string' },
+  'text-field': { type: 'string' },
+  'label-field': { type: 'string' },
+  seed: { type: 'string' },
+  device: { type: 'string' },
+  quiet: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
 } as const;
 const commonHelp = {
   model: `model folder in Hugging Face format (default: models/tiny-distilbert)`,
@@ -93,35 +103,64 @@ const COMMANDS: Record<string, Command> = {
     summary: 'train a model on a dataset and report test metrics',
     usage: 'tunekit finetune [--model DIR] [--data SPEC] [--strategy NAME] [--out DIR] [options]',
     options: {
-      ...common, strategy: { type: 'string' }, out: { type: 'string' }, epochs: { type: 'string' }, lr: { type: 'string' },
-      'max-steps': { type: 'string' }, 'weight-decay': { type: 'string' }, 'warmup-ratio': { type: 'string' },
-      'grad-accumulation': { type: 'string' }, 'unfreeze-last-blocks': { type: 'string' }, pooling: { type: 'string' }, C: { type: 'string' },
-      'lora-r': { type: 'string' }, 'lora-alpha': { type: 'string' }, 'lora-dropout': { type: 'string' }, 'lora-targets': { type: 'string' },
-      'reduction-factor': { type: 'string' }, 'bottleneck-size': { type: 'string' }, nonlinearity: { type: 'string' },
-      'num-virtual-tokens': { type: 'string' }, 'prefix-projection': { type: 'boolean' }, 'prompt-init-text': { type: 'string' },
+      ...common,
+      strategy: { type: 'string' },
+      out: { type: 'string' },
+      epochs: { type: 'string' },
+      lr: { type: 'string' },
+      'max-steps': { type: 'string' },
+      'weight-decay': { type: 'string' },
+      'warmup-ratio': { type: 'string' },
+      'grad-accumulation': { type: 'string' },
+      'unfreeze-last-blocks': { type: 'string' },
+      pooling: { type: 'string' },
+      C: { type: 'string' },
+      'lora-r': { type: 'string' },
+      'lora-alpha': { type: 'string' },
+      'lora-dropout': { type: 'string' },
+      'lora-targets': { type: 'string' },
+      'reduction-factor': { type: 'string' },
+      'bottleneck-size': { type: 'string' },
+      nonlinearity: { type: 'string' },
+      'num-virtual-tokens': { type: 'string' },
+      'prefix-projection': { type: 'boolean' },
+      'prompt-init-text': { type: 'string' },
     },
     help: {
       ...commonHelp,
-      strategy: `how to adapt the model (default full): features = ${FEATURES_SUMMARY}; ${Object.entries(STRATEGIES).map(([k, v]) => `${k} = ${v.summary}`).join('; ')}`,
+      strategy: `how to adapt the model (default full): features = ${FEATURES_SUMMARY}; ${Object.entries(STRATEGIES)
+        .map(([k, v]) => `${k} = ${v.summary}`)
+        .join('; ')}`,
       out: 'folder for the finetuned model, metrics.jsonl, loss.svg and results.json (default: runs/MODEL-STRATEGY)',
-      epochs: 'passes over the training split (default 3)', lr: `peak learning rate (default ${Object.entries(STRATEGIES).map(([k, v]) => `${k} ${v.lr}`).join(', ')})`,
-      'max-steps': 'stop after this many optimizer steps', 'weight-decay': 'AdamW weight decay (default 0.01)',
-      'warmup-ratio': 'fraction of steps of linear warm-up (default 0.1)', 'grad-accumulation': 'batches per optimizer step (default 1)',
+      epochs: 'passes over the training split (default 3)',
+      lr: `peak learning rate (default ${Object.entries(STRATEGIES)
+        .map(([k, v]) => `${k} ${v.lr}`)
+        .join(', ')})`,
+      'max-steps': 'stop after this many optimizer steps',
+      'weight-decay': 'AdamW weight decay (default 0.01)',
+      'warmup-ratio': 'fraction of steps of linear warm-up (default 0.1)',
+      'grad-accumulation': 'batches per optimizer step (default 1)',
       'unfreeze-last-blocks': 'with --strategy head: also train the last N transformer blocks',
       pooling: 'with --strategy features: cls, mean or last (default: cls for encoders, last for decoders)',
       C: 'with --strategy features: inverse L2 strength of the logistic regression (default 1)',
-      'lora-r': 'with --strategy lora: rank (default 8)', 'lora-alpha': 'with --strategy lora: alpha (default 16)',
+      'lora-r': 'with --strategy lora: rank (default 8)',
+      'lora-alpha': 'with --strategy lora: alpha (default 16)',
       'lora-dropout': 'with --strategy lora: dropout on the adapter input (default 0.1)',
-      'lora-targets': 'with --strategy lora: comma-separated module names (default: PEFT\'s for the family)',
-      'reduction-factor': 'with --strategy adapter: bottleneck = hidden / this (default 16)', 'bottleneck-size': 'with --strategy adapter: bottleneck width',
+      'lora-targets': "with --strategy lora: comma-separated module names (default: PEFT's for the family)",
+      'reduction-factor': 'with --strategy adapter: bottleneck = hidden / this (default 16)',
+      'bottleneck-size': 'with --strategy adapter: bottleneck width',
       nonlinearity: 'with --strategy adapter: relu (default), gelu, silu',
-      'num-virtual-tokens': 'with --strategy prefix|prompt: how many (default 8)', 'prefix-projection': 'with --strategy prefix: reparameterise through an MLP',
-      'prompt-init-text': 'with --strategy prompt: initialise the virtual tokens from this text\'s embeddings',
+      'num-virtual-tokens': 'with --strategy prefix|prompt: how many (default 8)',
+      'prefix-projection': 'with --strategy prefix: reparameterise through an MLP',
+      'prompt-init-text': "with --strategy prompt: initialise the virtual tokens from this text's embeddings",
     },
     async run(o) {
       const strategyName = String(o.strategy ?? 'full');
       const spec = STRATEGIES[strategyName];
-      if (strategyName !== 'features' && !spec) throw new UsageError(`--strategy ${strategyName}: unknown strategy (expected one of features, ${Object.keys(STRATEGIES).join(', ')})`);
+      if (strategyName !== 'features' && !spec)
+        throw new UsageError(
+          `--strategy ${strategyName}: unknown strategy (expected one of features, ${Object.keys(STRATEGIES).join(', ')})`,
+        );
       const dir = modelDir(o);
       const splits = await splitsOf(o);
       const out = path.resolve(String(o.out ?? path.join('runs', `${path.basename(dir)}-${strategyName}`)));
@@ -135,12 +174,33 @@ const COMMANDS: Record<string, Command> = {
       const methodOptions: StrategyOptions = {
         head: { unfreezeLastBlocks: num(o, 'unfreeze-last-blocks', 0, 'int') },
         lora: {
-          r: num(o, 'lora-r', 8, 'int'), alpha: num(o, 'lora-alpha', 16), dropout: num(o, 'lora-dropout', 0.1), seed,
-          ...(o['lora-targets'] ? { targetModules: String(o['lora-targets']).split(',').map((x) => x.trim()).filter(Boolean) } : {}),
+          r: num(o, 'lora-r', 8, 'int'),
+          alpha: num(o, 'lora-alpha', 16),
+          dropout: num(o, 'lora-dropout', 0.1),
+          seed,
+          ...(o['lora-targets']
+            ? {
+                targetModules: String(o['lora-targets'])
+                  .split(',')
+                  .map((x) => x.trim())
+                  .filter(Boolean),
+              }
+            : {}),
         },
-        adapter: { reductionFactor: num(o, 'reduction-factor', 16), bottleneckSize: num(o, 'bottleneck-size', undefined, 'int'), nonlinearity: o.nonlinearity as string | undefined, seed },
+        adapter: {
+          reductionFactor: num(o, 'reduction-factor', 16),
+          bottleneckSize: num(o, 'bottleneck-size', undefined, 'int'),
+          nonlinearity: o.nonlinearity as string | undefined,
+          seed,
+        },
         prefix: { numVirtualTokens: virtualTokens, prefixProjection: Boolean(o['prefix-projection']), seed },
-        prompt: { numVirtualTokens: virtualTokens, seed, ...(o['prompt-init-text'] ? { promptTuningInitText: String(o['prompt-init-text']), tokenizer: tok, tokenizerNameOrPath: dir } : {}) },
+        prompt: {
+          numVirtualTokens: virtualTokens,
+          seed,
+          ...(o['prompt-init-text']
+            ? { promptTuningInitText: String(o['prompt-init-text']), tokenizer: tok, tokenizerNameOrPath: dir }
+            : {}),
+        },
         ia3: {},
       };
       // Virtual tokens (and a prefix where positions continue after it) take positions: leave them room.
@@ -150,17 +210,34 @@ const COMMANDS: Record<string, Command> = {
       const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'));
       let bar: ProgressBar | undefined;
       const opts: TrainOptions = {
-        lr: num(o, 'lr', spec.lr), epochs: num(o, 'epochs', 3, 'int'), batchSize: num(o, 'batch-size', 16, 'int'),
-        maxSteps: num(o, 'max-steps', undefined, 'int'), weightDecay: num(o, 'weight-decay', 0.01), warmupRatio: num(o, 'warmup-ratio', 0.1),
-        gradAccumulation: num(o, 'grad-accumulation', 1, 'int'), seed,
+        lr: num(o, 'lr', spec.lr),
+        epochs: num(o, 'epochs', 3, 'int'),
+        batchSize: num(o, 'batch-size', 16, 'int'),
+        maxSteps: num(o, 'max-steps', undefined, 'int'),
+        weightDecay: num(o, 'weight-decay', 0.01),
+        warmupRatio: num(o, 'warmup-ratio', 0.1),
+        gradAccumulation: num(o, 'grad-accumulation', 1, 'int'),
+        seed,
         onProgress: (p) => {
           bar ??= progressBar(p.totalSteps, strategyName, { silent: Boolean(o.quiet) });
           bar.update(p.step, trainingFields(p));
-          metrics.write({ step: p.step, epoch: p.epoch, loss: p.loss, lr: p.lr, gradNorm: p.gradNorm, tokensPerSecond: p.tokensPerSecond, elapsedMs: p.elapsedMs, ...(p.evalLoss !== undefined ? { evalLoss: p.evalLoss } : {}), ...(p.evalAccuracy !== undefined ? { evalAccuracy: p.evalAccuracy } : {}) });
+          metrics.write({
+            step: p.step,
+            epoch: p.epoch,
+            loss: p.loss,
+            lr: p.lr,
+            gradNorm: p.gradNorm,
+            tokensPerSecond: p.tokensPerSecond,
+            elapsedMs: p.elapsedMs,
+            ...(p.evalLoss !== undefined ? { evalLoss: p.evalLoss } : {}),
+            ...(p.evalAccuracy !== undefined ? { evalAccuracy: p.evalAccuracy } : {}),
+          });
         },
       };
       const strategy = spec.create(opts, methodOptions);
-      console.log(`${strategyName} finetuning of ${dir} on ${splits.train.source}: ${train.length} train / ${validation.length} validation / ${test.length} test examples`);
+      console.log(
+        `${strategyName} finetuning of ${dir} on ${splits.train.source}: ${train.length} train / ${validation.length} validation / ${test.length} test examples`,
+      );
       let result: StrategyResult;
       try {
         result = await strategy.run(model, { train, validation, test });
@@ -172,13 +249,23 @@ const COMMANDS: Record<string, Command> = {
       for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
         if (fs.existsSync(path.join(dir, f))) fs.copyFileSync(path.join(dir, f), path.join(out, f));
       }
-      await writeSvg(path.join(out, 'loss.svg'), await lineChartSvg(lossSeries(metrics.file), { title: `${path.basename(dir)}, ${strategyName}: loss` }));
+      await writeSvg(
+        path.join(out, 'loss.svg'),
+        await lineChartSvg(lossSeries(metrics.file), { title: `${path.basename(dir)}, ${strategyName}: loss` }),
+      );
       const { train: tr, ...rest } = result;
-      fs.writeFileSync(path.join(out, 'results.json'), JSON.stringify({ model: dir, data: splits.train.source, ...rest, steps: tr?.steps, trainLoss: tr?.trainLoss }, null, 2) + '\n');
-      console.log(`trainable parameters: ${result.trainableParameters.toLocaleString('en-US')} of ${result.totalParameters.toLocaleString('en-US')}; ${tr?.steps} steps in ${(result.wallTimeMs / 1000).toFixed(1)} s (${Math.round(result.tokensPerSecond ?? 0)} tok/s), peak RSS ${result.peakRssMiB.toFixed(0)} MiB`);
+      fs.writeFileSync(
+        path.join(out, 'results.json'),
+        JSON.stringify({ model: dir, data: splits.train.source, ...rest, steps: tr?.steps, trainLoss: tr?.trainLoss }, null, 2) + '\n',
+      );
+      console.log(
+        `trainable parameters: ${result.trainableParameters.toLocaleString('en-US')} of ${result.totalParameters.toLocaleString('en-US')}; ${tr?.steps} steps in ${(result.wallTimeMs / 1000).toFixed(1)} s (${Math.round(result.tokensPerSecond ?? 0)} tok/s), peak RSS ${result.peakRssMiB.toFixed(0)} MiB`,
+      );
       if (result.validation) console.log(`validation ${describe(result.validation)}`);
       if (result.test) console.log(`test ${describe(result.test)}`);
-      console.log(`saved to ${out} (${spec.peft ? `${strategyName} adapter (use evaluate --adapter ${out} --model ${dir})` : 'model'}, metrics.jsonl, loss.svg, results.json)`);
+      console.log(
+        `saved to ${out} (${spec.peft ? `${strategyName} adapter (use evaluate --adapter ${out} --model ${dir})` : 'model'}, metrics.jsonl, loss.svg, results.json)`,
+      );
       model.dispose();
     },
   },
@@ -187,7 +274,11 @@ const COMMANDS: Record<string, Command> = {
     summary: 'score a model on a dataset split (accuracy for labelled data, perplexity for text)',
     usage: 'tunekit evaluate --model DIR [--data SPEC] [--split test|validation|train] [options]',
     options: { ...common, split: { type: 'string' }, adapter: { type: 'string' } },
-    help: { ...commonHelp, split: 'which split to score (default test)', adapter: 'a PEFT adapter folder (e.g. from --strategy lora) to apply to --model' },
+    help: {
+      ...commonHelp,
+      split: 'which split to score (default test)',
+      adapter: 'a PEFT adapter folder (e.g. from --strategy lora) to apply to --model',
+    },
     async run(o) {
       if (o.model === undefined) throw new UsageError('--model is required (a model folder, e.g. one written by tunekit finetune)');
       const dir = modelDir(o);
@@ -196,14 +287,20 @@ const COMMANDS: Record<string, Command> = {
       const splits = await splitsOf(o);
       const data = splits[split as keyof Splits];
       const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
-      const isClassifier = Array.isArray(config.architectures) && config.architectures.some((a: string) => a.endsWith('ForSequenceClassification'));
-      if (data.kind === 'classification' && !isClassifier && !o.adapter) throw new UsageError(`${dir} is not a classifier (architectures ${JSON.stringify(config.architectures)}); finetune it on labelled data first`);
+      const isClassifier =
+        Array.isArray(config.architectures) && config.architectures.some((a: string) => a.endsWith('ForSequenceClassification'));
+      if (data.kind === 'classification' && !isClassifier && !o.adapter)
+        throw new UsageError(
+          `${dir} is not a classifier (architectures ${JSON.stringify(config.architectures)}); finetune it on labelled data first`,
+        );
       const model = await Model.fromPretrained(dir, {
-        task: data.kind === 'classification' ? 'sequence-classification' : 'causal-lm', device: (o.device as 'cpu' | 'cuda') ?? 'cpu',
+        task: data.kind === 'classification' ? 'sequence-classification' : 'causal-lm',
+        device: (o.device as 'cpu' | 'cuda') ?? 'cpu',
         ...(o.adapter && data.kind === 'classification' && !isClassifier ? { numLabels: data.labelNames!.length } : {}),
       });
       if (o.adapter) await model.loadAdapter(path.resolve(String(o.adapter)));
-      if (data.kind === 'classification' && model.numLabels < (data.labelNames?.length ?? 0)) throw new UsageError(`${dir} has ${model.numLabels} classes but the data has ${data.labelNames!.length}`);
+      if (data.kind === 'classification' && model.numLabels < (data.labelNames?.length ?? 0))
+        throw new UsageError(`${dir} has ${model.numLabels} classes but the data has ${data.labelNames!.length}`);
       const tok = await Tokenizer.fromPretrained(dir);
       const examples = data.toExamples(tok, { maxLength: num(o, 'max-length', 128, 'int') });
       const r = await evaluateModel(model, examples, { batchSize: num(o, 'batch-size', 32, 'int') });
@@ -216,14 +313,25 @@ const COMMANDS: Record<string, Command> = {
     summary: 'continue a prompt with a causal language model',
     usage: 'tunekit generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]',
     options: {
-      model: { type: 'string' }, prompt: { type: 'string' }, 'max-new-tokens': { type: 'string' }, temperature: { type: 'string' },
-      'top-k': { type: 'string' }, 'top-p': { type: 'string' }, seed: { type: 'string' }, device: { type: 'string' }, help: { type: 'boolean', short: 'h' },
+      model: { type: 'string' },
+      prompt: { type: 'string' },
+      'max-new-tokens': { type: 'string' },
+      temperature: { type: 'string' },
+      'top-k': { type: 'string' },
+      'top-p': { type: 'string' },
+      seed: { type: 'string' },
+      device: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
     },
     help: {
-      model: 'a causal language model folder (e.g. models/tiny-gpt2)', prompt: 'the text to continue',
-      'max-new-tokens': 'tokens to add (default 40)', temperature: '0 = greedy (default); above 0 samples',
-      'top-k': 'sample from the k most likely tokens', 'top-p': 'sample from the smallest set with this much probability',
-      seed: 'seed for sampling (default 0)', device: 'cpu or cuda (default cpu)',
+      model: 'a causal language model folder (e.g. models/tiny-gpt2)',
+      prompt: 'the text to continue',
+      'max-new-tokens': 'tokens to add (default 40)',
+      temperature: '0 = greedy (default); above 0 samples',
+      'top-k': 'sample from the k most likely tokens',
+      'top-p': 'sample from the smallest set with this much probability',
+      seed: 'seed for sampling (default 0)',
+      device: 'cpu or cuda (default cpu)',
     },
     async run(o) {
       if (o.model === undefined) throw new UsageError('--model is required (e.g. models/tiny-gpt2)');
@@ -232,10 +340,17 @@ const COMMANDS: Record<string, Command> = {
       const model = await Model.fromPretrained(dir, { task: 'causal-lm', device: (o.device as 'cpu' | 'cuda') ?? 'cpu' });
       const tok = await Tokenizer.fromPretrained(dir);
       const ids = tok.encode(o.prompt);
-      const [outIds] = await model.generate({ inputIds: [ids] }, {
-        maxNewTokens: num(o, 'max-new-tokens', 40, 'int'), temperature: num(o, 'temperature', 0), topK: num(o, 'top-k', undefined, 'int'),
-        topP: num(o, 'top-p', undefined), seed: num(o, 'seed', 0, 'int'), eosTokenId: tok.eosTokenId,
-      });
+      const [outIds] = await model.generate(
+        { inputIds: [ids] },
+        {
+          maxNewTokens: num(o, 'max-new-tokens', 40, 'int'),
+          temperature: num(o, 'temperature', 0),
+          topK: num(o, 'top-k', undefined, 'int'),
+          topP: num(o, 'top-p', undefined),
+          seed: num(o, 'seed', 0, 'int'),
+          eosTokenId: tok.eosTokenId,
+        },
+      );
       console.log(o.prompt + tok.decode(outIds.slice(ids.length), { skipSpecialTokens: true }));
       model.dispose();
     },
@@ -245,16 +360,21 @@ const COMMANDS: Record<string, Command> = {
 async function runFeatures(dir: string, splits: Splits, tok: Tokenizer, maxLength: number, out: string, o: Opts): Promise<void> {
   if (splits.train.kind !== 'classification') throw new UsageError('--strategy features needs labelled data (a label field)');
   const pooling = o.pooling as Pooling | undefined;
-  if (pooling !== undefined && !['cls', 'mean', 'last'].includes(pooling)) throw new UsageError(`--pooling must be cls, mean or last, got ${JSON.stringify(pooling)}`);
+  if (pooling !== undefined && !['cls', 'mean', 'last'].includes(pooling))
+    throw new UsageError(`--pooling must be cls, mean or last, got ${JSON.stringify(pooling)}`);
   const model = await Model.fromPretrained(dir, { task: 'feature-extraction', device: (o.device as 'cpu' | 'cuda') ?? 'cpu' });
   const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength }));
-  console.log(`feature-based classification with ${dir} on ${splits.train.source}: ${train.length} train / ${validation.length} validation / ${test.length} test examples`);
+  console.log(
+    `feature-based classification with ${dir} on ${splits.train.source}: ${train.length} train / ${validation.length} validation / ${test.length} test examples`,
+  );
   const total = train.length + validation.length + test.length;
   let done = 0;
   let last = 0;
   const bar = progressBar(total, 'embed', { silent: Boolean(o.quiet) });
   const fb = new FeatureBased({
-    pooling, C: num(o, 'C', 1), batchSize: num(o, 'batch-size', 32, 'int'),
+    pooling,
+    C: num(o, 'C', 1),
+    batchSize: num(o, 'batch-size', 32, 'int'),
     onProgress: (d) => {
       done += d < last ? d : d - last;
       last = d;
@@ -269,9 +389,17 @@ async function runFeatures(dir: string, splits: Splits, tok: Tokenizer, maxLengt
   }
   fs.mkdirSync(out, { recursive: true });
   await fb.classifier.save(path.join(out, 'classifier.json'));
-  new MetricsWriter(path.join(out, 'metrics.jsonl')).write({ step: fb.classifier.iterations, loss: fb.classifier.trainLoss, converged: fb.classifier.converged, validationAccuracy: result.validation?.accuracy, testAccuracy: result.test?.accuracy });
+  new MetricsWriter(path.join(out, 'metrics.jsonl')).write({
+    step: fb.classifier.iterations,
+    loss: fb.classifier.trainLoss,
+    converged: fb.classifier.converged,
+    validationAccuracy: result.validation?.accuracy,
+    testAccuracy: result.test?.accuracy,
+  });
   fs.writeFileSync(path.join(out, 'results.json'), JSON.stringify({ model: dir, data: splits.train.source, ...result }, null, 2) + '\n');
-  console.log(`logistic regression on ${fb.classifier.dim}-d embeddings: ${result.trainableParameters.toLocaleString('en-US')} parameters, ${fb.classifier.iterations} L-BFGS evaluations, ${(result.wallTimeMs / 1000).toFixed(1)} s, peak RSS ${result.peakRssMiB.toFixed(0)} MiB`);
+  console.log(
+    `logistic regression on ${fb.classifier.dim}-d embeddings: ${result.trainableParameters.toLocaleString('en-US')} parameters, ${fb.classifier.iterations} L-BFGS evaluations, ${(result.wallTimeMs / 1000).toFixed(1)} s, peak RSS ${result.peakRssMiB.toFixed(0)} MiB`,
+  );
   if (result.validation) console.log(`validation ${describe(result.validation)}`);
   if (result.test) console.log(`test ${describe(result.test)}`);
   console.log(`saved to ${out} (classifier.json, metrics.jsonl, results.json; the model itself is unchanged)`);
@@ -285,7 +413,9 @@ function helpText(name: string, c: Command): string {
 }
 
 function mainHelp(): string {
-  const cmds = Object.entries(COMMANDS).map(([k, c]) => `  ${k.padEnd(10)}${c.summary}`).join('\n');
+  const cmds = Object.entries(COMMANDS)
+    .map(([k, c]) => `  ${k.padEnd(10)}${c.summary}`)
+    .join('\n');
   return `tunekit: finetune language models from Node.js\n\nusage: tunekit <command> [options]\n\ncommands:\n${cmds}\n\nWith no options, \`tunekit finetune\` finetunes models/tiny-distilbert on builtin:imdb-sentences and prints test accuracy.\nRun \`tunekit <command> --help\` for a command's options.\n`;
 }
 
@@ -297,7 +427,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   const cmd = COMMANDS[name];
   try {
-    if (!cmd) throw new UsageError(`unknown command ${JSON.stringify(name)} (expected ${Object.keys(COMMANDS).join(', ')}; see tunekit --help)`);
+    if (!cmd)
+      throw new UsageError(`unknown command ${JSON.stringify(name)} (expected ${Object.keys(COMMANDS).join(', ')}; see tunekit --help)`);
     let values: Opts;
     try {
       values = parseArgs({ args: rest, options: cmd.options, strict: true, allowPositionals: false }).values as Opts;
@@ -308,7 +439,8 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(helpText(name, cmd));
       return 0;
     }
-    if (values.device !== undefined && values.device !== 'cpu' && values.device !== 'cuda') throw new UsageError(`--device must be cpu or cuda, got ${JSON.stringify(values.device)}`);
+    if (values.device !== undefined && values.device !== 'cpu' && values.device !== 'cuda')
+      throw new UsageError(`--device must be cpu or cuda, got ${JSON.stringify(values.device)}`);
     await cmd.run(values);
     return 0;
   } catch (e) {

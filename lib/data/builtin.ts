@@ -4,9 +4,19 @@ import path from 'node:path';
 import { TunekitError } from '../errors';
 import { Dataset, ReadOptions, Row } from './dataset';
 
-export interface Splits { train: Dataset; validation: Dataset; test: Dataset }
+export interface Splits {
+  train: Dataset;
+  validation: Dataset;
+  test: Dataset;
+}
 
-export interface BuiltinInfo { name: string; description: string; files: string[]; source: string; licence: string }
+export interface BuiltinInfo {
+  name: string;
+  description: string;
+  files: string[];
+  source: string;
+  licence: string;
+}
 
 /**
  * The UCI "Sentiment Labelled Sentences" set (Kotzias, Denil, de Freitas & Smyth, KDD 2015): 1,000 sentences each
@@ -15,13 +25,19 @@ export interface BuiltinInfo { name: string; description: string; files: string[
  */
 export const BUILTINS: Record<string, BuiltinInfo> = {
   'imdb-sentences': {
-    name: 'imdb-sentences', description: '1,000 IMDB review sentences, 500 negative / 500 positive', files: ['imdb.json'],
-    source: 'UCI Machine Learning Repository, "Sentiment Labelled Sentences" (Kotzias et al., KDD 2015), via sentiment@5.0.2 test/fixtures/imdb.json',
+    name: 'imdb-sentences',
+    description: '1,000 IMDB review sentences, 500 negative / 500 positive',
+    files: ['imdb.json'],
+    source:
+      'UCI Machine Learning Repository, "Sentiment Labelled Sentences" (Kotzias et al., KDD 2015), via sentiment@5.0.2 test/fixtures/imdb.json',
     licence: 'CC BY 4.0 (UCI dataset); the sentiment package is MIT',
   },
   'sentiment-sentences': {
-    name: 'sentiment-sentences', description: '3,000 review sentences (IMDB, Yelp, Amazon), 1,500 negative / 1,500 positive', files: ['imdb.json', 'yelp.json', 'amazon.json'],
-    source: 'UCI Machine Learning Repository, "Sentiment Labelled Sentences" (Kotzias et al., KDD 2015), via sentiment@5.0.2 test/fixtures/{imdb,yelp,amazon}.json',
+    name: 'sentiment-sentences',
+    description: '3,000 review sentences (IMDB, Yelp, Amazon), 1,500 negative / 1,500 positive',
+    files: ['imdb.json', 'yelp.json', 'amazon.json'],
+    source:
+      'UCI Machine Learning Repository, "Sentiment Labelled Sentences" (Kotzias et al., KDD 2015), via sentiment@5.0.2 test/fixtures/{imdb,yelp,amazon}.json',
     licence: 'CC BY 4.0 (UCI dataset); the sentiment package is MIT',
   },
 };
@@ -42,20 +58,29 @@ function fixturesDir(): string {
 /** All rows of a built-in set, in file order, with their split assignment fixed by BUILTIN_SPLIT_SEED. */
 export function builtinSplits(name: string): Splits {
   const info = BUILTINS[name];
-  if (!info) throw new TunekitError('E_ARG', `unknown built-in dataset ${JSON.stringify(name)}: expected ${Object.keys(BUILTINS).map((n) => `builtin:${n}`).join(' or ')}`);
+  if (!info)
+    throw new TunekitError(
+      'E_ARG',
+      `unknown built-in dataset ${JSON.stringify(name)}: expected ${Object.keys(BUILTINS)
+        .map((n) => `builtin:${n}`)
+        .join(' or ')}`,
+    );
   const dir = fixturesDir();
   const perFile: Row[][] = info.files.map((f) => {
     const file = path.join(dir, f);
     if (!fs.existsSync(file)) throw new TunekitError('E_FILE', `${file} is missing: reinstall sentiment@5.0.2`);
     const data = JSON.parse(fs.readFileSync(file, 'utf8')) as { text: string; class: number | null }[];
     // Each file ends with an empty sentinel ({"text": "", "class": null}); the 1,000 sentences are the rest.
-    const rows = data.filter((r) => r.text.trim() !== '' && (r.class === 0 || r.class === 1)).map((r) => ({ text: r.text.trim(), label: r.class as number }));
+    const rows = data
+      .filter((r) => r.text.trim() !== '' && (r.class === 0 || r.class === 1))
+      .map((r) => ({ text: r.text.trim(), label: r.class as number }));
     if (rows.length !== 1000) throw new TunekitError('E_FORMAT', `${file}: expected 1,000 labelled sentences, found ${rows.length}`);
     return rows;
   });
   // Each source is split on its own, so sentiment-sentences' test set contains imdb-sentences' test set.
-  const parts = perFile.map((rows) => new Dataset(rows, { labelNames: LABEL_NAMES, source: `builtin:${name}` })
-    .split(DEFAULT_FRACTIONS, BUILTIN_SPLIT_SEED));
+  const parts = perFile.map((rows) =>
+    new Dataset(rows, { labelNames: LABEL_NAMES, source: `builtin:${name}` }).split(DEFAULT_FRACTIONS, BUILTIN_SPLIT_SEED),
+  );
   const join = (k: keyof Splits) => parts.map((p) => p[k]).reduce((a, b) => a.concat(b));
   const src = `builtin:${name}`;
   const named = (d: Dataset) => new Dataset(d.rows as Row[], { labelNames: LABEL_NAMES, source: src });

@@ -2,11 +2,15 @@
 import fs from 'node:fs';
 import { TunekitError } from '../errors';
 
-export interface CsvRecord { line: number; fields: string[] }
+export interface CsvRecord {
+  line: number;
+  fields: string[];
+}
 
 /** Yields each record with the line it starts on, reading the file in chunks so its size does not matter. */
 export async function* readCsvRecords(file: string, delimiter = ','): AsyncGenerator<CsvRecord> {
-  if (delimiter.length !== 1 || delimiter === '"' || delimiter === '\n') throw new TunekitError('E_ARG', `CSV delimiter must be one character other than a quote or newline, got ${JSON.stringify(delimiter)}`);
+  if (delimiter.length !== 1 || delimiter === '"' || delimiter === '\n')
+    throw new TunekitError('E_ARG', `CSV delimiter must be one character other than a quote or newline, got ${JSON.stringify(delimiter)}`);
   const stream = fs.createReadStream(file, { encoding: 'utf8', highWaterMark: 1 << 16 });
   let fields: string[] = [];
   let field = '';
@@ -33,21 +37,35 @@ export async function* readCsvRecords(file: string, delimiter = ','): AsyncGener
       // and it may sit in the next chunk.
       if (quoteInQuotes) {
         quoteInQuotes = false;
-        if (c === '"') { field += '"'; continue; }
+        if (c === '"') {
+          field += '"';
+          continue;
+        }
         inQuotes = false;
         afterQuote = true;
       }
       if (inQuotes) {
-        if (c === '"') { quoteInQuotes = true; continue; }
+        if (c === '"') {
+          quoteInQuotes = true;
+          continue;
+        }
         if (c === '\n') line++;
         field += c;
         continue;
       }
       if (c === '"') {
-        if (field.length === 0 && !afterQuote) { inQuotes = true; any = true; continue; }
+        if (field.length === 0 && !afterQuote) {
+          inQuotes = true;
+          any = true;
+          continue;
+        }
         throw new TunekitError('E_FORMAT', `${file}:${line}: stray quote inside an unquoted field`);
       }
-      if (c === delimiter) { endField(); any = true; continue; }
+      if (c === delimiter) {
+        endField();
+        any = true;
+        continue;
+      }
       if (c === '\n' || c === '\r') {
         if (c === '\r') pendingCR = true;
         endField();
@@ -65,7 +83,10 @@ export async function* readCsvRecords(file: string, delimiter = ','): AsyncGener
       any = true;
     }
   }
-  if (quoteInQuotes) { inQuotes = false; afterQuote = true; }
+  if (quoteInQuotes) {
+    inQuotes = false;
+    afterQuote = true;
+  }
   if (inQuotes) throw new TunekitError('E_FORMAT', `${file}:${startLine}: quoted field is never closed`);
   if (any || field.length > 0 || fields.length > 0) {
     endField();

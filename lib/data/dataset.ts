@@ -9,10 +9,20 @@ import { shuffled } from '../random';
 import { readCsvRecords } from './csv';
 
 /** One example. Either `text` (with an optional class `label`) or a `prompt`/`response` pair. */
-export interface Row { text?: string; label?: number; prompt?: string; response?: string }
+export interface Row {
+  text?: string;
+  label?: number;
+  prompt?: string;
+  response?: string;
+}
 
 /** Which field of the file holds what (defaults: text, label, prompt, response). */
-export interface FieldMap { text?: string; label?: string; prompt?: string; response?: string }
+export interface FieldMap {
+  text?: string;
+  label?: string;
+  prompt?: string;
+  response?: string;
+}
 
 export interface ReadOptions {
   fields?: FieldMap;
@@ -34,20 +44,23 @@ class RowMapper {
   constructor(opts: ReadOptions) {
     this.f = { text: 'text', label: 'label', prompt: 'prompt', response: 'response', ...opts.fields };
     for (const [k, v] of Object.entries(this.f)) {
-      if (typeof v !== 'string' || v.length === 0) throw new TunekitError('E_ARG', `field mapping ${k} must be a non-empty string, got ${JSON.stringify(v)}`);
+      if (typeof v !== 'string' || v.length === 0)
+        throw new TunekitError('E_ARG', `field mapping ${k} must be a non-empty string, got ${JSON.stringify(v)}`);
     }
     this.names = opts.labelNames?.slice() ?? [];
     this.fixedNames = opts.labelNames !== undefined;
   }
 
   map(raw: unknown, where: string): Row {
-    if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new TunekitError('E_FORMAT', `${where}: expected an object, got ${JSON.stringify(raw)?.slice(0, 60)}`);
+    if (!raw || typeof raw !== 'object' || Array.isArray(raw))
+      throw new TunekitError('E_FORMAT', `${where}: expected an object, got ${JSON.stringify(raw)?.slice(0, 60)}`);
     const r = raw as Raw;
     const f = this.f;
     const str = (key: string) => {
       const v = r[key];
       if (v === undefined || v === null) return undefined;
-      if (typeof v !== 'string') throw new TunekitError('E_FORMAT', `${where}: field "${key}" must be a string, got ${JSON.stringify(v).slice(0, 60)}`);
+      if (typeof v !== 'string')
+        throw new TunekitError('E_FORMAT', `${where}: field "${key}" must be a string, got ${JSON.stringify(v).slice(0, 60)}`);
       return v;
     };
     const text = str(f.text);
@@ -59,7 +72,10 @@ class RowMapper {
       row.prompt = prompt;
       row.response = response;
     } else {
-      throw new TunekitError('E_FORMAT', `${where}: no "${f.text}" field (nor "${f.prompt}" + "${f.response}"); fields present: ${Object.keys(r).join(', ') || 'none'}`);
+      throw new TunekitError(
+        'E_FORMAT',
+        `${where}: no "${f.text}" field (nor "${f.prompt}" + "${f.response}"); fields present: ${Object.keys(r).join(', ') || 'none'}`,
+      );
     }
     const label = r[f.label];
     if (label !== undefined && label !== null && label !== '') row.label = this.labelId(label, where);
@@ -69,14 +85,18 @@ class RowMapper {
   private labelId(v: unknown, where: string): number {
     if (typeof v === 'number' || (typeof v === 'string' && /^\d+$/.test(v.trim()) && !this.names.includes(v))) {
       const n = Number(v);
-      if (!Number.isInteger(n) || n < 0) throw new TunekitError('E_FORMAT', `${where}: label must be a class name or a non-negative integer, got ${JSON.stringify(v)}`);
-      if (this.fixedNames && n >= this.names.length) throw new TunekitError('E_FORMAT', `${where}: label ${n} is out of range for ${this.names.length} classes`);
+      if (!Number.isInteger(n) || n < 0)
+        throw new TunekitError('E_FORMAT', `${where}: label must be a class name or a non-negative integer, got ${JSON.stringify(v)}`);
+      if (this.fixedNames && n >= this.names.length)
+        throw new TunekitError('E_FORMAT', `${where}: label ${n} is out of range for ${this.names.length} classes`);
       return n;
     }
-    if (typeof v !== 'string') throw new TunekitError('E_FORMAT', `${where}: label must be a class name or a non-negative integer, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'string')
+      throw new TunekitError('E_FORMAT', `${where}: label must be a class name or a non-negative integer, got ${JSON.stringify(v)}`);
     let id = this.names.indexOf(v);
     if (id < 0) {
-      if (this.fixedNames) throw new TunekitError('E_FORMAT', `${where}: label ${JSON.stringify(v)} is not one of ${this.names.join(', ')}`);
+      if (this.fixedNames)
+        throw new TunekitError('E_FORMAT', `${where}: label ${JSON.stringify(v)} is not one of ${this.names.join(', ')}`);
       id = this.names.push(v) - 1;
     }
     return id;
@@ -104,8 +124,12 @@ export class Dataset {
     else if (maxLabel >= 0) this.labelNames = Array.from({ length: maxLabel + 1 }, (_, i) => String(i));
   }
 
-  get length(): number { return this.rows.length; }
-  get numLabels(): number { return this.labelNames?.length ?? 0; }
+  get length(): number {
+    return this.rows.length;
+  }
+  get numLabels(): number {
+    return this.labelNames?.length ?? 0;
+  }
 
   /** What the rows are for: classification when every row has a label, prompt-response pairs, or plain text. */
   get kind(): DatasetKind {
@@ -175,7 +199,8 @@ export class Dataset {
   split<K extends string>(fractions: Record<K, number>, seed: number): Record<K, Dataset> {
     const keys = Object.keys(fractions) as K[];
     const fr = keys.map((k) => fractions[k]);
-    if (keys.length === 0 || fr.some((f) => typeof f !== 'number' || !(f >= 0))) throw new TunekitError('E_ARG', `split fractions must be non-negative numbers, got ${JSON.stringify(fractions)}`);
+    if (keys.length === 0 || fr.some((f) => typeof f !== 'number' || !(f >= 0)))
+      throw new TunekitError('E_ARG', `split fractions must be non-negative numbers, got ${JSON.stringify(fractions)}`);
     const total = fr.reduce((a, b) => a + b, 0);
     if (Math.abs(total - 1) > 1e-9) throw new TunekitError('E_ARG', `split fractions must add up to 1, got ${total}`);
     const order = shuffled(this.rows.length, seed);
@@ -191,10 +216,17 @@ export class Dataset {
     return out;
   }
 
-  filter(pred: (r: Row, i: number) => boolean): Dataset { return this.derive(this.rows.filter(pred)); }
-  take(n: number): Dataset { return this.derive(this.rows.slice(0, n)); }
+  filter(pred: (r: Row, i: number) => boolean): Dataset {
+    return this.derive(this.rows.filter(pred));
+  }
+  take(n: number): Dataset {
+    return this.derive(this.rows.slice(0, n));
+  }
   concat(other: Dataset): Dataset {
-    return new Dataset([...this.rows, ...other.rows], { labelNames: this.labelNames ?? other.labelNames, source: `${this.source}+${other.source}` });
+    return new Dataset([...this.rows, ...other.rows], {
+      labelNames: this.labelNames ?? other.labelNames,
+      source: `${this.source}+${other.source}`,
+    });
   }
 
   /**

@@ -19,7 +19,11 @@ export interface AdapterOptions {
 }
 
 export interface ResolvedAdapter extends Resolved {
-  bottleneckSize: number; reductionFactor?: number; nonlinearity: string; modules: string[]; seed: number;
+  bottleneckSize: number;
+  reductionFactor?: number;
+  nonlinearity: string;
+  modules: string[];
+  seed: number;
 }
 
 const OPTIONS = ['reductionFactor', 'bottleneckSize', 'nonlinearity', 'modulesToSave', 'seed'];
@@ -37,14 +41,21 @@ export const bottleneckMethod: PeftMethod<AdapterOptions, ResolvedAdapter> = reg
   resolve(model, o) {
     checkOptions(o, OPTIONS, 'Adapter');
     const hidden = model.dims.hiddenSize;
-    if (o.bottleneckSize !== undefined && (!Number.isInteger(o.bottleneckSize) || o.bottleneckSize < 1)) throw new TunekitError('E_ARG', `bottleneckSize must be a positive integer, got ${o.bottleneckSize}`);
-    if (o.reductionFactor !== undefined && !(o.reductionFactor > 0)) throw new TunekitError('E_ARG', `reductionFactor must be positive, got ${o.reductionFactor}`);
+    if (o.bottleneckSize !== undefined && (!Number.isInteger(o.bottleneckSize) || o.bottleneckSize < 1))
+      throw new TunekitError('E_ARG', `bottleneckSize must be a positive integer, got ${o.bottleneckSize}`);
+    if (o.reductionFactor !== undefined && !(o.reductionFactor > 0))
+      throw new TunekitError('E_ARG', `reductionFactor must be positive, got ${o.reductionFactor}`);
     const bottleneckSize = o.bottleneckSize ?? Math.max(1, Math.round(hidden / (o.reductionFactor ?? 16)));
     const modules = adapterSites(model);
-    if (modules.length === 0) throw new TunekitError('E_CONFIG', `found no attention/feed-forward output projections in this ${model.modelType} model`);
+    if (modules.length === 0)
+      throw new TunekitError('E_CONFIG', `found no attention/feed-forward output projections in this ${model.modelType} model`);
     return {
-      bottleneckSize, reductionFactor: o.bottleneckSize === undefined ? (o.reductionFactor ?? 16) : undefined,
-      nonlinearity: o.nonlinearity ?? 'relu', modules, seed: o.seed ?? 0, ...resolveModulesToSave(model, o.modulesToSave),
+      bottleneckSize,
+      reductionFactor: o.bottleneckSize === undefined ? (o.reductionFactor ?? 16) : undefined,
+      nonlinearity: o.nonlinearity ?? 'relu',
+      modules,
+      seed: o.seed ?? 0,
+      ...resolveModulesToSave(model, o.modulesToSave),
     };
   },
 
@@ -57,9 +68,13 @@ export const bottleneckMethod: PeftMethod<AdapterOptions, ResolvedAdapter> = reg
 
   configJson: (model, a, basePath) => ({
     ...commonConfig(model, 'TUNEKIT_HOULSBY_ADAPTER', a, basePath),
-    bottleneck_size: a.bottleneckSize, reduction_factor: a.reductionFactor ?? null, non_linearity: a.nonlinearity,
+    bottleneck_size: a.bottleneckSize,
+    reduction_factor: a.reductionFactor ?? null,
+    non_linearity: a.nonlinearity,
     placement: 'after the attention output projection and the feed-forward output projection of every block, before the residual add',
-    target_modules: a.modules, init: 'down: U(-1/sqrt(hidden), 1/sqrt(hidden)); up: zeros', format_version: 1,
+    target_modules: a.modules,
+    init: 'down: U(-1/sqrt(hidden), 1/sqrt(hidden)); up: zeros',
+    format_version: 1,
   }),
 
   fromFile(model, adapter, f) {
@@ -67,7 +82,11 @@ export const bottleneckMethod: PeftMethod<AdapterOptions, ResolvedAdapter> = reg
       const m = rest.match(/^(.*)\.adapter\.(down|up)\.(weight|bias)$/);
       if (!m) return undefined;
       const mod = f.baseParam(`${m[1]}.weight`)?.slice(0, -'.weight'.length);
-      if (!mod) throw new TunekitError('E_FORMAT', `${f.file}: '${key}' follows a module this ${model.modelType} ${model.task} model does not have`);
+      if (!mod)
+        throw new TunekitError(
+          'E_FORMAT',
+          `${f.file}: '${key}' follows a module this ${model.modelType} ${model.task} model does not have`,
+        );
       return { mod, part: `${m[2]}.${m[3]}` };
     };
     const modules = new Set<string>();
@@ -78,8 +97,12 @@ export const bottleneckMethod: PeftMethod<AdapterOptions, ResolvedAdapter> = reg
     if (modules.size === 0) throw new TunekitError('E_FORMAT', `${f.file}: no adapter tensors`);
     return {
       settings: {
-        bottleneckSize: Number(f.config.bottleneck_size), reductionFactor: (f.config.reduction_factor as number | null) ?? undefined,
-        nonlinearity: String(f.config.non_linearity ?? 'relu'), modules: [...modules], modulesToSave: (f.config.modules_to_save as string[] | null) ?? [], seed: 0,
+        bottleneckSize: Number(f.config.bottleneck_size),
+        reductionFactor: (f.config.reduction_factor as number | null) ?? undefined,
+        nonlinearity: String(f.config.non_linearity ?? 'relu'),
+        modules: [...modules],
+        modulesToSave: (f.config.modules_to_save as string[] | null) ?? [],
+        seed: 0,
       },
       own(key, rest) {
         const s = site(key, rest);

@@ -4,7 +4,16 @@
  */
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
-import { checkOptions, commonConfig, linearModules, matchesTarget, PeftMethod, registerMethod, Resolved, resolveModulesToSave } from './method';
+import {
+  checkOptions,
+  commonConfig,
+  linearModules,
+  matchesTarget,
+  PeftMethod,
+  registerMethod,
+  Resolved,
+  resolveModulesToSave,
+} from './method';
 
 export interface IA3Options {
   /** The linear layers to rescale, by PEFT's rules (see LoRAOptions.targetModules). Default: PEFT's per family. */
@@ -15,7 +24,10 @@ export interface IA3Options {
 }
 
 export interface ResolvedIA3 extends Resolved {
-  modules: string[]; feedforward: string[]; targetModules: string[] | string; feedforwardModules: string[] | string;
+  modules: string[];
+  feedforward: string[];
+  targetModules: string[] | string;
+  feedforwardModules: string[] | string;
 }
 
 const OPTIONS = ['targetModules', 'feedforwardModules', 'modulesToSave'];
@@ -31,11 +43,18 @@ export const ia3Method: PeftMethod<IA3Options, ResolvedIA3> = registerMethod<IA3
     const target = o.targetModules ?? model.family.ia3.targets;
     const ff = o.feedforwardModules ?? model.family.ia3.feedforward;
     const modules = linearModules(model).filter((m) => matchesTarget(m, target));
-    if (modules.length === 0) throw new TunekitError('E_ARG', `IA3 targetModules ${String(target)} match no linear layer of this ${model.modelType} model`);
+    if (modules.length === 0)
+      throw new TunekitError('E_ARG', `IA3 targetModules ${String(target)} match no linear layer of this ${model.modelType} model`);
     const feedforward = linearModules(model).filter((m) => matchesTarget(m, ff));
     const stray = feedforward.filter((m) => !modules.includes(m));
     if (stray.length) throw new TunekitError('E_ARG', `IA3 feedforwardModules must be among targetModules; ${stray[0]} is not`);
-    return { modules, feedforward, targetModules: source(target), feedforwardModules: source(ff), ...resolveModulesToSave(model, o.modulesToSave) };
+    return {
+      modules,
+      feedforward,
+      targetModules: source(target),
+      feedforwardModules: source(ff),
+      ...resolveModulesToSave(model, o.modulesToSave),
+    };
   },
 
   nativeSpec: (_, a) => ({ modules: a.modules, feedforwardModules: a.feedforward }),
@@ -47,8 +66,13 @@ export const ia3Method: PeftMethod<IA3Options, ResolvedIA3> = registerMethod<IA3
 
   configJson: (model, a, basePath) => ({
     ...commonConfig(model, 'IA3', a, basePath),
-    target_modules: a.targetModules, exclude_modules: null, feedforward_modules: a.feedforwardModules,
-    fan_in_fan_out: model.family.conv1d, init_ia3_weights: true, auto_mapping: null, peft_version: '0.21.0',
+    target_modules: a.targetModules,
+    exclude_modules: null,
+    feedforward_modules: a.feedforwardModules,
+    fan_in_fan_out: model.family.conv1d,
+    init_ia3_weights: true,
+    auto_mapping: null,
+    peft_version: '0.21.0',
   }),
 
   fromFile(model, adapter, f) {
@@ -56,7 +80,11 @@ export const ia3Method: PeftMethod<IA3Options, ResolvedIA3> = registerMethod<IA3
       const m = rest.match(/^(.*)\.ia3_l$/);
       if (!m) return undefined;
       const mod = f.baseParam(`${m[1]}.weight`)?.slice(0, -'.weight'.length);
-      if (!mod) throw new TunekitError('E_FORMAT', `${f.file}: '${key}' rescales a module this ${model.modelType} ${model.task} model does not have`);
+      if (!mod)
+        throw new TunekitError(
+          'E_FORMAT',
+          `${f.file}: '${key}' rescales a module this ${model.modelType} ${model.task} model does not have`,
+        );
       return mod;
     };
     const modules = f.tensors.map((t) => module(t.key, t.rest)).filter((m): m is string => m !== undefined);
@@ -65,7 +93,9 @@ export const ia3Method: PeftMethod<IA3Options, ResolvedIA3> = registerMethod<IA3
     if (modules.length === 0) throw new TunekitError('E_FORMAT', `${f.file}: no ia3_l tensors`);
     return {
       settings: {
-        modules, feedforward, targetModules: (f.config.target_modules as string[] | string) ?? modules,
+        modules,
+        feedforward,
+        targetModules: (f.config.target_modules as string[] | string) ?? modules,
         feedforwardModules: (f.config.feedforward_modules as string[] | string) ?? feedforward,
         modulesToSave: (f.config.modules_to_save as string[] | null) ?? [],
       },

@@ -1,7 +1,16 @@
 /** LoRA (Hu et al. 2021) as PEFT 0.21 defines it: options, module matching, and PEFT's files. */
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
-import { checkOptions, commonConfig, linearModules, matchesTarget, PeftMethod, registerMethod, Resolved, resolveModulesToSave } from './method';
+import {
+  checkOptions,
+  commonConfig,
+  linearModules,
+  matchesTarget,
+  PeftMethod,
+  registerMethod,
+  Resolved,
+  resolveModulesToSave,
+} from './method';
 
 export interface LoRAOptions {
   r?: number;
@@ -22,7 +31,13 @@ export interface LoRAOptions {
 }
 
 export interface ResolvedLoRA extends Resolved {
-  r: number; alpha: number; dropout: number; rslora: boolean; seed: number; modules: string[]; targetModules: string[] | string;
+  r: number;
+  alpha: number;
+  dropout: number;
+  rslora: boolean;
+  seed: number;
+  modules: string[];
+  targetModules: string[] | string;
 }
 
 const OPTIONS = ['r', 'alpha', 'dropout', 'targetModules', 'modulesToSave', 'useRslora', 'seed'];
@@ -42,9 +57,19 @@ export const loraMethod: PeftMethod<LoRAOptions, ResolvedLoRA> = registerMethod<
     if (!(dropout >= 0 && dropout < 1)) throw new TunekitError('E_ARG', `LoRA dropout must be in [0, 1), got ${o.dropout}`);
     const target = o.targetModules ?? model.family.lora;
     const modules = linearModules(model).filter((m) => matchesTarget(m, target));
-    if (modules.length === 0) throw new TunekitError('E_ARG', `LoRA targetModules ${String(target)} match no linear layer of this ${model.modelType} model`);
+    if (modules.length === 0)
+      throw new TunekitError('E_ARG', `LoRA targetModules ${String(target)} match no linear layer of this ${model.modelType} model`);
     const targetModules = target instanceof RegExp ? target.source : target;
-    return { r, alpha, dropout, rslora: o.useRslora ?? false, seed: o.seed ?? 0, modules, targetModules, ...resolveModulesToSave(model, o.modulesToSave) };
+    return {
+      r,
+      alpha,
+      dropout,
+      rslora: o.useRslora ?? false,
+      seed: o.seed ?? 0,
+      modules,
+      targetModules,
+      ...resolveModulesToSave(model, o.modulesToSave),
+    };
   },
 
   nativeSpec: (_, l) => ({ modules: l.modules, r: l.r, alpha: l.alpha, dropout: l.dropout, rslora: l.rslora, seed: l.seed }),
@@ -57,16 +82,37 @@ export const loraMethod: PeftMethod<LoRAOptions, ResolvedLoRA> = registerMethod<
   /** adapter_config.json as PEFT 0.21 writes it for LoRA. */
   configJson: (model, l, basePath) => ({
     ...commonConfig(model, 'LORA', l, basePath),
-    r: l.r, lora_alpha: l.alpha, lora_dropout: l.dropout, target_modules: l.targetModules, exclude_modules: null,
-    fan_in_fan_out: model.family.conv1d, bias: 'none', use_rslora: l.rslora,
-    init_lora_weights: true, layers_to_transform: null, layers_pattern: null, rank_pattern: {}, alpha_pattern: {}, use_dora: false,
-    lora_bias: false, layer_replication: null, megatron_config: null, megatron_core: 'megatron.core', loftq_config: {}, eva_config: null,
-    corda_config: null, trainable_token_indices: null, target_parameters: null, auto_mapping: null, peft_version: '0.21.0',
+    r: l.r,
+    lora_alpha: l.alpha,
+    lora_dropout: l.dropout,
+    target_modules: l.targetModules,
+    exclude_modules: null,
+    fan_in_fan_out: model.family.conv1d,
+    bias: 'none',
+    use_rslora: l.rslora,
+    init_lora_weights: true,
+    layers_to_transform: null,
+    layers_pattern: null,
+    rank_pattern: {},
+    alpha_pattern: {},
+    use_dora: false,
+    lora_bias: false,
+    layer_replication: null,
+    megatron_config: null,
+    megatron_core: 'megatron.core',
+    loftq_config: {},
+    eva_config: null,
+    corda_config: null,
+    trainable_token_indices: null,
+    target_parameters: null,
+    auto_mapping: null,
+    peft_version: '0.21.0',
   }),
 
   fromFile(model, adapter, f) {
     for (const k of ['rank_pattern', 'alpha_pattern'] as const) {
-      if (f.config[k] && Object.keys(f.config[k] as object).length) throw new TunekitError('E_FORMAT', `${f.file}: per-module ${k} is not supported`);
+      if (f.config[k] && Object.keys(f.config[k] as object).length)
+        throw new TunekitError('E_FORMAT', `${f.file}: per-module ${k} is not supported`);
     }
     if (f.config.use_dora) throw new TunekitError('E_FORMAT', `${f.file}: DoRA adapters are not supported`);
     const modules = new Set<string>();
@@ -74,9 +120,11 @@ export const loraMethod: PeftMethod<LoRAOptions, ResolvedLoRA> = registerMethod<
     const module = (key: string, rest: string): [string, string] | undefined => {
       const m = rest.match(/^(.*)\.(lora_[AB])\.weight$/);
       if (!m) return undefined;
-      if (!key.startsWith('base_model.model.')) throw new TunekitError('E_FORMAT', `${f.file}: tensor '${key}' is not under base_model.model.`);
+      if (!key.startsWith('base_model.model.'))
+        throw new TunekitError('E_FORMAT', `${f.file}: tensor '${key}' is not under base_model.model.`);
       const mod = f.baseParam(`${m[1]}.weight`)?.slice(0, -'.weight'.length);
-      if (!mod) throw new TunekitError('E_FORMAT', `${f.file}: '${key}' adapts a module this ${model.modelType} ${model.task} model does not have`);
+      if (!mod)
+        throw new TunekitError('E_FORMAT', `${f.file}: '${key}' adapts a module this ${model.modelType} ${model.task} model does not have`);
       return [mod, m[2]];
     };
     for (const t of f.tensors) {
@@ -88,8 +136,13 @@ export const loraMethod: PeftMethod<LoRAOptions, ResolvedLoRA> = registerMethod<
     if (modules.size === 0) throw new TunekitError('E_FORMAT', `${f.file}: no lora_A/lora_B tensors`);
     return {
       settings: {
-        r, alpha: Number(f.config.lora_alpha ?? 8), dropout: Number(f.config.lora_dropout ?? 0), rslora: Boolean(f.config.use_rslora), seed: 0,
-        modules: [...modules], modulesToSave: (f.config.modules_to_save as string[] | null) ?? [],
+        r,
+        alpha: Number(f.config.lora_alpha ?? 8),
+        dropout: Number(f.config.lora_dropout ?? 0),
+        rslora: Boolean(f.config.use_rslora),
+        seed: 0,
+        modules: [...modules],
+        modulesToSave: (f.config.modules_to_save as string[] | null) ?? [],
         targetModules: (f.config.target_modules as string[] | string) ?? [...modules],
       },
       own(key, rest) {

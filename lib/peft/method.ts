@@ -62,7 +62,11 @@ export function registerMethod<O, R extends Resolved>(m: PeftMethod<O, R>): Peft
 
 export function methodForPeftType(peftType: unknown, where: string): PeftMethod<any, any> {
   const m = REGISTRY.get(String(peftType));
-  if (!m) throw new TunekitError('E_FORMAT', `${where}: peft_type ${JSON.stringify(peftType)} is not supported (supported: ${[...REGISTRY.keys()].join(', ')})`);
+  if (!m)
+    throw new TunekitError(
+      'E_FORMAT',
+      `${where}: peft_type ${JSON.stringify(peftType)} is not supported (supported: ${[...REGISTRY.keys()].join(', ')})`,
+    );
   return m;
 }
 
@@ -74,12 +78,16 @@ export interface AdapterRecord<R extends Resolved = Resolved> {
 }
 
 export const TASK_TYPES: Record<Task, string> = {
-  'causal-lm': 'CAUSAL_LM', 'sequence-classification': 'SEQ_CLS', 'feature-extraction': 'FEATURE_EXTRACTION', 'masked-lm': 'MASKED_LM',
+  'causal-lm': 'CAUSAL_LM',
+  'sequence-classification': 'SEQ_CLS',
+  'feature-extraction': 'FEATURE_EXTRACTION',
+  'masked-lm': 'MASKED_LM',
 };
 
 /** The base model's linear layers: 2-D weights of modules no adapter added and that are not embedding tables. */
 export function linearModules(model: Model): string[] {
-  return model.baseParameters()
+  return model
+    .baseParameters()
     .filter((p) => p.name.endsWith('.weight') && p.shape.length === 2)
     .map((p) => p.name.slice(0, -'.weight'.length))
     .filter((m) => !/(^|\.)(wte|wpe|embed_tokens|[a-z_]*embeddings)$/.test(m));
@@ -94,7 +102,8 @@ export function matchesTarget(module: string, target: string[] | string | RegExp
 
 /** The base parameters a modules_to_save entry covers: every parameter of a module whose name ends with it (PEFT's rule). */
 export function modulesToSaveParams(model: Model, modules: string[]): string[] {
-  return model.baseParameters()
+  return model
+    .baseParameters()
     .filter((p) => {
       const mod = p.name.slice(0, p.name.lastIndexOf('.'));
       return modules.some((m) => mod === m || mod.endsWith(m));
@@ -111,7 +120,11 @@ export function resolveModulesToSave(model: Model, given: string[] | undefined):
 /** The fields every adapter_config.json carries. */
 export function commonConfig(model: Model, peftType: string, r: Resolved, basePath: string | null): Record<string, unknown> {
   return {
-    peft_type: peftType, task_type: TASK_TYPES[model.task] ?? null, base_model_name_or_path: basePath, revision: null, inference_mode: true,
+    peft_type: peftType,
+    task_type: TASK_TYPES[model.task] ?? null,
+    base_model_name_or_path: basePath,
+    revision: null,
+    inference_mode: true,
     modules_to_save: r.modulesToSave.length ? r.modulesToSave : null,
   };
 }

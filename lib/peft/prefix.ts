@@ -1,7 +1,16 @@
 /** Prefix tuning as PEFT 0.21's PREFIX_TUNING: options and PEFT's files. */
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
-import { checkOptions, commonConfig, DEFAULT_VIRTUAL_TOKENS, PeftMethod, positiveInt, registerMethod, Resolved, resolveModulesToSave } from './method';
+import {
+  checkOptions,
+  commonConfig,
+  DEFAULT_VIRTUAL_TOKENS,
+  PeftMethod,
+  positiveInt,
+  registerMethod,
+  Resolved,
+  resolveModulesToSave,
+} from './method';
 
 export interface PrefixTuningOptions {
   numVirtualTokens?: number;
@@ -13,7 +22,10 @@ export interface PrefixTuningOptions {
 }
 
 export interface ResolvedPrefix extends Resolved {
-  numVirtualTokens: number; projection: boolean; encoderHiddenSize: number; seed: number;
+  numVirtualTokens: number;
+  projection: boolean;
+  encoderHiddenSize: number;
+  seed: number;
 }
 
 const OPTIONS = ['numVirtualTokens', 'prefixProjection', 'encoderHiddenSize', 'modulesToSave', 'seed'];
@@ -32,10 +44,21 @@ export const prefixMethod: PeftMethod<PrefixTuningOptions, ResolvedPrefix> = reg
     checkOptions(o, OPTIONS, 'PrefixTuning');
     const n = positiveInt(o.numVirtualTokens, DEFAULT_VIRTUAL_TOKENS, 'numVirtualTokens');
     const encoderHiddenSize = positiveInt(o.encoderHiddenSize, kvWidth(model), 'encoderHiddenSize');
-    return { numVirtualTokens: n, projection: Boolean(o.prefixProjection), encoderHiddenSize, seed: o.seed ?? 0, ...resolveModulesToSave(model, o.modulesToSave) };
+    return {
+      numVirtualTokens: n,
+      projection: Boolean(o.prefixProjection),
+      encoderHiddenSize,
+      seed: o.seed ?? 0,
+      ...resolveModulesToSave(model, o.modulesToSave),
+    };
   },
 
-  nativeSpec: (_, p) => ({ numVirtualTokens: p.numVirtualTokens, projection: p.projection, encoderHiddenSize: p.encoderHiddenSize, seed: p.seed }),
+  nativeSpec: (_, p) => ({
+    numVirtualTokens: p.numVirtualTokens,
+    projection: p.projection,
+    encoderHiddenSize: p.encoderHiddenSize,
+    seed: p.seed,
+  }),
 
   // Saved prefixes are the final keys and values (PEFT saves a projection's output), which the core computes.
   fileKey: () => undefined,
@@ -43,8 +66,15 @@ export const prefixMethod: PeftMethod<PrefixTuningOptions, ResolvedPrefix> = reg
 
   configJson: (model, p, basePath) => ({
     ...commonConfig(model, 'PREFIX_TUNING', p, basePath),
-    num_virtual_tokens: p.numVirtualTokens, token_dim: kvWidth(model), num_transformer_submodules: 1, num_attention_heads: model.dims.numKvHeads,
-    num_layers: model.dims.numLayers, encoder_hidden_size: p.encoderHiddenSize, prefix_projection: p.projection, auto_mapping: null, peft_version: '0.21.0',
+    num_virtual_tokens: p.numVirtualTokens,
+    token_dim: kvWidth(model),
+    num_transformer_submodules: 1,
+    num_attention_heads: model.dims.numKvHeads,
+    num_layers: model.dims.numLayers,
+    encoder_hidden_size: p.encoderHiddenSize,
+    prefix_projection: p.projection,
+    auto_mapping: null,
+    peft_version: '0.21.0',
   }),
 
   fromFile(model, adapter, f) {
@@ -53,11 +83,20 @@ export const prefixMethod: PeftMethod<PrefixTuningOptions, ResolvedPrefix> = reg
     const n = Number(f.config.num_virtual_tokens);
     const { numLayers: layers, numKvHeads: kvHeads, headDim } = model.dims;
     if (table.shape.length !== 2 || table.shape[0] !== n || table.shape[1] !== layers * 2 * kvHeads * headDim) {
-      throw new TunekitError('E_SHAPE', `${f.file}: prompt_embeddings is [${table.shape}] but this model needs [${n}, ${layers * 2 * kvHeads * headDim}] (${layers} layers x 2 x ${kvHeads} heads x ${headDim})`);
+      throw new TunekitError(
+        'E_SHAPE',
+        `${f.file}: prompt_embeddings is [${table.shape}] but this model needs [${n}, ${layers * 2 * kvHeads * headDim}] (${layers} layers x 2 x ${kvHeads} heads x ${headDim})`,
+      );
     }
     // The saved keys/values load as a plain table, without the projection that made them.
     return {
-      settings: { numVirtualTokens: n, projection: false, encoderHiddenSize: kvHeads * headDim, modulesToSave: (f.config.modules_to_save as string[] | null) ?? [], seed: 0 },
+      settings: {
+        numVirtualTokens: n,
+        projection: false,
+        encoderHiddenSize: kvHeads * headDim,
+        modulesToSave: (f.config.modules_to_save as string[] | null) ?? [],
+        seed: 0,
+      },
       own: (key) => (key === 'prompt_embeddings' ? `prefix_encoder.${adapter}.embedding.weight` : undefined),
     };
   },

@@ -2,7 +2,16 @@
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
 import type { Tokenizer } from '../tokenizer';
-import { checkOptions, commonConfig, DEFAULT_VIRTUAL_TOKENS, PeftMethod, positiveInt, registerMethod, Resolved, resolveModulesToSave } from './method';
+import {
+  checkOptions,
+  commonConfig,
+  DEFAULT_VIRTUAL_TOKENS,
+  PeftMethod,
+  positiveInt,
+  registerMethod,
+  Resolved,
+  resolveModulesToSave,
+} from './method';
 
 export interface PromptTuningOptions {
   numVirtualTokens?: number;
@@ -16,7 +25,11 @@ export interface PromptTuningOptions {
 }
 
 export interface ResolvedPrompt extends Resolved {
-  numVirtualTokens: number; initIds?: number[]; initText?: string; tokenizerNameOrPath?: string; seed: number;
+  numVirtualTokens: number;
+  initIds?: number[];
+  initText?: string;
+  tokenizerNameOrPath?: string;
+  seed: number;
 }
 
 const OPTIONS = ['numVirtualTokens', 'promptTuningInitText', 'tokenizer', 'tokenizerNameOrPath', 'modulesToSave', 'seed'];
@@ -31,14 +44,18 @@ export const promptMethod: PeftMethod<PromptTuningOptions, ResolvedPrompt> = reg
     const n = positiveInt(o.numVirtualTokens, DEFAULT_VIRTUAL_TOKENS, 'numVirtualTokens');
     let initIds: number[] | undefined;
     if (o.promptTuningInitText !== undefined) {
-      if (!o.tokenizer) throw new TunekitError('E_ARG', 'promptTuningInitText needs the model\'s tokenizer (options.tokenizer)');
+      if (!o.tokenizer) throw new TunekitError('E_ARG', "promptTuningInitText needs the model's tokenizer (options.tokenizer)");
       // PEFT: the text's ids with special tokens, cut or repeated to the number of virtual tokens.
       const ids = o.tokenizer.encode(o.promptTuningInitText);
       if (ids.length === 0) throw new TunekitError('E_ARG', 'promptTuningInitText encodes to no tokens');
       initIds = Array.from({ length: n }, (_, i) => ids[i % ids.length]);
     }
     return {
-      numVirtualTokens: n, initIds, initText: o.promptTuningInitText, tokenizerNameOrPath: o.tokenizerNameOrPath, seed: o.seed ?? 0,
+      numVirtualTokens: n,
+      initIds,
+      initText: o.promptTuningInitText,
+      tokenizerNameOrPath: o.tokenizerNameOrPath,
+      seed: o.seed ?? 0,
       ...resolveModulesToSave(model, o.modulesToSave),
     };
   },
@@ -49,10 +66,17 @@ export const promptMethod: PeftMethod<PromptTuningOptions, ResolvedPrompt> = reg
 
   configJson: (model, p, basePath) => ({
     ...commonConfig(model, 'PROMPT_TUNING', p, basePath),
-    num_virtual_tokens: p.numVirtualTokens, token_dim: model.dims.hiddenSize, num_transformer_submodules: 1,
-    num_attention_heads: model.dims.numHeads, num_layers: model.dims.numLayers,
-    prompt_tuning_init: p.initText !== undefined ? 'TEXT' : 'RANDOM', prompt_tuning_init_text: p.initText ?? null,
-    tokenizer_name_or_path: p.tokenizerNameOrPath ?? null, tokenizer_kwargs: null, auto_mapping: null, peft_version: '0.21.0',
+    num_virtual_tokens: p.numVirtualTokens,
+    token_dim: model.dims.hiddenSize,
+    num_transformer_submodules: 1,
+    num_attention_heads: model.dims.numHeads,
+    num_layers: model.dims.numLayers,
+    prompt_tuning_init: p.initText !== undefined ? 'TEXT' : 'RANDOM',
+    prompt_tuning_init_text: p.initText ?? null,
+    tokenizer_name_or_path: p.tokenizerNameOrPath ?? null,
+    tokenizer_kwargs: null,
+    auto_mapping: null,
+    peft_version: '0.21.0',
   }),
 
   fromFile(model, adapter, f) {
@@ -63,12 +87,15 @@ export const promptMethod: PeftMethod<PromptTuningOptions, ResolvedPrompt> = reg
     if (prompt.shape.length !== 2 || prompt.shape[0] !== n || prompt.shape[1] !== hidden) {
       throw new TunekitError('E_SHAPE', `${f.file}: prompt_embeddings is [${prompt.shape}] but this model needs [${n}, ${hidden}]`);
     }
-    if (Number(f.config.num_transformer_submodules ?? 1) !== 1) throw new TunekitError('E_FORMAT', `${f.file}: prompts for encoder-decoder models are not supported`);
+    if (Number(f.config.num_transformer_submodules ?? 1) !== 1)
+      throw new TunekitError('E_FORMAT', `${f.file}: prompts for encoder-decoder models are not supported`);
     return {
       settings: {
-        numVirtualTokens: n, initText: (f.config.prompt_tuning_init_text as string | null) ?? undefined,
+        numVirtualTokens: n,
+        initText: (f.config.prompt_tuning_init_text as string | null) ?? undefined,
         tokenizerNameOrPath: (f.config.tokenizer_name_or_path as string | null) ?? undefined,
-        modulesToSave: (f.config.modules_to_save as string[] | null) ?? [], seed: 0,
+        modulesToSave: (f.config.modules_to_save as string[] | null) ?? [],
+        seed: 0,
       },
       own: (key) => (key === 'prompt_embeddings' ? `prompt_encoder.${adapter}.embedding.weight` : undefined),
     };

@@ -4,7 +4,11 @@ import type { Model } from '../model';
 import { AdamW } from '../optim';
 import { EvalResult, Example, Progress, Trainer, TrainResult } from '../trainer';
 
-export interface StrategyData { train: Example[]; validation?: Example[]; test?: Example[] }
+export interface StrategyData {
+  train: Example[];
+  validation?: Example[];
+  test?: Example[];
+}
 
 export interface TrainOptions {
   lr?: number;
@@ -40,30 +44,54 @@ export function peakRssMiB(): number {
   return process.resourceUsage().maxRSS / 1024;
 }
 
-export const TRAIN_DEFAULTS = { lr: 5e-5, epochs: 3, batchSize: 16, weightDecay: 0.01, warmupRatio: 0.1, gradAccumulation: 1, maxGradNorm: 1.0, seed: 42 };
+export const TRAIN_DEFAULTS = {
+  lr: 5e-5,
+  epochs: 3,
+  batchSize: 16,
+  weightDecay: 0.01,
+  warmupRatio: 0.1,
+  gradAccumulation: 1,
+  maxGradNorm: 1.0,
+  seed: 42,
+};
 
 /** Trains the model's currently trainable parameters with AdamW and a linear schedule, then scores the test set. */
 export async function trainSupervised(name: string, model: Model, data: StrategyData, options: TrainOptions): Promise<StrategyResult> {
-  if (!data || !Array.isArray(data.train) || data.train.length === 0) throw new TunekitError('E_ARG', `${name}: data.train must be a non-empty array of examples`);
+  if (!data || !Array.isArray(data.train) || data.train.length === 0)
+    throw new TunekitError('E_ARG', `${name}: data.train must be a non-empty array of examples`);
   const o = { ...TRAIN_DEFAULTS, ...options };
   const trainable = model.countParameters({ trainableOnly: true });
   if (trainable === 0) throw new TunekitError('E_STATE', `${name}: the model has no trainable parameters`);
   const stepsPerEpoch = Math.ceil(Math.ceil(data.train.length / o.batchSize) / o.gradAccumulation);
   const totalSteps = Math.min(o.maxSteps ?? Infinity, o.epochs * stepsPerEpoch);
   const optimizer = new AdamW(model, {
-    lr: o.lr, weightDecay: o.weightDecay,
+    lr: o.lr,
+    weightDecay: o.weightDecay,
     schedule: { type: 'linear', warmupSteps: Math.round(o.warmupRatio * totalSteps), totalSteps },
   });
   const trainer = new Trainer(model, {
-    optimizer, batchSize: o.batchSize, epochs: o.epochs, maxSteps: o.maxSteps, gradAccumulation: o.gradAccumulation,
-    maxGradNorm: o.maxGradNorm, seed: o.seed, evalEvery: o.evalEvery ?? stepsPerEpoch, onProgress: o.onProgress,
-    checkpointDir: o.checkpointDir, checkpointEvery: o.checkpointDir ? stepsPerEpoch : undefined,
+    optimizer,
+    batchSize: o.batchSize,
+    epochs: o.epochs,
+    maxSteps: o.maxSteps,
+    gradAccumulation: o.gradAccumulation,
+    maxGradNorm: o.maxGradNorm,
+    seed: o.seed,
+    evalEvery: o.evalEvery ?? stepsPerEpoch,
+    onProgress: o.onProgress,
+    checkpointDir: o.checkpointDir,
+    checkpointEvery: o.checkpointDir ? stepsPerEpoch : undefined,
   });
   const start = Date.now();
   const train = await trainer.train(data.train, data.validation?.length ? { evalSet: data.validation } : {});
   const result: StrategyResult = {
-    strategy: name, trainableParameters: trainable, totalParameters: model.countParameters(),
-    wallTimeMs: Date.now() - start, tokensPerSecond: train.tokensPerSecond, peakRssMiB: peakRssMiB(), train,
+    strategy: name,
+    trainableParameters: trainable,
+    totalParameters: model.countParameters(),
+    wallTimeMs: Date.now() - start,
+    tokensPerSecond: train.tokensPerSecond,
+    peakRssMiB: peakRssMiB(),
+    train,
   };
   if (train.eval) result.validation = train.eval;
   if (data.test?.length) result.test = await trainer.evaluate(data.test);

@@ -44,7 +44,10 @@ export class FeatureBased {
     const parts: Float32Array[] = [];
     let dim = 0;
     for (let i = 0; i < examples.length; i += bs) {
-      const batch = collateExamples(model, examples.slice(i, i + bs).map((e) => ({ inputIds: e.inputIds })));
+      const batch = collateExamples(
+        model,
+        examples.slice(i, i + bs).map((e) => ({ inputIds: e.inputIds })),
+      );
       const out = await model.embed(batch, { pooling });
       dim = out.shape[1];
       parts.push(out.data);
@@ -52,7 +55,10 @@ export class FeatureBased {
     }
     const data = new Float32Array(examples.length * dim);
     let at = 0;
-    for (const p of parts) { data.set(p, at); at += p.length; }
+    for (const p of parts) {
+      data.set(p, at);
+      at += p.length;
+    }
     if (file) {
       fs.mkdirSync(path.dirname(file), { recursive: true });
       await atomicWrite(file, (tmp) => fs.writeFileSync(tmp, Buffer.from(data.buffer, data.byteOffset, data.byteLength)));
@@ -61,11 +67,13 @@ export class FeatureBased {
   }
 
   async run(model: Model, data: StrategyData): Promise<StrategyResult> {
-    if (!data || !Array.isArray(data.train) || data.train.length === 0) throw new TunekitError('E_ARG', 'features: data.train must be a non-empty array of examples');
-    const labelsOf = (ex: Example[]) => ex.map((e, i) => {
-      if (typeof e.label !== 'number') throw new TunekitError('E_ARG', `features: example ${i} has no numeric label`);
-      return e.label;
-    });
+    if (!data || !Array.isArray(data.train) || data.train.length === 0)
+      throw new TunekitError('E_ARG', 'features: data.train must be a non-empty array of examples');
+    const labelsOf = (ex: Example[]) =>
+      ex.map((e, i) => {
+        if (typeof e.label !== 'number') throw new TunekitError('E_ARG', `features: example ${i} has no numeric label`);
+        return e.label;
+      });
     const start = Date.now();
     const train = await this.embed(model, data.train);
     const y = labelsOf(data.train);
@@ -77,7 +85,9 @@ export class FeatureBased {
       const yy = labelsOf(ex);
       const p = this.classifier.predictProba(f.data);
       let loss = 0;
-      yy.forEach((c, i) => { loss -= Math.log(Math.max(1e-300, p[i * classes + c])); });
+      yy.forEach((c, i) => {
+        loss -= Math.log(Math.max(1e-300, p[i * classes + c]));
+      });
       return { loss: loss / yy.length, accuracy: this.classifier.accuracy(f.data, yy), examples: yy.length };
     };
     const validation = await score(data.validation);
@@ -86,9 +96,14 @@ export class FeatureBased {
     const tokens = data.train.reduce((a, e) => a + e.inputIds.length, 0);
     const wallTimeMs = Date.now() - start;
     return {
-      strategy: this.name, trainableParameters: rows * train.dim + rows, totalParameters: model.countParameters() + rows * train.dim + rows,
-      wallTimeMs, tokensPerSecond: tokens / Math.max(1e-3, wallTimeMs / 1000), peakRssMiB: peakRssMiB(),
-      ...(validation ? { validation } : {}), ...(test ? { test } : {}),
+      strategy: this.name,
+      trainableParameters: rows * train.dim + rows,
+      totalParameters: model.countParameters() + rows * train.dim + rows,
+      wallTimeMs,
+      tokensPerSecond: tokens / Math.max(1e-3, wallTimeMs / 1000),
+      peakRssMiB: peakRssMiB(),
+      ...(validation ? { validation } : {}),
+      ...(test ? { test } : {}),
     };
   }
 }

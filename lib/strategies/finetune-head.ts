@@ -21,7 +21,8 @@ export function headPatterns(model: Model): RegExp[] {
 /** The parameter-name patterns of a model's last n blocks and the norm after them. */
 export function lastBlockPatterns(model: Model, n: number): RegExp[] {
   const layers = model.dims.numLayers;
-  if (!Number.isInteger(n) || n < 0 || n > layers) throw new TunekitError('E_ARG', `unfreezeLastBlocks must be an integer from 0 to ${layers}, got ${n}`);
+  if (!Number.isInteger(n) || n < 0 || n > layers)
+    throw new TunekitError('E_ARG', `unfreezeLastBlocks must be an integer from 0 to ${layers}, got ${n}`);
   const out: RegExp[] = [];
   for (let i = layers - n; i < layers; i++) out.push(model.family.block(i));
   if (n > 0 && model.family.finalNorm) out.push(model.family.finalNorm);
@@ -41,7 +42,10 @@ export class FinetuneHead {
     await model.setTrainable(patterns, true);
     // A tied output projection is the input embedding itself: training it would move the frozen backbone.
     if (model.countParameters({ trainableOnly: true }) === 0) {
-      throw new TunekitError('E_CONFIG', `${model.modelType} ${model.task}: no separate output layer to train (the output projection is tied to the embeddings)`);
+      throw new TunekitError(
+        'E_CONFIG',
+        `${model.modelType} ${model.task}: no separate output layer to train (the output projection is tied to the embeddings)`,
+      );
     }
   }
 

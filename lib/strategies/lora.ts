@@ -14,7 +14,10 @@ export type PeftMethod = LoRA | Adapter | PrefixTuning | PromptTuning | IA3;
 
 export class FinetunePEFT {
   readonly name: string;
-  constructor(readonly method: PeftMethod, readonly options: TrainOptions & { adapterName?: string } = {}) {
+  constructor(
+    readonly method: PeftMethod,
+    readonly options: TrainOptions & { adapterName?: string } = {},
+  ) {
     this.name = method.name;
   }
 

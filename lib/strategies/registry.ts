@@ -34,26 +34,57 @@ export interface StrategyOptions {
   ia3?: IA3Options;
 }
 
-function peft(summary: string, lr: number, method: (o: StrategyOptions) => PeftMethod, virtualTokens = (_: StrategyOptions) => 0): TrainingStrategy {
+function peft(
+  summary: string,
+  lr: number,
+  method: (o: StrategyOptions) => PeftMethod,
+  virtualTokens = (_: StrategyOptions) => 0,
+): TrainingStrategy {
   return { summary, lr, peft: true, virtualTokens, create: (train, o) => new FinetunePEFT(method(o), train) };
 }
 
 export const FEATURES_SUMMARY = 'feature-based: embed with the frozen model, fit a logistic regression (--pooling cls|mean|last, --C)';
 
 export const STRATEGIES: Record<string, TrainingStrategy> = {
-  full: { summary: 'finetuning II: train every parameter', lr: 3e-4, peft: false, virtualTokens: () => 0, create: (train) => new FinetuneAll(train) },
+  full: {
+    summary: 'finetuning II: train every parameter',
+    lr: 3e-4,
+    peft: false,
+    virtualTokens: () => 0,
+    create: (train) => new FinetuneAll(train),
+  },
   head: {
     summary: 'finetuning I: freeze the backbone, train the output layers (add --unfreeze-last-blocks N for the last blocks too)',
-    lr: 1e-3, peft: false, virtualTokens: () => 0, create: (train, o) => new FinetuneHead({ ...train, ...o.head }),
+    lr: 1e-3,
+    peft: false,
+    virtualTokens: () => 0,
+    create: (train, o) => new FinetuneHead({ ...train, ...o.head }),
   },
-  lora: peft('LoRA: freeze the model, train low-rank adapters (--lora-r, --lora-alpha, --lora-dropout, --lora-targets) and the head; --out gets a PEFT adapter',
-    1e-3, (o) => new LoRA(o.lora)),
-  adapter: peft('Houlsby bottleneck adapters after attention and feed-forward (--reduction-factor or --bottleneck-size, --nonlinearity) and the head',
-    1e-3, (o) => new Adapter(o.adapter)),
-  prefix: peft('prefix tuning: trainable key/value prefixes in every layer (--num-virtual-tokens, --prefix-projection) and the head',
-    1e-2, (o) => new PrefixTuning(o.prefix), (o) => o.prefix?.numVirtualTokens ?? DEFAULT_VIRTUAL_TOKENS),
-  prompt: peft('soft prompt tuning: trainable virtual tokens before the input (--num-virtual-tokens, --prompt-init-text) and the head',
-    1e-2, (o) => new PromptTuning(o.prompt), (o) => o.prompt?.numVirtualTokens ?? DEFAULT_VIRTUAL_TOKENS),
-  ia3: peft('(IA)^3: learned vectors rescaling keys, values and feed-forward (the family\'s PEFT defaults) and the head; --out gets a PEFT adapter',
-    1e-3, (o) => new IA3(o.ia3)),
+  lora: peft(
+    'LoRA: freeze the model, train low-rank adapters (--lora-r, --lora-alpha, --lora-dropout, --lora-targets) and the head; --out gets a PEFT adapter',
+    1e-3,
+    (o) => new LoRA(o.lora),
+  ),
+  adapter: peft(
+    'Houlsby bottleneck adapters after attention and feed-forward (--reduction-factor or --bottleneck-size, --nonlinearity) and the head',
+    1e-3,
+    (o) => new Adapter(o.adapter),
+  ),
+  prefix: peft(
+    'prefix tuning: trainable key/value prefixes in every layer (--num-virtual-tokens, --prefix-projection) and the head',
+    1e-2,
+    (o) => new PrefixTuning(o.prefix),
+    (o) => o.prefix?.numVirtualTokens ?? DEFAULT_VIRTUAL_TOKENS,
+  ),
+  prompt: peft(
+    'soft prompt tuning: trainable virtual tokens before the input (--num-virtual-tokens, --prompt-init-text) and the head',
+    1e-2,
+    (o) => new PromptTuning(o.prompt),
+    (o) => o.prompt?.numVirtualTokens ?? DEFAULT_VIRTUAL_TOKENS,
+  ),
+  ia3: peft(
+    "(IA)^3: learned vectors rescaling keys, values and feed-forward (the family's PEFT defaults) and the head; --out gets a PEFT adapter",
+    1e-3,
+    (o) => new IA3(o.ia3),
+  ),
 };

@@ -13,8 +13,9 @@ Napi::Value ManualSeed(const Napi::CallbackInfo& info) {
 
 Napi::Value RngState(const Napi::CallbackInfo& info) {
   using Bytes = std::vector<uint8_t>;
-  return run<Bytes>(info.Env(), [] { return rng_state(); },
-                    [](Napi::Env env, Bytes& s) { return Napi::Value(Napi::Buffer<uint8_t>::Copy(env, s.data(), s.size())); });
+  return run<Bytes>(
+      info.Env(), [] { return rng_state(); },
+      [](Napi::Env env, Bytes& s) { return Napi::Value(Napi::Buffer<uint8_t>::Copy(env, s.data(), s.size())); });
 }
 
 Napi::Value SetRngState(const Napi::CallbackInfo& info) {
@@ -28,7 +29,8 @@ Napi::Value CudaAvailable(const Napi::CallbackInfo& info) { return Napi::Boolean
 
 Napi::Value BenchMatmul(const Napi::CallbackInfo& info) {
   auto n = int64_t(number_arg(info, 0, "n")), iters = int64_t(number_arg(info, 1, "iters"));
-  return run<double>(info.Env(), [n, iters] { return bench_matmul(n, iters); }, [](Napi::Env env, double& g) { return Napi::Number::New(env, g); });
+  return run<double>(
+      info.Env(), [n, iters] { return bench_matmul(n, iters); }, [](Napi::Env env, double& g) { return Napi::Number::New(env, g); });
 }
 
 Napi::Value TorchInfo(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), torch_info()); }

@@ -10,8 +10,8 @@ namespace {
 
 // ModelSpec's fields by their JS names: the one table the addon reads a spec through. Every field is required and no
 // other is accepted, so the TS layer (lib/families.ts) is the only place defaults live.
-using SpecField = std::variant<std::string ModelSpec::*, int64_t ModelSpec::*, uint64_t ModelSpec::*, double ModelSpec::*,
-                               bool ModelSpec::*>;
+using SpecField =
+    std::variant<std::string ModelSpec::*, int64_t ModelSpec::*, uint64_t ModelSpec::*, double ModelSpec::*, bool ModelSpec::*>;
 const std::pair<const char*, SpecField> kSpecFields[] = {
     {"family", &ModelSpec::family},
     {"task", &ModelSpec::task},
@@ -82,28 +82,30 @@ ModelSpec spec_arg(const Napi::CallbackInfo& info, size_t i) {
 
 Napi::Value CreateModel(const Napi::CallbackInfo& info) {
   auto s = spec_arg(info, 0);
-  return run<std::shared_ptr<Model>>(info.Env(), [s] { return create_model(s); },
-                                     [](Napi::Env env, std::shared_ptr<Model>& m) { return wrap(env, m); });
+  return run<std::shared_ptr<Model>>(
+      info.Env(), [s] { return create_model(s); }, [](Napi::Env env, std::shared_ptr<Model>& m) { return wrap(env, m); });
 }
 
 Napi::Value Parameters(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
-  return run<std::vector<ParamInfo>>(info.Env(), [m] { return parameters(*m); }, [](Napi::Env env, std::vector<ParamInfo>& ps) {
-    auto a = Napi::Array::New(env, ps.size());
-    for (size_t i = 0; i < ps.size(); i++) {
-      auto o = Napi::Object::New(env);
-      o.Set("name", ps[i].name);
-      o.Set("dtype", ps[i].dtype);
-      auto shape = Napi::Array::New(env, ps[i].shape.size());
-      for (size_t j = 0; j < ps[i].shape.size(); j++) shape.Set(uint32_t(j), Napi::Number::New(env, double(ps[i].shape[j])));
-      o.Set("shape", shape);
-      o.Set("numel", Napi::Number::New(env, double(ps[i].numel)));
-      o.Set("trainable", Napi::Boolean::New(env, ps[i].trainable));
-      o.Set("hasGrad", Napi::Boolean::New(env, ps[i].has_grad));
-      a.Set(uint32_t(i), o);
-    }
-    return Napi::Value(a);
-  });
+  return run<std::vector<ParamInfo>>(
+      info.Env(), [m] { return parameters(*m); },
+      [](Napi::Env env, std::vector<ParamInfo>& ps) {
+        auto a = Napi::Array::New(env, ps.size());
+        for (size_t i = 0; i < ps.size(); i++) {
+          auto o = Napi::Object::New(env);
+          o.Set("name", ps[i].name);
+          o.Set("dtype", ps[i].dtype);
+          auto shape = Napi::Array::New(env, ps[i].shape.size());
+          for (size_t j = 0; j < ps[i].shape.size(); j++) shape.Set(uint32_t(j), Napi::Number::New(env, double(ps[i].shape[j])));
+          o.Set("shape", shape);
+          o.Set("numel", Napi::Number::New(env, double(ps[i].numel)));
+          o.Set("trainable", Napi::Boolean::New(env, ps[i].trainable));
+          o.Set("hasGrad", Napi::Boolean::New(env, ps[i].has_grad));
+          a.Set(uint32_t(i), o);
+        }
+        return Napi::Value(a);
+      });
 }
 
 Napi::Value SetTrainable(const Napi::CallbackInfo& info) {
@@ -139,27 +141,31 @@ Napi::Value Forward(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto b = batch_arg(info, 1);
   bool want = bool_arg(info, 2, "wantLogits");
-  return run<ForwardResult>(info.Env(), [m, b, want] { return forward(*m, b, want); }, [want](Napi::Env env, ForwardResult& r) {
-    auto o = Napi::Object::New(env);
-    if (want) o.Set("logits", float_array(env, r.logits));
-    if (r.has_loss) o.Set("loss", Napi::Number::New(env, r.loss));
-    return Napi::Value(o);
-  });
+  return run<ForwardResult>(
+      info.Env(), [m, b, want] { return forward(*m, b, want); },
+      [want](Napi::Env env, ForwardResult& r) {
+        auto o = Napi::Object::New(env);
+        if (want) o.Set("logits", float_array(env, r.logits));
+        if (r.has_loss) o.Set("loss", Napi::Number::New(env, r.loss));
+        return Napi::Value(o);
+      });
 }
 
 Napi::Value Backward(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto b = batch_arg(info, 1);
   double scale = number_arg(info, 2, "lossScale");
-  return run<double>(info.Env(), [m, b, scale] { return backward(*m, b, scale); },
-                     [](Napi::Env env, double& loss) { return Napi::Number::New(env, loss); });
+  return run<double>(
+      info.Env(), [m, b, scale] { return backward(*m, b, scale); },
+      [](Napi::Env env, double& loss) { return Napi::Number::New(env, loss); });
 }
 
 Napi::Value Embed(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto b = batch_arg(info, 1);
   auto pooling = string_arg(info, 2, "pooling");
-  return run<FloatArray>(info.Env(), [m, b, pooling] { return embed(*m, b, pooling); }, float_array);
+  return run<FloatArray>(
+      info.Env(), [m, b, pooling] { return embed(*m, b, pooling); }, float_array);
 }
 
 Napi::Value Generate(const Napi::CallbackInfo& info) {
@@ -176,15 +182,17 @@ Napi::Value Generate(const Napi::CallbackInfo& info) {
   g.use_cache = bool_field(o, "useCache", true);
   g.seed = uint64_t(num_field(o, "seed", 0));
   using Rows = std::vector<std::vector<int32_t>>;
-  return run<Rows>(info.Env(), [m, b, g] { return generate(*m, b, g); }, [](Napi::Env env, Rows& rows) {
-    auto a = Napi::Array::New(env, rows.size());
-    for (size_t i = 0; i < rows.size(); i++) {
-      auto r = Napi::Array::New(env, rows[i].size());
-      for (size_t j = 0; j < rows[i].size(); j++) r.Set(uint32_t(j), Napi::Number::New(env, rows[i][j]));
-      a.Set(uint32_t(i), r);
-    }
-    return Napi::Value(a);
-  });
+  return run<Rows>(
+      info.Env(), [m, b, g] { return generate(*m, b, g); },
+      [](Napi::Env env, Rows& rows) {
+        auto a = Napi::Array::New(env, rows.size());
+        for (size_t i = 0; i < rows.size(); i++) {
+          auto r = Napi::Array::New(env, rows[i].size());
+          for (size_t j = 0; j < rows[i].size(); j++) r.Set(uint32_t(j), Napi::Number::New(env, rows[i][j]));
+          a.Set(uint32_t(i), r);
+        }
+        return Napi::Value(a);
+      });
 }
 
 Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
@@ -194,7 +202,8 @@ Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
 
 Napi::Value GradNorm(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
-  return run<double>(info.Env(), [m] { return grad_norm(*m); }, [](Napi::Env env, double& n) { return Napi::Number::New(env, n); });
+  return run<double>(
+      info.Env(), [m] { return grad_norm(*m); }, [](Napi::Env env, double& n) { return Napi::Number::New(env, n); });
 }
 
 Napi::Value Dispose(const Napi::CallbackInfo& info) {

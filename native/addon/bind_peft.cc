@@ -15,15 +15,22 @@ AdapterSpec adapter_spec_arg(const Napi::CallbackInfo& info) {
   for (uint32_t k = 0; k < keys.Length(); k++) {
     auto key = keys.Get(k).As<Napi::String>().Utf8Value();
     auto v = o.Get(key);
-    if (key == "adapter") s.adapter = str_field(o, "adapter", "");
-    else if (v.IsUndefined()) continue;
-    else if (v.IsNumber()) s.numbers[key] = v.As<Napi::Number>().DoubleValue();
-    else if (v.IsBoolean()) s.flags[key] = v.As<Napi::Boolean>().Value();
-    else if (v.IsString()) s.strings[key] = v.As<Napi::String>().Utf8Value();
+    if (key == "adapter")
+      s.adapter = str_field(o, "adapter", "");
+    else if (v.IsUndefined())
+      continue;
+    else if (v.IsNumber())
+      s.numbers[key] = v.As<Napi::Number>().DoubleValue();
+    else if (v.IsBoolean())
+      s.flags[key] = v.As<Napi::Boolean>().Value();
+    else if (v.IsString())
+      s.strings[key] = v.As<Napi::String>().Utf8Value();
     else if (v.IsArray() && v.As<Napi::Array>().Length() > 0 && v.As<Napi::Array>().Get(uint32_t(0)).IsNumber())
       s.integer_lists[key] = ints(env, v, key.c_str());
-    else if (v.IsArray()) s.lists[key] = strings(env, v, key.c_str());
-    else type_error(env, "adapter option " + key + " must be a number, boolean, string or array");
+    else if (v.IsArray())
+      s.lists[key] = strings(env, v, key.c_str());
+    else
+      type_error(env, "adapter option " + key + " must be a number, boolean, string or array");
   }
   return s;
 }
@@ -32,11 +39,13 @@ Napi::Value AddAdapter(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto s = adapter_spec_arg(info);
   using Names = std::vector<std::string>;
-  return run<Names>(info.Env(), [m, s] { return add_adapter(*m, s); }, [](Napi::Env env, Names& names) {
-    auto a = Napi::Array::New(env, names.size());
-    for (size_t i = 0; i < names.size(); i++) a.Set(uint32_t(i), Napi::String::New(env, names[i]));
-    return Napi::Value(a);
-  });
+  return run<Names>(
+      info.Env(), [m, s] { return add_adapter(*m, s); },
+      [](Napi::Env env, Names& names) {
+        auto a = Napi::Array::New(env, names.size());
+        for (size_t i = 0; i < names.size(); i++) a.Set(uint32_t(i), Napi::String::New(env, names[i]));
+        return Napi::Value(a);
+      });
 }
 
 Napi::Value SetAdapter(const Napi::CallbackInfo& info) {

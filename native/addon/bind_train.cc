@@ -17,15 +17,17 @@ Napi::Value CreateOptimizer(const Napi::CallbackInfo& info) {
   s.dampening = num_field(o, "dampening", 0);
   s.nesterov = bool_field(o, "nesterov", false);
   s.no_decay = strings(info.Env(), o.Get("noDecay"), "noDecay");
-  return run<std::shared_ptr<Optimizer>>(info.Env(), [m, s] { return create_optimizer(*m, s); },
-                                         [](Napi::Env env, std::shared_ptr<Optimizer>& opt) { return wrap(env, opt); });
+  return run<std::shared_ptr<Optimizer>>(
+      info.Env(), [m, s] { return create_optimizer(*m, s); },
+      [](Napi::Env env, std::shared_ptr<Optimizer>& opt) { return wrap(env, opt); });
 }
 
 Napi::Value OptimizerStep(const Napi::CallbackInfo& info) {
   auto o = unwrap<Optimizer>(info, 0, "optimizer");
   double lr = number_arg(info, 1, "lr"), max_norm = number_arg(info, 2, "maxGradNorm");
-  return run<double>(info.Env(), [o, lr, max_norm] { return optimizer_step(*o, lr, max_norm); },
-                     [](Napi::Env env, double& n) { return Napi::Number::New(env, n); });
+  return run<double>(
+      info.Env(), [o, lr, max_norm] { return optimizer_step(*o, lr, max_norm); },
+      [](Napi::Env env, double& n) { return Napi::Number::New(env, n); });
 }
 
 Napi::Value OptimizerSave(const Napi::CallbackInfo& info) {
@@ -54,21 +56,22 @@ Napi::Value LogRegFit(const Napi::CallbackInfo& info) {
   s.C = num_field(o, "C", 1.0);
   s.max_iter = int64_t(num_field(o, "maxIter", 1000));
   s.tol = num_field(o, "tol", 1e-6);
-  return run<LogRegResult>(env, [x = std::move(x), n, dim, y = std::move(y), classes, s] { return logreg_fit(x, n, dim, y, classes, s); },
-                           [](Napi::Env env, LogRegResult& r) {
-                             auto out = Napi::Object::New(env);
-                             auto w = Napi::Float64Array::New(env, r.weights.size());
-                             std::copy(r.weights.begin(), r.weights.end(), w.Data());
-                             auto b = Napi::Float64Array::New(env, r.bias.size());
-                             std::copy(r.bias.begin(), r.bias.end(), b.Data());
-                             out.Set("weights", w);
-                             out.Set("bias", b);
-                             out.Set("rows", Napi::Number::New(env, double(r.rows)));
-                             out.Set("iterations", Napi::Number::New(env, double(r.iterations)));
-                             out.Set("loss", Napi::Number::New(env, r.loss));
-                             out.Set("converged", Napi::Boolean::New(env, r.converged));
-                             return Napi::Value(out);
-                           });
+  return run<LogRegResult>(
+      env, [x = std::move(x), n, dim, y = std::move(y), classes, s] { return logreg_fit(x, n, dim, y, classes, s); },
+      [](Napi::Env env, LogRegResult& r) {
+        auto out = Napi::Object::New(env);
+        auto w = Napi::Float64Array::New(env, r.weights.size());
+        std::copy(r.weights.begin(), r.weights.end(), w.Data());
+        auto b = Napi::Float64Array::New(env, r.bias.size());
+        std::copy(r.bias.begin(), r.bias.end(), b.Data());
+        out.Set("weights", w);
+        out.Set("bias", b);
+        out.Set("rows", Napi::Number::New(env, double(r.rows)));
+        out.Set("iterations", Napi::Number::New(env, double(r.iterations)));
+        out.Set("loss", Napi::Number::New(env, r.loss));
+        out.Set("converged", Napi::Boolean::New(env, r.converged));
+        return Napi::Value(out);
+      });
 }
 
 }  // namespace

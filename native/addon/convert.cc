@@ -67,7 +67,13 @@ class ComputeThread {
 void run_on_compute_thread(const std::function<void()>& fn) { ComputeThread::get().run(fn); }
 
 Napi::Value run_void(Napi::Env env, std::function<void()> work) {
-  return run<bool>(env, [work] { work(); return true; }, [](Napi::Env e, bool&) { return e.Undefined(); });
+  return run<bool>(
+      env,
+      [work] {
+        work();
+        return true;
+      },
+      [](Napi::Env e, bool&) { return e.Undefined(); });
 }
 
 // ---- argument readers -----------------------------------------------------------------------------------------

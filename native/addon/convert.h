@@ -86,7 +86,8 @@ std::vector<int64_t> ints(Napi::Env env, const Napi::Value& v, const char* what)
 
 template <typename TA, typename T>
 std::vector<T> typed(Napi::Env env, const Napi::Value& v, napi_typedarray_type type, const char* what) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type) type_error(env, std::string(what) + " has the wrong typed-array type");
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
+    type_error(env, std::string(what) + " has the wrong typed-array type");
   auto a = v.As<TA>();
   return std::vector<T>(a.Data(), a.Data() + a.ElementLength());
 }

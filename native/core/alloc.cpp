@@ -18,9 +18,9 @@
 namespace tunekit {
 namespace {
 
-constexpr size_t kAlign = 64;                 // c10's gAlignment
-constexpr size_t kLarge = size_t(64) << 10;   // below this, glibc's bins reuse memory well already
-constexpr size_t kRound = size_t(16) << 10;   // large requests are rounded up to this
+constexpr size_t kAlign = 64;                // c10's gAlignment
+constexpr size_t kLarge = size_t(64) << 10;  // below this, glibc's bins reuse memory well already
+constexpr size_t kRound = size_t(16) << 10;  // large requests are rounded up to this
 // A block idle for this many large allocations is returned to the system at the next miss. A training step makes a
 // few hundred, so a steady loop reuses everything, while the sizes of a shape seen once (a longer batch, a growing
 // buffer) do not stay resident until the cache limit.
@@ -73,8 +73,10 @@ class CachingCpuAllocator final : public c10::Allocator {
         return p;
       }
       misses_++;
-      if (cached_ + size > limit_) drop_cached();
-      else drop_idle();
+      if (cached_ + size > limit_)
+        drop_cached();
+      else
+        drop_idle();
     }
     void* p = map(size);
     if (!p) {

@@ -17,8 +17,8 @@ struct Error : std::runtime_error {
 
 // A Hugging Face config, already normalised by the TypeScript layer (n_embd vs hidden_size, rope_parameters, ...).
 struct ModelSpec {
-  std::string family;   // config.json's model_type: a registered family (models/)
-  std::string task;     // causal-lm | sequence-classification | feature-extraction | masked-lm
+  std::string family;  // config.json's model_type: a registered family (models/)
+  std::string task;    // causal-lm | sequence-classification | feature-extraction | masked-lm
   std::string device = "cpu";
   std::string dtype = "float32";
   int64_t vocab_size = 0, hidden_size = 0, num_layers = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
@@ -41,8 +41,8 @@ struct ParamInfo {
 
 // One tensor inside a safetensors file, validated by the TS layer and checked again here.
 struct TensorEntry {
-  std::string name;      // the model parameter it fills
-  std::string dtype;     // F32 | F16 | BF16
+  std::string name;   // the model parameter it fills
+  std::string dtype;  // F32 | F16 | BF16
   std::vector<int64_t> shape;
   int64_t begin = 0, end = 0;  // absolute byte offsets in the file
 };
@@ -92,8 +92,7 @@ void set_trainable(Model& m, const std::vector<std::string>& names, bool trainab
 void set_training(Model& m, bool training);
 void load_safetensors(Model& m, const std::string& path, const std::vector<TensorEntry>& entries);
 // Writes every parameter (or those named) to path as safetensors; the caller renames it into place.
-void save_safetensors(Model& m, const std::string& path, const std::vector<std::string>& names,
-                      const std::vector<std::string>& keys = {});
+void save_safetensors(Model& m, const std::string& path, const std::vector<std::string>& names, const std::vector<std::string>& keys = {});
 
 ForwardResult forward(Model& m, const Batch& b, bool want_logits);
 double backward(Model& m, const Batch& b, double loss_scale);
@@ -159,7 +158,7 @@ struct LogRegResult {
   std::vector<double> weights;  // [rows, dim] row-major; rows = 1 for two classes, else classes
   std::vector<double> bias;     // [rows]
   int64_t rows = 0, iterations = 0;
-  double loss = 0;              // mean log loss on the training data at the solution
+  double loss = 0;  // mean log loss on the training data at the solution
   bool converged = false;
 };
 LogRegResult logreg_fit(const std::vector<float>& x, int64_t n, int64_t dim, const std::vector<int32_t>& y, int64_t classes,

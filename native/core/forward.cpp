@@ -110,7 +110,8 @@ FloatArray embed(Model& m, const Batch& b, const std::string& pooling) {
   auto t = to_tensors(c, b);
   torch::NoGradGuard no_grad;
   auto h = c.run(t.ids, t.mask).hidden;
-  if (int64_t n = c.virtual_tokens(); n > 0 && t.mask.defined()) t.mask = torch::cat({torch::ones({t.mask.size(0), n}, t.mask.options()), t.mask}, 1);
+  if (int64_t n = c.virtual_tokens(); n > 0 && t.mask.defined())
+    t.mask = torch::cat({torch::ones({t.mask.size(0), n}, t.mask.options()), t.mask}, 1);
   torch::Tensor pooled;
   if (pooling == "cls") {
     pooled = h.select(1, 0);
@@ -119,9 +120,8 @@ FloatArray embed(Model& m, const Batch& b, const std::string& pooling) {
     pooled = (h * w).sum(1) / w.sum(1).clamp_min(1);
   } else if (pooling == "last") {
     int64_t T = h.size(1);
-    auto last = t.mask.defined()
-                    ? (torch::arange(T, t.mask.options()) * t.mask).argmax(-1)
-                    : torch::full({h.size(0)}, T - 1, t.ids.options());
+    auto last =
+        t.mask.defined() ? (torch::arange(T, t.mask.options()) * t.mask).argmax(-1) : torch::full({h.size(0)}, T - 1, t.ids.options());
     pooled = h.index({torch::arange(h.size(0), last.options()), last});
   } else {
     throw Error("E_ARG", "pooling must be 'cls', 'mean' or 'last', got '" + pooling + "'");

@@ -1,11 +1,12 @@
 // safetensors: reading (every entry checked against the file before any weight changes) and atomic-ready writing.
+#include "io.h"
+
+#include <unistd.h>
+
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 
-#include <unistd.h>
-
-#include "io.h"
 #include "peft/method.h"
 
 namespace tunekit {
@@ -59,8 +60,8 @@ void load_safetensors(Model& m, const std::string& path, const std::vector<Tenso
   for (size_t i = 0; i < entries.size(); i++) {
     const auto& p = m.stored(entries[i].name);
     require(p.sizes() == tensors[i].sizes(), "E_SHAPE",
-            path + ": tensor '" + entries[i].name + "' has shape " + shape_str(tensors[i].sizes()) +
-                " but config.json implies " + shape_str(p.sizes()));
+            path + ": tensor '" + entries[i].name + "' has shape " + shape_str(tensors[i].sizes()) + " but config.json implies " +
+                shape_str(p.sizes()));
   }
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < entries.size(); i++) m.stored(entries[i].name).detach().copy_(tensors[i]);

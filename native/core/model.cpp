@@ -79,9 +79,9 @@ static void check_dims(const ModelSpec& s, const Family& f) {
   if (f.positions == Family::Positions::rotary) {
     require(s.head_dim % 2 == 0, "E_CONFIG", "rotary embeddings need an even head_dim, got " + std::to_string(s.head_dim));
   } else {
-    require(s.head_dim * s.num_heads == s.hidden_size, "E_CONFIG",
-            "hidden size " + std::to_string(s.hidden_size) + " must be divisible by the " + std::to_string(s.num_heads) +
-                " attention heads");
+    require(
+        s.head_dim * s.num_heads == s.hidden_size, "E_CONFIG",
+        "hidden size " + std::to_string(s.hidden_size) + " must be divisible by the " + std::to_string(s.num_heads) + " attention heads");
     positive(s.max_positions, "max_position_embeddings");
   }
   require(s.num_labels > 0, "E_CONFIG", "num_labels must be a positive integer");

@@ -22,7 +22,7 @@ struct Output {
 // Keys and values of every layer for the positions seen so far, so that decoding one more token costs one position's
 // work (prefix and virtual tokens included once, at the first step).
 struct KVCache {
-  std::vector<torch::Tensor> k, v;  // per layer, [batch, kv_heads, len, head_dim]: views into kbuf/vbuf when those exist
+  std::vector<torch::Tensor> k, v;        // per layer, [batch, kv_heads, len, head_dim]: views into kbuf/vbuf when those exist
   std::vector<torch::Tensor> kbuf, vbuf;  // per layer, [batch, kv_heads, capacity, head_dim], filled in place
   int64_t len = 0;
   int64_t capacity = 0;  // positions to reserve at the first step; 0: grow by concatenation
@@ -32,7 +32,7 @@ class Model {
  public:
   ModelSpec spec;
   const Family* family = nullptr;
-  std::string base;  // prefix of the backbone's names in this task's HF class ("transformer.", "model.", ... or "")
+  std::string base;                // prefix of the backbone's names in this task's HF class ("transformer.", "model.", ... or "")
   std::vector<std::string> order;  // parameter names in creation order
   std::unordered_map<std::string, torch::Tensor> params;
   torch::Device device = torch::kCPU;
@@ -110,8 +110,8 @@ torch::Tensor unflatten_rows(const torch::Tensor& y2, const torch::Tensor& like)
 bool onednn_gemm();  // whether dense() and matmul_nt() can use oneDNN in this process
 // x2 [n, in] times w_oi^T ([out, in], any strides) plus bias, not differentiable: the products inside backward passes.
 torch::Tensor matmul_nt(const torch::Tensor& x2, const torch::Tensor& w_oi, const torch::Tensor& bias);
-torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d,
-                        bool causal, double dropout, double scale, bool training);
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d, bool causal,
+                        double dropout, double scale, bool training);
 
 std::string scalar_name(torch::ScalarType t);
 torch::ScalarType parse_dtype(const std::string& s);

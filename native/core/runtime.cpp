@@ -47,10 +47,10 @@ double bench_matmul(int64_t n, int64_t iters) {
 std::string torch_info() {
   auto c = cpu_cache_stats();
   auto mib = [](size_t b) { return std::to_string(double(b) / (1 << 20)); };
-  return std::string("{\"torch\":\"") + TORCH_VERSION + "\",\"threads\":" + std::to_string(at::get_num_threads()) +
-         ",\"cpuAllocator\":\"" + (c.active ? "caching" : "system") + "\",\"cpuCache\":{\"inUseMiB\":" + mib(c.in_use) +
-         ",\"cachedMiB\":" + mib(c.cached) + ",\"peakMiB\":" + mib(c.peak) + ",\"hits\":" + std::to_string(c.hits) +
-         ",\"misses\":" + std::to_string(c.misses) + "},\"gemm\":\"" + (onednn_gemm() ? "onednn+mkl" : "aten") + "\"}";
+  return std::string("{\"torch\":\"") + TORCH_VERSION + "\",\"threads\":" + std::to_string(at::get_num_threads()) + ",\"cpuAllocator\":\"" +
+         (c.active ? "caching" : "system") + "\",\"cpuCache\":{\"inUseMiB\":" + mib(c.in_use) + ",\"cachedMiB\":" + mib(c.cached) +
+         ",\"peakMiB\":" + mib(c.peak) + ",\"hits\":" + std::to_string(c.hits) + ",\"misses\":" + std::to_string(c.misses) +
+         "},\"gemm\":\"" + (onednn_gemm() ? "onednn+mkl" : "aten") + "\"}";
 }
 
 }  // namespace tunekit

@@ -1,21 +1,22 @@
 // The core without Node: build a tiny model of each family, check training reduces the loss (bare and under each
-// PEFT method), that a bad token id and a bad config are refused, and that the device works. Run by ctest (CPU, and CUDA where the libtorch has it).
+// PEFT method), that a bad token id and a bad config are refused, and that the device works. Run by ctest (CPU, and CUDA where the libtorch
+// has it).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
-#include <algorithm>
 
 #include "../core/api.h"
 
 using namespace tunekit;
 
 static int failures = 0;
-#define CHECK(cond, msg)                                   \
-  do {                                                     \
-    if (!(cond)) {                                         \
+#define CHECK(cond, msg)                                    \
+  do {                                                      \
+    if (!(cond)) {                                          \
       std::fprintf(stderr, "FAIL %s: %s\n", __func__, msg); \
-      failures++;                                          \
-    }                                                      \
+      failures++;                                           \
+    }                                                       \
   } while (0)
 
 static ModelSpec tiny(const std::string& family, const std::string& task, const std::string& device) {

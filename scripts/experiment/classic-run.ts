@@ -15,7 +15,12 @@ import { shuffled } from '../../lib/random';
 import type { StrategyResult } from '../../lib';
 
 /** `base`: the registered strategy a plan runs (default: the plan's own name). */
-export interface StrategyPlan { base?: string; lr?: number; epochs?: number; unfreezeLastBlocks?: number }
+export interface StrategyPlan {
+  base?: string;
+  lr?: number;
+  epochs?: number;
+  unfreezeLastBlocks?: number;
+}
 
 /** The hyperparameters of each strategy, shared by both sides. */
 export const PLANS: Record<string, StrategyPlan> = {
@@ -30,7 +35,10 @@ export const PLANS: Record<string, StrategyPlan> = {
 };
 /** The PEFT methods' settings in the experiment (the registry's defaults otherwise). */
 const methodOptions = (seed: number): StrategyOptions => ({
-  lora: { ...LORA, seed }, adapter: { reductionFactor: 16, seed }, prefix: { numVirtualTokens: 8, seed }, prompt: { numVirtualTokens: 8, seed },
+  lora: { ...LORA, seed },
+  adapter: { reductionFactor: 16, seed },
+  prefix: { numVirtualTokens: 8, seed },
+  prompt: { numVirtualTokens: 8, seed },
 });
 /** LoRA's shape in the experiment: PEFT's default target modules, r 8, alpha 16, no dropout (deterministic runs). */
 export const LORA = { r: 8, alpha: 16, dropout: 0 };
@@ -45,7 +53,13 @@ export const MAX_LENGTH = 128;
 
 /** No dropout on either side, so that a run is deterministic and the two implementations compare run by run. */
 export const NO_DROPOUT = {
-  dropout: 0, attention_dropout: 0, seq_classif_dropout: 0, resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0, summary_first_dropout: 0,
+  dropout: 0,
+  attention_dropout: 0,
+  seq_classif_dropout: 0,
+  resid_pdrop: 0,
+  embd_pdrop: 0,
+  attn_pdrop: 0,
+  summary_first_dropout: 0,
 };
 
 const arg = (name: string) => {
@@ -71,16 +85,33 @@ async function main() {
   const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength }));
   const epochs = epochsFor(plan, data);
   const orders = Array.from({ length: epochs }, (_, e) => shuffled(train.length, seed + e));
-  fs.writeFileSync(path.join(work, 'data.json'), JSON.stringify({
-    strategy, seed, batchSize: BATCH_SIZE, ...plan, epochs, padTokenId: null,
-    train: train.map((e) => [e.inputIds, e.label]), validation: validation.map((e) => [e.inputIds, e.label]), test: test.map((e) => [e.inputIds, e.label]), orders,
-  }));
+  fs.writeFileSync(
+    path.join(work, 'data.json'),
+    JSON.stringify({
+      strategy,
+      seed,
+      batchSize: BATCH_SIZE,
+      ...plan,
+      epochs,
+      padTokenId: null,
+      train: train.map((e) => [e.inputIds, e.label]),
+      validation: validation.map((e) => [e.inputIds, e.label]),
+      test: test.map((e) => [e.inputIds, e.label]),
+      orders,
+    }),
+  );
   let result: StrategyResult;
   if (strategy === 'features') {
     const model = await Model.fromPretrained(modelDir, { task: 'feature-extraction', config: NO_DROPOUT });
     result = await new FeatureBased({ C: 1 }).run(model, { train, validation, test });
   } else {
-    const model = await Model.fromPretrained(modelDir, { task: 'sequence-classification', numLabels: 2, seed, config: NO_DROPOUT, labelNames: ['negative', 'positive'] });
+    const model = await Model.fromPretrained(modelDir, {
+      task: 'sequence-classification',
+      numLabels: 2,
+      seed,
+      config: NO_DROPOUT,
+      labelNames: ['negative', 'positive'],
+    });
     await model.savePretrained(path.join(work, 'init'));
     const opts = { lr: plan.lr, epochs, batchSize: BATCH_SIZE, seed, weightDecay: 0.01, warmupRatio: 0.1, maxGradNorm: 1.0 };
     if (registered.peft) {
@@ -91,11 +122,17 @@ async function main() {
       result = await peft.run(model, { train, validation, test });
       const file = path.join(work, 'adapter');
       await model.saveAdapter(file);
-      (result as StrategyResult & { adapterBytes?: number; checkpointBytes?: number }).adapterBytes = fs.statSync(path.join(file, 'adapter_model.safetensors')).size;
+      (result as StrategyResult & { adapterBytes?: number; checkpointBytes?: number }).adapterBytes = fs.statSync(
+        path.join(file, 'adapter_model.safetensors'),
+      ).size;
     } else {
-      result = await registered.create(opts, { head: { unfreezeLastBlocks: plan.unfreezeLastBlocks ?? 0 } }).run(model, { train, validation, test });
+      result = await registered
+        .create(opts, { head: { unfreezeLastBlocks: plan.unfreezeLastBlocks ?? 0 } })
+        .run(model, { train, validation, test });
     }
-    (result as StrategyResult & { checkpointBytes?: number }).checkpointBytes = fs.statSync(path.join(work, 'init', 'model.safetensors')).size;
+    (result as StrategyResult & { checkpointBytes?: number }).checkpointBytes = fs.statSync(
+      path.join(work, 'init', 'model.safetensors'),
+    ).size;
   }
   const { train: tr, ...rest } = result;
   console.log(JSON.stringify({ side: 'tunekit', model: path.basename(modelDir), data, seed, ...rest, steps: tr?.steps }));

@@ -73,15 +73,15 @@ Output forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor&
   return out;
 }
 
-const Family& kBert = register_family({.name = "bert",
-                                       .backbone = "bert.",
-                                       .word_embeddings = "embeddings.word_embeddings.weight",
-                                       .embeddings = {"embeddings.word_embeddings", "embeddings.position_embeddings",
-                                                      "embeddings.token_type_embeddings"},
-                                       .positions = Family::Positions::table_after_prefix,
-                                       .pad_row_frozen = true,
-                                       .build = build,
-                                       .forward = forward});
+const Family& kBert =
+    register_family({.name = "bert",
+                     .backbone = "bert.",
+                     .word_embeddings = "embeddings.word_embeddings.weight",
+                     .embeddings = {"embeddings.word_embeddings", "embeddings.position_embeddings", "embeddings.token_type_embeddings"},
+                     .positions = Family::Positions::table_after_prefix,
+                     .pad_row_frozen = true,
+                     .build = build,
+                     .forward = forward});
 
 }  // namespace
 }  // namespace tunekit

@@ -27,7 +27,8 @@ torch::Tensor plain_mask_4d(const torch::Tensor& mask, int64_t seq, bool causal)
 // `prefix` always-visible key positions in front: [batch, 1, seq, prefix + seq].
 torch::Tensor prefix_mask_4d(const torch::Tensor& mask, int64_t batch, int64_t seq, int64_t prefix, bool causal, torch::Device device) {
   auto opts = torch::TensorOptions().dtype(torch::kBool).device(device);
-  auto pattern = torch::cat({torch::ones({seq, prefix}, opts), causal ? torch::ones({seq, seq}, opts).tril() : torch::ones({seq, seq}, opts)}, 1);
+  auto pattern =
+      torch::cat({torch::ones({seq, prefix}, opts), causal ? torch::ones({seq, seq}, opts).tril() : torch::ones({seq, seq}, opts)}, 1);
   auto keys = torch::cat({torch::ones({batch, prefix}, opts), mask.defined() ? mask.to(torch::kBool) : torch::ones({batch, seq}, opts)}, 1);
   return keys.view({batch, 1, 1, prefix + seq}) & pattern;
 }
@@ -50,8 +51,8 @@ torch::Tensor ForwardContext::mask_4d(const torch::Tensor& mask, int64_t batch, 
   return plain_mask_4d(mask, seq, causal);
 }
 
-torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d,
-                        bool causal, double dropout, double scale, bool training) {
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d, bool causal,
+                        double dropout, double scale, bool training) {
   double p = training ? dropout : 0.0;
   if (mask4d.defined()) return at::scaled_dot_product_attention(q, k, v, mask4d, p, false, scale);
   return at::scaled_dot_product_attention(q, k, v, {}, p, causal, scale);
@@ -59,10 +60,14 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
 
 std::string scalar_name(torch::ScalarType t) {
   switch (t) {
-    case torch::kFloat32: return "float32";
-    case torch::kBFloat16: return "bfloat16";
-    case torch::kFloat16: return "float16";
-    default: return c10::toString(t);
+    case torch::kFloat32:
+      return "float32";
+    case torch::kBFloat16:
+      return "bfloat16";
+    case torch::kFloat16:
+      return "float16";
+    default:
+      return c10::toString(t);
   }
 }
 

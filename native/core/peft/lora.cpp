@@ -23,8 +23,8 @@ struct LoraLinearFn : public torch::autograd::Function<LoraLinearFn> {
       mask = torch::empty_like(x2).bernoulli_(1 - p).div_(1 - p);
       xd = x2 * mask;
     }
-    auto xa = torch::mm(xd, A.t());                                 // [N, r]
-    auto y = base.add_(torch::mm(xa, B.t()), scaling);             // [N, out]
+    auto xa = torch::mm(xd, A.t());                     // [N, r]
+    auto y = base.add_(torch::mm(xa, B.t()), scaling);  // [N, out]
     ctx->save_for_backward({xd, xa, W, A, B, mask, x2});
     ctx->saved_data["scaling"] = scaling;
     ctx->saved_data["fan_in_fan_out"] = fan_in_fan_out;
@@ -36,8 +36,8 @@ struct LoraLinearFn : public torch::autograd::Function<LoraLinearFn> {
     auto xd = s[0], xa = s[1], W = s[2], A = s[3], B = s[4], mask = s[5], x2 = s[6];
     double scaling = ctx->saved_data["scaling"].toDouble();
     bool fifo = ctx->saved_data["fan_in_fan_out"].toBool();
-    auto dy = grads[0].reshape({-1, grads[0].size(-1)});           // [N, out]
-    auto g_xa = torch::mm(dy, B).mul_(scaling);                    // [N, r]
+    auto dy = grads[0].reshape({-1, grads[0].size(-1)});  // [N, out]
+    auto g_xa = torch::mm(dy, B).mul_(scaling);           // [N, r]
     torch::Tensor dx, dW, dA, dB;
     if (ctx->needs_input_grad(0)) {
       dx = matmul_nt(dy, fifo ? W : W.t(), torch::Tensor());
@@ -46,7 +46,7 @@ struct LoraLinearFn : public torch::autograd::Function<LoraLinearFn> {
       dx = unflatten_rows(dx, grads[0]);
     }
     if (ctx->needs_input_grad(1)) dW = fifo ? torch::mm(x2.t(), dy) : torch::mm(dy.t(), x2);
-    if (ctx->needs_input_grad(2)) dA = torch::mm(g_xa.t(), xd);    // [r, in]
+    if (ctx->needs_input_grad(2)) dA = torch::mm(g_xa.t(), xd);              // [r, in]
     if (ctx->needs_input_grad(3)) dB = torch::mm(dy.t(), xa).mul_(scaling);  // [out, r]
     return {dx, dW, dA, dB, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }

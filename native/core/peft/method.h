@@ -12,15 +12,15 @@ using Created = std::vector<std::pair<std::string, torch::Tensor>>;
 
 struct AdapterMethod {
   std::string method;
-  std::vector<std::string> params;                          // every parameter this adapter owns, in creation order
+  std::vector<std::string> params;                         // every parameter this adapter owns, in creation order
   std::unordered_map<std::string, std::string> overrides;  // base parameter -> its trainable copy (modules_to_save)
   bool merged = false;
   virtual ~AdapterMethod() = default;
 
   // A linear layer's product y = x W^T + b: a method may replace it (LoRA), rescale its input or output (IA3) or
   // transform its output (bottleneck adapters). W and b are the tensors in use (modules_to_save copies included).
-  virtual torch::Tensor linear(const ForwardContext& c, const std::string& module, const torch::Tensor& x,
-                               const torch::Tensor& W, const torch::Tensor& b, bool fan_in_fan_out) const {
+  virtual torch::Tensor linear(const ForwardContext& c, const std::string& module, const torch::Tensor& x, const torch::Tensor& W,
+                               const torch::Tensor& b, bool fan_in_fan_out) const {
     return dense(x, W, b, fan_in_fan_out);
   }
   // The input's token embeddings, [batch, seq, hidden] -> [batch, virtual + seq, hidden] (soft prompts).

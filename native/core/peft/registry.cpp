@@ -53,8 +53,7 @@ std::vector<int64_t> SpecReader::integers(const std::string& key) {
 
 void SpecReader::finish() const {
   auto check = [&](const auto& fields) {
-    for (const auto& [key, _] : fields)
-      require(read_.count(key) > 0, "E_ARG", s_.method + " adapters take no option '" + key + "'");
+    for (const auto& [key, _] : fields) require(read_.count(key) > 0, "E_ARG", s_.method + " adapters take no option '" + key + "'");
   };
   check(s_.numbers);
   check(s_.flags);
@@ -74,8 +73,7 @@ std::vector<std::string> linear_targets(const Model& m, const std::vector<std::s
     require(m.has(mod + ".weight"), "E_ARG", "target module '" + mod + "' has no weight");
     require(m.stored(mod + ".weight").dim() == 2, "E_ARG", "target module '" + mod + "' is not a linear layer");
     for (const auto& e : m.family->embeddings)
-      require(mod != m.base + e, "E_ARG",
-              "target module '" + mod + "' is an embedding; " + method + " here adapts linear layers only");
+      require(mod != m.base + e, "E_ARG", "target module '" + mod + "' is an embedding; " + method + " here adapts linear layers only");
   }
   return modules;
 }

@@ -6,12 +6,17 @@ namespace tunekit {
 LogRegResult logreg_fit(const std::vector<float>& x, int64_t n, int64_t dim, const std::vector<int32_t>& y, int64_t classes,
                         const LogRegSpec& spec) {
   if (n < 1 || dim < 1) throw Error("E_SHAPE", "logistic regression needs at least one example and one feature");
-  if (int64_t(x.size()) != n * dim) throw Error("E_SHAPE", "features have " + std::to_string(x.size()) + " values, expected " + std::to_string(n) + " x " + std::to_string(dim));
-  if (int64_t(y.size()) != n) throw Error("E_SHAPE", "labels have " + std::to_string(y.size()) + " entries for " + std::to_string(n) + " examples");
+  if (int64_t(x.size()) != n * dim)
+    throw Error("E_SHAPE",
+                "features have " + std::to_string(x.size()) + " values, expected " + std::to_string(n) + " x " + std::to_string(dim));
+  if (int64_t(y.size()) != n)
+    throw Error("E_SHAPE", "labels have " + std::to_string(y.size()) + " entries for " + std::to_string(n) + " examples");
   if (classes < 2) throw Error("E_ARG", "logistic regression needs at least 2 classes");
   if (!(spec.C > 0)) throw Error("E_ARG", "C must be positive");
   for (int64_t i = 0; i < n; i++) {
-    if (y[i] < 0 || y[i] >= classes) throw Error("E_RANGE", "label " + std::to_string(y[i]) + " at row " + std::to_string(i) + " is outside [0, " + std::to_string(classes) + ")");
+    if (y[i] < 0 || y[i] >= classes)
+      throw Error("E_RANGE",
+                  "label " + std::to_string(y[i]) + " at row " + std::to_string(i) + " is outside [0, " + std::to_string(classes) + ")");
   }
   torch::NoGradGuard outer;  // re-enabled below only for the objective
   auto X = torch::from_blob(const_cast<float*>(x.data()), {n, dim}, torch::kFloat32).to(torch::kFloat64);
@@ -26,8 +31,8 @@ LogRegResult logreg_fit(const std::vector<float>& x, int64_t n, int64_t dim, con
   const double penalty = 0.5 / (spec.C * double(n));
   auto objective = [&]() {
     auto z = torch::addmm(b, X, W.t());
-    torch::Tensor nll = binary ? (torch::nn::functional::softplus(z.squeeze(1)) - Yf * z.squeeze(1)).mean()
-                               : torch::nn::functional::cross_entropy(z, Y);
+    torch::Tensor nll =
+        binary ? (torch::nn::functional::softplus(z.squeeze(1)) - Yf * z.squeeze(1)).mean() : torch::nn::functional::cross_entropy(z, Y);
     return std::make_pair(nll, nll + penalty * W.pow(2).sum());
   };
   torch::optim::LBFGS opt({W, b}, torch::optim::LBFGSOptions(1.0)

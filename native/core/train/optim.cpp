@@ -7,7 +7,6 @@
 
 namespace tunekit {
 
-
 struct ParamState {
   std::string name;
   torch::Tensor param, exp_avg, exp_avg_sq, momentum_buffer;
@@ -109,8 +108,10 @@ double optimizer_step(Optimizer& o, double lr, double max_norm) {
     } else {
       if (s.decay && sp.weight_decay != 0) g = g.add(p, sp.weight_decay);
       if (sp.momentum != 0) {
-        if (!s.momentum_buffer.defined()) s.momentum_buffer = g.clone();
-        else s.momentum_buffer.mul_(sp.momentum).add_(g, 1 - sp.dampening);
+        if (!s.momentum_buffer.defined())
+          s.momentum_buffer = g.clone();
+        else
+          s.momentum_buffer.mul_(sp.momentum).add_(g, 1 - sp.dampening);
         g = sp.nesterov ? g.add(s.momentum_buffer, sp.momentum) : s.momentum_buffer;
       }
       p.add_(g, -lr);
@@ -145,8 +146,10 @@ void optimizer_load(Optimizer& o, const std::string& path, const std::vector<Ten
     if (it == by_name.end()) throw Error("E_FORMAT", path + ": optimizer state '" + key + "' matches no trainable parameter");
     auto kind = key.substr(dot + 1);
     auto* s = it->second;
-    torch::Tensor* slot = kind == "exp_avg" ? &s->exp_avg : kind == "exp_avg_sq" ? &s->exp_avg_sq
-                        : kind == "momentum_buffer" ? &s->momentum_buffer : nullptr;
+    torch::Tensor* slot = kind == "exp_avg"           ? &s->exp_avg
+                          : kind == "exp_avg_sq"      ? &s->exp_avg_sq
+                          : kind == "momentum_buffer" ? &s->momentum_buffer
+                                                      : nullptr;
     if (!slot) throw Error("E_FORMAT", path + ": unknown optimizer state '" + key + "'");
     if (tensors[i].sizes() != s->param.sizes())
       throw Error("E_SHAPE", path + ": optimizer state '" + key + "' does not match its parameter's shape");
