@@ -125,17 +125,21 @@ export async function evaluateModel(
   const classify = model.task === 'sequence-classification';
   for (let i = 0; i < data.length; i += bs) {
     const chunk = data.slice(i, i + bs);
-    const out = await model.forward(collateExamples(model, chunk, opts.maxLength));
-    lossSum += (out.loss ?? NaN) * chunk.length;
-    if (classify) {
-      const k = out.logits.shape[1];
-      chunk.forEach((e, r) => {
-        const row = out.logits.data.subarray(r * k, (r + 1) * k);
-        let best = 0;
-        for (let j = 1; j < k; j++) if (row[j] > row[best]) best = j;
-        if (best === e.label) correct++;
-      });
+    const batch = collateExamples(model, chunk, opts.maxLength);
+    if (!classify) {
+      // A language model is scored by its loss alone: no [batch, seq, vocab] logits cross into JS.
+      lossSum += ((await model.forward(batch, { logits: false })).loss ?? NaN) * chunk.length;
+      continue;
     }
+    const out = await model.forward(batch);
+    lossSum += (out.loss ?? NaN) * chunk.length;
+    const k = out.logits.shape[1];
+    chunk.forEach((e, r) => {
+      const row = out.logits.data.subarray(r * k, (r + 1) * k);
+      let best = 0;
+      for (let j = 1; j < k; j++) if (row[j] > row[best]) best = j;
+      if (best === e.label) correct++;
+    });
   }
   const loss = lossSum / data.length;
   const r: EvalResult = { loss, examples: data.length };
