@@ -11,6 +11,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { defaultTask, familyOf, HFConfig, toSpec } from '../lib/families';
 import { addon } from '../lib/native';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -107,14 +108,15 @@ function agree(w: Workload, a: unknown, b: unknown): { ok: boolean; detail: stri
 
 /** FLOPs per step counted as 6 x N x tokens (+ attention 12 x L x d x T x tokens), N = parameters in matmuls. */
 function modelFlops(name: string, w: Workload, params: number): number {
-  const c = (ALL[w.base ?? name].config ?? {}) as Record<string, number>;
-  const d = c.n_embd ?? c.dim ?? c.hidden_size;
-  const L = c.n_layer ?? c.n_layers ?? c.num_hidden_layers;
-  const V = c.vocab_size;
-  const P = c.n_positions ?? c.max_position_embeddings;
-  // Lookup tables are not matmuls: position tables never; the token table only when it is not also the LM head.
-  const lookups =
-    (c.model_type === 'gpt2' ? P * d : 0) + (c.model_type === 'distilbert' ? (V + P) * d : 0) + (c.model_type === 'llama' ? V * d : 0);
+  const c = (ALL[w.base ?? name].config ?? {}) as HFConfig;
+  const family = familyOf(c, name);
+  const task = defaultTask(family, c);
+  const s = toSpec(family, task, c, name, { numLabels: 2, device: 'cpu', dtype: 'float32', initSeed: 0 });
+  const [d, L] = [s.hiddenSize, s.numLayers];
+  // Lookup tables are not matmuls: position and token-type tables never (rotary positions have none); the token
+  // table only when it is not also the LM head.
+  const tokenTableIsHead = s.tieWordEmbeddings && (task === 'causal-lm' || task === 'masked-lm');
+  const lookups = ((s.ropeTheta > 0 ? 0 : s.maxPositions) + s.typeVocabSize + (tokenTableIsHead ? 0 : s.vocabSize)) * d;
   const n = params - lookups;
   const tokens = w.batch * w.seq;
   // LoRA's useful work: forward (2N) and the input gradients (2N); frozen weights need no weight gradients.

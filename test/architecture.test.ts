@@ -13,7 +13,7 @@ function files(dir: string, ext: RegExp): string[] {
   });
 }
 
-const SOURCES = [...files('lib', /\.ts$/), ...files('native', /\.(cc|cpp|h)$/)];
+const SOURCES = [...files('lib', /\.ts$/), ...files('bench', /\.ts$/), ...files('native', /\.(cc|cpp|h)$/)];
 
 test("no file outside a family's own files compares a family name", (t) => {
   const own = (f: string) => f === 'lib/families.ts' || f.startsWith('native/core/models/') || f === 'native/tests/test_core.cpp';
