@@ -1,6 +1,7 @@
 /** Checks JS batches and packs them into the flat typed arrays the addon takes. */
 import { TunekitError } from './errors';
 import type { RawBatch } from './native';
+import { show } from './validate';
 
 export interface BatchInput {
   inputIds: number[][];
@@ -12,8 +13,10 @@ export interface BatchInput {
 function rectangular(name: string, rows: unknown, seq: number | undefined): number[][] {
   if (!Array.isArray(rows) || rows.length === 0)
     throw new TunekitError('E_TYPE', `${name} must be a non-empty array of arrays of integers`);
-  rows.forEach((r, i) => {
-    if (!Array.isArray(r)) throw new TunekitError('E_TYPE', `${name}[${i}] must be an array of integers`);
+  // Index loops, not forEach: forEach skips the holes of a sparse array ([1, , 3]).
+  for (let i = 0; i < rows.length; i++) {
+    const r: unknown = rows[i];
+    if (!Array.isArray(r)) throw new TunekitError('E_TYPE', `${name}[${i}] must be an array of integers, got ${show(r)}`);
     const want = seq ?? (rows[0] as unknown[]).length;
     if (r.length !== want) {
       throw new TunekitError(
@@ -21,16 +24,18 @@ function rectangular(name: string, rows: unknown, seq: number | undefined): numb
         `${name}[${i}] has length ${r.length} but ${seq === undefined ? `${name}[0]` : 'inputIds'} has ${want}`,
       );
     }
-    r.forEach((v, j) => {
+    for (let j = 0; j < r.length; j++) {
+      const v: unknown = r[j];
       if (typeof v !== 'number' || !Number.isInteger(v))
-        throw new TunekitError('E_TYPE', `${name}[${i}][${j}] must be an integer, got ${JSON.stringify(v)}`);
-    });
-  });
+        throw new TunekitError('E_TYPE', `${name}[${i}][${j}] must be an integer, got ${j in r ? show(v) : 'a hole'}`);
+    }
+  }
   return rows as number[][];
 }
 
-export function packBatch(b: BatchInput, opts: { vocabSize: number; requireLabels?: boolean }): RawBatch {
-  if (!b || typeof b !== 'object') throw new TunekitError('E_TYPE', 'batch must be an object with inputIds');
+/** `numLabels` (a classifier's class count) makes per-sequence labels class ids; 1 (regression) takes any finite number. */
+export function packBatch(b: BatchInput, opts: { vocabSize: number; requireLabels?: boolean; numLabels?: number }): RawBatch {
+  if (!b || typeof b !== 'object') throw new TunekitError('E_TYPE', `batch must be an object with inputIds, got ${show(b)}`);
   const ids = rectangular('inputIds', b.inputIds, undefined);
   const batch = ids.length;
   const seq = ids[0].length;
@@ -62,12 +67,25 @@ export function packBatch(b: BatchInput, opts: { vocabSize: number; requireLabel
       throw new TunekitError('E_SHAPE', `labels must have ${batch} entries, one per row of inputIds`);
     if (Array.isArray(b.labels[0])) {
       const l = rectangular('labels', b.labels, seq);
+      l.forEach((r, i) =>
+        r.forEach((v, j) => {
+          if (v !== -100 && (v < 0 || v >= opts.vocabSize))
+            throw new TunekitError(
+              'E_RANGE',
+              `labels[${i}][${j}] = ${v} is neither -100 (ignored) nor a token id in [0, ${opts.vocabSize})`,
+            );
+        }),
+      );
       raw.labels = Float32Array.from(l.flat());
       raw.labelsShape = [batch, seq];
     } else {
-      (b.labels as unknown[]).forEach((v, i) => {
-        if (typeof v !== 'number' || !Number.isFinite(v)) throw new TunekitError('E_TYPE', `labels[${i}] must be a number`);
-      });
+      const classes = opts.numLabels !== undefined && opts.numLabels > 1 ? opts.numLabels : undefined;
+      for (let i = 0; i < batch; i++) {
+        const v: unknown = b.labels[i];
+        if (typeof v !== 'number' || !Number.isFinite(v)) throw new TunekitError('E_TYPE', `labels[${i}] must be a number, got ${show(v)}`);
+        if (classes !== undefined && (!Number.isInteger(v) || v < 0 || v >= classes))
+          throw new TunekitError('E_RANGE', `labels[${i}] = ${v} is not a class id in [0, ${classes})`);
+      }
       raw.labels = Float32Array.from(b.labels as number[]);
       raw.labelsShape = [batch];
     }

@@ -6,7 +6,9 @@ import { TunekitError } from './errors';
 import { defaultTask, Dims, Family, familyOf, firstId, HFConfig, ModelType, numLabelsOf, Pooling, Task, toSpec } from './families';
 import { FloatArray, Handle, RawParam, RawSpec, addon, serial, sync } from './native';
 import { AdapterFile, AdapterRecord, methodForPeftType, PeftMethod, Resolved } from './peft/method';
+import { checkMemory, Job } from './memory';
 import { atomicWrite, entry, readCheckpoint, readHeader, writeJsonAtomic } from './safetensors';
+import { checkBoolean, checkChoice, checkNumber, checkOptions } from './validate';
 
 export type Device = 'cpu' | 'cuda';
 export type DType = 'float32' | 'bfloat16';
@@ -29,6 +31,9 @@ export interface ForwardOutput {
   logits: FloatArray;
   loss?: number;
 }
+
+const FROM_PRETRAINED_OPTIONS = ['task', 'numLabels', 'device', 'dtype', 'seed', 'config', 'labelNames'];
+const GENERATE_OPTIONS = ['maxNewTokens', 'temperature', 'topK', 'topP', 'seed', 'eosTokenId', 'attentionMask', 'useCache'];
 
 export interface GenerateOptions {
   maxNewTokens?: number;
@@ -61,6 +66,8 @@ export class Model {
   private adapterInfo = new Map<string, AdapterRecord>();
   private active: string | null = null;
   private merged = false;
+  /** Native handles that hold this model's tensors (optimizers): disposed with it. */
+  private dependents = new Set<{ dispose(): void }>();
 
   private constructor(handle: Handle, spec: RawSpec, config: HFConfig, params: RawParam[]) {
     this.handle = handle;
@@ -75,6 +82,7 @@ export class Model {
   }
 
   static async fromPretrained(dir: string, options: FromPretrainedOptions = {}): Promise<Model> {
+    checkOptions(options, FROM_PRETRAINED_OPTIONS, 'Model.fromPretrained');
     const config = { ...readConfig(dir), ...(options.config ?? {}) };
     const spec = resolveSpec(config, options, path.join(dir, 'config.json'));
     const headers = readCheckpoint(dir);
@@ -102,6 +110,9 @@ export class Model {
    * seeded by `options.seed`: the starting point for pretraining.
    */
   static async fromConfig(config: HFConfig, options: FromPretrainedOptions = {}): Promise<Model> {
+    checkOptions(options, FROM_PRETRAINED_OPTIONS, 'Model.fromConfig');
+    if (!config || typeof config !== 'object' || Array.isArray(config))
+      throw new TunekitError('E_CONFIG', 'Model.fromConfig needs a config object (as config.json holds)');
     config = { ...config, ...(options.config ?? {}) };
     const spec = resolveSpec(config, options, 'config');
     const handle = await serial(() => addon.createModel(spec));
@@ -163,6 +174,10 @@ export class Model {
     const names = Array.from({ length: this.numLabels }, (_, i) => id2label?.[String(i)]);
     return names.every((n) => typeof n === 'string') ? (names as string[]) : names.map((_, i) => `LABEL_${i}`);
   }
+  /** A classifier's class count (undefined for other tasks): labels are checked against it. */
+  private get classes(): number | undefined {
+    return this.task === 'sequence-classification' ? this.numLabels : undefined;
+  }
   get padTokenId(): number | undefined {
     return this.spec.padTokenId >= 0 ? this.spec.padTokenId : undefined;
   }
@@ -208,16 +223,23 @@ export class Model {
   async forward(batch: BatchInput, options: { logits: false }): Promise<{ loss?: number }>;
   async forward(batch: BatchInput, options?: { logits?: true }): Promise<ForwardOutput>;
   async forward(batch: BatchInput, options: { logits?: boolean } = {}): Promise<Partial<ForwardOutput>> {
-    const raw = packBatch(batch, { vocabSize: this.vocabSize });
-    const want = options.logits ?? true;
+    checkOptions(options, ['logits'], 'forward');
+    const want = checkBoolean(options.logits, 'logits', true);
+    const raw = packBatch(batch, { vocabSize: this.vocabSize, numLabels: this.classes });
+    this.checkMemory('forward', raw.batch, raw.seq);
     const r = await serial(() => addon.forward(this.h, raw, want));
     return { ...(want ? { logits: r.logits! } : {}), ...(r.loss !== undefined ? { loss: r.loss } : {}) };
   }
 
   /** Forward and backward; gradients accumulate until zeroGrad. `lossScale` scales the gradient (e.g. 1/accumulation). */
   async backward(batch: BatchInput, options: { lossScale?: number } = {}): Promise<{ loss: number }> {
-    const raw = packBatch(batch, { vocabSize: this.vocabSize, requireLabels: true });
-    const loss = await serial(() => addon.backward(this.h, raw, options.lossScale ?? 1));
+    checkOptions(options, ['lossScale'], 'backward');
+    const lossScale = checkNumber(options.lossScale, 'lossScale', {}, 1);
+    if (this.merged)
+      throw new TunekitError('E_STATE', `adapter '${this.active}' is merged into the base weights; unmergeAdapter() before training`);
+    const raw = packBatch(batch, { vocabSize: this.vocabSize, requireLabels: true, numLabels: this.classes });
+    this.checkMemory('backward', raw.batch, raw.seq);
+    const loss = await serial(() => addon.backward(this.h, raw, lossScale));
     return { loss };
   }
 
@@ -229,30 +251,45 @@ export class Model {
   }
 
   async embed(batch: BatchInput, options: { pooling?: Pooling } = {}): Promise<FloatArray> {
-    const raw = packBatch({ inputIds: batch.inputIds, attentionMask: batch.attentionMask }, { vocabSize: this.vocabSize });
-    return serial(() => addon.embed(this.h, raw, options.pooling ?? this.family.pooling));
+    checkOptions(options, ['pooling'], 'embed');
+    const pooling = checkChoice<Pooling>(options.pooling, ['cls', 'mean', 'last'], 'pooling', this.family.pooling);
+    const raw = packBatch({ inputIds: batch?.inputIds, attentionMask: batch?.attentionMask }, { vocabSize: this.vocabSize });
+    this.checkMemory('forward', raw.batch, raw.seq);
+    return serial(() => addon.embed(this.h, raw, pooling));
   }
 
   async generate(batch: { inputIds: number[][]; attentionMask?: number[][] }, options: GenerateOptions = {}): Promise<number[][]> {
+    checkOptions(options, GENERATE_OPTIONS, 'generate');
     const raw = packBatch(
-      { inputIds: batch.inputIds, attentionMask: batch.attentionMask ?? options.attentionMask },
+      { inputIds: batch?.inputIds, attentionMask: batch?.attentionMask ?? options.attentionMask },
       { vocabSize: this.vocabSize },
     );
-    const temperature = options.temperature ?? 0;
-    if (!(temperature >= 0)) throw new TunekitError('E_ARG', 'temperature must be >= 0');
+    const context = this.spec.maxPositions;
+    const maxNewTokens = checkNumber(options.maxNewTokens, 'maxNewTokens', { integer: true, min: 1 }, 20);
+    if (raw.seq + maxNewTokens > context)
+      throw new TunekitError(
+        'E_RANGE',
+        `the prompt (${raw.seq} tokens) plus maxNewTokens (${maxNewTokens}) exceeds the model's context of ${context} positions`,
+      );
+    const temperature = checkNumber(options.temperature, 'temperature', { min: 0 }, 0);
     const eos = options.eosTokenId ?? firstId(this.config.eos_token_id);
-    return serial(() =>
-      addon.generate(this.h, raw, {
-        maxNewTokens: options.maxNewTokens ?? 20,
-        temperature: temperature || 1,
-        topK: options.topK ?? 0,
-        topP: options.topP ?? 1,
-        doSample: temperature > 0,
-        eosTokenId: eos,
-        seed: options.seed ?? 0,
-        useCache: options.useCache ?? true,
-      }),
-    );
+    const settings = {
+      maxNewTokens,
+      temperature: temperature || 1,
+      topK: checkNumber(options.topK, 'topK', { integer: true, min: 0 }, 0),
+      topP: checkNumber(options.topP, 'topP', { min: 0, max: 1, minExclusive: true }, 1),
+      doSample: temperature > 0,
+      eosTokenId: eos === -1 ? -1 : checkNumber(eos, 'eosTokenId', { integer: true, min: 0, max: this.vocabSize, maxExclusive: true }),
+      seed: checkNumber(options.seed, 'seed', { integer: true, min: 0 }, 0),
+      useCache: checkBoolean(options.useCache, 'useCache', true),
+    };
+    this.checkMemory('generate', raw.batch, raw.seq, maxNewTokens);
+    return serial(() => addon.generate(this.h, raw, settings));
+  }
+
+  /** Refuses (E_MEMORY) a CPU job whose activations would not fit; CUDA reports its own out-of-memory as E_MEMORY. */
+  private checkMemory(job: Job, batch: number, seq: number, newTokens = 0): void {
+    if (this.device === 'cpu') checkMemory(this.dims, job, batch, seq, newTokens);
   }
 
   // ---- adapters (PEFT) ------------------------------------------------------------------------------------------
@@ -369,6 +406,7 @@ export class Model {
 
   /** adapter_config.json + adapter_model.safetensors in PEFT's layout and key names, loadable by PeftModel.from_pretrained. */
   async saveAdapter(dir: string, options: { name?: string; baseModelNameOrPath?: string } = {}): Promise<void> {
+    checkOptions(options, ['name', 'baseModelNameOrPath'], 'saveAdapter');
     const name = options.name ?? this.active ?? (this.adapterInfo.size === 1 ? this.adapters[0] : undefined);
     if (!name || !this.adapterInfo.has(name))
       throw new TunekitError('E_STATE', name ? `the model has no adapter named '${name}'` : 'the model has no adapter to save');
@@ -399,6 +437,7 @@ export class Model {
    * `activate: false`. Its weights are frozen unless `trainable: true` (as PEFT's is_trainable).
    */
   async loadAdapter(dir: string, options: { name?: string; trainable?: boolean; activate?: boolean } = {}): Promise<void> {
+    checkOptions(options, ['name', 'trainable', 'activate'], 'loadAdapter');
     const name = options.name ?? 'default';
     const { config, header, file } = readAdapterFolder(dir);
     const method = methodForPeftType(config.peft_type, `${dir}/adapter_config.json`);
@@ -435,6 +474,7 @@ export class Model {
 
   /** config.json + model.safetensors, loadable by transformers' from_pretrained. Each file lands atomically. */
   async savePretrained(dir: string, options: { includeAdapters?: boolean } = {}): Promise<void> {
+    checkOptions(options, ['includeAdapters'], 'savePretrained');
     fs.mkdirSync(dir, { recursive: true });
     const config: HFConfig = { ...this.config, architectures: [this.family.architectures[this.task]!], dtype: this.dtype };
     if (this.task === 'sequence-classification') {
@@ -462,8 +502,15 @@ export class Model {
     await writeJsonAtomic(path.join(dir, 'config.json'), config);
   }
 
-  /** Frees the native weights now instead of at garbage collection. */
+  /** @internal an optimizer (or other native handle holding this model's tensors) to dispose with the model. */
+  attach(dependent: { dispose(): void }): void {
+    this.dependents.add(dependent);
+  }
+
+  /** Frees the native weights now instead of at garbage collection, with the optimizers created on this model. */
   dispose(): void {
+    for (const d of this.dependents) d.dispose();
+    this.dependents.clear();
     if (this.handle) sync(() => addon.dispose(this.handle!));
     this.handle = null;
   }

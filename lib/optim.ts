@@ -2,8 +2,9 @@
 import fs from 'node:fs';
 import { TunekitError } from './errors';
 import type { Model } from './model';
-import { Handle, RawOptimizerSpec, addon, serial } from './native';
+import { Handle, RawOptimizerSpec, addon, serial, sync } from './native';
 import { atomicWrite, entry, readHeader } from './safetensors';
+import { checkBoolean, checkChoice, checkNumber, checkOptions, show } from './validate';
 
 export type ScheduleType = 'constant' | 'linear' | 'cosine';
 
@@ -54,17 +55,19 @@ abstract class Optimizer {
   private handle: Handle | null = null;
   private steps = 0;
   private pendingState: { file: string; step: number } | null = null;
+  private disposed = false;
   protected readonly noDecay: (name: string, shape: number[]) => boolean;
 
   constructor(model: Model, options: OptimizerOptions, defaults: { lr: number; weightDecay: number }) {
     this.model = model;
-    this.lr = options.lr ?? defaults.lr;
-    this.weightDecay = options.weightDecay ?? defaults.weightDecay;
-    if (!(this.lr >= 0) || !Number.isFinite(this.lr)) throw new TunekitError('E_ARG', `lr must be a finite number >= 0, got ${options.lr}`);
-    if (!(this.weightDecay >= 0)) throw new TunekitError('E_ARG', `weightDecay must be >= 0, got ${options.weightDecay}`);
-    this.schedule = options.schedule ?? { type: 'constant' };
-    this.maxGradNorm = options.maxGradNorm ?? 0;
+    this.lr = checkNumber(options.lr, 'lr', { min: 0 }, defaults.lr);
+    this.weightDecay = checkNumber(options.weightDecay, 'weightDecay', { min: 0 }, defaults.weightDecay);
+    this.schedule = checkSchedule(options.schedule);
+    this.maxGradNorm = checkNumber(options.maxGradNorm, 'maxGradNorm', { min: 0 }, 0);
+    if (options.noDecay !== undefined && typeof options.noDecay !== 'function')
+      throw new TunekitError('E_ARG', `noDecay must be a function (name, shape) => boolean, got ${show(options.noDecay)}`);
     this.noDecay = options.noDecay ?? ((_, shape) => shape.length < 2);
+    model.attach(this);
   }
 
   protected abstract spec(noDecay: string[]): RawOptimizerSpec;
@@ -74,6 +77,7 @@ abstract class Optimizer {
    * Called only from inside a `serial` job, so it uses the addon directly.
    */
   private async native(): Promise<Handle> {
+    if (this.disposed) throw new TunekitError('E_DISPOSED', 'this optimizer was disposed');
     if (!this.handle) {
       const names = this.model
         .parameters()
@@ -114,6 +118,13 @@ abstract class Optimizer {
     await this.model.zeroGrad();
   }
 
+  /** Frees the moment buffers now (the model's dispose does it too); a later step is E_DISPOSED. */
+  dispose(): void {
+    if (this.handle) sync(() => addon.dispose(this.handle!));
+    this.handle = null;
+    this.disposed = true;
+  }
+
   /** Writes the optimizer's moment buffers as safetensors (atomically); the step count goes in the caller's state. */
   async save(file: string): Promise<void> {
     await atomicWrite(file, (tmp) => serial(async () => addon.optimizerSave(await this.native(), tmp)));
@@ -133,6 +144,18 @@ abstract class Optimizer {
   }
 }
 
+const OPTIMIZER_OPTIONS = ['lr', 'weightDecay', 'schedule', 'maxGradNorm', 'noDecay'];
+
+function checkSchedule(s: Schedule | undefined): Schedule {
+  if (s === undefined) return { type: 'constant' };
+  checkOptions(s, ['type', 'warmupSteps', 'totalSteps'], 'schedule');
+  const type = checkChoice<ScheduleType>(s.type, ['constant', 'linear', 'cosine'], 'schedule.type');
+  const out: Schedule = { type };
+  if (s.warmupSteps !== undefined) out.warmupSteps = checkNumber(s.warmupSteps, 'schedule.warmupSteps', { integer: true, min: 0 });
+  if (s.totalSteps !== undefined) out.totalSteps = checkNumber(s.totalSteps, 'schedule.totalSteps', { integer: true, min: 1 });
+  return out;
+}
+
 export interface AdamWOptions extends OptimizerOptions {
   betas?: [number, number];
   eps?: number;
@@ -143,9 +166,15 @@ export class AdamW extends Optimizer {
   readonly betas: [number, number];
   readonly eps: number;
   constructor(model: Model, options: AdamWOptions = {}) {
+    checkOptions(options, [...OPTIMIZER_OPTIONS, 'betas', 'eps'], 'AdamW');
     super(model, options, { lr: 1e-3, weightDecay: 0.01 });
-    this.betas = options.betas ?? [0.9, 0.999];
-    this.eps = options.eps ?? 1e-8;
+    const betas = options.betas ?? [0.9, 0.999];
+    if (!Array.isArray(betas) || betas.length !== 2) throw new TunekitError('E_ARG', `betas must be [beta1, beta2], got ${show(betas)}`);
+    this.betas = [
+      checkNumber(betas[0], 'betas[0]', { min: 0, max: 1, maxExclusive: true }),
+      checkNumber(betas[1], 'betas[1]', { min: 0, max: 1, maxExclusive: true }),
+    ];
+    this.eps = checkNumber(options.eps, 'eps', { min: 0, minExclusive: true }, 1e-8);
   }
   protected spec(noDecay: string[]): RawOptimizerSpec {
     return {
@@ -174,10 +203,14 @@ export class SGD extends Optimizer {
   readonly dampening: number;
   readonly nesterov: boolean;
   constructor(model: Model, options: SGDOptions = {}) {
+    checkOptions(options, [...OPTIMIZER_OPTIONS, 'momentum', 'dampening', 'nesterov'], 'SGD');
     super(model, options, { lr: 1e-2, weightDecay: 0 });
-    this.momentum = options.momentum ?? 0;
-    this.dampening = options.dampening ?? 0;
-    this.nesterov = options.nesterov ?? false;
+    this.momentum = checkNumber(options.momentum, 'momentum', { min: 0 }, 0);
+    this.dampening = checkNumber(options.dampening, 'dampening', { min: 0, max: 1 }, 0);
+    this.nesterov = checkBoolean(options.nesterov, 'nesterov', false);
+    // torch.optim.SGD's own rule: Nesterov needs momentum and no dampening.
+    if (this.nesterov && (this.momentum <= 0 || this.dampening !== 0))
+      throw new TunekitError('E_ARG', 'nesterov needs momentum > 0 and dampening 0');
   }
   protected spec(noDecay: string[]): RawOptimizerSpec {
     return {

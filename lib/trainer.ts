@@ -8,6 +8,7 @@ import { addon, serial } from './native';
 import { shuffled } from './random';
 import type { Optimizer } from './optim';
 import { writeJsonAtomic } from './safetensors';
+import { checkBoolean, checkNumber, checkOptions, show } from './validate';
 
 /** One training example: token ids plus a class label (classification) or token labels (language modelling). */
 export interface Example {
@@ -46,8 +47,13 @@ export interface TrainerOptions {
   onProgress?: (p: Progress) => void;
   seed?: number;
   maxLength?: number;
-  /** Resume from checkpointDir's latest checkpoint when there is one (default true). */
+  /**
+   * Resume from checkpointDir's latest checkpoint when there is one (default true). With false, a checkpointDir that
+   * already holds checkpoints is refused: a fresh run must not mix its checkpoints with an earlier run's.
+   */
   resume?: boolean;
+  /** Called once training ends, before the final evaluation: where a caller saves the model, so no evaluation can lose it. */
+  onTrained?: () => Promise<void> | void;
   /**
    * Rewrites each training batch before it is padded (dynamic masking for a masked LM, augmentation). It gets a seed
    * derived from the run's seed, the epoch and the batch index, so a resumed run sees the same batches.
@@ -70,7 +76,28 @@ export interface TrainResult {
   history: Progress[];
   eval?: EvalResult;
   resumedFrom?: number;
+  /** Language-model batches with no token to predict (empty or one-token texts), skipped rather than trained on. */
+  skippedBatches: number;
 }
+
+const TRAINER_OPTIONS = [
+  'optimizer',
+  'batchSize',
+  'epochs',
+  'maxSteps',
+  'gradAccumulation',
+  'maxGradNorm',
+  'evalEvery',
+  'checkpointEvery',
+  'checkpointDir',
+  'keepCheckpoints',
+  'onProgress',
+  'seed',
+  'maxLength',
+  'resume',
+  'transform',
+  'onTrained',
+];
 
 interface TrainerState {
   step: number;
@@ -102,7 +129,7 @@ export function collateExamples(model: Model, examples: Example[], maxLength?: n
   let labels: number[] | number[][];
   if (classify) {
     labels = examples.map((e, i) => {
-      if (typeof e.label !== 'number') throw new TunekitError('E_ARG', `example ${i} has no numeric label`);
+      if (typeof e.label !== 'number') throw new TunekitError('E_ARG', `example ${i} of the batch has no numeric label`);
       return e.label;
     });
   } else {
@@ -111,26 +138,79 @@ export function collateExamples(model: Model, examples: Example[], maxLength?: n
   return { inputIds, attentionMask, labels };
 }
 
+/**
+ * Checks every example before any work starts, so a bad one fails the run at once (naming it) instead of after
+ * hours of training: token ids in the vocabulary, a class id for a classifier, token labels that fit the ids.
+ */
+export function checkExamples(model: Model, data: unknown, what: string): Example[] {
+  if (!Array.isArray(data) || data.length === 0) throw new TunekitError('E_ARG', `${what} must be a non-empty array of examples`);
+  const vocab = model.vocabSize;
+  const classes = model.task === 'sequence-classification' ? model.numLabels : undefined;
+  const tokens = (ids: unknown, where: string, allowIgnore: boolean) => {
+    if (!Array.isArray(ids)) throw new TunekitError('E_TYPE', `${where} must be an array of token ids, got ${show(ids)}`);
+    for (let j = 0; j < ids.length; j++) {
+      const v: unknown = ids[j];
+      if (typeof v !== 'number' || !Number.isInteger(v))
+        throw new TunekitError('E_TYPE', `${where}[${j}] must be an integer, got ${j in ids ? show(v) : 'a hole'}`);
+      if ((v < 0 || v >= vocab) && !(allowIgnore && v === -100))
+        throw new TunekitError('E_RANGE', `${where}[${j}] = ${v} is outside the vocabulary [0, ${vocab})`);
+    }
+    return ids as number[];
+  };
+  for (let i = 0; i < data.length; i++) {
+    const e: unknown = data[i];
+    const where = `${what}[${i}]`;
+    if (!e || typeof e !== 'object') throw new TunekitError('E_TYPE', `${where} must be an example { inputIds, ... }, got ${show(e)}`);
+    const ex = e as Example;
+    const ids = tokens(ex.inputIds, `${where}.inputIds`, false);
+    if (classes !== undefined) {
+      if (ids.length === 0) throw new TunekitError('E_ARG', `${where} has no tokens to classify`);
+      const v: unknown = ex.label;
+      if (typeof v !== 'number' || !Number.isFinite(v))
+        throw new TunekitError('E_ARG', `${where} has no numeric label (got ${show(v)}); a classifier needs one for every example`);
+      if (classes > 1 && (!Number.isInteger(v) || v < 0 || v >= classes))
+        throw new TunekitError('E_RANGE', `${where}.label = ${v} is not a class id in [0, ${classes})`);
+    } else if (ex.labels !== undefined) {
+      const labels = tokens(ex.labels, `${where}.labels`, true);
+      if (labels.length !== ids.length)
+        throw new TunekitError('E_SHAPE', `${where}.labels has ${labels.length} entries but inputIds has ${ids.length}`);
+    }
+  }
+  return data as Example[];
+}
+
+/** Whether a collated language-model batch has a token to predict (the loss of one with none is 0/0). */
+function hasTargets(labels: number[] | number[][]): boolean {
+  // Causal models predict position j+1 from j; a masked LM's targets are unshifted, so any label counts.
+  return (labels as number[][]).some((r) => Array.isArray(r) && r.some((v) => v !== -100));
+}
+
 /** Mean loss over examples, plus accuracy for a classifier or perplexity for a language model. Puts the model in eval mode. */
 export async function evaluateModel(
   model: Model,
   data: Example[],
   opts: { batchSize?: number; maxLength?: number } = {},
 ): Promise<EvalResult> {
-  if (!Array.isArray(data) || data.length === 0) throw new TunekitError('E_ARG', 'evaluation data must be a non-empty array of examples');
-  const bs = opts.batchSize ?? 16;
+  checkOptions(opts, ['batchSize', 'maxLength'], 'evaluate');
+  checkExamples(model, data, 'evaluation data');
+  const bs = checkNumber(opts.batchSize, 'batchSize', { integer: true, min: 1 }, 16);
+  if (opts.maxLength !== undefined) checkNumber(opts.maxLength, 'maxLength', { integer: true, min: 1 });
   await model.eval();
   let lossSum = 0;
   let correct = 0;
+  let scored = 0;
   const classify = model.task === 'sequence-classification';
   for (let i = 0; i < data.length; i += bs) {
     const chunk = data.slice(i, i + bs);
     const batch = collateExamples(model, chunk, opts.maxLength);
     if (!classify) {
+      if (!hasTargets(batch.labels)) continue;
       // A language model is scored by its loss alone: no [batch, seq, vocab] logits cross into JS.
       lossSum += ((await model.forward(batch, { logits: false })).loss ?? NaN) * chunk.length;
+      scored += chunk.length;
       continue;
     }
+    scored += chunk.length;
     const out = await model.forward(batch);
     lossSum += (out.loss ?? NaN) * chunk.length;
     const k = out.logits.shape[1];
@@ -141,9 +221,10 @@ export async function evaluateModel(
       if (best === e.label) correct++;
     });
   }
-  const loss = lossSum / data.length;
-  const r: EvalResult = { loss, examples: data.length };
-  if (classify) r.accuracy = correct / data.length;
+  if (scored === 0) throw new TunekitError('E_ARG', 'evaluation data has no token to predict (every text is empty or one token long)');
+  const loss = lossSum / scored;
+  const r: EvalResult = { loss, examples: scored };
+  if (classify) r.accuracy = correct / scored;
   else r.perplexity = Math.exp(loss);
   return r;
 }
@@ -154,14 +235,23 @@ export class Trainer {
     TrainerOptions;
 
   constructor(model: Model, options: TrainerOptions) {
+    checkOptions(options, TRAINER_OPTIONS, 'Trainer');
     if (!options?.optimizer) throw new TunekitError('E_ARG', 'Trainer needs an optimizer');
+    if (options.optimizer.model !== model) throw new TunekitError('E_ARG', 'the optimizer was created for another model');
     this.model = model;
     this.options = { batchSize: 8, epochs: 1, gradAccumulation: 1, seed: 42, keepCheckpoints: 2, resume: true, ...options };
-    for (const k of ['batchSize', 'epochs', 'gradAccumulation'] as const) {
-      const v = this.options[k];
-      if (!Number.isInteger(v) || v < 1) throw new TunekitError('E_ARG', `${k} must be a positive integer, got ${v}`);
-    }
-    if (options.maxGradNorm !== undefined) this.options.optimizer.maxGradNorm = options.maxGradNorm;
+    const o = this.options;
+    for (const k of ['batchSize', 'epochs', 'gradAccumulation', 'keepCheckpoints'] as const)
+      checkNumber(o[k], k, { integer: true, min: 1 });
+    for (const k of ['maxSteps', 'evalEvery', 'checkpointEvery', 'maxLength'] as const)
+      if (o[k] !== undefined) checkNumber(o[k], k, { integer: true, min: 1 });
+    checkNumber(o.seed, 'seed', { integer: true, min: 0 });
+    checkBoolean(o.resume, 'resume', true);
+    if (o.checkpointDir !== undefined && (typeof o.checkpointDir !== 'string' || o.checkpointDir === ''))
+      throw new TunekitError('E_ARG', `checkpointDir must be a folder path, got ${show(o.checkpointDir)}`);
+    for (const k of ['onProgress', 'transform', 'onTrained'] as const)
+      if (o[k] !== undefined && typeof o[k] !== 'function') throw new TunekitError('E_ARG', `${k} must be a function, got ${show(o[k])}`);
+    if (options.maxGradNorm !== undefined) o.optimizer.maxGradNorm = checkNumber(options.maxGradNorm, 'maxGradNorm', { min: 0 });
   }
 
   /** Pads examples into one batch; language-model labels ignore (-100) the padding. */
@@ -174,7 +264,9 @@ export class Trainer {
   }
 
   async train(data: Example[], extra: { evalSet?: Example[] } = {}): Promise<TrainResult> {
-    if (!Array.isArray(data) || data.length === 0) throw new TunekitError('E_ARG', 'training data must be a non-empty array of examples');
+    checkOptions(extra, ['evalSet'], 'train');
+    checkExamples(this.model, data, 'training data');
+    if (extra.evalSet !== undefined) checkExamples(this.model, extra.evalSet, 'evaluation data');
     const o = this.options;
     const opt = o.optimizer;
     const batchesPerEpoch = Math.ceil(data.length / o.batchSize);
@@ -184,8 +276,8 @@ export class Trainer {
 
     let state: TrainerState = { step: 0, epoch: 0, batchInEpoch: 0, seed: o.seed, rng: '', tokens: 0, history: [] };
     let resumedFrom: number | undefined;
-    const latest = o.checkpointDir ? readLatest(o.checkpointDir) : undefined;
-    if (latest && o.resume) {
+    const latest = o.checkpointDir ? resumePoint(o.checkpointDir, o.resume) : undefined;
+    if (latest) {
       state = await this.restore(latest);
       resumedFrom = state.step;
     } else {
@@ -198,6 +290,7 @@ export class Trainer {
     const tokensAtStart = state.tokens;
     let windowLoss = 0;
     let windowBatches = 0;
+    let skippedBatches = 0;
     let last: Progress | undefined;
     while (state.step < totalSteps && state.epoch < o.epochs) {
       const epoch = state.epoch;
@@ -210,18 +303,29 @@ export class Trainer {
           let examples = idx.map((i) => data[i]);
           if (o.transform) examples = o.transform(examples, batchSeed(o.seed, epoch, state.batchInEpoch));
           const batch = this.collate(examples);
+          if (this.model.task !== 'sequence-classification' && !hasTargets(batch.labels)) {
+            skippedBatches++;
+            continue;
+          }
           const { loss } = await this.model.backward(batch, { lossScale: 1 / inGroup });
           windowLoss += loss;
           windowBatches++;
           state.tokens += batch.attentionMask.reduce((a, r) => a + r.reduce((x, y) => x + y, 0), 0);
         }
+        const endOfEpoch = () => {
+          if (state.batchInEpoch >= batchesPerEpoch) {
+            state.epoch++;
+            state.batchInEpoch = 0;
+          }
+        };
+        if (windowBatches === 0) {
+          endOfEpoch(); // every batch of the group was skipped: no step to take
+          continue;
+        }
         const { gradNorm, lr } = await opt.step();
         await opt.zeroGrad();
         state.step++;
-        if (state.batchInEpoch >= batchesPerEpoch) {
-          state.epoch++;
-          state.batchInEpoch = 0;
-        }
+        endOfEpoch();
         const elapsedMs = Date.now() - start;
         last = {
           step: state.step,
@@ -246,7 +350,13 @@ export class Trainer {
         if (o.checkpointDir && o.checkpointEvery && state.step % o.checkpointEvery === 0) await this.checkpoint(state);
       }
     }
+    if (skippedBatches > 0)
+      process.emitWarning(
+        `${skippedBatches} batches had no token to predict (empty or one-token texts) and were skipped`,
+        'TunekitWarning',
+      );
     await this.model.eval();
+    await o.onTrained?.();
     const wallTimeMs = Date.now() - start;
     const result: TrainResult = {
       steps: state.step,
@@ -256,6 +366,7 @@ export class Trainer {
       tokensPerSecond: (state.tokens - tokensAtStart) / Math.max(1e-3, wallTimeMs / 1000),
       history: state.history,
       ...(resumedFrom !== undefined ? { resumedFrom } : {}),
+      skippedBatches,
     };
     if (extra.evalSet) result.eval = await this.evaluate(extra.evalSet);
     return result;
@@ -273,16 +384,14 @@ export class Trainer {
     const saved: TrainerState = { ...state, rng: (await serial(() => addon.rngState())).toString('base64') };
     await writeJsonAtomic(path.join(tmp, 'trainer_state.json'), { ...saved, optimizerSteps: this.options.optimizer.stepCount });
     const final = path.join(dir, name);
-    fs.rmSync(final, { recursive: true, force: true });
+    if (fs.existsSync(final)) removeAtomically(dir, name);
     fs.renameSync(tmp, final);
     await writeJsonAtomic(path.join(dir, 'latest.json'), { checkpoint: name, step: state.step });
-    const old = fs
-      .readdirSync(dir)
-      .filter((f) => /^checkpoint-\d+$/.test(f))
-      .sort((a, b) => Number(a.split('-')[1]) - Number(b.split('-')[1]));
-    for (const f of old.slice(0, Math.max(0, old.length - this.options.keepCheckpoints))) {
-      fs.rmSync(path.join(dir, f), { recursive: true, force: true });
-    }
+    // Keep this one (latest.json names it) and the newest earlier ones; later-numbered folders are from a future this
+    // run has abandoned by resuming before them.
+    const earlier = checkpointsIn(dir).filter((c) => c.step < state.step);
+    const keep = new Set([name, ...earlier.slice(Math.max(0, earlier.length - (this.options.keepCheckpoints - 1))).map((c) => c.name)]);
+    for (const c of checkpointsIn(dir)) if (!keep.has(c.name)) removeAtomically(dir, c.name);
   }
 
   private async restore(dir: string): Promise<TrainerState> {
@@ -307,14 +416,76 @@ export class Trainer {
   }
 }
 
-function readLatest(dir: string): string | undefined {
-  const f = path.join(dir, 'latest.json');
-  if (!fs.existsSync(f)) return undefined;
+/** What a checkpoint folder holds once it is complete (a rename puts it in place whole). */
+const CHECKPOINT_FILES = ['config.json', 'model.safetensors', 'optimizer.safetensors', 'trainer_state.json'];
+
+function checkpointsIn(dir: string): { name: string; step: number }[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs
+    .readdirSync(dir)
+    .filter((f) => /^checkpoint-\d+$/.test(f))
+    .map((name) => ({ name, step: Number(name.slice('checkpoint-'.length)) }))
+    .sort((a, b) => a.step - b.step);
+}
+
+function isComplete(dir: string): boolean {
+  return CHECKPOINT_FILES.every((f) => fs.existsSync(path.join(dir, f)));
+}
+
+function processAlive(pid: number): boolean {
   try {
-    const name = JSON.parse(fs.readFileSync(f, 'utf8')).checkpoint;
-    const d = path.join(dir, name);
-    return fs.existsSync(d) ? d : undefined;
+    process.kill(pid, 0);
+    return true;
   } catch (e) {
-    throw new TunekitError('E_FORMAT', `${f}: ${(e as Error).message}`);
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
+
+/** Out of the checkpoint namespace by one rename, then deleted: a kill in between leaves only a .trash folder. */
+function removeAtomically(dir: string, name: string): void {
+  const trash = path.join(dir, `.trash-${name}-${process.pid}`);
+  fs.renameSync(path.join(dir, name), trash);
+  fs.rmSync(trash, { recursive: true, force: true });
+}
+
+/** Deletes what killed runs left behind: half-written checkpoints and half-deleted ones (their writer is gone). */
+function removeStale(dir: string): void {
+  for (const f of fs.readdirSync(dir)) {
+    const m = f.match(/^\.(?:tmp|trash)-checkpoint-\d+-(\d+)$/);
+    if (m && Number(m[1]) !== process.pid && !processAlive(Number(m[1]))) fs.rmSync(path.join(dir, f), { recursive: true, force: true });
+  }
+}
+
+/**
+ * The checkpoint to resume from: the one latest.json names, or (with a warning) the newest complete one when that is
+ * missing or incomplete. A fresh run (resume false) into a folder holding checkpoints is refused.
+ */
+function resumePoint(dir: string, resume: boolean): string | undefined {
+  if (!fs.existsSync(dir)) return undefined;
+  if (!fs.statSync(dir).isDirectory()) throw new TunekitError('E_FILE', `checkpointDir ${dir} is not a folder`);
+  removeStale(dir);
+  const found = checkpointsIn(dir);
+  if (found.length === 0) return undefined;
+  if (!resume)
+    throw new TunekitError(
+      'E_STATE',
+      `checkpointDir ${dir} already holds checkpoints of an earlier run (${found.map((c) => c.name).join(', ')}); ` +
+        'resume it (resume: true) or give the new run an empty folder',
+    );
+  const latestFile = path.join(dir, 'latest.json');
+  let named: string | undefined;
+  try {
+    named = JSON.parse(fs.readFileSync(latestFile, 'utf8')).checkpoint;
+  } catch {
+    named = undefined;
+  }
+  if (typeof named === 'string' && /^checkpoint-\d+$/.test(named) && isComplete(path.join(dir, named))) return path.join(dir, named);
+  const complete = found.filter((c) => isComplete(path.join(dir, c.name)));
+  if (complete.length === 0) throw new TunekitError('E_STATE', `checkpointDir ${dir} holds no complete checkpoint to resume from`);
+  const newest = complete[complete.length - 1].name;
+  process.emitWarning(
+    `${latestFile} ${named ? `names ${named}, which is missing or incomplete` : 'is missing or unreadable'}; resuming from ${newest}, the newest complete checkpoint`,
+    'TunekitWarning',
+  );
+  return path.join(dir, newest);
 }

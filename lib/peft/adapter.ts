@@ -6,7 +6,8 @@
 import { TunekitError } from '../errors';
 import { matchesSuffix } from '../families';
 import type { Model } from '../model';
-import { checkOptions, commonConfig, linearModules, PeftMethod, registerMethod, Resolved, resolveModulesToSave } from './method';
+import { commonConfig, linearModules, PeftMethod, registerMethod, Resolved, resolveModulesToSave } from './method';
+import { checkOptions } from '../validate';
 
 export interface AdapterOptions {
   /** Bottleneck width = hidden size / reductionFactor (default 16), unless bottleneckSize is given. */

@@ -4,16 +4,8 @@
  */
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
-import {
-  checkOptions,
-  commonConfig,
-  linearModules,
-  matchesTarget,
-  PeftMethod,
-  registerMethod,
-  Resolved,
-  resolveModulesToSave,
-} from './method';
+import { commonConfig, linearModules, matchesTarget, PeftMethod, registerMethod, Resolved, resolveModulesToSave } from './method';
+import { checkOptions } from '../validate';
 
 export interface IA3Options {
   /** The linear layers to rescale, by PEFT's rules (see LoRAOptions.targetModules). Default: PEFT's per family. */

@@ -1,16 +1,8 @@
 /** LoRA (Hu et al. 2021) as PEFT 0.21 defines it: options, module matching, and PEFT's files. */
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
-import {
-  checkOptions,
-  commonConfig,
-  linearModules,
-  matchesTarget,
-  PeftMethod,
-  registerMethod,
-  Resolved,
-  resolveModulesToSave,
-} from './method';
+import { commonConfig, linearModules, matchesTarget, PeftMethod, registerMethod, Resolved, resolveModulesToSave } from './method';
+import { checkOptions } from '../validate';
 
 export interface LoRAOptions {
   r?: number;

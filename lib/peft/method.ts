@@ -9,6 +9,7 @@ import { matchesSuffix } from '../families';
 import type { Model } from '../model';
 import type { RawAdapterSpec } from '../native';
 import type { Header, HeaderEntry } from '../safetensors';
+import { checkNumber } from '../validate';
 
 /** Settings every method resolves: the user's modules_to_save and the base parameters they cover. */
 export interface Resolved {
@@ -133,15 +134,5 @@ export function commonConfig(model: Model, peftType: string, r: Resolved, basePa
 export const DEFAULT_VIRTUAL_TOKENS = 8;
 
 export function positiveInt(value: number | undefined, fallback: number, what: string): number {
-  const v = value ?? fallback;
-  if (!Number.isInteger(v) || v < 1) throw new TunekitError('E_ARG', `${what} must be a positive integer, got ${value}`);
-  return v;
-}
-
-/** Unknown option names are errors: a typo must not silently change a run. */
-export function checkOptions(options: object, known: string[], what: string): void {
-  if (options === null || typeof options !== 'object') throw new TunekitError('E_ARG', `${what} options must be an object`);
-  for (const k of Object.keys(options)) {
-    if (!known.includes(k)) throw new TunekitError('E_ARG', `${what}: unknown option '${k}' (known: ${known.join(', ')})`);
-  }
+  return checkNumber(value, what, { integer: true, min: 1 }, fallback);
 }

@@ -1,16 +1,8 @@
 /** Prefix tuning as PEFT 0.21's PREFIX_TUNING: options and PEFT's files. */
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
-import {
-  checkOptions,
-  commonConfig,
-  DEFAULT_VIRTUAL_TOKENS,
-  PeftMethod,
-  positiveInt,
-  registerMethod,
-  Resolved,
-  resolveModulesToSave,
-} from './method';
+import { commonConfig, DEFAULT_VIRTUAL_TOKENS, PeftMethod, positiveInt, registerMethod, Resolved, resolveModulesToSave } from './method';
+import { checkOptions } from '../validate';
 
 export interface PrefixTuningOptions {
   numVirtualTokens?: number;

@@ -2,16 +2,8 @@
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
 import type { Tokenizer } from '../tokenizer';
-import {
-  checkOptions,
-  commonConfig,
-  DEFAULT_VIRTUAL_TOKENS,
-  PeftMethod,
-  positiveInt,
-  registerMethod,
-  Resolved,
-  resolveModulesToSave,
-} from './method';
+import { commonConfig, DEFAULT_VIRTUAL_TOKENS, PeftMethod, positiveInt, registerMethod, Resolved, resolveModulesToSave } from './method';
+import { checkOptions } from '../validate';
 
 export interface PromptTuningOptions {
   numVirtualTokens?: number;
