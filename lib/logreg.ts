@@ -2,7 +2,9 @@
 import fs from 'node:fs';
 import { TunekitError } from './errors';
 import { addon, serial } from './native';
+import { MAX_CLASSES } from './data/dataset';
 import { writeJsonAtomic } from './safetensors';
+import { checkNumber, checkOptions, show } from './validate';
 
 export interface LogisticRegressionOptions {
   /** Inverse regularisation strength, as scikit-learn's C (default 1). */
@@ -22,7 +24,12 @@ export class LogisticRegression {
   trainLoss = NaN;
 
   constructor(options: LogisticRegressionOptions = {}) {
-    this.options = { C: 1, maxIter: 1000, tol: 1e-6, ...options };
+    checkOptions(options, ['C', 'maxIter', 'tol'], 'LogisticRegression');
+    this.options = {
+      C: checkNumber(options.C, 'C', { min: 0, minExclusive: true }, 1),
+      maxIter: checkNumber(options.maxIter, 'maxIter', { integer: true, min: 1 }, 1000),
+      tol: checkNumber(options.tol, 'tol', { min: 0, minExclusive: true }, 1e-6),
+    };
   }
 
   /** Fits on n rows of `dim` features (row-major) with labels in [0, classes). */
@@ -31,8 +38,18 @@ export class LogisticRegression {
     if (!Number.isInteger(dim) || dim < 1 || x.length % dim !== 0)
       throw new TunekitError('E_SHAPE', `features of length ${x.length} do not split into rows of ${dim}`);
     const n = x.length / dim;
+    if (y === null || typeof y !== 'object' || typeof y.length !== 'number' || y.length !== n)
+      throw new TunekitError('E_SHAPE', `labels must have ${n} entries, one per row of features`);
+    const bound = classes === undefined ? MAX_CLASSES : checkNumber(classes, 'classes', { integer: true, min: 2, max: MAX_CLASSES });
+    let top = 0;
+    for (let i = 0; i < n; i++) {
+      const v = y[i];
+      if (!Number.isInteger(v) || v < 0 || v >= bound)
+        throw new TunekitError('E_RANGE', `label ${show(v)} at row ${i} is outside [0, ${bound}) (labels are class ids)`);
+      top = Math.max(top, v);
+    }
+    const k = classes ?? Math.max(2, top + 1);
     const labels = Int32Array.from(y);
-    const k = classes ?? Math.max(2, ...Array.from(labels, (v) => v + 1));
     const r = await serial(() => addon.logRegFit(x, n, dim, labels, k, this.options));
     Object.assign(this, {
       weights: r.weights,

@@ -59,6 +59,14 @@ export class MetricsWriter {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     if (!opts.append) fs.writeFileSync(file, '');
   }
+  /** Drops the rows of steps from `step` on: a resumed run rewrites what followed its checkpoint. */
+  dropFrom(step: number): void {
+    const keep = fs
+      .readFileSync(this.file, 'utf8')
+      .split('\n')
+      .filter((line) => line.trim() !== '' && !(JSON.parse(line).step >= step));
+    fs.writeFileSync(this.file, keep.map((l) => l + '\n').join(''));
+  }
   write(row: Record<string, unknown>): void {
     fs.appendFileSync(this.file, JSON.stringify(row) + '\n');
   }

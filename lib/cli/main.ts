@@ -9,6 +9,7 @@ import { Model, Pooling } from '../model';
 import { lineChartSvg, lossSeries, writeSvg } from '../plot';
 import { MetricsWriter, progressBar, ProgressBar, trainingFields } from '../progress';
 import { FEATURES_SUMMARY, FeatureBased, STRATEGIES, StrategyOptions, StrategyResult, TrainOptions } from '../strategies';
+import { writeJsonAtomic } from '../safetensors';
 import { Tokenizer } from '../tokenizer';
 import { evaluateModel } from '../trainer';
 
@@ -58,10 +59,23 @@ async function splitsOf(o: Opts): Promise<Splits> {
   return loadSplits(spec, { fields, seed: num(o, 'seed', 42, 'int') });
 }
 
+/** Labelled data must name at least two classes: one class would make a regression head that scores 100%. */
+function checkClasses(splits: Splits): void {
+  if (splits.train.kind !== 'classification') return;
+  const seen = new Set(splits.train.rows.map((r) => r.label));
+  if (seen.size < 2) {
+    const name = splits.train.labelNames![[...seen][0]!];
+    throw new UsageError(
+      `every training label is ${JSON.stringify(name)}: a classifier needs at least two classes (is --label-field the class field?)`,
+    );
+  }
+}
+
 /** Loads the model for the data: a classification head sized to the labels, or the model's own language-model task. */
 async function modelFor(dir: string, splits: Splits, o: Opts): Promise<Model> {
   const device = (o.device as 'cpu' | 'cuda' | undefined) ?? 'cpu';
   const seed = num(o, 'seed', 42, 'int');
+  checkClasses(splits);
   if (splits.train.kind === 'classification') {
     const labelNames = splits.train.labelNames!;
     return Model.fromPretrained(dir, { task: 'sequence-classification', numLabels: labelNames.length, labelNames, device, seed });
@@ -125,6 +139,9 @@ const COMMANDS: Record<string, Command> = {
       'num-virtual-tokens': { type: 'string' },
       'prefix-projection': { type: 'boolean' },
       'prompt-init-text': { type: 'string' },
+      'checkpoint-every': { type: 'string' },
+      resume: { type: 'boolean' },
+      overwrite: { type: 'boolean' },
     },
     help: {
       ...commonHelp,
@@ -153,6 +170,9 @@ const COMMANDS: Record<string, Command> = {
       'num-virtual-tokens': 'with --strategy prefix|prompt: how many (default 8)',
       'prefix-projection': 'with --strategy prefix: reparameterise through an MLP',
       'prompt-init-text': "with --strategy prompt: initialise the virtual tokens from this text's embeddings",
+      'checkpoint-every': 'save a checkpoint (model, optimizer, RNG, data position) to OUT/checkpoints every N steps',
+      resume: 'continue the run in --out from its last checkpoint (same flags as the run it continues)',
+      overwrite: 'replace what --out holds instead of refusing a non-empty folder',
     },
     async run(o) {
       const strategyName = String(o.strategy ?? 'full');
@@ -162,8 +182,9 @@ const COMMANDS: Record<string, Command> = {
           `--strategy ${strategyName}: unknown strategy (expected one of features, ${Object.keys(STRATEGIES).join(', ')})`,
         );
       const dir = modelDir(o);
-      const splits = await splitsOf(o);
       const out = path.resolve(String(o.out ?? path.join('runs', `${path.basename(dir)}-${strategyName}`)));
+      prepareOut(out, o, strategyName !== 'features');
+      const splits = await splitsOf(o);
       const tok = await Tokenizer.fromPretrained(dir);
       const maxLength = num(o, 'max-length', 128, 'int')!;
       if (strategyName === 'features') return runFeatures(dir, splits, tok, maxLength, out, o);
@@ -205,9 +226,15 @@ const COMMANDS: Record<string, Command> = {
       };
       // Virtual tokens (and a prefix where positions continue after it) take positions: leave them room.
       const fit = Math.min(maxLength, model.dims.maxPositions - spec.virtualTokens(methodOptions));
+      if (fit < 1)
+        throw new UsageError(
+          `--num-virtual-tokens ${spec.virtualTokens(methodOptions)} leaves no room for the text: the model has ${model.dims.maxPositions} positions`,
+        );
       const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength: fit }));
       fs.mkdirSync(out, { recursive: true });
-      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'));
+      const resume = Boolean(o.resume);
+      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'), { append: resume });
+      let firstStep = true;
       let bar: ProgressBar | undefined;
       const opts: TrainOptions = {
         lr: num(o, 'lr', spec.lr),
@@ -218,7 +245,20 @@ const COMMANDS: Record<string, Command> = {
         warmupRatio: num(o, 'warmup-ratio', 0.1),
         gradAccumulation: num(o, 'grad-accumulation', 1, 'int'),
         seed,
+        ...(o['checkpoint-every'] !== undefined || resume
+          ? { checkpointDir: path.join(out, 'checkpoints'), checkpointEvery: num(o, 'checkpoint-every', undefined, 'int'), resume }
+          : {}),
+        // The model is saved as soon as training ends: the evaluations that follow cannot lose it.
+        onTrained: async () => {
+          if (spec.peft) await model.saveAdapter(out, { baseModelNameOrPath: dir });
+          else await model.savePretrained(out);
+          for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
+            if (fs.existsSync(path.join(dir, f))) fs.copyFileSync(path.join(dir, f), path.join(out, f));
+          }
+        },
         onProgress: (p) => {
+          if (firstStep && resume) metrics.dropFrom(p.step);
+          firstStep = false;
           bar ??= progressBar(p.totalSteps, strategyName, { silent: Boolean(o.quiet) });
           bar.update(p.step, trainingFields(p));
           metrics.write({
@@ -244,20 +284,19 @@ const COMMANDS: Record<string, Command> = {
       } finally {
         bar?.stop();
       }
-      if (spec.peft) await model.saveAdapter(out, { baseModelNameOrPath: dir });
-      else await model.savePretrained(out);
-      for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
-        if (fs.existsSync(path.join(dir, f))) fs.copyFileSync(path.join(dir, f), path.join(out, f));
-      }
       await writeSvg(
         path.join(out, 'loss.svg'),
         await lineChartSvg(lossSeries(metrics.file), { title: `${path.basename(dir)}, ${strategyName}: loss` }),
       );
       const { train: tr, ...rest } = result;
-      fs.writeFileSync(
-        path.join(out, 'results.json'),
-        JSON.stringify({ model: dir, data: splits.train.source, ...rest, steps: tr?.steps, trainLoss: tr?.trainLoss }, null, 2) + '\n',
-      );
+      await writeJsonAtomic(path.join(out, 'results.json'), {
+        model: dir,
+        data: splits.train.source,
+        ...rest,
+        steps: tr?.steps,
+        trainLoss: tr?.trainLoss,
+        ...(tr?.resumedFrom !== undefined ? { resumedFrom: tr.resumedFrom } : {}),
+      });
       console.log(
         `trainable parameters: ${result.trainableParameters.toLocaleString('en-US')} of ${result.totalParameters.toLocaleString('en-US')}; ${tr?.steps} steps in ${(result.wallTimeMs / 1000).toFixed(1)} s (${Math.round(result.tokensPerSecond ?? 0)} tok/s), peak RSS ${result.peakRssMiB.toFixed(0)} MiB`,
       );
@@ -357,8 +396,32 @@ const COMMANDS: Record<string, Command> = {
   },
 };
 
+/**
+ * --out must be a folder that is new or empty, unless the run continues it (--resume, training strategies only) or
+ * replaces it (--overwrite): a rerun never leaves an old model beside a new run's metrics.
+ */
+function prepareOut(out: string, o: Opts, canResume: boolean): void {
+  if (o.resume && o.overwrite) throw new UsageError('--resume continues --out and --overwrite replaces it: give one');
+  if (o.resume && !canResume) throw new UsageError('--resume needs a training strategy (--strategy features has no checkpoints)');
+  if (!fs.existsSync(out)) {
+    if (o.resume) throw new UsageError(`--resume: ${out} does not exist (nothing to continue)`);
+    return;
+  }
+  if (!fs.statSync(out).isDirectory()) throw new UsageError(`--out ${out} is a file, not a folder`);
+  if (fs.readdirSync(out).length === 0) return;
+  if (o.overwrite) fs.rmSync(out, { recursive: true, force: true });
+  else if (o.resume) {
+    if (!fs.existsSync(path.join(out, 'checkpoints')))
+      throw new UsageError(`--resume: ${out} holds no checkpoints (was it run with --checkpoint-every?)`);
+  } else
+    throw new UsageError(
+      `--out ${out} is not empty: add --resume to continue its run from the last checkpoint, or --overwrite to replace it`,
+    );
+}
+
 async function runFeatures(dir: string, splits: Splits, tok: Tokenizer, maxLength: number, out: string, o: Opts): Promise<void> {
   if (splits.train.kind !== 'classification') throw new UsageError('--strategy features needs labelled data (a label field)');
+  checkClasses(splits);
   const pooling = o.pooling as Pooling | undefined;
   if (pooling !== undefined && !['cls', 'mean', 'last'].includes(pooling))
     throw new UsageError(`--pooling must be cls, mean or last, got ${JSON.stringify(pooling)}`);

@@ -94,7 +94,8 @@ export function builtinSplits(name: string): Splits {
 export async function loadSplits(spec: string, opts: ReadOptions & { seed?: number } = {}): Promise<Splits> {
   if (typeof spec !== 'string' || spec.length === 0) throw new TunekitError('E_ARG', 'data spec must be builtin:NAME or a file path');
   if (spec.startsWith('builtin:')) return builtinSplits(spec.slice('builtin:'.length));
-  const ds = await Dataset.fromFile(spec, opts);
+  const { seed, ...read } = opts;
+  const ds = await Dataset.fromFile(spec, read);
   if (ds.length < 3) throw new TunekitError('E_FORMAT', `${spec}: ${ds.length} rows is too few to split into train, validation and test`);
-  return ds.split(DEFAULT_FRACTIONS, opts.seed ?? 42);
+  return ds.split(DEFAULT_FRACTIONS, seed ?? 42);
 }

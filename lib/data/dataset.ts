@@ -7,6 +7,7 @@ import type { Tokenizer } from '../tokenizer';
 import type { Example } from '../trainer';
 import { shuffled } from '../random';
 import { readCsvRecords } from './csv';
+import { checkOptions, show } from '../validate';
 
 /** One example. Either `text` (with an optional class `label`) or a `prompt`/`response` pair. */
 export interface Row {
@@ -36,12 +37,27 @@ export type DatasetKind = 'classification' | 'language-modeling' | 'prompt-respo
 
 type Raw = Record<string, unknown>;
 
+/** The most classes a label field may name: a bound that keeps one stray number from sizing a head (and arrays) by it. */
+export const MAX_CLASSES = 10_000;
+
+/** A row and where it was read (file:line), for messages about the data set as a whole. */
+interface Located {
+  row: Row;
+  where: string;
+}
+
 /** Turns raw records into rows; string labels get ids in first-seen order unless names are given. */
 class RowMapper {
   readonly names: string[];
+  /** Whether the file's labels are class names or class ids (without given names, one file may not mix them). */
+  private labelKind?: 'name' | 'id';
+  /** The fields of the first record, for messages. */
+  firstFields?: string[];
   private readonly fixedNames: boolean;
-  private readonly f: Required<FieldMap>;
+  readonly f: Required<FieldMap>;
   constructor(opts: ReadOptions) {
+    checkOptions(opts, ['fields', 'labelNames', 'delimiter'], 'read');
+    if (opts.fields !== undefined) checkOptions(opts.fields, ['text', 'label', 'prompt', 'response'], 'fields');
     this.f = { text: 'text', label: 'label', prompt: 'prompt', response: 'response', ...opts.fields };
     for (const [k, v] of Object.entries(this.f)) {
       if (typeof v !== 'string' || v.length === 0)
@@ -55,6 +71,7 @@ class RowMapper {
     if (!raw || typeof raw !== 'object' || Array.isArray(raw))
       throw new TunekitError('E_FORMAT', `${where}: expected an object, got ${JSON.stringify(raw)?.slice(0, 60)}`);
     const r = raw as Raw;
+    this.firstFields ??= Object.keys(r);
     const f = this.f;
     const str = (key: string) => {
       const v = r[key];
@@ -83,21 +100,37 @@ class RowMapper {
   }
 
   private labelId(v: unknown, where: string): number {
-    if (typeof v === 'number' || (typeof v === 'string' && /^\d+$/.test(v.trim()) && !this.names.includes(v))) {
+    const isId = typeof v === 'number' || (typeof v === 'string' && /^\d+$/.test(v.trim()) && !this.names.includes(v));
+    if (typeof v !== 'number' && typeof v !== 'string')
+      throw new TunekitError('E_FORMAT', `${where}: label must be a class name or a class id (an integer >= 0), got ${show(v)}`);
+    if (!this.fixedNames) {
+      const kind = isId ? 'id' : 'name';
+      if (this.labelKind && this.labelKind !== kind)
+        throw new TunekitError(
+          'E_FORMAT',
+          `${where}: label ${show(v)} is a class ${kind}, but earlier rows' labels are class ${this.labelKind}s; use one kind (or give labelNames)`,
+        );
+      this.labelKind = kind;
+    }
+    if (isId) {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 0)
-        throw new TunekitError('E_FORMAT', `${where}: label must be a class name or a non-negative integer, got ${JSON.stringify(v)}`);
+        throw new TunekitError('E_FORMAT', `${where}: label must be a class name or a class id (an integer >= 0), got ${show(v)}`);
       if (this.fixedNames && n >= this.names.length)
         throw new TunekitError('E_FORMAT', `${where}: label ${n} is out of range for ${this.names.length} classes`);
+      if (n >= MAX_CLASSES) throw new TunekitError('E_FORMAT', `${where}: label ${n} exceeds the ${MAX_CLASSES} classes tunekit supports`);
       return n;
     }
-    if (typeof v !== 'string')
-      throw new TunekitError('E_FORMAT', `${where}: label must be a class name or a non-negative integer, got ${JSON.stringify(v)}`);
     let id = this.names.indexOf(v);
     if (id < 0) {
       if (this.fixedNames)
         throw new TunekitError('E_FORMAT', `${where}: label ${JSON.stringify(v)} is not one of ${this.names.join(', ')}`);
-      id = this.names.push(v) - 1;
+      if (this.names.length >= MAX_CLASSES)
+        throw new TunekitError(
+          'E_FORMAT',
+          `${where}: more than ${MAX_CLASSES} distinct labels; is ${JSON.stringify(this.f.label)} a class field?`,
+        );
+      id = this.names.push(v as string) - 1;
     }
     return id;
   }
@@ -117,11 +150,37 @@ export class Dataset {
   readonly source: string;
 
   constructor(rows: Row[], opts: { labelNames?: string[]; source?: string } = {}) {
+    checkOptions(opts, ['labelNames', 'source'], 'Dataset');
+    if (!Array.isArray(rows)) throw new TunekitError('E_ARG', `Dataset needs an array of rows, got ${show(rows)}`);
     this.rows = rows;
     this.source = opts.source ?? 'rows';
-    const maxLabel = rows.reduce((m, r) => (r.label !== undefined ? Math.max(m, r.label) : m), -1);
-    if (opts.labelNames) this.labelNames = opts.labelNames.slice();
-    else if (maxLabel >= 0) this.labelNames = Array.from({ length: maxLabel + 1 }, (_, i) => String(i));
+    const names = opts.labelNames;
+    if (names !== undefined && (!Array.isArray(names) || names.length > MAX_CLASSES || names.some((n) => typeof n !== 'string')))
+      throw new TunekitError('E_ARG', `labelNames must be at most ${MAX_CLASSES} strings, got ${show(names)}`);
+    const ids = new Set<number>();
+    for (let i = 0; i < rows.length; i++) {
+      const l: unknown = rows[i]?.label;
+      if (l === undefined) continue;
+      const bound = names?.length ?? MAX_CLASSES;
+      if (typeof l !== 'number' || !Number.isInteger(l) || l < 0 || l >= bound)
+        throw new TunekitError('E_FORMAT', `${this.source}: row ${i} has label ${show(l)}, not a class id in [0, ${bound})`);
+      ids.add(l);
+    }
+    if (names) this.labelNames = names.slice();
+    else if (ids.size > 0) {
+      // Class ids are 0..K-1. A split may lack a class, but when most ids never occur, a stray number is sizing the head.
+      const k = Math.max(...ids) + 1;
+      if (k > 2 * ids.size) {
+        const gaps = [];
+        for (let i = 0; i < k && gaps.length < 5; i++) if (!ids.has(i)) gaps.push(i);
+        throw new TunekitError(
+          'E_FORMAT',
+          `${this.source}: numeric labels must be class ids 0..K-1, but they reach ${k - 1} while only ${ids.size} ids occur ` +
+            `(${gaps.join(', ')}${ids.size + gaps.length < k ? ', ...' : ''} never do); give labelNames, or use class names`,
+        );
+      }
+      this.labelNames = Array.from({ length: k }, (_, i) => String(i));
+    }
   }
 
   get length(): number {
@@ -141,25 +200,25 @@ export class Dataset {
   /** Reads rows one at a time from a JSON-lines file of any size. A malformed line is an error naming file and line. */
   static streamJsonl(file: string, opts: ReadOptions = {}): AsyncGenerator<Row> {
     checkFile(file);
-    return jsonlRows(file, new RowMapper(opts));
+    return rowsOnly(jsonlRows(file, new RowMapper(opts)));
   }
 
   /** Reads rows one at a time from a CSV file with a header row, of any size. */
   static streamCsv(file: string, opts: ReadOptions = {}): AsyncGenerator<Row> {
     checkFile(file);
-    return csvRows(file, new RowMapper(opts), opts.delimiter ?? ',');
+    return rowsOnly(csvRows(file, new RowMapper(opts), opts.delimiter ?? ','));
   }
 
   static async fromJsonl(file: string, opts: ReadOptions = {}): Promise<Dataset> {
     checkFile(file);
     const mapper = new RowMapper(opts);
-    return collect(jsonlRows(file, mapper), mapper, file);
+    return collect(jsonlRows(file, mapper), mapper, file, opts);
   }
 
   static async fromCsv(file: string, opts: ReadOptions = {}): Promise<Dataset> {
     checkFile(file);
     const mapper = new RowMapper(opts);
-    return collect(csvRows(file, mapper, opts.delimiter ?? ','), mapper, file);
+    return collect(csvRows(file, mapper, opts.delimiter ?? ','), mapper, file, opts);
   }
 
   /** A JSON file holding an array of objects (read whole; use JSONL for files larger than memory). */
@@ -173,8 +232,8 @@ export class Dataset {
     }
     if (!Array.isArray(data)) throw new TunekitError('E_FORMAT', `${file}: expected a JSON array of objects`);
     const mapper = new RowMapper(opts);
-    const rows = data.map((raw, i) => mapper.map(raw, `${file}: item ${i}`));
-    return finish(rows, mapper, file);
+    const rows = data.map((raw, i) => ({ row: mapper.map(raw, `${file}: item ${i}`), where: `${file}: item ${i}` }));
+    return finish(rows, mapper, file, opts);
   }
 
   /** A file by its extension (.jsonl, .csv, .json). Built-in sets go through `loadSplits`. */
@@ -234,6 +293,7 @@ export class Dataset {
    * response only (prompt positions get label -100, as TRL's completion-only loss); plain text is trained on all.
    */
   toExamples(tokenizer: Tokenizer, opts: { maxLength?: number } = {}): Example[] {
+    checkOptions(opts, ['maxLength'], 'toExamples');
     const max = opts.maxLength;
     return this.rows.map((r) => {
       if (r.text !== undefined) {
@@ -254,27 +314,33 @@ export class Dataset {
   }
 }
 
-async function* jsonlRows(file: string, mapper: RowMapper): AsyncGenerator<Row> {
+async function* rowsOnly(gen: AsyncGenerator<Located>): AsyncGenerator<Row> {
+  for await (const r of gen) yield r.row;
+}
+
+async function* jsonlRows(file: string, mapper: RowMapper): AsyncGenerator<Located> {
   const rl = readline.createInterface({ input: fs.createReadStream(file, { encoding: 'utf8' }), crlfDelay: Infinity });
   let n = 0;
   try {
     for await (const line of rl) {
       n++;
-      if (line.trim() === '') continue;
+      // A byte-order mark (as Windows editors write) is not part of the first record.
+      const text = n === 1 ? line.replace(/^\uFEFF/, '') : line;
+      if (text.trim() === '') continue;
       let raw: unknown;
       try {
-        raw = JSON.parse(line);
+        raw = JSON.parse(text);
       } catch (e) {
         throw new TunekitError('E_FORMAT', `${file}:${n}: not valid JSON (${(e as Error).message})`);
       }
-      yield mapper.map(raw, `${file}:${n}`);
+      yield { row: mapper.map(raw, `${file}:${n}`), where: `${file}:${n}` };
     }
   } finally {
     rl.close();
   }
 }
 
-async function* csvRows(file: string, mapper: RowMapper, delimiter: string): AsyncGenerator<Row> {
+async function* csvRows(file: string, mapper: RowMapper, delimiter: string): AsyncGenerator<Located> {
   let header: string[] | undefined;
   for await (const rec of readCsvRecords(file, delimiter)) {
     if (!header) {
@@ -284,18 +350,35 @@ async function* csvRows(file: string, mapper: RowMapper, delimiter: string): Asy
     if (rec.fields.length !== header.length) {
       throw new TunekitError('E_FORMAT', `${file}:${rec.line}: ${rec.fields.length} fields but the header has ${header.length}`);
     }
-    yield mapper.map(Object.fromEntries(header.map((h, i) => [h, rec.fields[i]])), `${file}:${rec.line}`);
+    const where = `${file}:${rec.line}`;
+    yield { row: mapper.map(Object.fromEntries(header.map((h, i) => [h, rec.fields[i]])), where), where };
   }
   if (!header) throw new TunekitError('E_FORMAT', `${file}: empty CSV file (a header row is required)`);
 }
 
-async function collect(gen: AsyncGenerator<Row>, mapper: RowMapper, file: string): Promise<Dataset> {
-  const rows: Row[] = [];
+async function collect(gen: AsyncGenerator<Located>, mapper: RowMapper, file: string, opts: ReadOptions): Promise<Dataset> {
+  const rows: Located[] = [];
   for await (const r of gen) rows.push(r);
-  return finish(rows, mapper, file);
+  return finish(rows, mapper, file, opts);
 }
 
-function finish(rows: Row[], mapper: RowMapper, file: string): Dataset {
-  if (rows.length === 0) throw new TunekitError('E_FORMAT', `${file}: no rows`);
+/** The file as a whole: labelled throughout or not at all, and a label field the user named must exist. */
+function finish(located: Located[], mapper: RowMapper, file: string, opts: ReadOptions): Dataset {
+  if (located.length === 0) throw new TunekitError('E_FORMAT', `${file}: no rows`);
+  const field = mapper.f.label;
+  const labelled = located.filter((r) => r.row.label !== undefined).length;
+  if (labelled === 0 && opts.fields?.label !== undefined)
+    throw new TunekitError(
+      'E_FORMAT',
+      `${file}: no row has the label field ${JSON.stringify(field)}; fields present: ${mapper.firstFields?.join(', ') || 'none'}`,
+    );
+  if (labelled > 0 && labelled < located.length) {
+    const first = located.find((r) => r.row.label === undefined)!;
+    throw new TunekitError(
+      'E_FORMAT',
+      `${first.where}: no ${JSON.stringify(field)} label, but ${labelled} of the ${located.length} rows have one (label every row, or none)`,
+    );
+  }
+  const rows = located.map((r) => r.row);
   return new Dataset(rows, { labelNames: mapper.names.length ? mapper.names : undefined, source: file });
 }

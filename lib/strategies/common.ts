@@ -3,6 +3,7 @@ import { TunekitError } from '../errors';
 import type { Model } from '../model';
 import { AdamW } from '../optim';
 import { EvalResult, Example, Progress, Trainer, TrainResult } from '../trainer';
+import { checkNumber } from '../validate';
 
 export interface StrategyData {
   train: Example[];
@@ -24,8 +25,33 @@ export interface TrainOptions {
   /** Evaluate on the validation set this often (default: once per epoch). */
   evalEvery?: number;
   checkpointDir?: string;
+  /** Steps between checkpoints (default: once per epoch when checkpointDir is set). */
+  checkpointEvery?: number;
+  /** Continue from checkpointDir's latest checkpoint (default true; false refuses a folder holding checkpoints). */
+  resume?: boolean;
   onProgress?: (p: Progress) => void;
+  /** Called when training ends, before the final evaluations: save the model here and no evaluation can lose it. */
+  onTrained?: () => Promise<void> | void;
 }
+
+/** The names of TrainOptions' fields; each strategy adds its own. */
+export const TRAIN_OPTIONS = [
+  'lr',
+  'epochs',
+  'batchSize',
+  'maxSteps',
+  'weightDecay',
+  'warmupRatio',
+  'gradAccumulation',
+  'maxGradNorm',
+  'seed',
+  'evalEvery',
+  'checkpointDir',
+  'checkpointEvery',
+  'resume',
+  'onProgress',
+  'onTrained',
+];
 
 export interface StrategyResult {
   strategy: string;
@@ -60,6 +86,8 @@ export async function trainSupervised(name: string, model: Model, data: Strategy
   if (!data || !Array.isArray(data.train) || data.train.length === 0)
     throw new TunekitError('E_ARG', `${name}: data.train must be a non-empty array of examples`);
   const o = { ...TRAIN_DEFAULTS, ...options };
+  checkNumber(o.warmupRatio, 'warmupRatio', { min: 0, max: 1 });
+  for (const k of ['batchSize', 'epochs', 'gradAccumulation'] as const) checkNumber(o[k], k, { integer: true, min: 1 });
   const trainable = model.countParameters({ trainableOnly: true });
   if (trainable === 0) throw new TunekitError('E_STATE', `${name}: the model has no trainable parameters`);
   const stepsPerEpoch = Math.ceil(Math.ceil(data.train.length / o.batchSize) / o.gradAccumulation);
@@ -80,7 +108,9 @@ export async function trainSupervised(name: string, model: Model, data: Strategy
     evalEvery: o.evalEvery ?? stepsPerEpoch,
     onProgress: o.onProgress,
     checkpointDir: o.checkpointDir,
-    checkpointEvery: o.checkpointDir ? stepsPerEpoch : undefined,
+    checkpointEvery: o.checkpointDir ? (o.checkpointEvery ?? stepsPerEpoch) : undefined,
+    resume: o.resume,
+    onTrained: o.onTrained,
   });
   const start = Date.now();
   const train = await trainer.train(data.train, data.validation?.length ? { evalSet: data.validation } : {});

@@ -10,6 +10,7 @@ import { LogisticRegression, LogisticRegressionOptions } from '../logreg';
 import type { Model, Pooling } from '../model';
 import { atomicWrite } from '../safetensors';
 import { TunekitError } from '../errors';
+import { checkOptions } from '../validate';
 import { peakRssMiB, StrategyData, StrategyResult } from './common';
 
 export interface FeatureBasedOptions extends LogisticRegressionOptions {
@@ -25,7 +26,12 @@ export class FeatureBased {
   readonly name = 'features';
   readonly classifier: LogisticRegression;
   constructor(readonly options: FeatureBasedOptions = {}) {
-    this.classifier = new LogisticRegression(options);
+    const { C, maxIter, tol } = checkOptions(
+      options,
+      ['C', 'maxIter', 'tol', 'pooling', 'batchSize', 'cacheDir', 'onProgress'],
+      'FeatureBased',
+    );
+    this.classifier = new LogisticRegression({ C, maxIter, tol });
   }
 
   /** [n, hidden] embeddings of the examples with the frozen model, in eval mode. */

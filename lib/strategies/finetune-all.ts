@@ -1,10 +1,13 @@
 /** Finetuning II: every parameter of the model trains. */
 import type { Model } from '../model';
-import { StrategyData, StrategyResult, TrainOptions, trainSupervised } from './common';
+import { checkOptions } from '../validate';
+import { StrategyData, StrategyResult, TRAIN_OPTIONS, TrainOptions, trainSupervised } from './common';
 
 export class FinetuneAll {
   readonly name = 'full';
-  constructor(readonly options: TrainOptions = {}) {}
+  constructor(readonly options: TrainOptions = {}) {
+    checkOptions(options, TRAIN_OPTIONS, 'FinetuneAll');
+  }
 
   async apply(model: Model): Promise<void> {
     await model.setTrainable('all', true);

@@ -4,7 +4,8 @@
  */
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
-import { StrategyData, StrategyResult, TrainOptions, trainSupervised } from './common';
+import { checkOptions } from '../validate';
+import { StrategyData, StrategyResult, TRAIN_OPTIONS, TrainOptions, trainSupervised } from './common';
 
 export interface FinetuneHeadOptions extends TrainOptions {
   /** Also train the last n transformer blocks (and the final norm that follows them). */
@@ -32,6 +33,7 @@ export function lastBlockPatterns(model: Model, n: number): RegExp[] {
 export class FinetuneHead {
   readonly name: string;
   constructor(readonly options: FinetuneHeadOptions = {}) {
+    checkOptions(options, [...TRAIN_OPTIONS, 'unfreezeLastBlocks'], 'FinetuneHead');
     const n = options.unfreezeLastBlocks ?? 0;
     this.name = n > 0 ? `head+last${n}` : 'head';
   }

@@ -8,7 +8,8 @@ import { LoRA, LoRAOptions } from '../peft/lora';
 import { PrefixTuning, PrefixTuningOptions } from '../peft/prefix';
 import { PromptTuning, PromptTuningOptions } from '../peft/prompt';
 import { IA3, IA3Options } from '../peft/ia3';
-import { StrategyData, StrategyResult, TrainOptions, trainSupervised } from './common';
+import { checkOptions } from '../validate';
+import { StrategyData, StrategyResult, TRAIN_OPTIONS, TrainOptions, trainSupervised } from './common';
 
 export type PeftMethod = LoRA | Adapter | PrefixTuning | PromptTuning | IA3;
 
@@ -18,6 +19,7 @@ export class FinetunePEFT {
     readonly method: PeftMethod,
     readonly options: TrainOptions & { adapterName?: string } = {},
   ) {
+    checkOptions(options, [...TRAIN_OPTIONS, 'adapterName'], 'FinetunePEFT');
     this.name = method.name;
   }
 
@@ -34,7 +36,8 @@ export class FinetunePEFT {
 
 export class FinetuneLoRA extends FinetunePEFT {
   constructor(options: TrainOptions & { lora?: LoRAOptions; adapterName?: string } = {}) {
-    super(new LoRA(options.lora ?? {}), options);
+    const { lora, ...rest } = checkOptions(options, [...TRAIN_OPTIONS, 'lora', 'adapterName'], 'FinetuneLoRA');
+    super(new LoRA(lora ?? {}), rest);
   }
 }
 
