@@ -48,6 +48,8 @@ export interface Family {
   heads: Partial<Record<Task, RegExp[]>>;
   /** Backbone parameters a checkpoint may lack, initialised fresh as transformers does (BERT's pooler). */
   optional?: RegExp;
+  /** Checkpoint tensors that are no parameter and are skipped silently (transformers' _keys_to_ignore_on_load_unexpected). */
+  ignoreUnexpected?: RegExp;
   /** Parameter-name pattern of block i, and of the norm after the last block (if any). */
   block(i: number): RegExp;
   finalNorm?: RegExp;
@@ -171,6 +173,8 @@ const decoderLayout = {
 export const FAMILIES: Record<ModelType, Family> = {
   gpt2: {
     modelType: 'gpt2',
+    // Older transformers saved the causal-mask buffers.
+    ignoreUnexpected: /(^|\.)(attn|crossattention)\.(bias|masked_bias)$/,
     defaultTask: 'causal-lm',
     backbone: 'transformer.',
     conv1d: true,

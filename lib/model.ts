@@ -5,7 +5,7 @@ import { BatchInput, packBatch } from './batch';
 import { TunekitError } from './errors';
 import { defaultTask, Dims, Family, familyOf, firstId, HFConfig, ModelType, numLabelsOf, Pooling, Task, toSpec } from './families';
 import { FloatArray, Handle, RawParam, RawSpec, addon, serial, sync } from './native';
-import { AdapterFile, AdapterRecord, methodForPeftType, PeftMethod, Resolved } from './peft/method';
+import { AdapterConfig, AdapterFile, AdapterRecord, methodForPeftType, PeftMethod, Resolved } from './peft/method';
 import { checkMemory, Job } from './memory';
 import { atomicWrite, entry, readCheckpoint, readHeader, writeJsonAtomic } from './safetensors';
 import { checkBoolean, checkChoice, checkNumber, checkOptions } from './validate';
@@ -59,6 +59,8 @@ export class Model {
   readonly dtype: DType;
   /** Parameters the checkpoint did not provide and that were freshly initialised (as transformers warns). */
   readonly newlyInitialized: string[] = [];
+  /** Head tensors of the checkpoint this task does not use (e.g. a classifier's, loaded as a base model; transformers warns). */
+  readonly unusedWeights: string[] = [];
   private handle: Handle | null;
   private params: RawParam[];
   private spec: RawSpec;
@@ -125,6 +127,7 @@ export class Model {
    * parameters the checkpoint lacks; a missing backbone tensor is an error. */
   private async loadFrom(headers: ReturnType<typeof readCheckpoint>, dir: string): Promise<string[]> {
     const missing: string[] = [];
+    const used = new Set<string>();
     const byFile = new Map<string, ReturnType<typeof entry>[]>();
     for (const p of this.params) {
       const candidates = this.withAndWithoutBackbone(p.name);
@@ -135,6 +138,7 @@ export class Model {
         const list = byFile.get(h.file) ?? [];
         list.push(entry(p.name, h.tensors.get(key)!));
         byFile.set(h.file, list);
+        used.add(key);
         found = true;
         break;
       }
@@ -144,10 +148,29 @@ export class Model {
       if (!isHead) throw new TunekitError('E_FORMAT', `${dir}: checkpoint lacks tensor '${p.name}' that config.json implies`);
       missing.push(p.name);
     }
+    this.checkUnused(headers, used, dir);
     for (const [file, entries] of byFile) {
       await serial(() => addon.loadSafetensors(this.h, file, entries));
     }
     return missing;
+  }
+
+  /**
+   * A checkpoint tensor no parameter takes is an error when it belongs to the backbone (config.json disagrees with
+   * the weights, e.g. fewer layers); an unused head (a classifier loaded as a base model) is listed in unusedWeights.
+   */
+  private checkUnused(headers: ReturnType<typeof readCheckpoint>, used: Set<string>, dir: string): void {
+    const prefix = this.family.backbone;
+    const keys = headers.flatMap((h) => [...h.tensors.keys()]);
+    const prefixed = keys.some((k) => k.startsWith(prefix));
+    const unused = keys.filter((k) => !used.has(k) && !this.family.ignoreUnexpected?.test(k));
+    const backbone = unused.filter((k) => !prefixed || k.startsWith(prefix));
+    if (backbone.length)
+      throw new TunekitError(
+        'E_FORMAT',
+        `${dir}: the checkpoint holds ${backbone.length} backbone tensors config.json does not account for (${backbone.slice(0, 3).join(', ')}${backbone.length > 3 ? ', ...' : ''}); does config.json (e.g. its layer count) match the weights?`,
+      );
+    this.unusedWeights.splice(0, this.unusedWeights.length, ...unused);
   }
 
   private get h(): Handle {
@@ -338,6 +361,14 @@ export class Model {
       params = await addon.addAdapter(this.h, method.name, spec);
       if (load) {
         try {
+          // A file lacking some of the adapter's tensors would leave them at their random initialisation.
+          const loaded = new Set(load.entries.map((e) => e.name));
+          const missing = params.filter((p) => !loaded.has(p));
+          if (missing.length)
+            throw new TunekitError(
+              'E_FORMAT',
+              `${load.file} lacks ${missing.length} of the adapter's tensors: ${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', ...' : ''}`,
+            );
           await addon.loadSafetensors(this.h, load.file, load.entries);
         } catch (e) {
           await addon.deleteAdapter(this.h, name);
@@ -441,11 +472,12 @@ export class Model {
     const name = options.name ?? 'default';
     const { config, header, file } = readAdapterFolder(dir);
     const method = methodForPeftType(config.peft_type, `${dir}/adapter_config.json`);
+    const configView = new AdapterConfig(config, path.join(dir, 'adapter_config.json'));
     this.checkNewAdapter(name);
     const known = new Set(this.baseParameters().map((q) => q.name));
     const view: AdapterFile = {
       file,
-      config,
+      config: configView,
       header,
       tensors: [...header.tensors].map(([key, e]) => ({ key, rest: key.replace(/^base_model\.(model\.)?/, ''), entry: e })),
       baseParam: (n) => this.withAndWithoutBackbone(n).find((c) => known.has(c)),

@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { TunekitError } from './errors';
+import { show } from './validate';
 import type { RawEntry } from './native';
 
 const DTYPE_SIZES: Record<string, number> = {
@@ -43,7 +44,9 @@ export function readHeader(file: string): Header {
     throw new TunekitError('E_FILE', `cannot open ${file}: ${(e as Error).message}`);
   }
   try {
-    const size = fs.fstatSync(fd).size;
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) throw new TunekitError('E_FILE', `${file} is not a file`);
+    const size = stat.size;
     const bad = (msg: string) => new TunekitError('E_FORMAT', `${file}: ${msg}`);
     if (size < 8) throw bad(`file is ${size} bytes, too short to be safetensors`);
     const lenBuf = Buffer.alloc(8);
@@ -111,7 +114,11 @@ export function readCheckpoint(dir: string, stem = 'model'): Header[] {
     } catch (e) {
       throw new TunekitError('E_FORMAT', `${index}: not valid JSON (${(e as Error).message})`);
     }
-    if (!map || typeof map !== 'object') throw new TunekitError('E_FORMAT', `${index}: no weight_map`);
+    if (!map || typeof map !== 'object' || Array.isArray(map)) throw new TunekitError('E_FORMAT', `${index}: no weight_map object`);
+    for (const [name, f] of Object.entries(map)) {
+      if (typeof f !== 'string' || f === '' || path.basename(f) !== f)
+        throw new TunekitError('E_FORMAT', `${index}: weight_map['${name}'] must be a shard file name in the same folder, got ${show(f)}`);
+    }
     const headers = [...new Set(Object.values(map))].map((f) => readHeader(path.join(dir, f)));
     for (const [name, f] of Object.entries(map)) {
       const h = headers.find((x) => path.basename(x.file) === f);

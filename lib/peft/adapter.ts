@@ -98,11 +98,11 @@ export const bottleneckMethod: PeftMethod<AdapterOptions, ResolvedAdapter> = reg
     if (modules.size === 0) throw new TunekitError('E_FORMAT', `${f.file}: no adapter tensors`);
     return {
       settings: {
-        bottleneckSize: Number(f.config.bottleneck_size),
-        reductionFactor: (f.config.reduction_factor as number | null) ?? undefined,
-        nonlinearity: String(f.config.non_linearity ?? 'relu'),
+        bottleneckSize: f.config.num('bottleneck_size', { integer: true, min: 1 }),
+        reductionFactor: f.config.optionalNum('reduction_factor', { min: 0, minExclusive: true }),
+        nonlinearity: f.config.str('non_linearity') ?? 'relu',
         modules: [...modules],
-        modulesToSave: (f.config.modules_to_save as string[] | null) ?? [],
+        modulesToSave: f.config.modulesToSave(),
         seed: 0,
       },
       own(key, rest) {

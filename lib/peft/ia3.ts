@@ -81,15 +81,15 @@ export const ia3Method: PeftMethod<IA3Options, ResolvedIA3> = registerMethod<IA3
     };
     const modules = f.tensors.map((t) => module(t.key, t.rest)).filter((m): m is string => m !== undefined);
     // As PEFT decides on loading: by the config's feedforward_modules (the core then checks each vector's shape).
-    const feedforward = modules.filter((m) => matchesTarget(m, (f.config.feedforward_modules as string[] | string | null) ?? []));
+    const feedforward = modules.filter((m) => matchesTarget(m, f.config.modules('feedforward_modules') ?? []));
     if (modules.length === 0) throw new TunekitError('E_FORMAT', `${f.file}: no ia3_l tensors`);
     return {
       settings: {
         modules,
         feedforward,
-        targetModules: (f.config.target_modules as string[] | string) ?? modules,
-        feedforwardModules: (f.config.feedforward_modules as string[] | string) ?? feedforward,
-        modulesToSave: (f.config.modules_to_save as string[] | null) ?? [],
+        targetModules: f.config.modules('target_modules') ?? modules,
+        feedforwardModules: f.config.modules('feedforward_modules') ?? feedforward,
+        modulesToSave: f.config.modulesToSave(),
       },
       own: (key, rest) => {
         const mod = module(key, rest);

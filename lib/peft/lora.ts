@@ -102,13 +102,15 @@ export const loraMethod: PeftMethod<LoRAOptions, ResolvedLoRA> = registerMethod<
   }),
 
   fromFile(model, adapter, f) {
+    const c = f.config;
     for (const k of ['rank_pattern', 'alpha_pattern'] as const) {
-      if (f.config[k] && Object.keys(f.config[k] as object).length)
-        throw new TunekitError('E_FORMAT', `${f.file}: per-module ${k} is not supported`);
+      const v = c.json[k];
+      if (v !== undefined && v !== null && (typeof v !== 'object' || Object.keys(v).length))
+        throw new TunekitError('E_FORMAT', `${c.file}: per-module ${k} is not supported`);
     }
-    if (f.config.use_dora) throw new TunekitError('E_FORMAT', `${f.file}: DoRA adapters are not supported`);
+    if (c.bool('use_dora', false)) throw new TunekitError('E_FORMAT', `${c.file}: DoRA adapters are not supported`);
     const modules = new Set<string>();
-    let r = Number(f.config.r);
+    let r = c.num('r', { integer: true, min: 1 }, 8);
     const module = (key: string, rest: string): [string, string] | undefined => {
       const m = rest.match(/^(.*)\.(lora_[AB])\.weight$/);
       if (!m) return undefined;
@@ -129,13 +131,13 @@ export const loraMethod: PeftMethod<LoRAOptions, ResolvedLoRA> = registerMethod<
     return {
       settings: {
         r,
-        alpha: Number(f.config.lora_alpha ?? 8),
-        dropout: Number(f.config.lora_dropout ?? 0),
-        rslora: Boolean(f.config.use_rslora),
+        alpha: c.num('lora_alpha', { min: 0, minExclusive: true }, 8),
+        dropout: c.num('lora_dropout', { min: 0, max: 1, maxExclusive: true }, 0),
+        rslora: c.bool('use_rslora', false),
         seed: 0,
         modules: [...modules],
-        modulesToSave: (f.config.modules_to_save as string[] | null) ?? [],
-        targetModules: (f.config.target_modules as string[] | string) ?? [...modules],
+        modulesToSave: c.modulesToSave(),
+        targetModules: c.modules('target_modules') ?? [...modules],
       },
       own(key, rest) {
         const found = module(key, rest);

@@ -9,7 +9,7 @@ import { matchesSuffix } from '../families';
 import type { Model } from '../model';
 import type { RawAdapterSpec } from '../native';
 import type { Header, HeaderEntry } from '../safetensors';
-import { checkNumber } from '../validate';
+import { checkNumber, NumberRule, show } from '../validate';
 
 /** Settings every method resolves: the user's modules_to_save and the base parameters they cover. */
 export interface Resolved {
@@ -17,10 +17,53 @@ export interface Resolved {
   saveParams: string[];
 }
 
+/** Typed reads of an adapter_config.json: a field of the wrong type or range is E_FORMAT naming the file and the field. */
+export class AdapterConfig {
+  constructor(
+    readonly json: Record<string, unknown>,
+    readonly file: string,
+  ) {}
+  /** PEFT writes null for an unset field. */
+  private get(key: string): unknown {
+    return this.json[key] === null ? undefined : this.json[key];
+  }
+  num(key: string, rule: NumberRule, fallback?: number): number {
+    return checkNumber(this.get(key), `${this.file}: ${key}`, { ...rule, code: 'E_FORMAT' }, fallback);
+  }
+  /** A number when present, else undefined. */
+  optionalNum(key: string, rule: NumberRule): number | undefined {
+    return this.get(key) === undefined ? undefined : this.num(key, rule);
+  }
+  bool(key: string, fallback: boolean): boolean {
+    const v = this.get(key) ?? fallback;
+    if (typeof v !== 'boolean') throw new TunekitError('E_FORMAT', `${this.file}: ${key} must be true or false, got ${show(v)}`);
+    return v;
+  }
+  str(key: string): string | undefined {
+    const v = this.get(key);
+    if (v !== undefined && typeof v !== 'string')
+      throw new TunekitError('E_FORMAT', `${this.file}: ${key} must be a string, got ${show(v)}`);
+    return v as string | undefined;
+  }
+  /** A module list as PEFT writes one: a list of names, or one regular expression as a string. */
+  modules(key: string): string[] | string | undefined {
+    const v = this.get(key);
+    if (v === undefined || typeof v === 'string') return v;
+    if (Array.isArray(v) && v.every((m) => typeof m === 'string')) return v as string[];
+    throw new TunekitError('E_FORMAT', `${this.file}: ${key} must be a list of module names or a string, got ${show(v)}`);
+  }
+  /** modules_to_save: a list of names or nothing. */
+  modulesToSave(): string[] {
+    const v = this.modules('modules_to_save');
+    if (typeof v === 'string') throw new TunekitError('E_FORMAT', `${this.file}: modules_to_save must be a list of module names`);
+    return v ?? [];
+  }
+}
+
 /** One of PEFT's adapter files, seen through the model it is being loaded into. */
 export interface AdapterFile {
   file: string;
-  config: Record<string, unknown>;
+  config: AdapterConfig;
   header: Header;
   /** Every tensor: its key as stored, and `rest`, the key without "base_model.model." / "base_model.". */
   tensors: { key: string; rest: string; entry: HeaderEntry }[];

@@ -72,7 +72,7 @@ export const prefixMethod: PeftMethod<PrefixTuningOptions, ResolvedPrefix> = reg
   fromFile(model, adapter, f) {
     const table = f.header.tensors.get('prompt_embeddings');
     if (!table) throw new TunekitError('E_FORMAT', `${f.file}: no prompt_embeddings tensor`);
-    const n = Number(f.config.num_virtual_tokens);
+    const n = f.config.num('num_virtual_tokens', { integer: true, min: 1 });
     const { numLayers: layers, numKvHeads: kvHeads, headDim } = model.dims;
     if (table.shape.length !== 2 || table.shape[0] !== n || table.shape[1] !== layers * 2 * kvHeads * headDim) {
       throw new TunekitError(
@@ -86,7 +86,7 @@ export const prefixMethod: PeftMethod<PrefixTuningOptions, ResolvedPrefix> = reg
         numVirtualTokens: n,
         projection: false,
         encoderHiddenSize: kvHeads * headDim,
-        modulesToSave: (f.config.modules_to_save as string[] | null) ?? [],
+        modulesToSave: f.config.modulesToSave(),
         seed: 0,
       },
       own: (key) => (key === 'prompt_embeddings' ? `prefix_encoder.${adapter}.embedding.weight` : undefined),

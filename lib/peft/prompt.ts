@@ -74,19 +74,19 @@ export const promptMethod: PeftMethod<PromptTuningOptions, ResolvedPrompt> = reg
   fromFile(model, adapter, f) {
     const prompt = f.header.tensors.get('prompt_embeddings');
     if (!prompt) throw new TunekitError('E_FORMAT', `${f.file}: no prompt_embeddings tensor`);
-    const n = Number(f.config.num_virtual_tokens);
+    const n = f.config.num('num_virtual_tokens', { integer: true, min: 1 });
     const hidden = model.dims.hiddenSize;
     if (prompt.shape.length !== 2 || prompt.shape[0] !== n || prompt.shape[1] !== hidden) {
       throw new TunekitError('E_SHAPE', `${f.file}: prompt_embeddings is [${prompt.shape}] but this model needs [${n}, ${hidden}]`);
     }
-    if (Number(f.config.num_transformer_submodules ?? 1) !== 1)
+    if (f.config.num('num_transformer_submodules', { integer: true, min: 1 }, 1) !== 1)
       throw new TunekitError('E_FORMAT', `${f.file}: prompts for encoder-decoder models are not supported`);
     return {
       settings: {
         numVirtualTokens: n,
-        initText: (f.config.prompt_tuning_init_text as string | null) ?? undefined,
-        tokenizerNameOrPath: (f.config.tokenizer_name_or_path as string | null) ?? undefined,
-        modulesToSave: (f.config.modules_to_save as string[] | null) ?? [],
+        initText: f.config.str('prompt_tuning_init_text'),
+        tokenizerNameOrPath: f.config.str('tokenizer_name_or_path'),
+        modulesToSave: f.config.modulesToSave(),
         seed: 0,
       },
       own: (key) => (key === 'prompt_embeddings' ? `prompt_encoder.${adapter}.embedding.weight` : undefined),

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -27,44 +28,74 @@ static std::string safetensors_name(torch::ScalarType t) {
   throw Error("E_FORMAT", "cannot store dtype " + scalar_name(t) + " in safetensors");
 }
 
-std::vector<torch::Tensor> read_safetensors(const std::string& path, const std::vector<TensorEntry>& entries) {
+// One entry against the file: a known dtype, a non-negative shape, and a byte range inside the file that fits it.
+static torch::ScalarType check_entry(const std::string& path, const TensorEntry& e, int64_t file_size) {
+  auto dt = safetensors_dtype(e.dtype);
+  int64_t numel = 1;
+  for (auto d : e.shape) {
+    require(d >= 0, "E_FORMAT", path + ": tensor '" + e.name + "' has a negative dimension");
+    require(d == 0 || numel <= INT64_MAX / 8 / d, "E_FORMAT", path + ": tensor '" + e.name + "' has an impossibly large shape");
+    numel *= d;
+  }
+  int64_t nbytes = numel * int64_t(c10::elementSize(dt));
+  require(e.begin >= 0 && e.end >= e.begin && e.end <= file_size, "E_FORMAT",
+          path + ": tensor '" + e.name + "' lies outside the file (truncated file or lying header)");
+  require(e.end - e.begin == nbytes, "E_FORMAT",
+          path + ": tensor '" + e.name + "' has " + std::to_string(e.end - e.begin) + " bytes but its dtype and shape need " +
+              std::to_string(nbytes));
+  return dt;
+}
+
+static std::ifstream open_for_reading(const std::string& path, int64_t& size) {
   std::ifstream f(path, std::ios::binary | std::ios::ate);
   require(f.good(), "E_FILE", "cannot open '" + path + "'");
-  int64_t size = f.tellg();
+  size = f.tellg();
+  return f;
+}
+
+static void read_into(std::ifstream& f, const std::string& path, const TensorEntry& e, torch::Tensor& t) {
+  f.seekg(e.begin);
+  f.read(static_cast<char*>(t.data_ptr()), e.end - e.begin);
+  require(f.good(), "E_FILE", path + ": read failed for tensor '" + e.name + "'");
+}
+
+std::vector<torch::Tensor> read_safetensors(const std::string& path, const std::vector<TensorEntry>& entries) {
+  int64_t size = 0;
+  auto f = open_for_reading(path, size);
   std::vector<torch::Tensor> out;
   for (const auto& e : entries) {
-    auto dt = safetensors_dtype(e.dtype);
-    int64_t numel = 1;
-    for (auto d : e.shape) {
-      require(d >= 0, "E_FORMAT", path + ": tensor '" + e.name + "' has a negative dimension");
-      numel *= d;
-    }
-    int64_t nbytes = numel * int64_t(c10::elementSize(dt));
-    require(e.begin >= 0 && e.end >= e.begin && e.end <= size, "E_FORMAT",
-            path + ": tensor '" + e.name + "' lies outside the file (truncated file or lying header)");
-    require(e.end - e.begin == nbytes, "E_FORMAT",
-            path + ": tensor '" + e.name + "' has " + std::to_string(e.end - e.begin) + " bytes but its dtype and shape need " +
-                std::to_string(nbytes));
-    auto t = torch::empty(e.shape, torch::TensorOptions().dtype(dt));
-    f.seekg(e.begin);
-    f.read(static_cast<char*>(t.data_ptr()), nbytes);
-    require(f.good(), "E_FILE", path + ": read failed for tensor '" + e.name + "'");
+    auto t = torch::empty(e.shape, torch::TensorOptions().dtype(check_entry(path, e, size)));
+    read_into(f, path, e, t);
     out.push_back(t);
   }
   return out;
 }
 
 void load_safetensors(Model& m, const std::string& path, const std::vector<TensorEntry>& entries) {
-  auto tensors = read_safetensors(path, entries);
-  // Check every shape before touching any weight, so a bad file leaves the model as it was.
-  for (size_t i = 0; i < entries.size(); i++) {
-    const auto& p = m.stored(entries[i].name);
-    require(p.sizes() == tensors[i].sizes(), "E_SHAPE",
-            path + ": tensor '" + entries[i].name + "' has shape " + shape_str(tensors[i].sizes()) + " but config.json implies " +
-                shape_str(p.sizes()));
+  int64_t size = 0;
+  auto f = open_for_reading(path, size);
+  // Every entry is checked against the file and the model before any weight changes, so a bad file leaves the model
+  // as it was.
+  std::vector<torch::ScalarType> dtypes;
+  for (const auto& e : entries) {
+    dtypes.push_back(check_entry(path, e, size));
+    const auto& p = m.stored(e.name);
+    require(p.sizes() == c10::IntArrayRef(e.shape), "E_SHAPE",
+            path + ": tensor '" + e.name + "' has shape " + shape_str(e.shape) + " but config.json implies " + shape_str(p.sizes()));
   }
+  // Then tensor by tensor, straight into the parameter where its layout allows: the peak stays near one copy of the
+  // weights (plus the largest tensor whose dtype or device differs), never two.
   torch::NoGradGuard no_grad;
-  for (size_t i = 0; i < entries.size(); i++) m.stored(entries[i].name).detach().copy_(tensors[i]);
+  for (size_t i = 0; i < entries.size(); i++) {
+    auto p = m.stored(entries[i].name).detach();
+    if (p.device().is_cpu() && p.is_contiguous() && p.scalar_type() == dtypes[i]) {
+      read_into(f, path, entries[i], p);
+      continue;
+    }
+    auto t = torch::empty(entries[i].shape, torch::TensorOptions().dtype(dtypes[i]));
+    read_into(f, path, entries[i], t);
+    p.copy_(t);
+  }
 }
 
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {

@@ -26,17 +26,22 @@ struct IA3 : AdapterMethod {
 
   // Feed-forward: W's input columns times l; otherwise W's output rows and the bias times l (PEFT's merge). Unfolding
   // divides by l + 1e-8 as PEFT does, so a vector entry of zero cannot be unfolded.
-  void fold(Model& m, double sign) override {
-    for (auto& [mod, l] : modules) {
+  Folded folded(const Model& m, double sign) const override {
+    Folded out;
+    for (const auto& [mod, l] : modules) {
       auto v = m.stored(l.vector).flatten();
       if (sign < 0) v = v + 1e-8;
-      auto& W = m.stored(mod + ".weight");
+      const auto& W = m.stored(mod + ".weight");
       bool fifo = m.is_conv1d(mod);
       // [out, in] (or [in, out] for Conv1D): scale along the input or the output dimension.
       auto scale = l.feedforward == fifo ? v.unsqueeze(1) : v.unsqueeze(0);
-      sign > 0 ? W.mul_(scale) : W.div_(scale);
-      if (!l.feedforward && m.has(mod + ".bias")) sign > 0 ? m.stored(mod + ".bias").mul_(v) : m.stored(mod + ".bias").div_(v);
+      out.emplace_back(mod + ".weight", sign > 0 ? W * scale : W / scale);
+      if (!l.feedforward && m.has(mod + ".bias")) {
+        const auto& b = m.stored(mod + ".bias");
+        out.emplace_back(mod + ".bias", sign > 0 ? b * v : b / v);
+      }
     }
+    return out;
   }
 };
 

@@ -69,11 +69,13 @@ struct Lora : AdapterMethod {
   }
 
   // W += scaling * B A (transposed for Conv1D): the adapted model then runs at the base model's cost.
-  void fold(Model& m, double sign) override {
-    for (auto& [mod, l] : modules) {
+  Folded folded(const Model& m, double sign) const override {
+    Folded out;
+    for (const auto& [mod, l] : modules) {
       auto delta = torch::mm(m.stored(l.B), m.stored(l.A)).mul_(scaling);
-      m.stored(mod + ".weight").add_(m.is_conv1d(mod) ? delta.t() : delta, sign);
+      out.emplace_back(mod + ".weight", m.stored(mod + ".weight").add(m.is_conv1d(mod) ? delta.t() : delta, sign));
     }
+    return out;
   }
 };
 

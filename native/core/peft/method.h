@@ -29,8 +29,10 @@ struct AdapterMethod {
   // Attention keys/values in front of every layer's own (prefix tuning): [n, layers * 2, kv_heads, head_dim].
   virtual int64_t prefix_tokens() const { return 0; }
   virtual torch::Tensor prefix_values(const Model&) const { return {}; }
-  // Folds the adapter into the base weights (sign 1) or takes it back out (sign -1).
-  virtual void fold(Model&, double) { throw Error("E_STATE", method + " adapters do not fold into the weights"); }
+  // The base weights with the adapter folded in (sign 1) or taken back out (sign -1), as new tensors by parameter
+  // name: the registry checks them all before any weight changes.
+  using Folded = std::vector<std::pair<std::string, torch::Tensor>>;
+  virtual Folded folded(const Model&, double) const { throw Error("E_STATE", method + " adapters do not fold into the weights"); }
   // A tensor PEFT saves that is not a parameter (prefix tuning saves its projection's output), by the name the TS
   // layer asks for.
   virtual torch::Tensor exported(const Model&, const std::string& what) const {

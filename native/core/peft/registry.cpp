@@ -1,5 +1,7 @@
 // What every PEFT method shares: the method registry, reading specs, adapter names, modules_to_save copies,
 // ownership of the parameters an adapter creates, switching, folding and deleting adapters.
+#include <cmath>
+
 #include "../models/family.h"
 #include "method.h"
 
@@ -18,7 +20,10 @@ bool register_method(const std::string& name, MethodFactory factory) {
 double SpecReader::number(const std::string& key, double fallback) {
   read_.insert(key);
   auto it = s_.numbers.find(key);
-  return it == s_.numbers.end() ? fallback : it->second;
+  if (it == s_.numbers.end()) return fallback;
+  // Every method's numbers, in one place: a NaN scaling would pass every comparison a method makes.
+  require(std::isfinite(it->second), "E_ARG", s_.method + " option '" + key + "' must be a finite number");
+  return it->second;
 }
 
 int64_t SpecReader::integer(const std::string& key, int64_t fallback) {
@@ -125,7 +130,12 @@ static void fold(Model& m, double sign) {
   auto& a = *m.adapters.at(m.active);
   require((sign > 0) != a.merged, "E_STATE", "adapter '" + m.active + (a.merged ? "' is already merged" : "' is not merged"));
   torch::NoGradGuard g;
-  a.fold(m, sign);
+  auto folded = a.folded(m, sign);
+  for (const auto& [name, t] : folded)
+    require(torch::isfinite(t).all().item<bool>(), "E_NAN",
+            std::string(sign > 0 ? "merging" : "unmerging") + " adapter '" + m.active + "' would put non-finite values into '" + name +
+                "'; the weights are unchanged");
+  for (const auto& [name, t] : folded) m.stored(name).copy_(t);
   a.merged = sign > 0;
 }
 
