@@ -4,6 +4,7 @@ import path from 'node:path';
 import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
 import { padRows } from './batch';
 import { TunekitError } from './errors';
+import { checkOptions, show } from './validate';
 
 export interface EncodeBatchOptions {
   addSpecialTokens?: boolean;
@@ -42,6 +43,7 @@ export class Tokenizer {
       }
     };
     const json = read(file);
+    checkVocabularyIds(json, file);
     const cfgFile = path.join(dir, 'tokenizer_config.json');
     const config = fs.existsSync(cfgFile) ? read(cfgFile) : {};
     try {
@@ -62,6 +64,7 @@ export class Tokenizer {
    * ([CLS] ... [SEP]) are kept, as transformers' truncation does.
    */
   encode(text: string, options: { addSpecialTokens?: boolean; maxLength?: number } = {}): number[] {
+    checkOptions(options, ['addSpecialTokens', 'maxLength'], 'encode');
     if (typeof text !== 'string') throw new TunekitError('E_TYPE', 'text must be a string');
     const add = options.addSpecialTokens ?? true;
     const ids = this.tok.encode(text, { add_special_tokens: add }).ids;
@@ -95,4 +98,25 @@ export class Tokenizer {
     const padded = padRows(rows, this.padTokenId ?? 0, options.paddingSide ?? 'right', fixed);
     return { inputIds: padded.inputIds, attentionMask: padded.attentionMask };
   }
+}
+
+/**
+ * Token ids must lie inside the vocabulary: the tokenizers library sizes tables by the largest id, so one id of 4e9
+ * would take minutes and gigabytes to load. The bound is the count of vocabulary entries and added tokens.
+ */
+function checkVocabularyIds(json: unknown, file: string): void {
+  if (!json || typeof json !== 'object' || Array.isArray(json)) throw new TunekitError('E_FORMAT', `${file}: not a JSON object`);
+  const j = json as { model?: { vocab?: unknown }; added_tokens?: unknown };
+  const vocab = j.model?.vocab;
+  const added = Array.isArray(j.added_tokens) ? j.added_tokens : [];
+  const entries = Array.isArray(vocab) ? vocab.length : vocab && typeof vocab === 'object' ? Object.keys(vocab).length : 0;
+  const bound = entries + added.length;
+  const check = (id: unknown, what: string) => {
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= bound)
+      throw new TunekitError('E_FORMAT', `${file}: ${what} has id ${show(id)}, outside the vocabulary's ${bound} entries`);
+  };
+  // A Unigram vocabulary is a list whose index is the id; BPE and WordPiece map token to id.
+  if (vocab && typeof vocab === 'object' && !Array.isArray(vocab))
+    for (const [token, id] of Object.entries(vocab)) check(id, `token ${JSON.stringify(token).slice(0, 40)}`);
+  for (const t of added) check((t as { id?: unknown })?.id, `added token ${show((t as { content?: unknown })?.content)}`);
 }
