@@ -180,9 +180,10 @@ export function checkExamples(model: Model, data: unknown, what: string): Exampl
 }
 
 /** Whether a collated language-model batch has a token to predict (the loss of one with none is 0/0). */
-function hasTargets(labels: number[] | number[][]): boolean {
-  // Causal models predict position j+1 from j; a masked LM's targets are unshifted, so any label counts.
-  return (labels as number[][]).some((r) => Array.isArray(r) && r.some((v) => v !== -100));
+function hasTargets(model: Model, labels: number[] | number[][]): boolean {
+  // A causal model predicts position j from j-1, so its first label is never a target; a masked LM's all are.
+  const first = model.task === 'causal-lm' ? 1 : 0;
+  return (labels as number[][]).some((r) => Array.isArray(r) && r.some((v, j) => j >= first && v !== -100));
 }
 
 /** Mean loss over examples, plus accuracy for a classifier or perplexity for a language model. Puts the model in eval mode. */
@@ -204,7 +205,7 @@ export async function evaluateModel(
     const chunk = data.slice(i, i + bs);
     const batch = collateExamples(model, chunk, opts.maxLength);
     if (!classify) {
-      if (!hasTargets(batch.labels)) continue;
+      if (!hasTargets(model, batch.labels)) continue;
       // A language model is scored by its loss alone: no [batch, seq, vocab] logits cross into JS.
       lossSum += ((await model.forward(batch, { logits: false })).loss ?? NaN) * chunk.length;
       scored += chunk.length;
@@ -303,7 +304,7 @@ export class Trainer {
           let examples = idx.map((i) => data[i]);
           if (o.transform) examples = o.transform(examples, batchSeed(o.seed, epoch, state.batchInEpoch));
           const batch = this.collate(examples);
-          if (this.model.task !== 'sequence-classification' && !hasTargets(batch.labels)) {
+          if (this.model.task !== 'sequence-classification' && !hasTargets(this.model, batch.labels)) {
             skippedBatches++;
             continue;
           }

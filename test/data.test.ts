@@ -152,3 +152,36 @@ test('built-in datasets: the sentiment@5.0.2 sentences, fixed 70/10/20 splits', 
   t.true(BUILTINS['imdb-sentences'].licence.includes('CC BY 4.0'));
   await t.throwsAsync(loadSplits('builtin:nope'), { message: /unknown built-in dataset "nope"/ });
 });
+
+test('labels are checked as a whole file: stray ids, fractions, mixed kinds, partly labelled, a missing label field', async (t) => {
+  const rows = (labels: unknown[]) => labels.map((l, i) => JSON.stringify({ text: `row ${i}`, label: l })).join('\n') + '\n';
+  const cases: [string, RegExp][] = [
+    [rows([0, 1, 100000000]), /labels\.jsonl:3: label 100000000 exceeds the 10000 classes/],
+    [rows([0, 1, 4294967295]), /labels\.jsonl:3: label 4294967295 exceeds/],
+    [rows([0, 1, 50]), /numeric labels must be class ids 0\.\.K-1, but they reach 50 while only 3 ids occur \(2, 3, 4, 5, 6, \.\.\. never do\)/],
+    [rows([0, 0.5, 1]), /labels\.jsonl:2: label must be a class name or a class id .*got 0\.5/],
+    [rows([0, -1, 1]), /labels\.jsonl:2: label must be/],
+    [rows(['pos', 'neg', 0]), /labels\.jsonl:3: label 0 is a class id, but earlier rows' labels are class names/],
+    [rows([true, false]), /labels\.jsonl:1: label must be a class name or a class id/],
+    [rows([0, 1]) + '{"text":"unlabelled"}\n', /labels\.jsonl:3: no "label" label, but 2 of the 3 rows have one/],
+  ];
+  for (const [text, want] of cases) {
+    const start = Date.now();
+    await t.throwsAsync(Dataset.fromJsonl(write('labels.jsonl', text)), { instanceOf: TunekitError, message: want });
+    t.true(Date.now() - start < 5000, 'refused without building a class table');
+  }
+  await t.throwsAsync(Dataset.fromJsonl(write('field.jsonl', rows([0, 1])), { fields: { label: 'sentiment' } }), {
+    message: /field\.jsonl: no row has the label field "sentiment"; fields present: text, label/,
+  });
+  t.throws(() => new Dataset([{ text: 'a', label: 0.5 }]), { message: /row 0 has label 0\.5, not a class id/ });
+  t.throws(() => new Dataset([{ text: 'a', label: 1e8 }]), { message: /not a class id in \[0, 10000\)/ });
+});
+
+test('a JSONL file that starts with a UTF-8 byte-order mark reads like one without', async (t) => {
+  const f = write('bom.jsonl', '\uFEFF{"text":"first","label":"a"}\n{"text":"second","label":"b"}\n');
+  const ds = await Dataset.fromJsonl(f);
+  t.deepEqual(ds.rows, [
+    { text: 'first', label: 0 },
+    { text: 'second', label: 1 },
+  ]);
+});

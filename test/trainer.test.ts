@@ -94,3 +94,90 @@ test('a classifier fits a small labelled set and evaluate reports accuracy', asy
   t.true(result.eval!.loss < before.loss);
   model.dispose();
 });
+
+/** A trainer over lmData writing checkpoints into `dir` every 2 steps. */
+async function checkpointed(dir: string, maxSteps: number, extra: Record<string, unknown> = {}) {
+  const model = await Model.fromPretrained(modelDir('gpt2-causal-lm'));
+  const trainer = new Trainer(model, {
+    optimizer: new AdamW(model, { lr: 1e-3 }),
+    batchSize: 4,
+    maxSteps,
+    seed: 1,
+    checkpointDir: dir,
+    checkpointEvery: 2,
+    ...extra,
+  });
+  return { model, trainer };
+}
+
+test('a fresh run into a folder holding checkpoints is refused; pruning never removes the checkpoint latest.json names', async (t) => {
+  const dir = tmpDir('ckpt-used');
+  const first = await checkpointed(dir, 4);
+  await first.trainer.train(lmData);
+  first.model.dispose();
+  t.deepEqual(fs.readdirSync(dir).sort(), ['checkpoint-2', 'checkpoint-4', 'latest.json']);
+  const fresh = await checkpointed(dir, 4, { resume: false });
+  await t.throwsAsync(fresh.trainer.train(lmData), { code: 'E_STATE', message: /already holds checkpoints of an earlier run \(checkpoint-2, checkpoint-4\)/ } as any);
+  fresh.model.dispose();
+  // A higher-numbered folder from an abandoned longer run: resuming from checkpoint-4 must keep each new checkpoint.
+  fs.cpSync(path.join(dir, 'checkpoint-4'), path.join(dir, 'checkpoint-40'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'latest.json'), JSON.stringify({ checkpoint: 'checkpoint-4', step: 4 }));
+  const resumed = await checkpointed(dir, 6);
+  const r = await resumed.trainer.train(lmData);
+  t.is(r.resumedFrom, 4);
+  const latest = JSON.parse(fs.readFileSync(path.join(dir, 'latest.json'), 'utf8')).checkpoint;
+  t.is(latest, 'checkpoint-6');
+  t.deepEqual(fs.readdirSync(dir).sort(), ['checkpoint-4', 'checkpoint-6', 'latest.json']);
+  resumed.model.dispose();
+});
+
+test('leftovers of killed runs are cleaned; a missing latest checkpoint falls back to the newest complete one, with a warning', async (t) => {
+  const dir = tmpDir('ckpt-stale');
+  const first = await checkpointed(dir, 4);
+  await first.trainer.train(lmData);
+  first.model.dispose();
+  // A dead writer's temporary, a half-deleted checkpoint, an incomplete newer checkpoint and a latest.json naming it.
+  const deadPid = 2 ** 22 + 12345;
+  fs.cpSync(path.join(dir, 'checkpoint-4'), path.join(dir, `.tmp-checkpoint-6-${deadPid}`), { recursive: true });
+  fs.mkdirSync(path.join(dir, `.trash-checkpoint-2-${deadPid}`));
+  fs.mkdirSync(path.join(dir, 'checkpoint-8'));
+  fs.copyFileSync(path.join(dir, 'checkpoint-4', 'trainer_state.json'), path.join(dir, 'checkpoint-8', 'trainer_state.json'));
+  fs.writeFileSync(path.join(dir, 'latest.json'), JSON.stringify({ checkpoint: 'checkpoint-8', step: 8 }));
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(w.message);
+  process.on('warning', onWarning);
+  const resumed = await checkpointed(dir, 6);
+  const r = await resumed.trainer.train(lmData);
+  await new Promise((res) => setImmediate(res));
+  process.off('warning', onWarning);
+  t.is(r.resumedFrom, 4);
+  t.true(warnings.some((w) => /names checkpoint-8, which is missing or incomplete; resuming from checkpoint-4/.test(w)), warnings.join('\n'));
+  t.deepEqual(fs.readdirSync(dir).sort(), ['checkpoint-4', 'checkpoint-6', 'latest.json']);
+  resumed.model.dispose();
+});
+
+test('language-model batches with no token to predict are skipped and counted; onTrained runs before the final evaluation', async (t) => {
+  const model = await Model.fromPretrained(modelDir('gpt2-causal-lm'));
+  const data: Example[] = [{ inputIds: [] }, { inputIds: [5] }, ...lmData.slice(0, 2)];
+  const order: string[] = [];
+  const trainer = new Trainer(model, {
+    optimizer: new AdamW(model),
+    batchSize: 1,
+    seed: 0,
+    onTrained: () => {
+      order.push('trained');
+    },
+  });
+  const evalSet = lmData.slice(0, 2);
+  const evaluate = trainer.evaluate.bind(trainer);
+  trainer.evaluate = async (d) => {
+    order.push('evaluate');
+    return evaluate(d);
+  };
+  const r = await trainer.train(data, { evalSet });
+  t.is(r.skippedBatches, 2);
+  t.is(r.steps, 2);
+  t.true(Number.isFinite(r.trainLoss));
+  t.deepEqual(order, ['trained', 'evaluate']);
+  model.dispose();
+});
