@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
@@ -105,4 +105,65 @@ test('generate continues a prompt', (t) => {
   const r = run('generate', '--model', path.join(ROOT, 'models', 'tiny-gpt2'), '--prompt', 'The ship', '--max-new-tokens', '8');
   t.is(r.status, 0, r.stderr);
   t.regex(r.stdout, /^The ship\S*\s+\S+/);
+});
+
+test('finetune killed with -9 between checkpoints resumes with --resume and ends on the same weights as an unbroken run', async (t) => {
+  const args = (out: string) => ['finetune', '--max-steps', '16', '--batch-size', '8', '--checkpoint-every', '2', '--out', out, '--quiet'];
+  const whole = path.join(tmpDir('cli-whole'), 'run');
+  t.is(run(...args(whole)).status, 0);
+  const out = path.join(tmpDir('cli-killed'), 'run');
+  const child = spawn(process.execPath, [CLI, ...args(out)], { stdio: 'ignore' });
+  const exited = new Promise<NodeJS.Signals | null>((res) => child.on('exit', (_code, signal) => res(signal)));
+  const latest = path.join(out, 'checkpoints', 'latest.json');
+  while (!fs.existsSync(latest) && child.exitCode === null) await new Promise((res) => setTimeout(res, 5));
+  child.kill('SIGKILL');
+  t.is(await exited, 'SIGKILL', 'the run must be killed before it finishes, or this test proves nothing');
+  failsCleanly(t, run(...args(out)), 2, /--out .* is not empty: add --resume to continue its run from the last checkpoint, or --overwrite/);
+  const resumed = run(...args(out), '--resume');
+  t.is(resumed.status, 0, resumed.stderr);
+  const results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
+  t.true(results.resumedFrom >= 2 && results.steps === 16, JSON.stringify(results));
+  t.true(fs.readFileSync(path.join(whole, 'model.safetensors')).equals(fs.readFileSync(path.join(out, 'model.safetensors'))));
+  const steps = fs
+    .readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l).step);
+  t.deepEqual(
+    steps,
+    Array.from({ length: 16 }, (_, i) => i + 1),
+  );
+});
+
+test('the task is what the data says or a clear error: one class, a misspelled label field, an unlabelled row, a file as --out', (t) => {
+  const dir = tmpDir('cli-task');
+  const file = (name: string, rows: object[]) => {
+    const f = path.join(dir, name);
+    fs.writeFileSync(f, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+    return f;
+  };
+  const texts = Array.from({ length: 12 }, (_, i) => `review number ${i}`);
+  const same = file(
+    'same.jsonl',
+    texts.map((text) => ({ text, label: 'pos' })),
+  );
+  failsCleanly(t, run('finetune', '--data', same), 2, /every training label is "pos": a classifier needs at least two classes/);
+  const labelled = file(
+    'ok.jsonl',
+    texts.map((text, i) => ({ text, label: i % 2 })),
+  );
+  failsCleanly(t, run('finetune', '--data', labelled, '--label-field', 'sentiment'), 1, /no row has the label field "sentiment"/);
+  const holed = file('holed.jsonl', [...texts.map((text, i) => ({ text, label: i % 2 })), { text: 'no label here' }]);
+  failsCleanly(t, run('finetune', '--data', holed), 1, /holed\.jsonl:13: no "label" label, but 12 of the 13 rows have one/);
+  const notDir = path.join(dir, 'a-file');
+  fs.writeFileSync(notDir, 'x');
+  failsCleanly(t, run('finetune', '--out', notDir), 2, /--out .*a-file is a file, not a folder/);
+  failsCleanly(
+    t,
+    run('finetune', '--strategy', 'prompt', '--num-virtual-tokens', '200', '--out', path.join(dir, 'vt')),
+    2,
+    /--num-virtual-tokens 200 leaves no room for the text: the model has \d+ positions/,
+  );
+  const gpt2 = path.join(ROOT, 'models', 'tiny-gpt2');
+  failsCleanly(t, run('generate', '--model', gpt2, '--prompt', 'hi', '--max-new-tokens', '0'), 1, /maxNewTokens must be >= 1, got 0/);
 });

@@ -158,7 +158,10 @@ test('labels are checked as a whole file: stray ids, fractions, mixed kinds, par
   const cases: [string, RegExp][] = [
     [rows([0, 1, 100000000]), /labels\.jsonl:3: label 100000000 exceeds the 10000 classes/],
     [rows([0, 1, 4294967295]), /labels\.jsonl:3: label 4294967295 exceeds/],
-    [rows([0, 1, 50]), /numeric labels must be class ids 0\.\.K-1, but they reach 50 while only 3 ids occur \(2, 3, 4, 5, 6, \.\.\. never do\)/],
+    [
+      rows([0, 1, 50]),
+      /numeric labels must be class ids 0\.\.K-1, but they reach 50 while only 3 ids occur \(2, 3, 4, 5, 6, \.\.\. never do\)/,
+    ],
     [rows([0, 0.5, 1]), /labels\.jsonl:2: label must be a class name or a class id .*got 0\.5/],
     [rows([0, -1, 1]), /labels\.jsonl:2: label must be/],
     [rows(['pos', 'neg', 0]), /labels\.jsonl:3: label 0 is a class id, but earlier rows' labels are class names/],

@@ -117,7 +117,10 @@ test('a fresh run into a folder holding checkpoints is refused; pruning never re
   first.model.dispose();
   t.deepEqual(fs.readdirSync(dir).sort(), ['checkpoint-2', 'checkpoint-4', 'latest.json']);
   const fresh = await checkpointed(dir, 4, { resume: false });
-  await t.throwsAsync(fresh.trainer.train(lmData), { code: 'E_STATE', message: /already holds checkpoints of an earlier run \(checkpoint-2, checkpoint-4\)/ } as any);
+  await t.throwsAsync(fresh.trainer.train(lmData), {
+    code: 'E_STATE',
+    message: /already holds checkpoints of an earlier run \(checkpoint-2, checkpoint-4\)/,
+  } as any);
   fresh.model.dispose();
   // A higher-numbered folder from an abandoned longer run: resuming from checkpoint-4 must keep each new checkpoint.
   fs.cpSync(path.join(dir, 'checkpoint-4'), path.join(dir, 'checkpoint-40'), { recursive: true });
@@ -151,7 +154,10 @@ test('leftovers of killed runs are cleaned; a missing latest checkpoint falls ba
   await new Promise((res) => setImmediate(res));
   process.off('warning', onWarning);
   t.is(r.resumedFrom, 4);
-  t.true(warnings.some((w) => /names checkpoint-8, which is missing or incomplete; resuming from checkpoint-4/.test(w)), warnings.join('\n'));
+  t.true(
+    warnings.some((w) => /names checkpoint-8, which is missing or incomplete; resuming from checkpoint-4/.test(w)),
+    warnings.join('\n'),
+  );
   t.deepEqual(fs.readdirSync(dir).sort(), ['checkpoint-4', 'checkpoint-6', 'latest.json']);
   resumed.model.dispose();
 });
