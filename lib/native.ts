@@ -100,6 +100,10 @@ export interface Addon {
   parameters(m: Handle): Promise<RawParam[]>;
   setTrainable(m: Handle, names: string[], trainable: boolean): Promise<void>;
   setTraining(m: Handle, training: boolean): Promise<void>;
+  readSafetensorsHeader(path: string): {
+    tensors: { name: string; dtype: string; shape: number[]; begin: number; end: number }[];
+    metadata: Record<string, string>;
+  };
   loadSafetensors(m: Handle, path: string, entries: RawEntry[]): Promise<void>;
   saveSafetensors(m: Handle, path: string, names: string[], keys?: string[]): Promise<void>;
   forward(m: Handle, b: RawBatch, wantLogits: boolean): Promise<{ logits?: FloatArray; loss?: number }>;

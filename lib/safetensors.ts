@@ -1,28 +1,13 @@
 /**
- * Reads and checks safetensors headers. The header is validated here in full (the core checks offsets against the
- * file again before reading a byte), so a corrupt or lying file is a TunekitError naming the file and tensor.
+ * safetensors on the TS side: headers (parsed and checked by the core's one reader, so a corrupt or lying file is a
+ * TunekitError naming the file and tensor), sharded checkpoints, entries for the loaders, and atomic writes.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { TunekitError } from './errors';
 import { show } from './validate';
-import type { RawEntry } from './native';
+import { addon, RawEntry, sync } from './native';
 
-const DTYPE_SIZES: Record<string, number> = {
-  F64: 8,
-  F32: 4,
-  F16: 2,
-  BF16: 2,
-  I64: 8,
-  I32: 4,
-  I16: 2,
-  I8: 1,
-  U8: 1,
-  BOOL: 1,
-  F8_E4M3: 1,
-  F8_E5M2: 1,
-};
-const MAX_HEADER = 100 * 1024 * 1024;
 
 export interface HeaderEntry {
   dtype: string;
@@ -36,70 +21,12 @@ export interface Header {
   metadata: Record<string, string>;
 }
 
+/** The header of a safetensors file, read and checked in full by the core's reader (native/core/safetensors_header.cpp). */
 export function readHeader(file: string): Header {
-  let fd: number;
-  try {
-    fd = fs.openSync(file, 'r');
-  } catch (e) {
-    throw new TunekitError('E_FILE', `cannot open ${file}: ${(e as Error).message}`);
-  }
-  try {
-    const stat = fs.fstatSync(fd);
-    if (!stat.isFile()) throw new TunekitError('E_FILE', `${file} is not a file`);
-    const size = stat.size;
-    const bad = (msg: string) => new TunekitError('E_FORMAT', `${file}: ${msg}`);
-    if (size < 8) throw bad(`file is ${size} bytes, too short to be safetensors`);
-    const lenBuf = Buffer.alloc(8);
-    fs.readSync(fd, lenBuf, 0, 8, 0);
-    const n = lenBuf.readBigUInt64LE(0);
-    if (n > BigInt(size - 8)) throw bad(`header length ${n} is larger than the file (${size} bytes): truncated or corrupt`);
-    if (n > BigInt(MAX_HEADER)) throw bad(`header length ${n} exceeds ${MAX_HEADER} bytes`);
-    const hlen = Number(n);
-    const hbuf = Buffer.alloc(hlen);
-    fs.readSync(fd, hbuf, 0, hlen, 8);
-    let json: unknown;
-    try {
-      json = JSON.parse(hbuf.toString('utf8'));
-    } catch (e) {
-      throw bad(`header is not valid JSON (${(e as Error).message})`);
-    }
-    if (!json || typeof json !== 'object' || Array.isArray(json)) throw bad('header is not a JSON object');
-    const dataStart = 8 + hlen;
-    const dataLen = size - dataStart;
-    const tensors = new Map<string, HeaderEntry>();
-    let metadata: Record<string, string> = {};
-    for (const [name, v] of Object.entries(json as Record<string, unknown>)) {
-      if (name === '__metadata__') {
-        metadata = (v ?? {}) as Record<string, string>;
-        continue;
-      }
-      const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-      if (!e || typeof e !== 'object') throw bad(`tensor '${name}' has no description`);
-      if (typeof e.dtype !== 'string' || !(e.dtype in DTYPE_SIZES))
-        throw bad(`tensor '${name}' has unknown dtype ${JSON.stringify(e.dtype)}`);
-      const isDim = (d: unknown) => Number.isSafeInteger(d) && (d as number) >= 0;
-      if (!Array.isArray(e.shape) || !e.shape.every(isDim)) throw bad(`tensor '${name}' has an invalid shape`);
-      const off = e.data_offsets;
-      if (!Array.isArray(off) || off.length !== 2 || !off.every(isDim) || off[1] < off[0]) {
-        throw bad(`tensor '${name}' has invalid data_offsets`);
-      }
-      const numel = (e.shape as number[]).reduce((a, b) => a * b, 1);
-      const want = numel * DTYPE_SIZES[e.dtype];
-      if (off[1] - off[0] !== want) {
-        throw bad(`tensor '${name}' spans ${off[1] - off[0]} bytes but ${e.dtype} ${JSON.stringify(e.shape)} needs ${want}`);
-      }
-      if (off[1] > dataLen)
-        throw bad(`tensor '${name}' ends at byte ${off[1]}, past the end of the data (${dataLen} bytes): truncated file?`);
-      tensors.set(name, { dtype: e.dtype, shape: e.shape as number[], begin: dataStart + off[0], end: dataStart + off[1] });
-    }
-    const spans = [...tensors.entries()].filter(([, t]) => t.end > t.begin).sort((a, b) => a[1].begin - b[1].begin);
-    for (let i = 1; i < spans.length; i++) {
-      if (spans[i][1].begin < spans[i - 1][1].end) throw bad(`tensors '${spans[i - 1][0]}' and '${spans[i][0]}' overlap`);
-    }
-    return { file, tensors, metadata };
-  } finally {
-    fs.closeSync(fd);
-  }
+  if (typeof file !== 'string') throw new TunekitError('E_TYPE', `safetensors path must be a string, got ${show(file)}`);
+  const raw = sync(() => addon.readSafetensorsHeader(file));
+  const tensors = new Map<string, HeaderEntry>(raw.tensors.map((t) => [t.name, { dtype: t.dtype, shape: t.shape, begin: t.begin, end: t.end }]));
+  return { file, tensors, metadata: raw.metadata };
 }
 
 /** The headers of a checkpoint folder: `model.safetensors`, or the shards listed in `model.safetensors.index.json`. */

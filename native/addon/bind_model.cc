@@ -3,6 +3,7 @@
 #include <set>
 #include <variant>
 
+#include "../core/safetensors_header.h"
 #include "convert.h"
 
 namespace tunekit::addon {
@@ -206,6 +207,37 @@ Napi::Value GradNorm(const Napi::CallbackInfo& info) {
       info.Env(), [m] { return grad_norm(*m); }, [](Napi::Env env, double& n) { return Napi::Number::New(env, n); });
 }
 
+// Synchronous like a file stat: it reads only the header, and callers need it before they can queue any job.
+Napi::Value ReadSafetensorsHeader(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto path = string_arg(info, 0, "path");
+  SafetensorsHeader h;
+  try {
+    h = read_safetensors_header(path);
+  } catch (const Error& e) {
+    throw make_error(env, e.code, e.what());
+  }
+  auto tensors = Napi::Array::New(env, h.tensors.size());
+  for (size_t i = 0; i < h.tensors.size(); i++) {
+    const auto& t = h.tensors[i];
+    auto o = Napi::Object::New(env);
+    o.Set("name", t.name);
+    o.Set("dtype", t.dtype);
+    auto shape = Napi::Array::New(env, t.shape.size());
+    for (size_t j = 0; j < t.shape.size(); j++) shape.Set(uint32_t(j), Napi::Number::New(env, double(t.shape[j])));
+    o.Set("shape", shape);
+    o.Set("begin", Napi::Number::New(env, double(t.begin)));
+    o.Set("end", Napi::Number::New(env, double(t.end)));
+    tensors.Set(uint32_t(i), o);
+  }
+  auto metadata = Napi::Object::New(env);
+  for (const auto& [k, v] : h.metadata) metadata.Set(k, v);
+  auto out = Napi::Object::New(env);
+  out.Set("tensors", tensors);
+  out.Set("metadata", metadata);
+  return out;
+}
+
 Napi::Value Dispose(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsExternal()) type_error(info.Env(), "handle must be a tunekit handle");
   // A job still running keeps its own shared_ptr, so the tensors outlive it.
@@ -221,6 +253,7 @@ void init_model(Napi::Env env, Napi::Object exports) {
   exports.Set("setTrainable", Napi::Function::New(env, SetTrainable));
   exports.Set("setTraining", Napi::Function::New(env, SetTraining));
   exports.Set("loadSafetensors", Napi::Function::New(env, LoadSafetensors));
+  exports.Set("readSafetensorsHeader", Napi::Function::New(env, ReadSafetensorsHeader));
   exports.Set("saveSafetensors", Napi::Function::New(env, SaveSafetensors));
   exports.Set("forward", Napi::Function::New(env, Forward));
   exports.Set("backward", Napi::Function::New(env, Backward));
