@@ -31,6 +31,26 @@ export function activationBytes(d: Dims, job: Job, batch: number, seq: number, n
   return FLOAT * (3 * tokens * d.vocabSize + d.numLayers * perLayer);
 }
 
+/** Bytes of a model's float32 weights, an upper bound from its dims (an untied output head counted). */
+export function weightBytes(d: Dims): number {
+  const h = d.hiddenSize;
+  const attention = h * (d.numHeads + 2 * d.numKvHeads) * d.headDim + d.numHeads * d.headDim * h;
+  const perLayer = attention + 3 * h * d.intermediateSize + 8 * h;
+  return FLOAT * (2 * d.vocabSize * h + (d.maxPositions + d.typeVocabSize) * h + d.numLayers * perLayer);
+}
+
+/** Refuses to create a model whose weights alone exceed the limit (a config with a stray huge dimension). */
+export function checkWeights(d: Dims): void {
+  const need = weightBytes(d);
+  const { bytes, source } = memoryLimit();
+  if (need <= bytes) return;
+  throw new TunekitError(
+    'E_MEMORY',
+    `a model of these dimensions needs about ${(need / GiB).toFixed(2)} GiB for its weights, more than the ${(bytes / GiB).toFixed(2)} GiB ` +
+      `${source} allows (set TUNEKIT_MAX_MEMORY_MB to change the limit); check config.json's sizes`,
+  );
+}
+
 /** The memory a job may use: TUNEKIT_MAX_MEMORY_MB when set, else what the OS (and a cgroup limit) says is available. */
 export function memoryLimit(): { bytes: number; source: string } {
   const env = process.env.TUNEKIT_MAX_MEMORY_MB;

@@ -6,7 +6,7 @@ import { TunekitError } from './errors';
 import { defaultTask, Dims, Family, familyOf, firstId, HFConfig, ModelType, numLabelsOf, Pooling, Task, toSpec } from './families';
 import { FloatArray, Handle, RawParam, RawSpec, addon, serial, sync } from './native';
 import { AdapterConfig, AdapterFile, AdapterRecord, methodForPeftType, PeftMethod, Resolved } from './peft/method';
-import { checkMemory, Job } from './memory';
+import { checkMemory, checkWeights, Job } from './memory';
 import { atomicWrite, entry, readCheckpoint, readHeader, writeJsonAtomic } from './safetensors';
 import { checkBoolean, checkChoice, checkNumber, checkOptions } from './validate';
 
@@ -88,6 +88,7 @@ export class Model {
     const config = { ...readConfig(dir), ...(options.config ?? {}) };
     const spec = resolveSpec(config, options, path.join(dir, 'config.json'));
     const headers = readCheckpoint(dir);
+    if (spec.device === 'cpu') checkWeights(spec);
     const handle = await serial(() => addon.createModel(spec));
     const model = new Model(handle, spec, config, []);
     model.givenLabels = options.labelNames;
@@ -117,6 +118,7 @@ export class Model {
       throw new TunekitError('E_CONFIG', 'Model.fromConfig needs a config object (as config.json holds)');
     config = { ...config, ...(options.config ?? {}) };
     const spec = resolveSpec(config, options, 'config');
+    if (spec.device === 'cpu') checkWeights(spec);
     const handle = await serial(() => addon.createModel(spec));
     const model = new Model(handle, spec, { ...config }, await serial(() => addon.parameters(handle)));
     model.givenLabels = options.labelNames;

@@ -8,7 +8,6 @@ import { TunekitError } from './errors';
 import { show } from './validate';
 import { addon, RawEntry, sync } from './native';
 
-
 export interface HeaderEntry {
   dtype: string;
   shape: number[];
@@ -25,7 +24,9 @@ export interface Header {
 export function readHeader(file: string): Header {
   if (typeof file !== 'string') throw new TunekitError('E_TYPE', `safetensors path must be a string, got ${show(file)}`);
   const raw = sync(() => addon.readSafetensorsHeader(file));
-  const tensors = new Map<string, HeaderEntry>(raw.tensors.map((t) => [t.name, { dtype: t.dtype, shape: t.shape, begin: t.begin, end: t.end }]));
+  const tensors = new Map<string, HeaderEntry>(
+    raw.tensors.map((t) => [t.name, { dtype: t.dtype, shape: t.shape, begin: t.begin, end: t.end }]),
+  );
   return { file, tensors, metadata: raw.metadata };
 }
 

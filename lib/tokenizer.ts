@@ -21,7 +21,11 @@ export class Tokenizer {
   readonly eosTokenId: number | undefined;
   readonly vocabSize: number;
 
-  private constructor(tok: HFTokenizer, config: Record<string, unknown>) {
+  private constructor(
+    tok: HFTokenizer,
+    config: Record<string, unknown>,
+    private readonly file: string,
+  ) {
     this.tok = tok;
     const idOf = (v: unknown) => {
       const s = typeof v === 'string' ? v : (v as { content?: string } | undefined)?.content;
@@ -46,16 +50,31 @@ export class Tokenizer {
     checkVocabularyIds(json, file);
     const cfgFile = path.join(dir, 'tokenizer_config.json');
     const config = fs.existsSync(cfgFile) ? read(cfgFile) : {};
+    let tok: Tokenizer;
     try {
-      return new Tokenizer(new HFTokenizer(json, config), config);
+      tok = new Tokenizer(new HFTokenizer(json, config), config, file);
     } catch (e) {
       throw new TunekitError('E_FORMAT', `${file}: not a tokenizer this library can read (${(e as Error).message})`);
+    }
+    // The tokenizers library checks little when it loads: a broken pipeline shows on first use, so use it once here.
+    tok.decode(tok.encode('Hello, world! 123 caf\u00e9'));
+    return tok;
+  }
+
+  /** A fault inside the tokenizers library comes from the file (the inputs are checked): E_FORMAT naming it. */
+  private library<T>(f: () => T): T {
+    try {
+      return f();
+    } catch (e) {
+      if (e instanceof TunekitError) throw e;
+      throw new TunekitError('E_FORMAT', `${this.file}: the tokenizer it describes fails (${(e as Error)?.message ?? String(e)})`);
     }
   }
 
   /** The id of one token of the vocabulary (special or not), or undefined when it is not in it. */
   tokenId(token: string): number | undefined {
-    const id = this.tok.token_to_id(token);
+    if (typeof token !== 'string') throw new TunekitError('E_TYPE', `token must be a string, got ${show(token)}`);
+    const id = this.library(() => this.tok.token_to_id(token));
     return id === null || id === undefined ? undefined : id;
   }
 
@@ -67,12 +86,12 @@ export class Tokenizer {
     checkOptions(options, ['addSpecialTokens', 'maxLength'], 'encode');
     if (typeof text !== 'string') throw new TunekitError('E_TYPE', 'text must be a string');
     const add = options.addSpecialTokens ?? true;
-    const ids = this.tok.encode(text, { add_special_tokens: add }).ids;
+    const ids = this.library(() => this.tok.encode(text, { add_special_tokens: add }).ids);
     const max = options.maxLength;
     if (max === undefined || ids.length <= max) return ids;
     if (!Number.isInteger(max) || max < 1) throw new TunekitError('E_ARG', `maxLength must be a positive integer, got ${max}`);
     if (!add) return ids.slice(0, max);
-    const plain = this.tok.encode(text, { add_special_tokens: false }).ids;
+    const plain = this.library(() => this.tok.encode(text, { add_special_tokens: false }).ids);
     const k = ids.length - plain.length;
     let p = 0;
     while (p <= k && !plain.every((v, i) => ids[p + i] === v)) p++;
@@ -81,7 +100,14 @@ export class Tokenizer {
   }
 
   decode(ids: number[], options: { skipSpecialTokens?: boolean } = {}): string {
-    return this.tok.decode(ids, { skip_special_tokens: options.skipSpecialTokens ?? false });
+    checkOptions(options, ['skipSpecialTokens'], 'decode');
+    if (!Array.isArray(ids)) throw new TunekitError('E_TYPE', `ids must be an array of token ids, got ${show(ids)}`);
+    for (let i = 0; i < ids.length; i++) {
+      const v: unknown = ids[i];
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < 0)
+        throw new TunekitError('E_TYPE', `ids[${i}] must be a token id (an integer >= 0), got ${i in ids ? show(v) : 'a hole'}`);
+    }
+    return this.library(() => this.tok.decode(ids, { skip_special_tokens: options.skipSpecialTokens ?? false }));
   }
 
   /** Encodes several texts into one padded batch with its attention mask. */

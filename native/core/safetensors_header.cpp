@@ -25,8 +25,8 @@ struct Json {
   bool integral = false;  // a number written without fraction or exponent, within int64
   int64_t integer = 0;
   std::string text;
-  std::vector<Json> items;
-  std::vector<std::pair<std::string, Json>> fields;
+  std::vector<Json> items;        // an array's, or an object's values
+  std::vector<std::string> keys;  // an object's keys, one per item
 };
 
 class Parser {
@@ -80,9 +80,9 @@ class Parser {
       if (take('}')) return v;
       do {
         skip_space();
-        std::string key = string();
+        v.keys.push_back(string());
         expect(':');
-        v.fields.emplace_back(std::move(key), value(depth + 1));
+        v.items.push_back(value(depth + 1));
       } while (take(','));
       expect('}');
     } else if (c == '[') {
@@ -186,14 +186,30 @@ class Parser {
       if (i_ >= n_) fail("unterminated escape");
       char e = s_[i_++];
       switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
+        case '"':
+          out += '"';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '/':
+          out += '/';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
         case 'u': {
           uint32_t cp = hex4();
           if (cp >= 0xD800 && cp <= 0xDBFF) {
@@ -208,7 +224,8 @@ class Parser {
           utf8(out, cp);
           break;
         }
-        default: fail("unknown escape");
+        default:
+          fail("unknown escape");
       }
     }
   }
@@ -220,8 +237,8 @@ bool is_size(const Json& v) { return v.kind == Json::Number && v.integral && v.i
 }  // namespace
 
 int64_t safetensors_dtype_size(const std::string& d) {
-  static const std::map<std::string, int64_t> sizes = {{"F64", 8},  {"F32", 4}, {"F16", 2}, {"BF16", 2},   {"I64", 8},    {"I32", 4},
-                                                       {"I16", 2},  {"I8", 1},  {"U8", 1},  {"BOOL", 1},   {"F8_E4M3", 1}, {"F8_E5M2", 1}};
+  static const std::map<std::string, int64_t> sizes = {{"F64", 8}, {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"I64", 8},     {"I32", 4},
+                                                       {"I16", 2}, {"I8", 1},  {"U8", 1},  {"BOOL", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}};
   auto it = sizes.find(d);
   return it == sizes.end() ? 0 : it->second;
 }
@@ -232,8 +249,10 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, size_t availabl
   uint64_t n = 0;
   for (int k = 7; k >= 0; k--) n = (n << 8) | bytes[k];
   if (n > uint64_t(file_size - 8))
-    throw bad("header length " + std::to_string(n) + " is larger than the file (" + std::to_string(file_size) + " bytes): truncated or corrupt");
-  if (n > uint64_t(kMaxSafetensorsHeader)) throw bad("header length " + std::to_string(n) + " exceeds " + std::to_string(kMaxSafetensorsHeader) + " bytes");
+    throw bad("header length " + std::to_string(n) + " is larger than the file (" + std::to_string(file_size) +
+              " bytes): truncated or corrupt");
+  if (n > uint64_t(kMaxSafetensorsHeader))
+    throw bad("header length " + std::to_string(n) + " exceeds " + std::to_string(kMaxSafetensorsHeader) + " bytes");
   if (available < 8 + n) throw bad("header is cut short");
   Json root = Parser(reinterpret_cast<const char*>(bytes) + 8, size_t(n), where).document();
   if (root.kind != Json::Object) throw bad("header is not a JSON object");
@@ -242,26 +261,29 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, size_t availabl
   const int64_t data_len = file_size - data_start;
   SafetensorsHeader h;
   std::map<std::string, bool> seen;
-  for (const auto& [name, v] : root.fields) {
+  for (size_t f = 0; f < root.keys.size(); f++) {
+    const std::string& name = root.keys[f];
+    const Json& v = root.items[f];
     if (seen[name]) throw bad("'" + name + "' appears twice in the header");
     seen[name] = true;
     if (name == "__metadata__") {
       if (v.kind != Json::Object) throw bad("__metadata__ is not a JSON object");
-      for (const auto& [k, m] : v.fields) {
-        if (m.kind != Json::String) throw bad("__metadata__ entry '" + k + "' is not a string");
-        h.metadata[k] = m.text;
+      for (size_t k = 0; k < v.keys.size(); k++) {
+        if (v.items[k].kind != Json::String) throw bad("__metadata__ entry '" + v.keys[k] + "' is not a string");
+        h.metadata[v.keys[k]] = v.items[k].text;
       }
       continue;
     }
     if (v.kind != Json::Object) throw bad("tensor '" + name + "' has no description");
     const Json *dtype = nullptr, *shape = nullptr, *offsets = nullptr;
-    for (const auto& [k, f] : v.fields) {
-      if (k == "dtype") dtype = &f;
-      if (k == "shape") shape = &f;
-      if (k == "data_offsets") offsets = &f;
+    for (size_t k = 0; k < v.keys.size(); k++) {
+      if (v.keys[k] == "dtype") dtype = &v.items[k];
+      if (v.keys[k] == "shape") shape = &v.items[k];
+      if (v.keys[k] == "data_offsets") offsets = &v.items[k];
     }
     int64_t elem = dtype && dtype->kind == Json::String ? safetensors_dtype_size(dtype->text) : 0;
-    if (elem == 0) throw bad("tensor '" + name + "' has unknown dtype " + (dtype && dtype->kind == Json::String ? "\"" + dtype->text + "\"" : "(none)"));
+    if (elem == 0)
+      throw bad("tensor '" + name + "' has unknown dtype " + (dtype && dtype->kind == Json::String ? "\"" + dtype->text + "\"" : "(none)"));
     if (!shape || shape->kind != Json::Array || !std::all_of(shape->items.begin(), shape->items.end(), is_size))
       throw bad("tensor '" + name + "' has an invalid shape");
     if (!offsets || offsets->kind != Json::Array || offsets->items.size() != 2 || !is_size(offsets->items[0]) ||
@@ -272,8 +294,10 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, size_t availabl
     bool overflow = false;
     for (const auto& d : shape->items) {
       t.shape.push_back(d.integer);
-      if (d.integer != 0 && bytes_needed > kMaxSafe / d.integer) overflow = true;
-      else bytes_needed *= d.integer;
+      if (d.integer != 0 && bytes_needed > kMaxSafe / d.integer)
+        overflow = true;
+      else
+        bytes_needed *= d.integer;
     }
     int64_t b = offsets->items[0].integer, e = offsets->items[1].integer;
     if (overflow || e - b != bytes_needed)
