@@ -2,6 +2,7 @@
 // they were: property-based runs (fast-check, seeded) over random values, then each defect the adversarial run found.
 import test from 'ava';
 import fc from 'fast-check';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { AdamW, FinetuneAll, LoRA, Model, SGD, Tokenizer, Trainer, TunekitError } from '../lib';
@@ -323,4 +324,20 @@ test('files that are not what their names say: a folder as model.safetensors, a 
   const start = Date.now();
   t.regex(await code(Tokenizer.fromPretrained(tok)), /^E_FORMAT: .*has id 4000000000, outside the vocabulary's \d+ entries/);
   t.log(`refused in ${Date.now() - start} ms`);
+});
+
+test('loading a checkpoint peaks near one copy of the weights, not two', async (t) => {
+  // 30M parameters (120 MB): large enough that a second copy could not hide in allocator slack.
+  const dir = tmpDir('big');
+  const big = await Model.fromConfig({ model_type: 'gpt2', vocab_size: 32768, n_positions: 128, n_embd: 512, n_layer: 4, n_head: 8 });
+  await big.savePretrained(dir);
+  big.dispose();
+  const r = spawnSync(process.execPath, ['--require', 'tsx/cjs', path.join(__dirname, 'scripts', 'load-peak.ts'), dir], {
+    encoding: 'utf8',
+  });
+  t.is(r.status, 0, r.stderr);
+  const { bytes, growth } = JSON.parse(r.stdout.trim().split('\n').pop()!);
+  t.log(`checkpoint ${(bytes / 2 ** 20).toFixed(0)} MiB, peak RSS grew ${(growth / 2 ** 20).toFixed(0)} MiB`);
+  t.true(growth < 1.3 * bytes, `peak grew by ${(growth / bytes).toFixed(2)} x the checkpoint`);
+  fs.rmSync(dir, { recursive: true, force: true });
 });

@@ -22,7 +22,8 @@ const Family& find_family(const std::string& name) {
   throw Error("E_CONFIG", "unknown model_type '" + name + "' (supported: " + known + ")");
 }
 
-torch::Tensor init_normal(std::vector<int64_t> shape) { return torch::randn(shape) * 0.02; }
+// In place: a temporary the size of the largest matrix (the embedding) would double the peak of creating a model.
+torch::Tensor init_normal(std::vector<int64_t> shape) { return torch::randn(shape).mul_(0.02); }
 
 void add_linear(Model& m, const std::string& name, int64_t in, int64_t out, bool bias) {
   m.add(name + ".weight", init_normal({out, in}));
