@@ -35,4 +35,16 @@ export type { PrefixTuningOptions } from './peft/prefix';
 export { IA3 } from './peft/ia3';
 export type { IA3Options } from './peft/ia3';
 export { runtimeInfo, releaseCpuCache } from './runtime';
+export { DPO, RewardTrainer } from './rlhf';
+export type {
+  DPOEvaluation,
+  DPOLossType,
+  DPOOptions,
+  PairStats,
+  PairTrainingOptions,
+  PreferencePair,
+  RewardEvaluation,
+  RewardTrainerOptions,
+  TokenizedPair,
+} from './rlhf';
 export type { RuntimeInfo } from './runtime';

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { BatchInput, packBatch } from './batch';
 import { TunekitError } from './errors';
 import { defaultTask, Dims, Family, familyOf, firstId, HFConfig, ModelType, numLabelsOf, Pooling, Task, toSpec } from './families';
-import { FloatArray, Handle, RawParam, RawSpec, addon, serial, sync } from './native';
+import { FloatArray, Handle, RawObjective, RawParam, RawSpec, addon, serial, sync } from './native';
 import { AdapterConfig, AdapterFile, AdapterRecord, methodForPeftType, PeftMethod, Resolved } from './peft/method';
 import { checkMemory, checkWeights, Job } from './memory';
 import { atomicWrite, entry, readCheckpoint, readHeader, writeJsonAtomic } from './safetensors';
@@ -68,6 +68,7 @@ export class Model {
   private adapterInfo = new Map<string, AdapterRecord>();
   private active: string | null = null;
   private merged = false;
+  private training = false;
   /** Native handles that hold this model's tensors (optimizers): disposed with it. */
   private dependents = new Set<{ dispose(): void }>();
 
@@ -239,6 +240,11 @@ export class Model {
   /** Dropout on (train) or off (eval); models load in eval mode, as in transformers. */
   async train(on = true): Promise<void> {
     await serial(() => addon.setTraining(this.h, on));
+    this.training = on;
+  }
+  /** Whether dropout is on (train) or off (eval, the state a model loads in). */
+  get isTraining(): boolean {
+    return this.training;
   }
   async eval(): Promise<void> {
     await this.train(false);
@@ -266,6 +272,34 @@ export class Model {
     this.checkMemory('backward', raw.batch, raw.seq);
     const loss = await serial(() => addon.backward(this.h, raw, lossScale));
     return { loss };
+  }
+
+  /**
+   * log p(token t | tokens before t) of every row for t = 1 .. seq-1, at `temperature` (logits / temperature), through
+   * the active adapter: [batch, seq - 1]. The start of every preference and RLHF method. A causal LM only.
+   */
+  async tokenLogprobs(batch: BatchInput, options: { temperature?: number } = {}): Promise<FloatArray> {
+    checkOptions(options, ['temperature'], 'tokenLogprobs');
+    const temperature = checkNumber(options.temperature, 'temperature', { min: 0, minExclusive: true }, 1);
+    const raw = packBatch({ inputIds: batch?.inputIds, attentionMask: batch?.attentionMask }, { vocabSize: this.vocabSize });
+    this.checkMemory('forward', raw.batch, raw.seq);
+    return serial(() => addon.tokenLogprobs(this.h, raw, temperature));
+  }
+
+  /**
+   * @internal One step of a preference or RLHF objective (lib/rlhf/): its loss and statistics, and with `backward`
+   * its gradients accumulated (scaled by `lossScale`). The core refuses a non-finite loss before any gradient.
+   */
+  async objective(
+    batch: BatchInput,
+    objective: RawObjective,
+    options: { backward: boolean; lossScale?: number },
+  ): Promise<Record<string, number>> {
+    if (options.backward && this.merged)
+      throw new TunekitError('E_STATE', `adapter '${this.active}' is merged into the base weights; unmergeAdapter() before training`);
+    const raw = packBatch({ inputIds: batch?.inputIds, attentionMask: batch?.attentionMask }, { vocabSize: this.vocabSize });
+    this.checkMemory(options.backward ? 'backward' : 'forward', raw.batch, raw.seq);
+    return serial(() => addon.objectiveStep(this.h, raw, objective, options.lossScale ?? 1, options.backward));
   }
 
   async zeroGrad(): Promise<void> {

@@ -46,6 +46,14 @@ export type RawAdapterSpec = { adapter: string; modulesToSave?: string[]; seed?:
   number | boolean | string | string[] | number[] | undefined
 >;
 
+/** A preference/RLHF objective for the core (native/core/train/objectives.cpp reads the fields of the one named). */
+export interface RawObjective {
+  name: string;
+  numbers?: Record<string, number>;
+  strings?: Record<string, string>;
+  arrays?: Record<string, Float32Array>;
+}
+
 export interface RawParam {
   name: string;
   dtype: string;
@@ -129,6 +137,8 @@ export interface Addon {
   setAdapter(m: Handle, name: string): Promise<void>;
   mergeAdapter(m: Handle, merge: boolean): Promise<void>;
   deleteAdapter(m: Handle, name: string): Promise<void>;
+  objectiveStep(m: Handle, b: RawBatch, objective: RawObjective, lossScale: number, backward: boolean): Promise<Record<string, number>>;
+  tokenLogprobs(m: Handle, b: RawBatch, temperature: number): Promise<FloatArray>;
   logRegFit(
     x: Float32Array,
     n: number,

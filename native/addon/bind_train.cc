@@ -44,6 +44,59 @@ Napi::Value OptimizerLoad(const Napi::CallbackInfo& info) {
   return run_void(info.Env(), [o, path, entries, step] { optimizer_load(*o, path, entries, step); });
 }
 
+// { name, numbers: {k: number}, strings: {k: string}, arrays: {k: Float32Array} }: the objective reads its own fields.
+ObjectiveSpec objective_arg(const Napi::CallbackInfo& info, size_t i) {
+  auto env = info.Env();
+  auto o = object_arg(info, i, "objective");
+  ObjectiveSpec s;
+  s.name = str_field(o, "name", "");
+  auto group = [&](const char* key) -> Napi::Object {
+    auto v = o.Get(key);
+    if (v.IsUndefined()) return Napi::Object::New(env);
+    if (!v.IsObject()) type_error(env, std::string("objective.") + key + " must be an object");
+    return v.As<Napi::Object>();
+  };
+  auto numbers = group("numbers");
+  for (const auto& k : strings(env, numbers.GetPropertyNames(), "objective.numbers")) {
+    auto v = numbers.Get(k);
+    if (!v.IsNumber()) type_error(env, "objective.numbers." + k + " must be a number");
+    s.numbers[k] = v.As<Napi::Number>().DoubleValue();
+  }
+  auto strs = group("strings");
+  for (const auto& k : strings(env, strs.GetPropertyNames(), "objective.strings")) {
+    auto v = strs.Get(k);
+    if (!v.IsString()) type_error(env, "objective.strings." + k + " must be a string");
+    s.strings[k] = v.As<Napi::String>().Utf8Value();
+  }
+  auto arrays = group("arrays");
+  for (const auto& k : strings(env, arrays.GetPropertyNames(), "objective.arrays"))
+    s.arrays[k] = typed<Napi::Float32Array, float>(env, arrays.Get(k), napi_float32_array, ("objective.arrays." + k).c_str());
+  return s;
+}
+
+Napi::Value ObjectiveStep(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto b = batch_arg(info, 1);
+  auto spec = objective_arg(info, 2);
+  double scale = number_arg(info, 3, "lossScale");
+  bool backward = bool_arg(info, 4, "backward");
+  return run<std::map<std::string, double>>(
+      info.Env(), [m, b, spec, scale, backward] { return objective_step(*m, b, spec, scale, backward); },
+      [](Napi::Env env, std::map<std::string, double>& stats) {
+        auto o = Napi::Object::New(env);
+        for (const auto& [k, v] : stats) o.Set(k, Napi::Number::New(env, v));
+        return Napi::Value(o);
+      });
+}
+
+Napi::Value TokenLogprobs(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto b = batch_arg(info, 1);
+  double temperature = number_arg(info, 2, "temperature");
+  return run<FloatArray>(
+      info.Env(), [m, b, temperature] { return token_logprobs(*m, b, temperature); }, float_array);
+}
+
 Napi::Value LogRegFit(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   if (info.Length() < 6) type_error(env, "logRegFit(x, n, dim, y, classes, spec) takes 6 arguments");
@@ -82,6 +135,8 @@ void init_train(Napi::Env env, Napi::Object exports) {
   exports.Set("optimizerSave", Napi::Function::New(env, OptimizerSave));
   exports.Set("optimizerLoad", Napi::Function::New(env, OptimizerLoad));
   exports.Set("logRegFit", Napi::Function::New(env, LogRegFit));
+  exports.Set("objectiveStep", Napi::Function::New(env, ObjectiveStep));
+  exports.Set("tokenLogprobs", Napi::Function::New(env, TokenLogprobs));
 }
 
 }  // namespace tunekit::addon

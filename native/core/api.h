@@ -98,6 +98,23 @@ ForwardResult forward(Model& m, const Batch& b, bool want_logits);
 double backward(Model& m, const Batch& b, double loss_scale);
 FloatArray embed(Model& m, const Batch& b, const std::string& pooling);
 std::vector<std::vector<int32_t>> generate(Model& m, const Batch& b, const GenerateSpec& g);
+// Preference and RLHF objectives (train/objectives.cpp): one generic entry; the objective named in the spec reads its
+// own fields, so that a new objective needs no new entry point.
+//   pairwise-reward: rows [chosen; rejected] of a one-output classifier; numbers center_rewards_coefficient;
+//                    arrays margin ([pairs], optional). TRL's RewardTrainer loss.
+//   dpo:             rows [chosen; rejected] of a causal LM; arrays completion_mask ([rows, seq]), ref_logps ([rows]);
+//                    numbers beta, label_smoothing; strings loss_type (sigmoid | hinge | ipo | robust). TRL's DPO loss.
+struct ObjectiveSpec {
+  std::string name;
+  std::map<std::string, double> numbers;
+  std::map<std::string, std::string> strings;
+  std::map<std::string, std::vector<float>> arrays;
+};
+// The objective's loss and statistics on one batch (the loss under "loss"). With backward, loss * loss_scale is
+// backpropagated into the gradients, refused (E_NAN) when not finite; without, nothing records gradients.
+std::map<std::string, double> objective_step(Model& m, const Batch& b, const ObjectiveSpec& s, double loss_scale, bool backward);
+// log p(token t | tokens before t) for t = 1 .. seq-1 of every row, from logits / temperature: [batch, seq - 1].
+FloatArray token_logprobs(Model& m, const Batch& b, double temperature);
 void zero_grad(Model& m);
 double grad_norm(Model& m);
 void manual_seed(uint64_t seed);

@@ -11,5 +11,7 @@ struct Tensors {
 // family's position table.
 Tensors to_tensors(const ForwardContext& c, const Batch& b);
 FloatArray to_floats(const torch::Tensor& t);
+// The context of a call from the API: the model's active adapter and dropout setting, no cache.
+ForwardContext call_context(const Model& m);
 
 }  // namespace tunekit

@@ -74,11 +74,10 @@ FloatArray to_floats(const torch::Tensor& t) {
   return a;
 }
 
-// The context of a call from the API: the model's active adapter and dropout setting, no cache.
-static ForwardContext context(const Model& m) { return ForwardContext(m, m.adapter(m.active), m.training); }
+ForwardContext call_context(const Model& m) { return ForwardContext(m, m.adapter(m.active), m.training); }
 
 ForwardResult forward(Model& m, const Batch& b, bool want_logits) {
-  auto c = context(m);
+  auto c = call_context(m);
   auto t = to_tensors(c, b);
   torch::NoGradGuard no_grad;
   auto out = c.run(t.ids, t.mask);
@@ -93,7 +92,7 @@ ForwardResult forward(Model& m, const Batch& b, bool want_logits) {
 }
 
 double backward(Model& m, const Batch& b, double loss_scale) {
-  auto c = context(m);
+  auto c = call_context(m);
   auto t = to_tensors(c, b);
   require(t.labels.defined(), "E_ARG", "backward needs labels");
   auto loss = loss_of(c, c.run(t.ids, t.mask), t.labels);
@@ -106,7 +105,7 @@ double backward(Model& m, const Batch& b, double loss_scale) {
 }
 
 FloatArray embed(Model& m, const Batch& b, const std::string& pooling) {
-  auto c = context(m);
+  auto c = call_context(m);
   auto t = to_tensors(c, b);
   torch::NoGradGuard no_grad;
   auto h = c.run(t.ids, t.mask).hidden;

@@ -1,0 +1,190 @@
+/**
+ * Preference pairs (TRL's format: `{ prompt?, chosen, rejected }`), their tokenization for reward models and DPO, and
+ * the training loop both share: seeded shuffling, AdamW with a linear schedule, clipping, progress.
+ */
+import { TunekitError } from '../errors';
+import type { Model } from '../model';
+import type { RawObjective } from '../native';
+import { AdamW } from '../optim';
+import { shuffled } from '../random';
+import type { Tokenizer } from '../tokenizer';
+import { checkNumber, show } from '../validate';
+
+export interface PreferencePair {
+  prompt?: string;
+  chosen: string;
+  rejected: string;
+  /** Reward models only: how much the chosen response should outscore the rejected one (TRL's margin column). */
+  margin?: number;
+}
+
+/** One pair as token ids: a shared prompt and the two completions. */
+export interface TokenizedPair {
+  promptIds: number[];
+  chosenIds: number[];
+  rejectedIds: number[];
+  margin?: number;
+}
+
+/** The statistics of one step, by TRL's names, plus the loss. */
+export type PairStats = Record<string, number>;
+
+export interface PairTrainingOptions {
+  lr?: number;
+  epochs?: number;
+  batchSize?: number;
+  weightDecay?: number;
+  warmupRatio?: number;
+  /** Clip the global gradient norm to this (default 1, as TRL); 0 = no clipping. */
+  maxGradNorm?: number;
+  seed?: number;
+  /** Truncate each row (prompt + completion) to this many tokens, keeping the start (TRL's default mode). */
+  maxLength?: number;
+  /** Turns string pairs into tokens; not needed when the pairs are given as token ids. */
+  tokenizer?: Tokenizer;
+  onProgress?: (p: { step: number; totalSteps: number; epoch: number; lr: number; gradNorm: number } & PairStats) => void;
+}
+
+export const PAIR_TRAINING_OPTIONS = [
+  'lr',
+  'epochs',
+  'batchSize',
+  'weightDecay',
+  'warmupRatio',
+  'maxGradNorm',
+  'seed',
+  'maxLength',
+  'tokenizer',
+  'onProgress',
+];
+
+/**
+ * Token ids of each pair, checked: non-empty, different completions, a prompt that leaves room for them. String pairs
+ * are tokenized as TRL does: the prompt with the tokenizer's special tokens, each completion without, then EOS.
+ */
+export function tokenizePairs(
+  pairs: (PreferencePair | TokenizedPair)[],
+  tokenizer: Tokenizer | undefined,
+  maxLength: number,
+  what: string,
+): TokenizedPair[] {
+  if (!Array.isArray(pairs) || pairs.length === 0) throw new TunekitError('E_ARG', `${what}: pairs must be a non-empty array`);
+  return pairs.map((p, i) => {
+    const where = `${what}: pair ${i}`;
+    if (!p || typeof p !== 'object') throw new TunekitError('E_TYPE', `${where} must be { prompt?, chosen, rejected }, got ${show(p)}`);
+    let t: TokenizedPair;
+    if ('chosenIds' in p) {
+      t = { promptIds: p.promptIds ?? [], chosenIds: p.chosenIds, rejectedIds: p.rejectedIds, margin: p.margin };
+      for (const k of ['promptIds', 'chosenIds', 'rejectedIds'] as const) {
+        const ids: unknown = t[k];
+        if (!Array.isArray(ids) || ids.some((v) => !Number.isInteger(v) || v < 0))
+          throw new TunekitError('E_TYPE', `${where}: ${k} must be an array of token ids, got ${show(ids)}`);
+      }
+    } else {
+      if (!tokenizer) throw new TunekitError('E_ARG', `${what}: string pairs need the tokenizer option`);
+      for (const k of ['chosen', 'rejected'] as const)
+        if (typeof p[k] !== 'string') throw new TunekitError('E_TYPE', `${where}: ${k} must be a string, got ${show(p[k])}`);
+      if (p.prompt !== undefined && typeof p.prompt !== 'string')
+        throw new TunekitError('E_TYPE', `${where}: prompt must be a string, got ${show(p.prompt)}`);
+      const eos = tokenizer.eosTokenId;
+      const completion = (text: string) => [...tokenizer.encode(text, { addSpecialTokens: false }), ...(eos !== undefined ? [eos] : [])];
+      t = {
+        promptIds: p.prompt ? tokenizer.encode(p.prompt) : [],
+        chosenIds: p.chosen.trim() === '' ? [] : completion(p.chosen),
+        rejectedIds: p.rejected.trim() === '' ? [] : completion(p.rejected),
+        margin: p.margin,
+      };
+    }
+    if (t.chosenIds.length === 0 || t.rejectedIds.length === 0)
+      throw new TunekitError('E_ARG', `${where}: chosen and rejected must not be empty`);
+    if (t.chosenIds.length === t.rejectedIds.length && t.chosenIds.every((v, j) => v === t.rejectedIds[j]))
+      throw new TunekitError('E_ARG', `${where}: chosen and rejected are the same, so the pair prefers nothing`);
+    if (t.promptIds.length >= maxLength)
+      throw new TunekitError(
+        'E_RANGE',
+        `${where}: the prompt has ${t.promptIds.length} tokens, leaving no room for a completion in ${maxLength}`,
+      );
+    if (t.margin !== undefined) checkNumber(t.margin, `${where}: margin`);
+    return t;
+  });
+}
+
+/** Rows [chosen...; rejected...] of prompt + completion, right-padded, with a mask of the completion tokens. */
+export function collatePairs(model: Model, pairs: TokenizedPair[], maxLength: number) {
+  const rows = [...pairs.map((p) => [p.promptIds, p.chosenIds]), ...pairs.map((p) => [p.promptIds, p.rejectedIds])].map(
+    ([prompt, completion]) => {
+      const ids = [...prompt, ...completion].slice(0, maxLength);
+      return { ids, completion: ids.map((_, j) => (j >= prompt.length ? 1 : 0)) };
+    },
+  );
+  const seq = Math.max(...rows.map((r) => r.ids.length));
+  const pad = model.padTokenId ?? 0;
+  const fill = (r: number[], v: number) => [...r, ...new Array(seq - r.length).fill(v)];
+  return {
+    inputIds: rows.map((r) => fill(r.ids, pad)),
+    attentionMask: rows.map((r) =>
+      fill(
+        r.ids.map(() => 1),
+        0,
+      ),
+    ),
+    completionMask: Float32Array.from(rows.flatMap((r) => fill(r.completion, 0))),
+  };
+}
+
+/** The context a model leaves for a row: its position table (rotary families included, as transformers caps them). */
+export function contextOf(model: Model, maxLength: number | undefined): number {
+  const context = model.dims.maxPositions;
+  return maxLength === undefined ? context : Math.min(context, checkNumber(maxLength, 'maxLength', { integer: true, min: 2 }));
+}
+
+/**
+ * Trains on pairs: epochs of seeded shuffles, `step(batch)` accumulating one batch's gradients, then AdamW with a
+ * linear schedule. Returns every step's statistics.
+ */
+export async function trainOnPairs(
+  model: Model,
+  pairs: TokenizedPair[],
+  o: Required<Pick<PairTrainingOptions, 'lr' | 'epochs' | 'batchSize' | 'weightDecay' | 'warmupRatio' | 'maxGradNorm' | 'seed'>> &
+    Pick<PairTrainingOptions, 'onProgress'>,
+  step: (batch: TokenizedPair[]) => Promise<PairStats>,
+): Promise<{ steps: number; history: PairStats[] }> {
+  if (model.countParameters({ trainableOnly: true }) === 0) throw new TunekitError('E_STATE', 'the model has no trainable parameters');
+  const perEpoch = Math.ceil(pairs.length / o.batchSize);
+  const totalSteps = perEpoch * o.epochs;
+  const optimizer = new AdamW(model, {
+    lr: o.lr,
+    weightDecay: o.weightDecay,
+    maxGradNorm: o.maxGradNorm,
+    schedule: { type: 'linear', warmupSteps: Math.round(o.warmupRatio * totalSteps), totalSteps },
+  });
+  const history: PairStats[] = [];
+  try {
+    await model.train();
+    await optimizer.zeroGrad();
+    for (let epoch = 0; epoch < o.epochs; epoch++) {
+      const order = shuffled(pairs.length, o.seed + epoch);
+      for (let b = 0; b < perEpoch; b++) {
+        const stats = await step(order.slice(b * o.batchSize, (b + 1) * o.batchSize).map((i) => pairs[i]));
+        const { gradNorm, lr } = await optimizer.step();
+        await optimizer.zeroGrad();
+        history.push(stats);
+        o.onProgress?.({ ...stats, step: history.length, totalSteps, epoch, lr, gradNorm });
+      }
+    }
+  } finally {
+    optimizer.dispose();
+    await model.eval();
+  }
+  return { steps: history.length, history };
+}
+
+/** Statistics of several batches, each weighted by its number of pairs. */
+export function meanStats(parts: { stats: PairStats; pairs: number }[]): PairStats {
+  const total = parts.reduce((a, p) => a + p.pairs, 0);
+  const out: PairStats = {};
+  for (const { stats, pairs } of parts) for (const [k, v] of Object.entries(stats)) out[k] = (out[k] ?? 0) + (v * pairs) / total;
+  return out;
+}
+
+export type { RawObjective };

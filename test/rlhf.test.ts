@@ -1,0 +1,164 @@
+// Preference objectives against TRL's own trainers on the same weights and rows: RewardTrainer's loss (plain, centred,
+// with margins) and one step; DPOTrainer's loss for every loss type, with a reference that differs from the policy,
+// and one step. Then the default references, and bad input.
+import test from 'ava';
+import path from 'node:path';
+import { DPO, LoRA, Model, RewardTrainer, TokenizedPair, TunekitError } from '../lib';
+import { python, readTensors, relError, tmpDir } from './helpers';
+
+// The rows of test/reference/rlhf.py.
+const PROMPTS = [
+  [5, 6, 7],
+  [10, 11],
+  [13, 14, 15, 16],
+];
+const CHOSEN = [
+  [8, 9, 2],
+  [12, 40, 41, 2],
+  [17, 2],
+];
+const REJECTED = [
+  [20, 21, 22, 23, 2],
+  [30, 2],
+  [50, 51, 52, 2],
+];
+const MARGINS = [0.5, 0.0, 1.5];
+const pairs = (margins = false): TokenizedPair[] =>
+  PROMPTS.map((p, i) => ({ promptIds: p, chosenIds: CHOSEN[i], rejectedIds: REJECTED[i], ...(margins ? { margin: MARGINS[i] } : {}) }));
+
+// Sums and means over a few rows of a 2-layer model: float32 rounding, far below the 1e-4 standard.
+const TOL = 1e-4;
+
+function close(t: any, got: Record<string, number>, want: Record<string, number>, keys: string[], what: string) {
+  for (const k of keys) {
+    const err = Math.abs(got[k] - want[k]) / Math.max(1e-3, Math.abs(want[k]));
+    t.true(err < TOL, `${what} ${k}: ${got[k]} vs TRL ${want[k]} (relative error ${err.toExponential(2)})`);
+  }
+}
+
+async function sameParams(t: any, model: Model, want: Record<string, number[]>) {
+  const dir = tmpDir('rlhf-params');
+  await model.savePretrained(dir);
+  const got = readTensors(path.join(dir, 'model.safetensors'));
+  let worst = 0;
+  let worstName = '';
+  for (const [name, values] of Object.entries(want)) {
+    const g = got.get(name) ?? got.get(name.replace(/^transformer\./, ''));
+    t.truthy(g, name);
+    // The key bias (the middle third of c_attn.bias) has a true gradient of zero: adding it shifts every score of a
+    // query by the same amount, which softmax ignores. Its computed gradient is rounding noise, which Adam's first
+    // step (g / (|g| + eps)) turns into a full +-lr move in either implementation; the comparison leaves it out.
+    const width = values.length / 3;
+    const keep = name.endsWith('attn.c_attn.bias') ? (i: number) => i < width || i >= 2 * width : undefined;
+    const e = relError(g!, values, keep);
+    if (e > worst) [worst, worstName] = [e, name];
+  }
+  t.log(`worst parameter relative error after one step: ${worst.toExponential(2)} (${worstName})`);
+  t.true(worst < TOL);
+}
+
+test('RewardTrainer: the loss, accuracy, margin and rewards of TRL RewardTrainer, and one step to the same weights', async (t) => {
+  const out = tmpDir('rlhf-reward');
+  const ref = python('rlhf.py', ['reward', out]);
+  const model = await Model.fromPretrained(path.join(out, 'model'), { task: 'sequence-classification', numLabels: 1 });
+  const keys = ['loss', 'accuracy', 'margin', 'mean_reward'];
+  const rename = (e: Record<string, number>) => ({ ...e, mean_reward: e.meanReward });
+  close(t, rename(await new RewardTrainer(model).evaluate(pairs())), ref.plain, keys, 'plain');
+  close(t, rename(await new RewardTrainer(model, { centerRewardsCoefficient: 0.01 }).evaluate(pairs())), ref.centred, ['loss'], 'centred');
+  close(
+    t,
+    rename(await new RewardTrainer(model, { centerRewardsCoefficient: 0.01 }).evaluate(pairs(true))),
+    ref.margin,
+    ['loss'],
+    'margin',
+  );
+  const trainer = new RewardTrainer(model, { centerRewardsCoefficient: 0.01, lr: 1e-3, batchSize: 3 });
+  const r = await trainer.train(pairs(true));
+  t.is(r.steps, 1);
+  t.true(Math.abs(r.history[0].loss - ref.margin.loss) / ref.margin.loss < TOL);
+  await sameParams(t, model, ref.step.params);
+  model.dispose();
+});
+
+test('DPO: sigmoid, hinge, IPO and robust losses and statistics of TRL DPOTrainer with a separate reference; one step', async (t) => {
+  const out = tmpDir('rlhf-dpo');
+  const ref = python('rlhf.py', ['dpo', out]);
+  const policy = await Model.fromPretrained(path.join(out, 'policy'));
+  const reference = await Model.fromPretrained(path.join(out, 'reference'));
+  const keys = ['loss', 'rewards/chosen', 'rewards/rejected', 'rewards/accuracies', 'rewards/margins'];
+  for (const [lossType, labelSmoothing] of [
+    ['sigmoid', undefined],
+    ['hinge', undefined],
+    ['ipo', undefined],
+    ['robust', 0.2],
+  ] as const) {
+    const dpo = new DPO(policy, { reference, beta: 0.3, lossType, ...(labelSmoothing !== undefined ? { labelSmoothing } : {}) });
+    close(t, await dpo.evaluate(pairs()), ref[lossType], keys, lossType);
+  }
+  const dpo = new DPO(policy, { reference, beta: 0.3, lr: 1e-3, batchSize: 3 });
+  const r = await dpo.train(pairs());
+  close(t, r.history[0], ref.sigmoid, [...keys, 'logps/chosen', 'logps/rejected'], 'train step');
+  await sameParams(t, policy, ref.step.params);
+  policy.dispose();
+  reference.dispose();
+});
+
+test('DPO default references: a LoRA policy is compared with its adapter off, a full policy with a frozen copy of itself', async (t) => {
+  const out = tmpDir('rlhf-dpo-default');
+  python('rlhf.py', ['dpo', out]);
+  const policy = await Model.fromPretrained(path.join(out, 'policy'));
+  await new LoRA({ r: 4, alpha: 8, seed: 1 }).apply(policy);
+  const base = await Model.fromPretrained(path.join(out, 'policy'));
+  const withCopy = new DPO(policy, { reference: base, beta: 0.3 });
+  const withAdapterOff = new DPO(policy, { beta: 0.3 });
+  // B = 0 at the start: the adapter changes nothing yet, so both references agree and every log-ratio is zero.
+  const a = await withAdapterOff.evaluate(pairs());
+  t.true(Math.abs(a.loss - Math.log(2)) < 1e-5, `loss ${a.loss} at log-ratios 0`);
+  await withAdapterOff.train(pairs());
+  t.is(policy.activeAdapter, 'default', 'the adapter is back on after each reference pass');
+  const after = await withAdapterOff.evaluate(pairs());
+  const explicit = await withCopy.evaluate(pairs());
+  t.true(Math.abs(after.loss - explicit.loss) < 1e-5, `${after.loss} vs ${explicit.loss}`);
+  t.not(after.loss, a.loss, 'a step moved the policy away from its reference');
+  policy.dispose();
+
+  const full = await Model.fromPretrained(path.join(out, 'policy'));
+  const frozen = new DPO(full, { beta: 0.3, lr: 1e-2 });
+  t.true(Math.abs((await frozen.evaluate(pairs())).loss - Math.log(2)) < 1e-5);
+  await frozen.train(pairs());
+  const moved = await frozen.evaluate(pairs());
+  t.true(moved.loss < Math.log(2), `training lowers the loss against the frozen start: ${moved.loss}`);
+  t.is((await new DPO(full, { reference: base, beta: 0.3 }).evaluate(pairs())).loss, moved.loss);
+  frozen.dispose();
+  full.dispose();
+  base.dispose();
+});
+
+test('bad preference input is a TunekitError and leaves the weights alone', async (t) => {
+  const out = tmpDir('rlhf-bad');
+  python('rlhf.py', ['reward', out]);
+  const rm = await Model.fromPretrained(path.join(out, 'model'), { task: 'sequence-classification', numLabels: 1 });
+  const trainer = new RewardTrainer(rm, { lr: 1e-2 });
+  const same = { promptIds: [5], chosenIds: [8, 9], rejectedIds: [8, 9] };
+  const empty = { promptIds: [5], chosenIds: [], rejectedIds: [8] };
+  const long = { promptIds: new Array(40).fill(5), chosenIds: [8], rejectedIds: [9] };
+  for (const [bad, want] of [
+    [[same], /chosen and rejected are the same/],
+    [[empty], /must not be empty/],
+    [[long], /the prompt has 40 tokens, leaving no room/],
+    [[{ chosen: 'a', rejected: 'b' }], /string pairs need the tokenizer option/],
+    [[], /non-empty array/],
+  ] as [any[], RegExp][]) {
+    const e = await t.throwsAsync(trainer.train(bad), { instanceOf: TunekitError });
+    t.regex(e!.message, want);
+  }
+  t.throws(() => new RewardTrainer(rm, { centreRewards: 1 } as any), { message: /unknown option 'centreRewards'/ });
+  const lm = await Model.fromPretrained(path.join(out, 'model'), { task: 'causal-lm' }).catch((e) => e);
+  t.true(lm instanceof TunekitError || lm instanceof Model);
+  if (lm instanceof Model) {
+    t.throws(() => new RewardTrainer(lm), { message: /sequence classifier with one output/ });
+    lm.dispose();
+  }
+  t.throws(() => new DPO(rm), { message: /DPO trains a causal-lm policy/ });
+  rm.dispose();
+});
