@@ -302,6 +302,24 @@ export class Model {
     return serial(() => addon.objectiveStep(this.h, raw, objective, options.lossScale ?? 1, options.backward));
   }
 
+  /**
+   * @internal PPO's value head (TRL's v_head.summary.{weight,bias}, zero at the start), trainable, on a causal LM; once.
+   */
+  async addValueHead(): Promise<void> {
+    if (this.params.some((p) => p.name.startsWith('v_head.'))) return;
+    await serial(async () => {
+      await addon.addValueHead(this.h);
+      this.params = await addon.parameters(this.h);
+    });
+  }
+
+  /** @internal The value head's estimate at every position but the last, [batch, seq - 1], with the current dropout. */
+  async tokenValues(batch: BatchInput): Promise<FloatArray> {
+    const raw = packBatch({ inputIds: batch?.inputIds, attentionMask: batch?.attentionMask }, { vocabSize: this.vocabSize });
+    this.checkMemory('forward', raw.batch, raw.seq);
+    return serial(() => addon.tokenValues(this.h, raw));
+  }
+
   async zeroGrad(): Promise<void> {
     await serial(() => addon.zeroGrad(this.h));
   }

@@ -139,6 +139,21 @@ export interface Addon {
   deleteAdapter(m: Handle, name: string): Promise<void>;
   objectiveStep(m: Handle, b: RawBatch, objective: RawObjective, lossScale: number, backward: boolean): Promise<Record<string, number>>;
   tokenLogprobs(m: Handle, b: RawBatch, temperature: number): Promise<FloatArray>;
+  addValueHead(m: Handle): Promise<void>;
+  tokenValues(m: Handle, b: RawBatch): Promise<FloatArray>;
+  ppoAdvantages(spec: {
+    rows: number;
+    length: number;
+    logprobs: Float32Array;
+    refLogprobs: Float32Array;
+    values: Float32Array;
+    mask: Float32Array;
+    scores: Float32Array;
+    klCoef: number;
+    gamma: number;
+    lam: number;
+    whitenRewards: boolean;
+  }): Promise<{ rewards: Float32Array; advantages: Float32Array; returns: Float32Array; kl: number; nonScoreReward: number }>;
   logRegFit(
     x: Float32Array,
     n: number,

@@ -3,7 +3,7 @@
 // and one step. Then the default references, and bad input.
 import test from 'ava';
 import path from 'node:path';
-import { DPO, LoRA, Model, RewardTrainer, TokenizedPair, TunekitError } from '../lib';
+import { DPO, LoRA, Model, PPO, RewardTrainer, TokenizedPair, TunekitError } from '../lib';
 import { python, readTensors, relError, tmpDir } from './helpers';
 
 // The rows of test/reference/rlhf.py.
@@ -161,4 +161,34 @@ test('bad preference input is a TunekitError and leaves the weights alone', asyn
   }
   t.throws(() => new DPO(rm), { message: /DPO trains a causal-lm policy/ });
   rm.dispose();
+});
+
+test('PPO: one step (2 epochs, clipping active) equals a PyTorch twin of TRL PPOv2: statistics and every weight, value head included', async (t) => {
+  const out = tmpDir('rlhf-ppo');
+  const ref = python('ppo.py', [out]);
+  t.true(ref.clipfrac_epoch2 > 0, 'the second epoch clips some ratios, so the clipped branch is compared too');
+  const policy = await Model.fromPretrained(path.join(out, 'policy'));
+  const reference = await Model.fromPretrained(path.join(out, 'reference'));
+  const s = ref.settings;
+  const ppo = await PPO.create(policy, {
+    reference,
+    rewardFn: () => [],
+    responseLength: 5,
+    lr: s.lr,
+    klCoef: s.kl_coef,
+    gamma: s.gamma,
+    lam: s.lam,
+    cliprange: s.cliprange,
+    clipRangeValue: s.cliprange_value,
+    vfCoef: s.vf_coef,
+    ppoEpochs: s.ppo_epochs,
+    temperature: s.temperature,
+    maxGradNorm: s.max_grad_norm,
+  });
+  const stats = await ppo.step({ queries: ref.queries, responses: ref.responses, scores: ref.scores });
+  close(t, stats, ref.stats, Object.keys(ref.stats), 'ppo');
+  await sameParams(t, policy, ref.params);
+  ppo.dispose();
+  policy.dispose();
+  reference.dispose();
 });

@@ -2,9 +2,6 @@
  * Direct preference optimisation (Rafailov et al. 2023), as TRL's DPOTrainer: the policy's and the reference's
  * log-probabilities of each completion (prompt tokens excluded), and TRL's sigmoid, hinge, IPO and robust losses.
  */
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { TunekitError } from '../errors';
 import { Model } from '../model';
 import { checkChoice, checkNumber, checkOptions } from '../validate';
@@ -20,6 +17,7 @@ import {
   tokenizePairs,
   trainOnPairs,
 } from './pairs';
+import { Reference } from './reference';
 
 export type DPOLossType = 'sigmoid' | 'hinge' | 'ipo' | 'robust';
 
@@ -42,7 +40,7 @@ export type DPOEvaluation = Record<'loss' | 'rewards/chosen' | 'rewards/rejected
 
 export class DPO {
   readonly options: DPOOptions;
-  private frozenCopy?: Model;
+  private reference?: Reference;
 
   constructor(
     readonly policy: Model,
@@ -56,40 +54,18 @@ export class DPO {
       checkNumber(options.labelSmoothing, 'labelSmoothing', { min: 0, max: 0.5, maxExclusive: true });
       if (type !== 'robust') throw new TunekitError('E_ARG', `labelSmoothing applies to lossType 'robust' only (as TRL), not '${type}'`);
     }
-    const ref = options.reference;
-    if (ref !== undefined) {
-      if (!(ref instanceof Model) || ref.task !== 'causal-lm' || ref.vocabSize !== policy.vocabSize)
-        throw new TunekitError('E_ARG', `reference must be a causal-lm Model with the policy's vocabulary (${policy.vocabSize} tokens)`);
-      if (ref === policy) throw new TunekitError('E_ARG', 'reference must not be the policy itself (leave it out for the default)');
-    }
+    if (options.reference !== undefined && (!(options.reference instanceof Model) || options.reference === policy))
+      throw new TunekitError('E_ARG', 'reference must be a Model other than the policy (leave it out for the default)');
   }
 
   private get maxLength(): number {
     return contextOf(this.policy, this.options.maxLength);
   }
 
-  /** Sum of the reference's log-probabilities of each row's completion tokens, with dropout off. */
+  /** Sum of the reference's log-probabilities of each row's completion tokens. */
   private async referenceLogps(rows: ReturnType<typeof collatePairs>): Promise<Float32Array> {
-    const batch = { inputIds: rows.inputIds, attentionMask: rows.attentionMask };
-    let per: Float32Array;
-    if (this.options.reference) {
-      await this.options.reference.eval();
-      per = (await this.options.reference.tokenLogprobs(batch)).data;
-    } else if (this.policy.activeAdapter !== null) {
-      const adapter = this.policy.activeAdapter;
-      const training = this.policy.isTraining;
-      await this.policy.setAdapter(null);
-      await this.policy.eval();
-      try {
-        per = (await this.policy.tokenLogprobs(batch)).data;
-      } finally {
-        await this.policy.setAdapter(adapter);
-        await this.policy.train(training);
-      }
-    } else {
-      this.frozenCopy ??= await frozenCopyOf(this.policy);
-      per = (await this.frozenCopy.tokenLogprobs(batch)).data;
-    }
+    this.reference ??= await Reference.of(this.policy, this.options.reference);
+    const per = (await this.reference.logprobs({ inputIds: rows.inputIds, attentionMask: rows.attentionMask })).data;
     const seq = rows.inputIds[0].length;
     const out = new Float32Array(rows.inputIds.length);
     for (let r = 0; r < out.length; r++)
@@ -116,7 +92,8 @@ export class DPO {
   async train(pairs: (PreferencePair | TokenizedPair)[]): Promise<{ steps: number; history: PairStats[] }> {
     const o = this.options;
     const data = tokenizePairs(pairs, o.tokenizer, this.maxLength, 'DPO.train');
-    if (!o.reference && this.policy.activeAdapter === null) this.frozenCopy ??= await frozenCopyOf(this.policy);
+    // Made before the first update: a default frozen copy holds the starting weights.
+    this.reference ??= await Reference.of(this.policy, o.reference);
     return trainOnPairs(
       this.policy,
       data,
@@ -157,20 +134,7 @@ export class DPO {
 
   /** Frees the frozen reference copy, if DPO made one. */
   dispose(): void {
-    this.frozenCopy?.dispose();
-    this.frozenCopy = undefined;
-  }
-}
-
-/** A frozen, eval-mode copy of a model's current weights (through a temporary checkpoint folder). */
-async function frozenCopyOf(model: Model): Promise<Model> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tunekit-reference-'));
-  try {
-    await model.savePretrained(dir);
-    const copy = await Model.fromPretrained(dir, { task: 'causal-lm', device: model.device });
-    await copy.setTrainable('all', false);
-    return copy;
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
+    this.reference?.dispose();
+    this.reference = undefined;
   }
 }

@@ -97,6 +97,52 @@ Napi::Value TokenLogprobs(const Napi::CallbackInfo& info) {
       info.Env(), [m, b, temperature] { return token_logprobs(*m, b, temperature); }, float_array);
 }
 
+Napi::Value AddValueHead(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  return run_void(info.Env(), [m] { add_value_head(*m); });
+}
+
+Napi::Value TokenValues(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto b = batch_arg(info, 1);
+  return run<FloatArray>(
+      info.Env(), [m, b] { return token_values(*m, b); }, float_array);
+}
+
+Napi::Value PpoAdvantagesJs(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  auto o = object_arg(info, 0, "ppo");
+  PpoInputs in;
+  in.rows = int64_t(num_field(o, "rows", 0));
+  in.length = int64_t(num_field(o, "length", 0));
+  auto f32 = [&](const char* key) { return typed<Napi::Float32Array, float>(env, o.Get(key), napi_float32_array, key); };
+  in.logprobs = f32("logprobs");
+  in.ref_logprobs = f32("refLogprobs");
+  in.values = f32("values");
+  in.mask = f32("mask");
+  in.scores = f32("scores");
+  in.kl_coef = num_field(o, "klCoef", 0.05);
+  in.gamma = num_field(o, "gamma", 1);
+  in.lam = num_field(o, "lam", 0.95);
+  in.whiten_rewards = bool_field(o, "whitenRewards", false);
+  return run<PpoAdvantages>(
+      env, [in] { return ppo_advantages(in); },
+      [](Napi::Env env, PpoAdvantages& r) {
+        auto out = Napi::Object::New(env);
+        auto arr = [&](const std::vector<float>& v) {
+          auto a = Napi::Float32Array::New(env, v.size());
+          std::copy(v.begin(), v.end(), a.Data());
+          return a;
+        };
+        out.Set("rewards", arr(r.rewards));
+        out.Set("advantages", arr(r.advantages));
+        out.Set("returns", arr(r.returns));
+        out.Set("kl", Napi::Number::New(env, r.kl));
+        out.Set("nonScoreReward", Napi::Number::New(env, r.non_score_reward));
+        return Napi::Value(out);
+      });
+}
+
 Napi::Value LogRegFit(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   if (info.Length() < 6) type_error(env, "logRegFit(x, n, dim, y, classes, spec) takes 6 arguments");
@@ -137,6 +183,9 @@ void init_train(Napi::Env env, Napi::Object exports) {
   exports.Set("logRegFit", Napi::Function::New(env, LogRegFit));
   exports.Set("objectiveStep", Napi::Function::New(env, ObjectiveStep));
   exports.Set("tokenLogprobs", Napi::Function::New(env, TokenLogprobs));
+  exports.Set("addValueHead", Napi::Function::New(env, AddValueHead));
+  exports.Set("tokenValues", Napi::Function::New(env, TokenValues));
+  exports.Set("ppoAdvantages", Napi::Function::New(env, PpoAdvantagesJs));
 }
 
 }  // namespace tunekit::addon

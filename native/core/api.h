@@ -115,6 +115,29 @@ struct ObjectiveSpec {
 std::map<std::string, double> objective_step(Model& m, const Batch& b, const ObjectiveSpec& s, double loss_scale, bool backward);
 // log p(token t | tokens before t) for t = 1 .. seq-1 of every row, from logits / temperature: [batch, seq - 1].
 FloatArray token_logprobs(Model& m, const Batch& b, double temperature);
+//   ppo:             rows query + response of a causal LM with a value head; arrays query_lengths ([rows]), and
+//                    [rows, response] arrays mask, old_logprobs, old_values, advantages, returns; numbers cliprange,
+//                    cliprange_value, vf_coef, temperature. TRL PPOv2's clipped policy and value losses.
+//   grpo:            rows prompt + completion; arrays completion_mask ([rows, seq]), advantages ([rows]), old_logps and
+//                    ref_logps ([rows, seq - 1], optional); numbers beta, epsilon_low, epsilon_high, temperature;
+//                    strings loss_type (grpo | bnpo). TRL's GRPO loss.
+// PPO's value head (TRL's v_head.summary.{weight,bias}, zero at the start) on a causal-lm model, and its estimates at
+// every position but the last: [batch, seq - 1] (the position that predicts token t + 1 holds V for it).
+void add_value_head(Model& m);
+FloatArray token_values(Model& m, const Batch& b);
+// PPO's kernels on response-aligned [rows, length] arrays: per-token KL rewards plus each row's score at its last
+// token, GAE, returns, whitened advantages.
+struct PpoInputs {
+  int64_t rows = 0, length = 0;
+  std::vector<float> logprobs, ref_logprobs, values, mask, scores;
+  double kl_coef = 0.05, gamma = 1, lam = 0.95;
+  bool whiten_rewards = false;
+};
+struct PpoAdvantages {
+  std::vector<float> rewards, advantages, returns;
+  double kl = 0, non_score_reward = 0;  // per-sequence sums, averaged over rows
+};
+PpoAdvantages ppo_advantages(const PpoInputs& in);
 void zero_grad(Model& m);
 double grad_norm(Model& m);
 void manual_seed(uint64_t seed);

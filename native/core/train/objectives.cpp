@@ -14,6 +14,9 @@ namespace {
 
 using Stats = std::map<std::string, double>;
 
+// TRL's AutoModelForCausalLMWithValueHead names: v_head.summary.{weight,bias}.
+const std::string kValueHead = "v_head.summary";
+
 struct Objective {
   std::string task;  // the model task it needs
   std::function<torch::Tensor(ForwardContext&, const Tensors&, const ObjectiveSpec&, Stats&)> loss;
@@ -124,10 +127,114 @@ torch::Tensor dpo(ForwardContext& c, const Tensors& t, const ObjectiveSpec& s, S
   return loss;
 }
 
+torch::Tensor masked_mean(const torch::Tensor& x, const torch::Tensor& mask) { return (x * mask).sum() / mask.sum().clamp_min(1); }
+
+// The value head's estimate at every position, [rows, seq]: Linear(hidden, 1) on the final hidden state.
+torch::Tensor values_of(const ForwardContext& c, const Output& out) {
+  require(c.m.has(kValueHead + ".weight"), "E_STATE", "the model has no value head (PPO adds one)");
+  auto h = out.hidden;
+  if (int64_t n = c.virtual_tokens(); n > 0) h = h.slice(1, n);
+  return torch::linear(h.to(torch::kFloat32), c.m.stored(kValueHead + ".weight").to(torch::kFloat32),
+                       c.m.stored(kValueHead + ".bias").to(torch::kFloat32))
+      .squeeze(-1);
+}
+
+// Row r's response token t sits at shifted index query_length[r] - 1 + t (the position that predicts it): the
+// [rows, response] gather index, clamped inside the row where the mask is off.
+torch::Tensor response_index(const ForwardContext& c, const ObjectiveSpec& s, int64_t rows, int64_t response, int64_t shifted) {
+  auto q = array(c, s, "query_lengths", {rows}, true).to(torch::kLong);
+  require((q >= 1).all().item<bool>(), "E_ARG", s.name + ": every query needs at least one token");
+  auto idx = q.unsqueeze(1) - 1 + torch::arange(response, q.options()).unsqueeze(0);
+  return idx.clamp_max(shifted - 1);
+}
+
+// PPO's clipped policy and value losses (TRL's PPOv2 trainer; Huang et al. 2024) on a minibatch.
+torch::Tensor ppo(ForwardContext& c, const Tensors& t, const ObjectiveSpec& s, Stats& st) {
+  int64_t rows = t.ids.size(0), shifted = t.ids.size(1) - 1;
+  auto it = s.arrays.find("mask");
+  require(it != s.arrays.end() && rows > 0 && it->second.size() % rows == 0, "E_ARG", "ppo needs the array 'mask' of [rows, response]");
+  int64_t R = int64_t(it->second.size()) / rows;
+  auto mask = array(c, s, "mask", {rows, R}, true);
+  auto old_logprobs = array(c, s, "old_logprobs", {rows, R}, true);
+  auto old_values = array(c, s, "old_values", {rows, R}, true);
+  auto advantages = array(c, s, "advantages", {rows, R}, true);
+  auto returns = array(c, s, "returns", {rows, R}, true);
+  double clip = number(s, "cliprange", 0.2), clip_v = number(s, "cliprange_value", 0.2), vf_coef = number(s, "vf_coef", 0.1);
+  double temperature = number(s, "temperature", 1.0);
+  require(temperature > 0, "E_ARG", "ppo: temperature must be positive");
+  auto idx = response_index(c, s, rows, R, shifted);
+
+  auto out = c.run(t.ids, t.mask);
+  auto logits = out.logits;
+  if (int64_t n = c.virtual_tokens(); n > 0) logits = logits.slice(1, n);
+  logits = logits.slice(1, 0, -1).to(torch::kFloat32) / temperature;
+  auto resp_logits = logits.gather(1, idx.unsqueeze(-1).expand({rows, R, logits.size(-1)}));
+  auto targets = t.ids.slice(1, 1).gather(1, idx);
+  auto logprobs = resp_logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1);
+  auto vpred = values_of(c, out).slice(1, 0, -1).gather(1, idx);
+
+  auto vclipped = old_values + (vpred - old_values).clamp(-clip_v, clip_v);
+  auto vf1 = (vpred - returns).pow(2), vf2 = (vclipped - returns).pow(2);
+  auto vf_loss = 0.5 * masked_mean(torch::max(vf1, vf2), mask);
+  auto log_ratio = logprobs - old_logprobs;
+  auto ratio = log_ratio.exp();
+  auto pg1 = -advantages * ratio, pg2 = -advantages * ratio.clamp(1 - clip, 1 + clip);
+  auto pg_loss = masked_mean(torch::max(pg1, pg2), mask);
+  auto loss = pg_loss + vf_coef * vf_loss;
+
+  torch::NoGradGuard g;
+  auto probs = resp_logits.softmax(-1);
+  auto entropy = torch::logsumexp(resp_logits, -1) - (probs * resp_logits).sum(-1);
+  st["policy/approxkl"] = 0.5 * masked_mean(log_ratio.pow(2), mask).item<double>();
+  st["policy/clipfrac"] = masked_mean((pg2 > pg1).to(torch::kFloat32), mask).item<double>();
+  st["policy/entropy"] = masked_mean(entropy, mask).item<double>();
+  st["loss/policy"] = pg_loss.item<double>();
+  st["loss/value"] = vf_loss.item<double>();
+  st["val/clipfrac"] = masked_mean((vf2 > vf1).to(torch::kFloat32), mask).item<double>();
+  st["val/ratio"] = masked_mean(ratio, mask).item<double>();
+  return loss;
+}
+
+// TRL's GRPO loss: the clipped surrogate per completion token with group-normalised advantages, plus beta times the
+// k3 estimate of the KL to the reference; averaged per sequence then over sequences ('grpo') or over all tokens ('bnpo').
+torch::Tensor grpo(ForwardContext& c, const Tensors& t, const ObjectiveSpec& s, Stats& st) {
+  int64_t rows = t.ids.size(0), seq = t.ids.size(1);
+  double beta = number(s, "beta", 0), eps_low = number(s, "epsilon_low", 0.2), eps_high = number(s, "epsilon_high", 0.2);
+  double temperature = number(s, "temperature", 1.0);
+  require(temperature > 0, "E_ARG", "grpo: temperature must be positive");
+  auto type_it = s.strings.find("loss_type");
+  std::string type = type_it == s.strings.end() ? "grpo" : type_it->second;
+  require(type == "grpo" || type == "bnpo", "E_ARG", "grpo: lossType must be 'grpo' or 'bnpo', got '" + type + "'");
+  auto mask = array(c, s, "completion_mask", {rows, seq}, true).slice(1, 1);
+  auto advantages = array(c, s, "advantages", {rows}, true).unsqueeze(1);
+  auto logps = next_token_logprobs(c, t, c.run(t.ids, t.mask), temperature);
+  auto old = array(c, s, "old_logps", {rows, seq - 1}, false);
+  if (!old.defined()) old = logps.detach();
+  auto coef1 = (logps - old).exp();
+  auto coef2 = coef1.clamp(1 - eps_low, 1 + eps_high);
+  auto per_token = -torch::min(coef1 * advantages, coef2 * advantages);
+  torch::Tensor kl;
+  if (beta != 0) {
+    auto ref = array(c, s, "ref_logps", {rows, seq - 1}, true);
+    kl = (ref - logps).exp() - (ref - logps) - 1;
+    per_token = per_token + beta * kl;
+  }
+  auto loss = type == "grpo" ? ((per_token * mask).sum(-1) / mask.sum(-1).clamp_min(1)).mean() : masked_mean(per_token, mask);
+  torch::NoGradGuard g;
+  if (kl.defined()) st["kl"] = masked_mean(kl, mask).item<double>();
+  auto low = (coef1 < 1 - eps_low) & (advantages < 0), high = (coef1 > 1 + eps_high) & (advantages > 0);
+  st["clip_ratio/low_mean"] = masked_mean(low.to(torch::kFloat32), mask).item<double>();
+  st["clip_ratio/high_mean"] = masked_mean(high.to(torch::kFloat32), mask).item<double>();
+  st["clip_ratio/region_mean"] = masked_mean((low | high).to(torch::kFloat32), mask).item<double>();
+  return loss;
+}
+
 const std::map<std::string, Objective>& objectives() {
   static const std::map<std::string, Objective> table = {
       {"pairwise-reward", {"sequence-classification", pairwise_reward}},
       {"dpo", {"causal-lm", dpo}},
+      {"ppo", {"causal-lm", ppo}},
+      {"grpo", {"causal-lm", grpo}},
   };
   return table;
 }
@@ -151,6 +258,79 @@ std::map<std::string, double> objective_step(Model& m, const Batch& b, const Obj
           s.name + ": loss is " + (std::isnan(value) ? "NaN" : "infinite") + "; no gradient was accumulated");
   (loss * loss_scale).backward();
   return stats;
+}
+
+void add_value_head(Model& m) {
+  require(m.spec.task == "causal-lm", "E_STATE", "a value head goes on a causal-lm policy, not a " + m.spec.task + " model");
+  require(!m.has(kValueHead + ".weight"), "E_STATE", "the model already has a value head");
+  // Zero at the start, as TRL's value head: every first value estimate is 0.
+  m.add(kValueHead + ".weight", torch::zeros({1, m.spec.hidden_size}));
+  m.add(kValueHead + ".bias", torch::zeros({1}));
+}
+
+FloatArray token_values(Model& m, const Batch& b) {
+  auto c = call_context(m);
+  auto t = to_tensors(c, b);
+  require(t.ids.size(1) >= 2, "E_SHAPE", "value estimates need sequences of at least 2 tokens");
+  torch::NoGradGuard g;
+  return to_floats(values_of(c, c.run(t.ids, t.mask)).slice(1, 0, -1));
+}
+
+// GAE over [rows, T] response-aligned tensors: rewards are -kl_coef * (logprob - ref) per token plus the score at each
+// row's last token; advantages whitened over the mask (mean, unbiased variance, rsqrt(var + 1e-8)).
+PpoAdvantages ppo_advantages(const PpoInputs& in) {
+  int64_t B = in.rows, T = in.length;
+  auto f = [&](const std::vector<float>& v, const char* what) {
+    require(int64_t(v.size()) == B * T, "E_SHAPE", std::string("ppo: ") + what + " must have rows x response entries");
+    auto t = torch::from_blob(const_cast<float*>(v.data()), {B, T}, torch::kFloat32).clone();
+    require(torch::isfinite(t).all().item<bool>(), "E_NAN", std::string("ppo: ") + what + " holds a non-finite value");
+    return t;
+  };
+  auto logprobs = f(in.logprobs, "logprobs"), ref = f(in.ref_logprobs, "ref logprobs"), values = f(in.values, "values");
+  auto mask = f(in.mask, "mask");
+  require(int64_t(in.scores.size()) == B, "E_SHAPE", "ppo: one score per row");
+  auto scores = torch::tensor(in.scores, torch::kFloat32);
+  require(torch::isfinite(scores).all().item<bool>(), "E_NAN", "ppo: a score is not finite");
+  auto lengths = mask.sum(1).to(torch::kLong);
+  require((lengths >= 1).all().item<bool>(), "E_ARG", "ppo: every response needs at least one token");
+
+  auto kl = (logprobs - ref) * mask;
+  auto non_score = -in.kl_coef * kl;
+  auto rewards = non_score.clone();
+  auto last = (lengths - 1).unsqueeze(1);
+  rewards.scatter_add_(1, last, scores.unsqueeze(1));
+  auto whiten = [&](const torch::Tensor& x, bool shift_mean) {
+    auto mean = masked_mean(x, mask);
+    auto centred = x - mean;
+    auto n = mask.sum();
+    auto var = (centred.pow(2) * mask).sum() / (n - 1).clamp_min(1);  // unbiased, as TRL's masked_var
+    auto w = centred * torch::rsqrt(var + 1e-8);
+    return shift_mean ? w : w + mean;
+  };
+  if (in.whiten_rewards) rewards = whiten(rewards, false) * mask;
+  values = values * mask;
+  auto adv = torch::zeros_like(rewards);
+  auto lastgaelam = torch::zeros({B}, torch::kFloat32);
+  for (int64_t t = T - 1; t >= 0; t--) {
+    auto next = t + 1 < T ? values.select(1, t + 1) : torch::zeros({B}, torch::kFloat32);
+    auto delta = rewards.select(1, t) + in.gamma * next - values.select(1, t);
+    lastgaelam = delta + in.gamma * in.lam * lastgaelam;
+    adv.select(1, t).copy_(lastgaelam);
+  }
+  auto returns = adv + values;
+  adv = whiten(adv, true) * mask;
+
+  PpoAdvantages out;
+  auto vec = [](const torch::Tensor& t) {
+    auto c = t.contiguous();
+    return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+  };
+  out.rewards = vec(rewards);
+  out.advantages = vec(adv);
+  out.returns = vec(returns);
+  out.kl = kl.sum(1).mean().item<double>();
+  out.non_score_reward = non_score.sum(1).mean().item<double>();
+  return out;
 }
 
 FloatArray token_logprobs(Model& m, const Batch& b, double temperature) {
