@@ -35,7 +35,7 @@ export type { PrefixTuningOptions } from './peft/prefix';
 export { IA3 } from './peft/ia3';
 export type { IA3Options } from './peft/ia3';
 export { runtimeInfo, releaseCpuCache } from './runtime';
-export { DPO, PPO, RewardTrainer } from './rlhf';
+export { DPO, GRPO, PPO, RewardTrainer } from './rlhf';
 export type {
   DPOEvaluation,
   DPOLossType,

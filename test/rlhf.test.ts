@@ -3,7 +3,7 @@
 // and one step. Then the default references, and bad input.
 import test from 'ava';
 import path from 'node:path';
-import { DPO, LoRA, Model, PPO, RewardTrainer, TokenizedPair, TunekitError } from '../lib';
+import { DPO, GRPO, LoRA, Model, PPO, RewardTrainer, TokenizedPair, TunekitError } from '../lib';
 import { python, readTensors, relError, tmpDir } from './helpers';
 
 // The rows of test/reference/rlhf.py.
@@ -191,4 +191,92 @@ test('PPO: one step (2 epochs, clipping active) equals a PyTorch twin of TRL PPO
   ppo.dispose();
   policy.dispose();
   reference.dispose();
+});
+
+test("GRPO: group-normalised advantages and TRL GRPOTrainer's loss, KL and clip ratios for dapo, grpo and bnpo", async (t) => {
+  const out = tmpDir('rlhf-grpo');
+  const ref = python('grpo.py', [out]);
+  const policy = await Model.fromPretrained(path.join(out, 'policy'));
+  const reference = await Model.fromPretrained(path.join(out, 'reference'));
+  const s = ref.settings;
+  const P = ref.prompts[0].length;
+  const C = Math.max(...ref.completions.map((c: number[]) => c.length));
+  const seq = P + C;
+  const oldLogps = new Float32Array(ref.prompts.length * (seq - 1));
+  ref.old_logps.forEach((row: number[], i: number) => row.forEach((v, k) => (oldLogps[i * (seq - 1) + P - 1 + k] = v)));
+  for (const lossType of ['dapo', 'grpo', 'bnpo'] as const) {
+    const grpo = await GRPO.create(policy, {
+      reference,
+      rewardFn: () => [],
+      numGenerations: 3,
+      maxCompletionLength: C,
+      beta: s.beta,
+      epsilon: s.epsilon,
+      epsilonHigh: s.epsilon_high,
+      temperature: s.temperature,
+      lossType,
+    });
+    const advantages = grpo.advantages(ref.rewards);
+    t.true(relError(advantages, ref.advantages) < TOL);
+    const stats = await grpo.step(
+      { prompts: ref.prompts, completions: ref.completions, rewards: ref.rewards, advantages, oldLogps },
+      { backward: false },
+    );
+    close(t, stats, ref[lossType], Object.keys(ref[lossType]), lossType);
+    grpo.dispose();
+  }
+  policy.dispose();
+  reference.dispose();
+});
+
+test('PPO and GRPO rollouts: sampled, scored and trained end to end; a rewardFn that throws, returns NaN or the wrong count is a clear error', async (t) => {
+  const out = tmpDir('rlhf-rollout');
+  python('ppo.py', [out]);
+  const policy = await Model.fromPretrained(path.join(out, 'policy'));
+  const before = await policy.tokenLogprobs({ inputIds: [[5, 6, 7, 8]] });
+  // A reward that varies with the sampled tokens, so that advantages are not zero.
+  const rewardFn = (samples: { ids: number[] }[]) => samples.map((s) => s.ids.reduce((a, b) => a + b, 0) / 100);
+  const ppo = await PPO.create(policy, { rewardFn, responseLength: 4, lr: 1e-3, temperature: 1, seed: 3 });
+  const queries = [
+    [5, 6, 7],
+    [10, 11],
+    [13, 14, 15, 16],
+    [5, 9],
+  ];
+  const rollout = await ppo.rollout(queries);
+  t.is(rollout.responses.length, 4);
+  t.true(rollout.responses.every((r) => r.length === 4));
+  const stats = await ppo.step(rollout);
+  for (const k of ['objective/kl', 'objective/scores', 'loss/policy_avg', 'loss/value_avg', 'policy/approxkl_avg', 'response/length'])
+    t.true(Number.isFinite(stats[k]), k);
+  t.notDeepEqual(Array.from((await policy.tokenLogprobs({ inputIds: [[5, 6, 7, 8]] })).data), Array.from(before.data));
+  for (const [fn, want] of [
+    [
+      () => {
+        throw new Error('scorer down');
+      },
+      /rewardFn threw: scorer down/,
+    ],
+    [(s: unknown[]) => s.map(() => NaN), /rewardFn returned NaN for sample 0/],
+    [() => [1], /rewardFn must return 4 numbers/],
+  ] as [any, RegExp][]) {
+    const bad = await PPO.create(policy, { rewardFn: fn, responseLength: 2 });
+    const e = await t.throwsAsync(bad.rollout(queries), { instanceOf: TunekitError });
+    t.regex(e!.message, want);
+    bad.dispose();
+  }
+  await t.throwsAsync(ppo.step({ queries, responses: [[1], [], [2], [3]], scores: [0, 0, 0, 0] }), {
+    message: /response 1 must be a non-empty/,
+  });
+  await t.throwsAsync(ppo.step({ queries, responses: rollout.responses, scores: [0, NaN, 0, 0] }), {
+    message: /scores must be 4 finite numbers/,
+  });
+  await t.throwsAsync(ppo.rollout([new Array(40).fill(5)]), { message: /leaving no room in the model's context of 32/ });
+  ppo.dispose();
+  const grpo = await GRPO.create(policy, { rewardFn, numGenerations: 4, maxCompletionLength: 3, lr: 1e-3, temperature: 1 });
+  const r = await grpo.train(queries, { steps: 2, batchSize: 2 });
+  t.is(r.history.length, 2);
+  t.true(r.history.every((h) => Number.isFinite(h.loss) && Number.isFinite(h.reward)));
+  grpo.dispose();
+  policy.dispose();
 });

@@ -8,23 +8,13 @@ import { TunekitError } from '../errors';
 import { Model } from '../model';
 import { AdamW } from '../optim';
 import { shuffled } from '../random';
-import type { Tokenizer } from '../tokenizer';
 import { checkBoolean, checkNumber, checkOptions, show } from '../validate';
 import { addon } from '../native';
 import { Reference } from './reference';
+import { checkScoring, RewardFn, scoreResponses, Scoring } from './score';
 
-/** Scores whole responses: texts when the PPO run has a tokenizer, else token ids (query + response). */
-export type RewardFn = (samples: { text?: string; ids: number[] }[]) => number[] | Promise<number[]>;
-
-export interface PPOOptions {
+export interface PPOOptions extends Scoring {
   reference?: Model;
-  /** A one-output sequence classifier that scores query + response (at its last token). */
-  rewardModel?: Model;
-  rewardFn?: RewardFn;
-  /** Decodes responses for rewardFn, and re-encodes them for a reward model with another vocabulary. */
-  tokenizer?: Tokenizer;
-  /** The reward model's tokenizer when it differs from the policy's. */
-  rewardTokenizer?: Tokenizer;
   lr?: number;
   klCoef?: number;
   /** Ziegler et al.'s adaptive KL controller: moves klCoef towards a target KL over `horizon` samples. */
@@ -82,6 +72,7 @@ export interface Rollout {
 
 /** Statistics of one PPO step, by TRL's names. */
 export type PPOStats = Record<string, number>;
+export type { RewardFn };
 
 export class PPO {
   private klCoef: number;
@@ -127,11 +118,7 @@ export class PPO {
       checkNumber(o.adaptiveKl.target, 'adaptiveKl.target', { min: 0, minExclusive: true });
       checkNumber(o.adaptiveKl.horizon, 'adaptiveKl.horizon', { min: 0, minExclusive: true });
     }
-    if (o.rewardModel !== undefined && o.rewardFn !== undefined) throw new TunekitError('E_ARG', 'give rewardModel or rewardFn, not both');
-    if (o.rewardModel !== undefined && (o.rewardModel.task !== 'sequence-classification' || o.rewardModel.numLabels !== 1))
-      throw new TunekitError('E_CONFIG', 'rewardModel must be a sequence classifier with one output (numLabels: 1)');
-    if (o.rewardFn !== undefined && typeof o.rewardFn !== 'function')
-      throw new TunekitError('E_ARG', `rewardFn must be a function, got ${show(o.rewardFn)}`);
+    checkScoring(o);
     await policy.addValueHead();
     const reference = await Reference.of(policy, o.reference);
     const optimizer = new AdamW(policy, {
@@ -170,7 +157,7 @@ export class PPO {
       );
       rows.forEach((i, k) => (responses[i] = this.truncate(out[k].slice(queries[i].length))));
     }
-    return { queries, responses, scores: await this.score(queries, responses) };
+    return { queries, responses, scores: await scoreResponses(this.options, queries, responses) };
   }
 
   /** A response up to and including stopTokenId (TRL truncates after the stop token). */
@@ -178,46 +165,6 @@ export class PPO {
     const stop = this.options.stopTokenId;
     const at = stop === undefined ? -1 : response.indexOf(stop);
     return at < 0 ? response : response.slice(0, at + 1);
-  }
-
-  private async score(queries: number[][], responses: number[][]): Promise<number[]> {
-    const o = this.options;
-    let scores: number[];
-    if (o.rewardModel) {
-      let rows = queries.map((q, i) => [...q, ...responses[i]]);
-      if (o.rewardTokenizer) {
-        if (!o.tokenizer) throw new TunekitError('E_ARG', 'rewardTokenizer needs the tokenizer option (to decode the policy text)');
-        rows = rows.map((r) => o.rewardTokenizer!.encode(o.tokenizer!.decode(r, { skipSpecialTokens: true })));
-      }
-      const seq = Math.max(...rows.map((r) => r.length));
-      const pad = o.rewardModel.padTokenId ?? 0;
-      await o.rewardModel.eval();
-      const out = await o.rewardModel.forward({
-        inputIds: rows.map((r) => [...r, ...new Array(seq - r.length).fill(pad)]),
-        attentionMask: rows.map((r) => [...r.map(() => 1), ...new Array(seq - r.length).fill(0)]),
-      });
-      scores = Array.from(out.logits.data);
-    } else if (o.rewardFn) {
-      const samples = queries.map((q, i) => {
-        const ids = [...q, ...responses[i]];
-        return o.tokenizer ? { ids, text: o.tokenizer.decode(ids, { skipSpecialTokens: true }) } : { ids };
-      });
-      let got: unknown;
-      try {
-        got = await o.rewardFn(samples);
-      } catch (e) {
-        throw new TunekitError('E_ARG', `rewardFn threw: ${(e as Error)?.message ?? String(e)}`, { cause: e });
-      }
-      if (!Array.isArray(got) || got.length !== samples.length)
-        throw new TunekitError('E_ARG', `rewardFn must return ${samples.length} numbers (one per sample), got ${show(got)}`);
-      got.forEach((v, i) => {
-        if (typeof v !== 'number' || !Number.isFinite(v)) throw new TunekitError('E_NAN', `rewardFn returned ${show(v)} for sample ${i}`);
-      });
-      scores = got as number[];
-    } else {
-      throw new TunekitError('E_ARG', 'rollout needs rewardModel or rewardFn to score the responses');
-    }
-    return scores;
   }
 
   /**

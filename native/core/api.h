@@ -119,8 +119,8 @@ FloatArray token_logprobs(Model& m, const Batch& b, double temperature);
 //                    [rows, response] arrays mask, old_logprobs, old_values, advantages, returns; numbers cliprange,
 //                    cliprange_value, vf_coef, temperature. TRL PPOv2's clipped policy and value losses.
 //   grpo:            rows prompt + completion; arrays completion_mask ([rows, seq]), advantages ([rows]), old_logps and
-//                    ref_logps ([rows, seq - 1], optional); numbers beta, epsilon_low, epsilon_high, temperature;
-//                    strings loss_type (grpo | bnpo). TRL's GRPO loss.
+//                    ref_logps ([rows, seq - 1], optional); numbers beta, epsilon_low, epsilon_high, temperature,
+//                    bias_correction_kl (1: KL times the ratio, TRL's default); strings loss_type (grpo | bnpo | dapo). TRL's GRPO loss.
 // PPO's value head (TRL's v_head.summary.{weight,bias}, zero at the start) on a causal-lm model, and its estimates at
 // every position but the last: [batch, seq - 1] (the position that predicts token t + 1 holds V for it).
 void add_value_head(Model& m);

@@ -196,7 +196,8 @@ torch::Tensor ppo(ForwardContext& c, const Tensors& t, const ObjectiveSpec& s, S
 }
 
 // TRL's GRPO loss: the clipped surrogate per completion token with group-normalised advantages, plus beta times the
-// k3 estimate of the KL to the reference; averaged per sequence then over sequences ('grpo') or over all tokens ('bnpo').
+// k3 estimate of the KL to the reference; averaged per sequence then over sequences ('grpo') or over all tokens ('bnpo',
+// 'dapo').
 torch::Tensor grpo(ForwardContext& c, const Tensors& t, const ObjectiveSpec& s, Stats& st) {
   int64_t rows = t.ids.size(0), seq = t.ids.size(1);
   double beta = number(s, "beta", 0), eps_low = number(s, "epsilon_low", 0.2), eps_high = number(s, "epsilon_high", 0.2);
@@ -204,7 +205,9 @@ torch::Tensor grpo(ForwardContext& c, const Tensors& t, const ObjectiveSpec& s, 
   require(temperature > 0, "E_ARG", "grpo: temperature must be positive");
   auto type_it = s.strings.find("loss_type");
   std::string type = type_it == s.strings.end() ? "grpo" : type_it->second;
-  require(type == "grpo" || type == "bnpo", "E_ARG", "grpo: lossType must be 'grpo' or 'bnpo', got '" + type + "'");
+  // dapo normalises by the completion tokens of the whole generation batch: on one batch, the token mean (bnpo).
+  require(type == "grpo" || type == "bnpo" || type == "dapo", "E_ARG",
+          "grpo: lossType must be 'grpo', 'bnpo' or 'dapo', got '" + type + "'");
   auto mask = array(c, s, "completion_mask", {rows, seq}, true).slice(1, 1);
   auto advantages = array(c, s, "advantages", {rows}, true).unsqueeze(1);
   auto logps = next_token_logprobs(c, t, c.run(t.ids, t.mask), temperature);
@@ -217,6 +220,8 @@ torch::Tensor grpo(ForwardContext& c, const Tensors& t, const ObjectiveSpec& s, 
   if (beta != 0) {
     auto ref = array(c, s, "ref_logps", {rows, seq - 1}, true);
     kl = (ref - logps).exp() - (ref - logps) - 1;
+    // TRL's default since DeepSeek-V3.2: weighted by the ratio, the KL gradient is the unbiased reverse-KL gradient.
+    if (number(s, "bias_correction_kl", 1) != 0) kl = kl * coef1;
     per_token = per_token + beta * kl;
   }
   auto loss = type == "grpo" ? ((per_token * mask).sum(-1) / mask.sum(-1).clamp_min(1)).mean() : masked_mean(per_token, mask);

@@ -1,0 +1,234 @@
+/**
+ * GRPO (Shao et al. 2024), as TRL's GRPOTrainer: G completions per prompt, advantages normalised within each group,
+ * the clipped per-token surrogate, and optionally beta times a KL estimate to the reference. No value model.
+ */
+import { TunekitError } from '../errors';
+import { Model } from '../model';
+import { AdamW } from '../optim';
+import { shuffled } from '../random';
+import { checkBoolean, checkChoice, checkNumber, checkOptions } from '../validate';
+import { Reference } from './reference';
+import { checkScoring, scoreResponses, Scoring } from './score';
+
+export type GRPOLossType = 'dapo' | 'grpo' | 'bnpo';
+
+export interface GRPOOptions extends Scoring {
+  /** Needed only with beta > 0; default as DPO's (adapter off, or a frozen copy). */
+  reference?: Model;
+  /** Completions per prompt (G; TRL default 8). */
+  numGenerations?: number;
+  /** Tokens sampled per completion at most (TRL's max_completion_length). */
+  maxCompletionLength: number;
+  /** Weight of the KL to the reference (TRL default 0: no reference is needed). */
+  beta?: number;
+  epsilon?: number;
+  /** Upper clip (DAPO's clip-higher); default epsilon. */
+  epsilonHigh?: number;
+  /** TRL default 'dapo' (token mean over the batch), 'grpo' (per-sequence mean), 'bnpo' (token mean). */
+  lossType?: GRPOLossType;
+  /** 'group' (TRL default): (r - mean) / (std + 1e-4) within each group; 'batch': the batch's std; 'none': no scaling. */
+  scaleRewards?: 'group' | 'batch' | 'none';
+  temperature?: number;
+  /** Multiply the KL term by the importance ratio (TRL's default, DeepSeek-V3.2: the unbiased reverse-KL gradient). */
+  biasCorrectionKl?: boolean;
+  /** Updates per generated batch (TRL's num_iterations, mu). */
+  numIterations?: number;
+  lr?: number;
+  maxGradNorm?: number;
+  stopTokenId?: number;
+  seed?: number;
+}
+
+const GRPO_OPTIONS = [
+  'reference',
+  'rewardModel',
+  'rewardFn',
+  'tokenizer',
+  'rewardTokenizer',
+  'numGenerations',
+  'maxCompletionLength',
+  'beta',
+  'epsilon',
+  'epsilonHigh',
+  'lossType',
+  'scaleRewards',
+  'temperature',
+  'numIterations',
+  'biasCorrectionKl',
+  'lr',
+  'maxGradNorm',
+  'stopTokenId',
+  'seed',
+];
+
+/** Completions of prompts (each prompt repeated G times in a row) with their rewards and advantages. */
+export interface Generation {
+  prompts: number[][];
+  completions: number[][];
+  rewards: number[];
+  advantages: number[];
+  /** The policy's per-token log-probabilities when the completions were sampled (needed when numIterations > 1). */
+  oldLogps?: Float32Array;
+}
+
+export class GRPO {
+  private steps = 0;
+  private constructor(
+    readonly policy: Model,
+    readonly options: Readonly<GRPOOptions>,
+    private readonly reference: Reference | undefined,
+    private readonly optimizer: AdamW,
+  ) {}
+
+  static async create(policy: Model, options: GRPOOptions): Promise<GRPO> {
+    const o = checkOptions(options, GRPO_OPTIONS, 'GRPO');
+    if (!(policy instanceof Model) || policy.task !== 'causal-lm') throw new TunekitError('E_CONFIG', 'GRPO trains a causal-lm policy');
+    checkScoring(o);
+    checkNumber(o.maxCompletionLength, 'maxCompletionLength', { integer: true, min: 1 });
+    checkNumber(o.numGenerations, 'numGenerations', { integer: true, min: 2 }, 8);
+    checkNumber(o.beta, 'beta', { min: 0 }, 0);
+    checkNumber(o.epsilon, 'epsilon', { min: 0, minExclusive: true, max: 1, maxExclusive: true }, 0.2);
+    if (o.epsilonHigh !== undefined) checkNumber(o.epsilonHigh, 'epsilonHigh', { min: 0, minExclusive: true });
+    checkChoice<GRPOLossType>(o.lossType, ['dapo', 'grpo', 'bnpo'], 'lossType', 'dapo');
+    checkChoice(o.scaleRewards, ['group', 'batch', 'none'], 'scaleRewards', 'group');
+    checkNumber(o.temperature, 'temperature', { min: 0, minExclusive: true }, 1);
+    checkNumber(o.numIterations, 'numIterations', { integer: true, min: 1 }, 1);
+    checkBoolean(o.biasCorrectionKl, 'biasCorrectionKl', true);
+    if (o.stopTokenId !== undefined)
+      checkNumber(o.stopTokenId, 'stopTokenId', { integer: true, min: 0, max: policy.vocabSize, maxExclusive: true });
+    const reference = (o.beta ?? 0) > 0 ? await Reference.of(policy, o.reference) : undefined;
+    const optimizer = new AdamW(policy, { lr: o.lr ?? 1e-6, weightDecay: 0, maxGradNorm: o.maxGradNorm ?? 1 });
+    return new GRPO(policy, { ...o }, reference, optimizer);
+  }
+
+  /** Group-normalised advantages of rewards laid out as consecutive groups of numGenerations (TRL's formula). */
+  advantages(rewards: number[]): number[] {
+    const G = this.options.numGenerations ?? 8;
+    if (rewards.length % G !== 0) throw new TunekitError('E_ARG', `rewards must come in groups of ${G}`);
+    const std = (xs: number[]) => {
+      const m = xs.reduce((a, b) => a + b, 0) / xs.length;
+      return Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / Math.max(1, xs.length - 1));
+    };
+    const scale = this.options.scaleRewards ?? 'group';
+    const batchStd = std(rewards);
+    return rewards.map((r, i) => {
+      const group = rewards.slice(i - (i % G), i - (i % G) + G);
+      const mean = group.reduce((a, b) => a + b, 0) / G;
+      const s = scale === 'group' ? std(group) : batchStd;
+      return scale === 'none' ? r - mean : (r - mean) / (s + 1e-4);
+    });
+  }
+
+  /** Samples numGenerations completions per prompt at `temperature`, scores them and computes the advantages. */
+  async generate(prompts: number[][]): Promise<Generation> {
+    const o = this.options;
+    const G = o.numGenerations ?? 8;
+    if (!Array.isArray(prompts) || prompts.length === 0)
+      throw new TunekitError('E_ARG', 'prompts must be a non-empty array of token-id arrays');
+    const repeated = prompts.flatMap((p) => new Array(G).fill(p) as number[][]);
+    await this.policy.eval();
+    const completions: number[][] = [];
+    for (let i = 0; i < repeated.length; i += G) {
+      const out = await this.policy.generate(
+        { inputIds: repeated.slice(i, i + G) },
+        {
+          maxNewTokens: o.maxCompletionLength,
+          temperature: o.temperature ?? 1,
+          seed: (o.seed ?? 0) + this.steps * 7919 + i,
+          eosTokenId: o.stopTokenId ?? -1,
+        },
+      );
+      out.forEach((row, k) => {
+        const c = row.slice(repeated[i + k].length);
+        const at = o.stopTokenId === undefined ? -1 : c.indexOf(o.stopTokenId);
+        completions.push(at < 0 ? c : c.slice(0, at + 1));
+      });
+    }
+    const rewards = await scoreResponses(o, repeated, completions);
+    const gen: Generation = { prompts: repeated, completions, rewards, advantages: this.advantages(rewards) };
+    if ((o.numIterations ?? 1) > 1)
+      gen.oldLogps = (await this.policy.tokenLogprobs(this.rows(gen), { temperature: o.temperature ?? 1 })).data;
+    return gen;
+  }
+
+  private rows(g: Generation) {
+    const full = g.prompts.map((p, i) => [...p, ...g.completions[i]]);
+    const seq = Math.max(...full.map((r) => r.length));
+    const pad = this.policy.padTokenId ?? 0;
+    return {
+      inputIds: full.map((r) => [...r, ...new Array(seq - r.length).fill(pad)]),
+      attentionMask: full.map((r) => [...r.map(() => 1), ...new Array(seq - r.length).fill(0)]),
+      completionMask: Float32Array.from(
+        g.prompts.flatMap((p, i) => full[i].map((_, j) => (j >= p.length ? 1 : 0)).concat(new Array(seq - full[i].length).fill(0))),
+      ),
+    };
+  }
+
+  /** The GRPO loss and statistics of a generation, and with `backward` one optimizer step on it. */
+  async step(g: Generation, options: { backward?: boolean } = {}): Promise<Record<string, number>> {
+    const o = this.options;
+    if (!Array.isArray(g?.completions) || g.completions.length !== g.prompts?.length || g.advantages?.length !== g.prompts.length)
+      throw new TunekitError('E_ARG', 'a generation needs one completion and one advantage per prompt');
+    g.completions.forEach((c, i) => {
+      if (!Array.isArray(c) || c.length === 0) throw new TunekitError('E_ARG', `completion ${i} is empty`);
+    });
+    const rows = this.rows(g);
+    const temperature = o.temperature ?? 1;
+    const arrays: Record<string, Float32Array> = { completion_mask: rows.completionMask, advantages: Float32Array.from(g.advantages) };
+    if (g.oldLogps) arrays.old_logps = g.oldLogps;
+    if (this.reference) arrays.ref_logps = (await this.reference.logprobs(rows, temperature)).data;
+    const backward = options.backward ?? true;
+    if (backward) await this.policy.train();
+    const stats = await this.policy.objective(
+      { inputIds: rows.inputIds, attentionMask: rows.attentionMask },
+      {
+        name: 'grpo',
+        numbers: {
+          beta: o.beta ?? 0,
+          epsilon_low: o.epsilon ?? 0.2,
+          epsilon_high: o.epsilonHigh ?? o.epsilon ?? 0.2,
+          temperature,
+          bias_correction_kl: (o.biasCorrectionKl ?? true) ? 1 : 0,
+        },
+        strings: { loss_type: o.lossType ?? 'dapo' },
+        arrays,
+      },
+      { backward },
+    );
+    if (backward) {
+      await this.optimizer.step();
+      await this.optimizer.zeroGrad();
+      await this.policy.eval();
+    }
+    return stats;
+  }
+
+  /** `steps` rounds of: a seeded batch of prompts, numGenerations completions each, numIterations updates. */
+  async train(prompts: number[][], opts: { steps: number; batchSize?: number; onStep?: (s: Record<string, number>) => void }) {
+    checkOptions(opts, ['steps', 'batchSize', 'onStep'], 'GRPO.train');
+    const steps = checkNumber(opts.steps, 'steps', { integer: true, min: 1 });
+    const bs = Math.min(prompts.length, checkNumber(opts.batchSize, 'batchSize', { integer: true, min: 1 }, 4));
+    const history: Record<string, number>[] = [];
+    for (let s = 0; s < steps; s++) {
+      const order = shuffled(prompts.length, (this.options.seed ?? 0) + s);
+      const gen = await this.generate(order.slice(0, bs).map((i) => prompts[i]));
+      let stats: Record<string, number> = {};
+      for (let it = 0; it < (this.options.numIterations ?? 1); it++) stats = await this.step(gen);
+      const meanReward = gen.rewards.reduce((a, b) => a + b, 0) / gen.rewards.length;
+      const row = {
+        ...stats,
+        reward: meanReward,
+        'completions/mean_length': gen.completions.reduce((a, c) => a + c.length, 0) / gen.completions.length,
+      };
+      history.push(row);
+      opts.onStep?.(row);
+      this.steps++;
+    }
+    return { steps, history };
+  }
+
+  dispose(): void {
+    this.optimizer.dispose();
+    this.reference?.dispose();
+  }
+}
