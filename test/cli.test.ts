@@ -167,3 +167,57 @@ test('the task is what the data says or a clear error: one class, a misspelled l
   const gpt2 = path.join(ROOT, 'models', 'tiny-gpt2');
   failsCleanly(t, run('generate', '--model', gpt2, '--prompt', 'hi', '--max-new-tokens', '0'), 1, /maxNewTokens must be >= 1, got 0/);
 });
+
+test('reward, dpo, ppo and grpo run from the command line and write their model, metrics, curves and results', (t) => {
+  const dir = tmpDir('cli-rlhf');
+  const pairs = path.join(dir, 'pairs.jsonl');
+  const rows = Array.from({ length: 12 }, (_, i) => ({
+    prompt: `Review ${i}:`,
+    chosen: ' a wonderful, moving film',
+    rejected: ' a dull mess',
+  }));
+  fs.writeFileSync(pairs, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+  const gpt2 = path.join(ROOT, 'models', 'tiny-gpt2');
+  const distilbert = path.join(ROOT, 'models', 'tiny-distilbert');
+  const runs: [string, string[]][] = [
+    ['reward', ['--model', distilbert, '--data', pairs, '--batch-size', '4']],
+    ['dpo', ['--model', gpt2, '--data', pairs, '--batch-size', '4', '--lora']],
+    [
+      'ppo',
+      ['--model', gpt2, '--reward-model', distilbert, '--reward-label', '1', '--steps', '2', '--batch-size', '4', '--response-length', '4'],
+    ],
+    [
+      'grpo',
+      [
+        '--model',
+        gpt2,
+        '--reward-model',
+        distilbert,
+        '--reward-label',
+        '1',
+        '--steps',
+        '2',
+        '--batch-size',
+        '2',
+        '--num-generations',
+        '2',
+        '--response-length',
+        '4',
+      ],
+    ],
+  ];
+  for (const [cmd, args] of runs) {
+    const out = path.join(dir, cmd);
+    const r = run(cmd, ...args, '--out', out, '--quiet');
+    t.is(r.status, 0, `${cmd}: ${r.stderr}`);
+    for (const f of ['metrics.jsonl', 'curves.svg', 'results.json']) t.true(fs.existsSync(path.join(out, f)), `${cmd}: ${f}`);
+    t.true(fs.existsSync(path.join(out, cmd === 'dpo' ? 'adapter_model.safetensors' : 'model.safetensors')), cmd);
+  }
+  failsCleanly(t, run('ppo', '--model', gpt2, '--out', path.join(dir, 'x')), 2, /--reward-model DIR is required/);
+  failsCleanly(
+    t,
+    run('ppo', '--model', gpt2, '--reward-model', distilbert, '--reward-label', 'joy', '--out', path.join(dir, 'y')),
+    2,
+    /--reward-label joy: the reward model's classes are/,
+  );
+});

@@ -1,8 +1,10 @@
 #!/usr/bin/env node
-/** The tunekit command line: finetune, evaluate, generate. */
+/** The tunekit command line: finetune, evaluate, generate, and the preference and RLHF commands (./rlhf.ts). */
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseArgs, ParseArgsConfig } from 'node:util';
+import { parseArgs } from 'node:util';
+import { Command, DEFAULT_MODEL, modelDir, num, Opts, prepareOut, UsageError } from './args';
+import { RLHF_COMMANDS } from './rlhf';
 import { loadSplits, Splits } from '../data';
 import { TunekitError } from '../errors';
 import { Model, Pooling } from '../model';
@@ -13,40 +15,7 @@ import { writeJsonAtomic } from '../safetensors';
 import { Tokenizer } from '../tokenizer';
 import { evaluateModel } from '../trainer';
 
-const ROOT = path.resolve(__dirname, '..', '..');
-const DEFAULT_MODEL = path.join(ROOT, 'models', 'tiny-distilbert');
 const DEFAULT_DATA = 'builtin:imdb-sentences';
-
-/** A mistake in how the command was called: one line, exit code 2. */
-class UsageError extends Error {}
-
-type Opts = Record<string, string | boolean | undefined>;
-
-interface Command {
-  summary: string;
-  usage: string;
-  options: NonNullable<ParseArgsConfig['options']>;
-  help: Record<string, string>;
-  run(o: Opts): Promise<void>;
-}
-
-function num(o: Opts, key: string, fallback: number | undefined, kind: 'int' | 'float' = 'float'): number | undefined {
-  const v = o[key];
-  if (v === undefined) return fallback;
-  const n = Number(v);
-  if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n) || (kind === 'int' && !Number.isInteger(n))) {
-    throw new UsageError(`--${key} must be ${kind === 'int' ? 'an integer' : 'a number'}, got ${JSON.stringify(v)}`);
-  }
-  if (n < 0) throw new UsageError(`--${key} must not be negative, got ${v}`);
-  return n;
-}
-
-function modelDir(o: Opts): string {
-  const dir = path.resolve(String(o.model ?? DEFAULT_MODEL));
-  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UsageError(`--model ${o.model ?? DEFAULT_MODEL}: no such folder`);
-  if (!fs.existsSync(path.join(dir, 'config.json'))) throw new UsageError(`--model ${dir}: not a model folder (no config.json)`);
-  return dir;
-}
 
 async function splitsOf(o: Opts): Promise<Splits> {
   const spec = String(o.data ?? DEFAULT_DATA);
@@ -394,30 +363,8 @@ const COMMANDS: Record<string, Command> = {
       model.dispose();
     },
   },
+  ...RLHF_COMMANDS,
 };
-
-/**
- * --out must be a folder that is new or empty, unless the run continues it (--resume, training strategies only) or
- * replaces it (--overwrite): a rerun never leaves an old model beside a new run's metrics.
- */
-function prepareOut(out: string, o: Opts, canResume: boolean): void {
-  if (o.resume && o.overwrite) throw new UsageError('--resume continues --out and --overwrite replaces it: give one');
-  if (o.resume && !canResume) throw new UsageError('--resume needs a training strategy (--strategy features has no checkpoints)');
-  if (!fs.existsSync(out)) {
-    if (o.resume) throw new UsageError(`--resume: ${out} does not exist (nothing to continue)`);
-    return;
-  }
-  if (!fs.statSync(out).isDirectory()) throw new UsageError(`--out ${out} is a file, not a folder`);
-  if (fs.readdirSync(out).length === 0) return;
-  if (o.overwrite) fs.rmSync(out, { recursive: true, force: true });
-  else if (o.resume) {
-    if (!fs.existsSync(path.join(out, 'checkpoints')))
-      throw new UsageError(`--resume: ${out} holds no checkpoints (was it run with --checkpoint-every?)`);
-  } else
-    throw new UsageError(
-      `--out ${out} is not empty: add --resume to continue its run from the last checkpoint, or --overwrite to replace it`,
-    );
-}
 
 async function runFeatures(dir: string, splits: Splits, tok: Tokenizer, maxLength: number, out: string, o: Opts): Promise<void> {
   if (splits.train.kind !== 'classification') throw new UsageError('--strategy features needs labelled data (a label field)');

@@ -105,6 +105,7 @@ export class DPO {
         warmupRatio: o.warmupRatio ?? 0,
         maxGradNorm: o.maxGradNorm ?? 1,
         seed: o.seed ?? 42,
+        disableDropout: o.disableDropout ?? true,
         onProgress: o.onProgress,
       },
       (batch) => this.run(batch, true),

@@ -35,6 +35,8 @@ export interface GRPOOptions extends Scoring {
   numIterations?: number;
   lr?: number;
   maxGradNorm?: number;
+  /** Update with dropout off (default false, as TRL's GRPOConfig). */
+  disableDropout?: boolean;
   stopTokenId?: number;
   seed?: number;
 }
@@ -57,6 +59,7 @@ const GRPO_OPTIONS = [
   'biasCorrectionKl',
   'lr',
   'maxGradNorm',
+  'disableDropout',
   'stopTokenId',
   'seed',
 ];
@@ -178,7 +181,7 @@ export class GRPO {
     if (g.oldLogps) arrays.old_logps = g.oldLogps;
     if (this.reference) arrays.ref_logps = (await this.reference.logprobs(rows, temperature)).data;
     const backward = options.backward ?? true;
-    if (backward) await this.policy.train();
+    if (backward) await this.policy.train(!(o.disableDropout ?? false));
     const stats = await this.policy.objective(
       { inputIds: rows.inputIds, attentionMask: rows.attentionMask },
       {

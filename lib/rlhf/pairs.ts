@@ -2,6 +2,8 @@
  * Preference pairs (TRL's format: `{ prompt?, chosen, rejected }`), their tokenization for reward models and DPO, and
  * the training loop both share: seeded shuffling, AdamW with a linear schedule, clipping, progress.
  */
+import fs from 'node:fs';
+import { builtinSplits } from '../data/builtin';
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
 import type { RawObjective } from '../native';
@@ -42,6 +44,8 @@ export interface PairTrainingOptions {
   maxLength?: number;
   /** Turns string pairs into tokens; not needed when the pairs are given as token ids. */
   tokenizer?: Tokenizer;
+  /** Train with dropout off (default true, as TRL's RewardTrainer and DPOTrainer). */
+  disableDropout?: boolean;
   onProgress?: (p: { step: number; totalSteps: number; epoch: number; lr: number; gradNorm: number } & PairStats) => void;
 }
 
@@ -55,6 +59,7 @@ export const PAIR_TRAINING_OPTIONS = [
   'seed',
   'maxLength',
   'tokenizer',
+  'disableDropout',
   'onProgress',
 ];
 
@@ -145,7 +150,9 @@ export function contextOf(model: Model, maxLength: number | undefined): number {
 export async function trainOnPairs(
   model: Model,
   pairs: TokenizedPair[],
-  o: Required<Pick<PairTrainingOptions, 'lr' | 'epochs' | 'batchSize' | 'weightDecay' | 'warmupRatio' | 'maxGradNorm' | 'seed'>> &
+  o: Required<
+    Pick<PairTrainingOptions, 'lr' | 'epochs' | 'batchSize' | 'weightDecay' | 'warmupRatio' | 'maxGradNorm' | 'seed' | 'disableDropout'>
+  > &
     Pick<PairTrainingOptions, 'onProgress'>,
   step: (batch: TokenizedPair[]) => Promise<PairStats>,
 ): Promise<{ steps: number; history: PairStats[] }> {
@@ -160,7 +167,7 @@ export async function trainOnPairs(
   });
   const history: PairStats[] = [];
   try {
-    await model.train();
+    await model.train(!o.disableDropout);
     await optimizer.zeroGrad();
     for (let epoch = 0; epoch < o.epochs; epoch++) {
       const order = shuffled(pairs.length, o.seed + epoch);
@@ -188,3 +195,51 @@ export function meanStats(parts: { stats: PairStats; pairs: number }[]): PairSta
 }
 
 export type { RawObjective };
+
+/** Preference pairs from a JSONL file, one `{ prompt?, chosen, rejected, margin? }` per line (TRL's format). */
+export async function readPairs(file: string): Promise<PreferencePair[]> {
+  if (typeof file !== 'string' || !fs.existsSync(file) || !fs.statSync(file).isFile())
+    throw new TunekitError('E_FILE', `pairs file ${show(file)} does not exist`);
+  const pairs: PreferencePair[] = [];
+  const lines = fs
+    .readFileSync(file, 'utf8')
+    .replace(/^\uFEFF/, '')
+    .split('\n');
+  lines.forEach((line, i) => {
+    if (line.trim() === '') return;
+    const where = `${file}:${i + 1}`;
+    let raw: unknown;
+    try {
+      raw = JSON.parse(line);
+    } catch (e) {
+      throw new TunekitError('E_FORMAT', `${where}: not valid JSON (${(e as Error).message})`);
+    }
+    const r = raw as Record<string, unknown>;
+    if (!r || typeof r !== 'object' || typeof r.chosen !== 'string' || typeof r.rejected !== 'string')
+      throw new TunekitError('E_FORMAT', `${where}: expected { "prompt"?, "chosen": string, "rejected": string }`);
+    if (r.prompt !== undefined && typeof r.prompt !== 'string') throw new TunekitError('E_FORMAT', `${where}: prompt must be a string`);
+    if (r.margin !== undefined && (typeof r.margin !== 'number' || !Number.isFinite(r.margin)))
+      throw new TunekitError('E_FORMAT', `${where}: margin must be a finite number`);
+    pairs.push({
+      chosen: r.chosen,
+      rejected: r.rejected,
+      ...(r.prompt !== undefined ? { prompt: r.prompt as string } : {}),
+      ...(r.margin !== undefined ? { margin: r.margin as number } : {}),
+    });
+  });
+  if (pairs.length === 0) throw new TunekitError('E_FORMAT', `${file}: no pairs`);
+  return pairs;
+}
+
+/**
+ * Synthetic preferences from the built-in sentiment sentences: a positive review sentence preferred over a negative
+ * one, paired in a seeded order. They stand in for human rankings; they are not any.
+ */
+export function sentimentPairs(split: 'train' | 'validation' | 'test', seed = 0): PreferencePair[] {
+  const rows = builtinSplits('sentiment-sentences')[split].rows;
+  const pos = rows.filter((r) => r.label === 1).map((r) => r.text!);
+  const neg = rows.filter((r) => r.label === 0).map((r) => r.text!);
+  const p = shuffled(pos.length, seed).map((i) => pos[i]);
+  const n = shuffled(neg.length, seed + 1).map((i) => neg[i]);
+  return Array.from({ length: Math.min(p.length, n.length) }, (_, i) => ({ chosen: p[i], rejected: n[i] }));
+}

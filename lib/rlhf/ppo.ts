@@ -36,6 +36,8 @@ export interface PPOOptions extends Scoring {
   missingEosPenalty?: number;
   /** Clip the global gradient norm (default 1); null: no clipping. */
   maxGradNorm?: number | null;
+  /** Update with dropout off (default true, as TRL's PPOv2: old and new log-probabilities then agree at the start). */
+  disableDropout?: boolean;
   seed?: number;
 }
 
@@ -61,6 +63,7 @@ const PPO_OPTIONS = [
   'stopTokenId',
   'missingEosPenalty',
   'maxGradNorm',
+  'disableDropout',
   'seed',
 ];
 
@@ -234,7 +237,7 @@ export class PPO {
       whitenRewards: o.whitenRewards ?? false,
     });
 
-    await this.policy.train();
+    await this.policy.train(!(o.disableDropout ?? true));
     const perMinibatch: Record<string, number>[] = [];
     const miniBatches = Math.min(o.numMiniBatches ?? 1, B);
     const size = Math.ceil(B / miniBatches);

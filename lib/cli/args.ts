@@ -1,0 +1,61 @@
+/** What every command of the CLI shares: its shape, usage errors, and readers of its flags. */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ParseArgsConfig } from 'node:util';
+
+export const ROOT = path.resolve(__dirname, '..', '..');
+export const DEFAULT_MODEL = path.join(ROOT, 'models', 'tiny-distilbert');
+
+/** A mistake in how the command was called: one line, exit code 2. */
+export class UsageError extends Error {}
+
+export type Opts = Record<string, string | boolean | undefined>;
+
+export interface Command {
+  summary: string;
+  usage: string;
+  options: NonNullable<ParseArgsConfig['options']>;
+  help: Record<string, string>;
+  run(o: Opts): Promise<void>;
+}
+
+export function num(o: Opts, key: string, fallback: number | undefined, kind: 'int' | 'float' = 'float'): number | undefined {
+  const v = o[key];
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n) || (kind === 'int' && !Number.isInteger(n))) {
+    throw new UsageError(`--${key} must be ${kind === 'int' ? 'an integer' : 'a number'}, got ${JSON.stringify(v)}`);
+  }
+  if (n < 0) throw new UsageError(`--${key} must not be negative, got ${v}`);
+  return n;
+}
+
+export function modelDir(o: Opts): string {
+  const dir = path.resolve(String(o.model ?? DEFAULT_MODEL));
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UsageError(`--model ${o.model ?? DEFAULT_MODEL}: no such folder`);
+  if (!fs.existsSync(path.join(dir, 'config.json'))) throw new UsageError(`--model ${dir}: not a model folder (no config.json)`);
+  return dir;
+}
+
+/**
+ * --out must be a folder that is new or empty, unless the run continues it (--resume, training strategies only) or
+ * replaces it (--overwrite): a rerun never leaves an old model beside a new run's metrics.
+ */
+export function prepareOut(out: string, o: Opts, canResume: boolean): void {
+  if (o.resume && o.overwrite) throw new UsageError('--resume continues --out and --overwrite replaces it: give one');
+  if (o.resume && !canResume) throw new UsageError('--resume needs a training strategy (--strategy features has no checkpoints)');
+  if (!fs.existsSync(out)) {
+    if (o.resume) throw new UsageError(`--resume: ${out} does not exist (nothing to continue)`);
+    return;
+  }
+  if (!fs.statSync(out).isDirectory()) throw new UsageError(`--out ${out} is a file, not a folder`);
+  if (fs.readdirSync(out).length === 0) return;
+  if (o.overwrite) fs.rmSync(out, { recursive: true, force: true });
+  else if (o.resume) {
+    if (!fs.existsSync(path.join(out, 'checkpoints')))
+      throw new UsageError(`--resume: ${out} holds no checkpoints (was it run with --checkpoint-every?)`);
+  } else
+    throw new UsageError(
+      `--out ${out} is not empty: add --resume to continue its run from the last checkpoint, or --overwrite to replace it`,
+    );
+}
