@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { Command, DEFAULT_MODEL, modelDir, num, Opts, prepareOut, UsageError } from './args';
+import { Command, modelDir, num, Opts, prepareOut, UsageError } from './args';
 import { RLHF_COMMANDS } from './rlhf';
 import { loadSplits, Splits } from '../data';
 import { TunekitError } from '../errors';

@@ -8,7 +8,7 @@ import { TunekitError } from '../errors';
 import { Model } from '../model';
 import { AdamW } from '../optim';
 import { shuffled } from '../random';
-import { checkBoolean, checkNumber, checkOptions, show } from '../validate';
+import { checkBoolean, checkNumber, checkOptions } from '../validate';
 import { addon } from '../native';
 import { Reference } from './reference';
 import { checkScoring, RewardFn, scoreResponses, Scoring } from './score';
@@ -298,7 +298,7 @@ export class PPO {
       'response/length': responses.reduce((a, r) => a + r.length, 0) / B,
     };
     // A negative KL estimate means the sampling and the scoring disagree (e.g. another temperature): TRL's users ask.
-    if (gae.kl < -1e-3)
+    if (gae.kl < -0.05)
       process.emitWarning(
         `PPO: the KL to the reference is negative (${gae.kl.toFixed(4)}); are the rollouts sampled at this temperature?`,
         'TunekitWarning',
