@@ -67,6 +67,8 @@ def run(w, d, steps, warmup):
                     first = out.logits[0, -1, :8].tolist()
                 if i >= warmup:
                     times.append(dt)
+    elif w["kind"] == "ppo":
+        first, times = ppo_iterations(model, ids, w, d, steps, warmup)
     else:  # generate, greedy, KV cache (transformers' default)
         model.eval()
         with torch.no_grad():
@@ -82,6 +84,48 @@ def run(w, d, steps, warmup):
     print(json.dumps({"side": "python", "first": first, "times": times, "threads": torch.get_num_threads(), "torch": torch.__version__,
                       "peakRssMiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "params": sum(p.numel() for p in model.parameters())}))
+
+
+def ppo_reward(ids):
+    """The benchmark's reward: a cheap fixed function of the tokens, the same on both sides."""
+    return [float(sum(r) % 7) / 7.0 for r in ids]
+
+
+def ppo_iterations(model, ids, w, d, steps, warmup):
+    """PPO as its Python twin (test/reference/ppo.py) runs it: one iteration is generate() with sampling (KV cache),
+    then the PPO step; the reference is a frozen copy of the starting weights. The check first runs one step on
+    fixed responses (the batch's next tokens) and reports its pre-update entropy."""
+    import copy
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "test", "reference"))
+    from ppo import ppo_step, value_head
+
+    s = dict(temperature=1.0, kl_coef=0.05, gamma=1.0, lam=0.95, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1,
+             ppo_epochs=w["ppo_epochs"], lr=1e-5, max_grad_norm=1.0)
+    reference = copy.deepcopy(model).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    v_head = value_head(model.config.hidden_size)
+    opt = torch.optim.AdamW(list(model.parameters()) + list(v_head.parameters()), lr=s["lr"], betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=0.0)
+    queries = ids[:, : w["seq"]]
+    b = json.load(open(os.path.join(d, "batch.json")))
+    fixed = [r[w["seq"]: w["seq"] + w["new_tokens"]] for r in b["input_ids"][: w["batch"]]]
+    stats, _ = ppo_step(model, reference, v_head, opt, queries.tolist(), fixed, ppo_reward(fixed), s)
+    first = stats["objective/entropy"]
+    torch.manual_seed(0)
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        model.eval()
+        with torch.no_grad():
+            out = model.generate(input_ids=queries, attention_mask=torch.ones_like(queries), do_sample=True, temperature=1.0,
+                                 top_k=0, min_new_tokens=w["new_tokens"], max_new_tokens=w["new_tokens"], pad_token_id=0)
+        responses = out[:, queries.size(1):].tolist()
+        ppo_step(model, reference, v_head, opt, queries.tolist(), responses, ppo_reward([q + r for q, r in zip(queries.tolist(), responses)]), s)
+        dt = time.perf_counter() - t
+        if i >= warmup:
+            times.append(dt)
+    return first, times
 
 
 if __name__ == "__main__":

@@ -28,12 +28,13 @@ const rounds = smoke ? 1 : quick ? 2 : 3;
 const outDir = argOf('out') ?? path.join(__dirname, 'results');
 
 interface Workload {
-  kind: 'train' | 'forward' | 'generate';
+  kind: 'train' | 'forward' | 'generate' | 'ppo';
   base?: string;
   batch: number;
   seq: number;
   classify?: boolean;
   new_tokens?: number;
+  ppo_epochs?: number;
   config?: Record<string, unknown>;
   lora?: { r: number; alpha: number; target_modules: string[] };
 }
@@ -57,6 +58,7 @@ function plan(w: Workload): { steps: number; warmup: number } {
   if (smoke) return { steps: 2, warmup: 1 };
   if (w.kind === 'generate') return { steps: quick ? 1 : 2, warmup: 1 };
   if (w.kind === 'forward') return { steps: quick ? 20 : 50, warmup: 5 };
+  if (w.kind === 'ppo') return { steps: quick ? 2 : 4, warmup: 1 };
   return { steps: quick ? 5 : 10, warmup: 2 };
 }
 
@@ -100,6 +102,13 @@ function agree(w: Workload, a: unknown, b: unknown): { ok: boolean; detail: stri
     const y = b as number[];
     const rel = Math.max(...x.map((v, i) => Math.abs(v - y[i]))) / Math.max(...y.map(Math.abs));
     return { ok: rel < 1e-4, detail: `last-position logits rel. ${rel.toExponential(1)}` };
+  }
+  if (w.kind === 'ppo') {
+    const rel = Math.abs((a as number) - (b as number)) / Math.abs(b as number);
+    return {
+      ok: rel < 1e-4,
+      detail: `check step's entropy ${(a as number).toFixed(5)} vs ${(b as number).toFixed(5)} (rel. ${rel.toExponential(1)})`,
+    };
   }
   const same = JSON.stringify(a) === JSON.stringify(b);
   // Greedy decoding on random weights can flip a near-tie by rounding; report it, time anyway.

@@ -4,7 +4,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { AdamW, LoRA, Model } from '../lib';
+import { AdamW, LoRA, Model, PPO } from '../lib';
 import { addon } from '../lib/native';
 
 async function main() {
@@ -45,6 +45,27 @@ async function main() {
       }
       if (i >= warmup) times.push(dt);
     }
+  } else if (w.kind === 'ppo') {
+    // As the Python twin: a reward that is a cheap fixed function of the tokens; the check runs one step on fixed
+    // responses (the batch's next tokens) and reports its pre-update entropy.
+    const reward = (rows: number[][]) => rows.map((r) => (r.reduce((a, v) => a + v, 0) % 7) / 7);
+    const ppo = await PPO.create(model, {
+      rewardFn: (samples) => reward(samples.map((x) => x.ids)),
+      responseLength: w.new_tokens,
+      temperature: 1,
+      ppoEpochs: w.ppo_epochs,
+      lr: 1e-5,
+    });
+    const queries = ids;
+    const fixed: number[][] = b.input_ids.slice(0, w.batch).map((r: number[]) => r.slice(w.seq, w.seq + w.new_tokens));
+    first = (await ppo.step({ queries, responses: fixed, scores: reward(fixed) }))['objective/entropy'];
+    for (let i = 0; i < warmup + steps; i++) {
+      const t = process.hrtime.bigint();
+      await ppo.step(await ppo.rollout(queries));
+      const dt = Number(process.hrtime.bigint() - t) / 1e9;
+      if (i >= warmup) times.push(dt);
+    }
+    ppo.dispose();
   } else {
     for (let i = 0; i < warmup + steps; i++) {
       const t = process.hrtime.bigint();

@@ -313,11 +313,11 @@ export class Model {
     });
   }
 
-  /** @internal The value head's estimate at every position but the last, [batch, seq - 1], with the current dropout. */
-  async tokenValues(batch: BatchInput): Promise<FloatArray> {
+  /** @internal tokenLogprobs and the value head's estimates, [batch, seq - 1] each, from one forward. */
+  async tokenLogprobsAndValues(batch: BatchInput, temperature: number): Promise<{ logprobs: FloatArray; values: FloatArray }> {
     const raw = packBatch({ inputIds: batch?.inputIds, attentionMask: batch?.attentionMask }, { vocabSize: this.vocabSize });
     this.checkMemory('forward', raw.batch, raw.seq);
-    return serial(() => addon.tokenValues(this.h, raw));
+    return serial(() => addon.tokenLogprobsAndValues(this.h, raw, temperature));
   }
 
   async zeroGrad(): Promise<void> {

@@ -140,7 +140,7 @@ export interface Addon {
   objectiveStep(m: Handle, b: RawBatch, objective: RawObjective, lossScale: number, backward: boolean): Promise<Record<string, number>>;
   tokenLogprobs(m: Handle, b: RawBatch, temperature: number): Promise<FloatArray>;
   addValueHead(m: Handle): Promise<void>;
-  tokenValues(m: Handle, b: RawBatch): Promise<FloatArray>;
+  tokenLogprobsAndValues(m: Handle, b: RawBatch, temperature: number): Promise<{ logprobs: FloatArray; values: FloatArray }>;
   ppoAdvantages(spec: {
     rows: number;
     length: number;

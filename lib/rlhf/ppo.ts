@@ -220,8 +220,9 @@ export class PPO {
     const temperature = o.temperature ?? 0.7;
     const rows = { inputIds, attentionMask };
     await this.policy.eval();
-    const oldLogprobs = align((await this.policy.tokenLogprobs(rows, { temperature })).data);
-    const oldValues = align((await this.policy.tokenValues(rows)).data);
+    const old = await this.policy.tokenLogprobsAndValues(rows, temperature);
+    const oldLogprobs = align(old.logprobs.data);
+    const oldValues = align(old.values.data);
     const refLogprobs = align((await this.reference.logprobs(rows, temperature)).data);
     const gae = await addon.ppoAdvantages({
       rows: B,

@@ -102,11 +102,18 @@ Napi::Value AddValueHead(const Napi::CallbackInfo& info) {
   return run_void(info.Env(), [m] { add_value_head(*m); });
 }
 
-Napi::Value TokenValues(const Napi::CallbackInfo& info) {
+Napi::Value TokenLogprobsAndValues(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto b = batch_arg(info, 1);
-  return run<FloatArray>(
-      info.Env(), [m, b] { return token_values(*m, b); }, float_array);
+  double temperature = number_arg(info, 2, "temperature");
+  return run<std::pair<FloatArray, FloatArray>>(
+      info.Env(), [m, b, temperature] { return token_logprobs_and_values(*m, b, temperature); },
+      [](Napi::Env env, std::pair<FloatArray, FloatArray>& r) {
+        auto o = Napi::Object::New(env);
+        o.Set("logprobs", float_array(env, r.first));
+        o.Set("values", float_array(env, r.second));
+        return Napi::Value(o);
+      });
 }
 
 Napi::Value PpoAdvantagesJs(const Napi::CallbackInfo& info) {
@@ -184,7 +191,7 @@ void init_train(Napi::Env env, Napi::Object exports) {
   exports.Set("objectiveStep", Napi::Function::New(env, ObjectiveStep));
   exports.Set("tokenLogprobs", Napi::Function::New(env, TokenLogprobs));
   exports.Set("addValueHead", Napi::Function::New(env, AddValueHead));
-  exports.Set("tokenValues", Napi::Function::New(env, TokenValues));
+  exports.Set("tokenLogprobsAndValues", Napi::Function::New(env, TokenLogprobsAndValues));
   exports.Set("ppoAdvantages", Napi::Function::New(env, PpoAdvantagesJs));
 }
 

@@ -121,10 +121,11 @@ FloatArray token_logprobs(Model& m, const Batch& b, double temperature);
 //   grpo:            rows prompt + completion; arrays completion_mask ([rows, seq]), advantages ([rows]), old_logps and
 //                    ref_logps ([rows, seq - 1], optional); numbers beta, epsilon_low, epsilon_high, temperature,
 //                    bias_correction_kl (1: KL times the ratio, TRL's default); strings loss_type (grpo | bnpo | dapo). TRL's GRPO loss.
-// PPO's value head (TRL's v_head.summary.{weight,bias}, zero at the start) on a causal-lm model, and its estimates at
-// every position but the last: [batch, seq - 1] (the position that predicts token t + 1 holds V for it).
+// PPO's value head (TRL's v_head.summary.{weight,bias}, zero at the start) on a causal-lm model; token_logprobs and
+// the head's estimates at every position but the last, [batch, seq - 1] each, from one forward (the position that
+// predicts token t + 1 holds V for it).
 void add_value_head(Model& m);
-FloatArray token_values(Model& m, const Batch& b);
+std::pair<FloatArray, FloatArray> token_logprobs_and_values(Model& m, const Batch& b, double temperature);
 // PPO's kernels on response-aligned [rows, length] arrays: per-token KL rewards plus each row's score at its last
 // token, GAE, returns, whitened advantages.
 struct PpoInputs {

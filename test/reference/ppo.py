@@ -35,32 +35,19 @@ def masked_whiten(x, mask, shift_mean=True):
     return w if shift_mean else w + mean
 
 
-def main(out):
-    s = SETTINGS
-    config = configs()["gpt2"]
-    models = {}
-    for name, seed in [("policy", 31), ("reference", 32)]:
-        torch.manual_seed(0)
-        m = GPT2LMHeadModel(config)
-        randomise(m, seed=seed)
-        m.save_pretrained(os.path.join(out, name))
-        models[name] = m
-    policy, reference = models["policy"], models["reference"].eval()
-    v_head = torch.nn.Linear(config.n_embd, 1)
-    torch.nn.init.zeros_(v_head.weight)
-    torch.nn.init.zeros_(v_head.bias)
-
-    B, R = len(QUERIES), max(len(r) for r in RESPONSES)
-    full = [q + r for q, r in zip(QUERIES, RESPONSES)]
+def ppo_step(policy, reference, v_head, opt, queries, responses, scores, s):
+    """One PPO step on scored responses; returns TRL's statistics and the second epoch's clip fraction."""
+    B, R = len(queries), max(len(r) for r in responses)
+    full = [q + r for q, r in zip(queries, responses)]
     seq = max(len(f) for f in full)
     ids = torch.tensor([f + [PAD] * (seq - len(f)) for f in full])
     attn = torch.tensor([[1] * len(f) + [0] * (seq - len(f)) for f in full])
     mask = torch.zeros(B, R)
     index = torch.zeros(B, R, dtype=torch.long)  # response token t of row i is predicted at shifted query_len - 1 + t
-    for i, (q, r) in enumerate(zip(QUERIES, RESPONSES)):
+    for i, (q, r) in enumerate(zip(queries, responses)):
         mask[i, : len(r)] = 1
         index[i] = torch.clamp(torch.arange(R) + len(q) - 1, max=seq - 2)
-    scores = torch.tensor(SCORES)
+    scores = torch.tensor(scores, dtype=torch.float32)
 
     def run(model, with_values):
         o = model(input_ids=ids, attention_mask=attn, output_hidden_states=True)
@@ -92,11 +79,9 @@ def main(out):
     returns = advantages + old_values
     advantages = masked_whiten(advantages, mask) * mask
 
-    params = list(policy.parameters()) + list(v_head.parameters())
-    opt = torch.optim.AdamW(params, lr=s["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    policy.train()
+    params = [p for p in policy.parameters() if p.requires_grad] + list(v_head.parameters())
     per = []
-    for _ in range(s["ppo_epochs"]):
+    for _ in range(s["ppo_epochs"]):  # dropout stays off, as TRL's PPOv2
         logprobs, vpred, resp_logits = run(policy, True)
         vclipped = old_values + (vpred - old_values).clamp(-s["cliprange_value"], s["cliprange_value"])
         vf1, vf2 = (vpred - returns) ** 2, (vclipped - returns) ** 2
@@ -130,10 +115,36 @@ def main(out):
         "loss/policy_avg": avg("loss/policy"), "loss/value_avg": avg("loss/value"),
         "val/clipfrac_avg": avg("val/clipfrac"), "policy/entropy_avg": avg("policy/entropy"), "val/ratio": avg("val/ratio"),
     }
+    return stats, per[-1]["policy/clipfrac"]
+
+
+def value_head(width):
+    """TRL's value head: Linear(hidden, 1), zero at the start."""
+    v_head = torch.nn.Linear(width, 1)
+    torch.nn.init.zeros_(v_head.weight)
+    torch.nn.init.zeros_(v_head.bias)
+    return v_head
+
+
+def main(out):
+    s = SETTINGS
+    config = configs()["gpt2"]
+    models = {}
+    for name, seed in [("policy", 31), ("reference", 32)]:
+        torch.manual_seed(0)
+        m = GPT2LMHeadModel(config)
+        randomise(m, seed=seed)
+        m.save_pretrained(os.path.join(out, name))
+        models[name] = m
+    policy, reference = models["policy"], models["reference"].eval()
+    v_head = value_head(config.n_embd)
+    opt = torch.optim.AdamW(list(policy.parameters()) + list(v_head.parameters()), lr=s["lr"], betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=0.0)
+    stats, clipfrac = ppo_step(policy, reference, v_head, opt, QUERIES, RESPONSES, SCORES, s)
     named = {n: flat(p) for n, p in policy.named_parameters()}
     named.update({f"v_head.summary.{n}": flat(p) for n, p in v_head.named_parameters()})
     print(json.dumps({"settings": s, "queries": QUERIES, "responses": RESPONSES, "scores": SCORES, "stats": stats,
-                      "clipfrac_epoch2": per[1]["policy/clipfrac"], "params": named}))
+                      "clipfrac_epoch2": clipfrac, "params": named}))
 
 
 if __name__ == "__main__":

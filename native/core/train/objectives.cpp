@@ -273,12 +273,14 @@ void add_value_head(Model& m) {
   m.add(kValueHead + ".bias", torch::zeros({1}));
 }
 
-FloatArray token_values(Model& m, const Batch& b) {
+std::pair<FloatArray, FloatArray> token_logprobs_and_values(Model& m, const Batch& b, double temperature) {
+  require(std::isfinite(temperature) && temperature > 0, "E_ARG", "temperature must be a positive number");
   auto c = call_context(m);
   auto t = to_tensors(c, b);
   require(t.ids.size(1) >= 2, "E_SHAPE", "value estimates need sequences of at least 2 tokens");
   torch::NoGradGuard g;
-  return to_floats(values_of(c, c.run(t.ids, t.mask)).slice(1, 0, -1));
+  auto out = c.run(t.ids, t.mask);  // one forward for both
+  return {to_floats(next_token_logprobs(c, t, out, temperature)), to_floats(values_of(c, out).slice(1, 0, -1))};
 }
 
 // GAE over [rows, T] response-aligned tensors: rewards are -kl_coef * (logprob - ref) per token plus the score at each
