@@ -6,7 +6,6 @@ import fs from 'node:fs';
 import { builtinSplits } from '../data/builtin';
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
-import type { RawObjective } from '../native';
 import { AdamW } from '../optim';
 import { shuffled } from '../random';
 import type { Tokenizer } from '../tokenizer';
@@ -157,6 +156,8 @@ export async function trainOnPairs(
   step: (batch: TokenizedPair[]) => Promise<PairStats>,
 ): Promise<{ steps: number; history: PairStats[] }> {
   if (model.countParameters({ trainableOnly: true }) === 0) throw new TunekitError('E_STATE', 'the model has no trainable parameters');
+  for (const k of ['epochs', 'batchSize', 'seed'] as const) checkNumber(o[k], k, { integer: true, min: k === 'seed' ? 0 : 1 });
+  checkNumber(o.warmupRatio, 'warmupRatio', { min: 0, max: 1 });
   const perEpoch = Math.ceil(pairs.length / o.batchSize);
   const totalSteps = perEpoch * o.epochs;
   const optimizer = new AdamW(model, {
@@ -193,8 +194,6 @@ export function meanStats(parts: { stats: PairStats; pairs: number }[]): PairSta
   for (const { stats, pairs } of parts) for (const [k, v] of Object.entries(stats)) out[k] = (out[k] ?? 0) + (v * pairs) / total;
   return out;
 }
-
-export type { RawObjective };
 
 /** Preference pairs from a JSONL file, one `{ prompt?, chosen, rejected, margin? }` per line (TRL's format). */
 export async function readPairs(file: string): Promise<PreferencePair[]> {
