@@ -53,17 +53,12 @@ async function rewardOf(o: Opts, policyTok: Tokenizer): Promise<{ fn: RewardFn; 
       throw new UsageError(`--reward-label ${label}: the reward model's classes are ${model.labelNames.join(', ')}`);
   }
   const fn: RewardFn = async (samples) => {
-    const rows = samples.map((s) =>
-      tok.encode(policyTok.decode(s.ids, { skipSpecialTokens: true }), { maxLength: model.dims.maxPositions }),
-    );
-    const batch = tok.encodeBatch(
-      rows.map((r) => tok.decode(r, { skipSpecialTokens: true })),
-      { maxLength: model.dims.maxPositions },
-    );
+    const texts = samples.map((s) => policyTok.decode(s.ids, { skipSpecialTokens: true }));
+    const batch = tok.encodeBatch(texts, { maxLength: model.dims.maxPositions });
     await model.eval();
     const out = await model.forward(batch);
     const k = out.logits.shape[1];
-    return rows.map((_, i) => out.logits.data[i * k + index]);
+    return texts.map((_, i) => out.logits.data[i * k + index]);
   };
   return { fn, model };
 }
