@@ -221,3 +221,46 @@ test('reward, dpo, ppo and grpo run from the command line and write their model,
     /--reward-label joy: the reward model's classes are/,
   );
 });
+
+test('tunekit ppo killed with -9 after a checkpoint resumes with --resume to the weights of an unbroken run', async (t) => {
+  const gpt2 = path.join(ROOT, 'models', 'tiny-gpt2');
+  const distilbert = path.join(ROOT, 'models', 'tiny-distilbert');
+  const args = (out: string) => [
+    'ppo',
+    '--model',
+    gpt2,
+    '--reward-model',
+    distilbert,
+    '--reward-label',
+    '1',
+    '--steps',
+    '6',
+    '--batch-size',
+    '4',
+    '--response-length',
+    '4',
+    '--checkpoint-every',
+    '1',
+    '--out',
+    out,
+    '--quiet',
+  ];
+  const whole = path.join(tmpDir('cli-ppo-whole'), 'run');
+  t.is(run(...args(whole)).status, 0);
+  const out = path.join(tmpDir('cli-ppo-killed'), 'run');
+  const child = spawn(process.execPath, [CLI, ...args(out)], { stdio: 'ignore' });
+  const exited = new Promise<NodeJS.Signals | null>((res) => child.on('exit', (_code, signal) => res(signal)));
+  const state = path.join(out, 'checkpoints', 'ppo_state.json');
+  while (!fs.existsSync(state) && child.exitCode === null) await new Promise((res) => setTimeout(res, 5));
+  child.kill('SIGKILL');
+  t.is(await exited, 'SIGKILL', 'the run must be killed before it finishes, or this test proves nothing');
+  const resumed = run(...args(out), '--resume');
+  t.is(resumed.status, 0, resumed.stderr);
+  t.true(fs.readFileSync(path.join(whole, 'model.safetensors')).equals(fs.readFileSync(path.join(out, 'model.safetensors'))));
+  const steps = fs
+    .readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l).step);
+  t.deepEqual(steps, [1, 2, 3, 4, 5, 6]);
+});

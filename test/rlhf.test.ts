@@ -280,3 +280,57 @@ test('PPO and GRPO rollouts: sampled, scored and trained end to end; a rewardFn 
   grpo.dispose();
   policy.dispose();
 });
+
+test('PPO saved after one iteration and loaded into a fresh run continues exactly as the unbroken run', async (t) => {
+  const out = tmpDir('rlhf-ppo-resume');
+  python('ppo.py', [out]);
+  const options = {
+    rewardFn: (s: { ids: number[] }[]) => s.map((x) => x.ids.reduce((a, b) => a + b, 0) / 100),
+    responseLength: 4,
+    lr: 1e-3,
+    temperature: 1,
+    adaptiveKl: { target: 0.1, horizon: 100 },
+    seed: 7,
+  };
+  const queries = [
+    [5, 6, 7],
+    [10, 11],
+    [13, 14, 15, 16],
+  ];
+  const run = async (policy: Model, ppo: PPO) => ppo.step(await ppo.rollout(queries));
+  const unbroken = await Model.fromPretrained(path.join(out, 'policy'));
+  const a = await PPO.create(unbroken, options);
+  await run(unbroken, a);
+  const last = await run(unbroken, a);
+
+  const first = await Model.fromPretrained(path.join(out, 'policy'));
+  const b = await PPO.create(first, options);
+  await run(first, b);
+  const ckpt = path.join(tmpDir('rlhf-ppo-ckpt'), 'checkpoint');
+  const klAfterOne = b.currentKlCoef;
+  t.not(klAfterOne, 0.05, 'the adaptive controller moved the coefficient, so restoring it is tested');
+  await b.save(ckpt);
+  b.dispose();
+  first.dispose();
+  const resumed = await Model.fromPretrained(path.join(out, 'policy'));
+  const c = await PPO.create(resumed, options);
+  await c.load(ckpt);
+  t.is(c.stepCount, 1);
+  t.is(c.currentKlCoef, klAfterOne);
+  const again = await run(resumed, c);
+  t.deepEqual(again, last);
+  const wa = readTensors(path.join(await saved(unbroken), 'model.safetensors'));
+  const wc = readTensors(path.join(await saved(resumed), 'model.safetensors'));
+  for (const [k, v] of wa) t.true(Buffer.from(v.buffer).equals(Buffer.from(wc.get(k)!.buffer)), k);
+  await t.throwsAsync(c.load(tmpDir('empty')), { message: /ppo_state\.json.*not a PPO checkpoint/ });
+  a.dispose();
+  c.dispose();
+  unbroken.dispose();
+  resumed.dispose();
+});
+
+async function saved(model: Model): Promise<string> {
+  const dir = tmpDir('rlhf-saved');
+  await model.savePretrained(dir);
+  return dir;
+}

@@ -43,7 +43,7 @@ export function modelDir(o: Opts): string {
  */
 export function prepareOut(out: string, o: Opts, canResume: boolean): void {
   if (o.resume && o.overwrite) throw new UsageError('--resume continues --out and --overwrite replaces it: give one');
-  if (o.resume && !canResume) throw new UsageError('--resume needs a training strategy (--strategy features has no checkpoints)');
+  if (o.resume && !canResume) throw new UsageError('--resume: this command writes no checkpoints');
   if (!fs.existsSync(out)) {
     if (o.resume) throw new UsageError(`--resume: ${out} does not exist (nothing to continue)`);
     return;

@@ -115,10 +115,10 @@ async function save(model: Model, dir: string, out: string, lora: boolean) {
     if (fs.existsSync(path.join(dir, f))) fs.copyFileSync(path.join(dir, f), path.join(out, f));
 }
 
-function outOf(o: Opts, name: string): string {
+function outOf(o: Opts, name: string, canResume = false): string {
   if (o.out === undefined) throw new UsageError(`--out DIR is required (where the ${name} run writes)`);
   const out = path.resolve(String(o.out));
-  prepareOut(out, o, false);
+  prepareOut(out, o, canResume);
   fs.mkdirSync(out, { recursive: true });
   return out;
 }
@@ -232,6 +232,8 @@ export const RLHF_COMMANDS: Record<string, Command> = {
       steps: { type: 'string' },
       'response-length': { type: 'string' },
       'kl-coef': { type: 'string' },
+      'checkpoint-every': { type: 'string' },
+      resume: { type: 'boolean' },
     },
     help: {
       ...sharedHelp,
@@ -240,9 +242,11 @@ export const RLHF_COMMANDS: Record<string, Command> = {
       steps: 'PPO iterations (default 20)',
       'response-length': 'tokens per response (default 16)',
       'kl-coef': 'KL penalty coefficient (default 0.05)',
+      'checkpoint-every': 'save policy, value head, optimizer and KL state to OUT/checkpoints every N iterations',
+      resume: 'continue the run in --out from its checkpoint (same flags as the run it continues)',
     },
     async run(o) {
-      const out = outOf(o, 'ppo');
+      const out = outOf(o, 'ppo', true);
       const { dir, model, tok } = await policyOf(o, 'causal-lm');
       const reward = await rewardOf(o, tok);
       const seed = num(o, 'seed', 42, 'int')!;
@@ -258,11 +262,15 @@ export const RLHF_COMMANDS: Record<string, Command> = {
         temperature: 1,
         seed,
       });
-      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'));
+      const checkpoint = path.join(out, 'checkpoints');
+      const every = num(o, 'checkpoint-every', undefined, 'int');
+      if (o.resume) await ppo.load(checkpoint);
+      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'), { append: Boolean(o.resume) });
+      if (o.resume) metrics.dropFrom(ppo.stepCount + 1);
       const bar = progressBar(steps, 'ppo', { silent: Boolean(o.quiet) });
       const samples: Record<string, string[]> = {};
       try {
-        for (let s = 0; s < steps; s++) {
+        for (let s = ppo.stepCount; s < steps; s++) {
           const queries = Array.from({ length: bs }, (_, i) => prompts[(s * bs + i) % prompts.length]);
           const rollout = await ppo.rollout(queries);
           if (s === 0 || s === steps - 1)
@@ -276,6 +284,7 @@ export const RLHF_COMMANDS: Record<string, Command> = {
             len: stats['response/length'].toFixed(1),
           });
           metrics.write({ ...stats, step: s + 1 });
+          if (every && (s + 1) % every === 0) await ppo.save(checkpoint);
         }
       } finally {
         bar.stop();

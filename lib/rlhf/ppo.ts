@@ -4,12 +4,15 @@
  * whitened advantages, clipped policy and value losses. The kernels (GAE, whitening, the losses) run in the core
  * (native/core/train/objectives.cpp); this file drives them.
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import { TunekitError } from '../errors';
 import { Model } from '../model';
 import { AdamW } from '../optim';
 import { shuffled } from '../random';
 import { checkBoolean, checkNumber, checkOptions } from '../validate';
 import { addon } from '../native';
+import { writeJsonAtomic } from '../safetensors';
 import { Reference } from './reference';
 import { checkScoring, RewardFn, scoreResponses, Scoring } from './score';
 
@@ -309,6 +312,44 @@ export class PPO {
       this.klCoef *= 1 + (error * B) / o.adaptiveKl.horizon;
     }
     return stats;
+  }
+
+  /**
+   * Writes everything a resumed run needs into `dir`, atomically (a temporary folder renamed into place): the policy
+   * with its adapters and value head, the optimizer's moments, the step count and the KL coefficient. Rollouts are
+   * seeded by the step count and updates run without dropout, so a resumed run repeats an unbroken one.
+   */
+  async save(dir: string): Promise<void> {
+    const tmp = `${dir}.tmp-${process.pid}`;
+    fs.rmSync(tmp, { recursive: true, force: true });
+    await this.policy.savePretrained(tmp, { includeAdapters: true });
+    await this.optimizer.save(path.join(tmp, 'optimizer.safetensors'));
+    await writeJsonAtomic(path.join(tmp, 'ppo_state.json'), { steps: this.steps, klCoef: this.klCoef, optimizerSteps: this.optimizer.stepCount });
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.renameSync(tmp, dir);
+  }
+
+  /** Restores what save() wrote, into a PPO made by create() on the same policy and options. */
+  async load(dir: string): Promise<void> {
+    const file = path.join(dir, 'ppo_state.json');
+    let state: { steps: number; klCoef: number; optimizerSteps: number };
+    try {
+      state = JSON.parse(fs.readFileSync(file, 'utf8'));
+    } catch (e) {
+      throw new TunekitError('E_FORMAT', `${file}: ${(e as Error).message} (not a PPO checkpoint?)`);
+    }
+    checkNumber(state.steps, `${file}: steps`, { integer: true, min: 0, code: 'E_FORMAT' });
+    checkNumber(state.klCoef, `${file}: klCoef`, { min: 0, code: 'E_FORMAT' });
+    checkNumber(state.optimizerSteps, `${file}: optimizerSteps`, { integer: true, min: 0, code: 'E_FORMAT' });
+    await this.policy.loadWeights(dir);
+    await this.optimizer.load(path.join(dir, 'optimizer.safetensors'), state.optimizerSteps);
+    this.steps = state.steps;
+    this.klCoef = state.klCoef;
+  }
+
+  /** PPO steps taken (and restored by load). */
+  get stepCount(): number {
+    return this.steps;
   }
 
   /** Frees the optimizer's state and the reference copy (if PPO made one); the policy keeps its value head. */
