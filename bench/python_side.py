@@ -67,6 +67,8 @@ def run(w, d, steps, warmup):
                     first = out.logits[0, -1, :8].tolist()
                 if i >= warmup:
                     times.append(dt)
+    elif w["kind"] == "grpo":
+        first, times = grpo_iterations(model, w, d, steps, warmup)
     elif w["kind"] == "ppo":
         first, times = ppo_iterations(model, ids, w, d, steps, warmup)
     else:  # generate, greedy, KV cache (transformers' default)
@@ -125,6 +127,48 @@ def ppo_iterations(model, ids, w, d, steps, warmup):
         dt = time.perf_counter() - t
         if i >= warmup:
             times.append(dt)
+    return first, times
+
+
+GRPO_PROMPTS = ["The film opens with", "What I liked most was", "The actors in this movie", "By the end of it I felt"]
+TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "test", ".cache", "models", "tokenizer-bpe", "tokenizer.json")
+
+
+def grpo_iterations(model, w, d, steps, warmup):
+    """TRL's GRPOTrainer.train, one optimizer step per generation batch: `batch` prompts x `generations` completions of
+    exactly `new_tokens` tokens, beta 0, on the benchmark model; prompts tokenized by the suite's small BPE tokenizer
+    (its ids lie inside the model's vocabulary). The check: the summed log-probability of fixed completions."""
+    import tempfile
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerFast, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=TOKENIZER)
+    tok.pad_token = tok.eos_token = tok.convert_ids_to_tokens(0)
+    prompts = GRPO_PROMPTS[: w["batch"]]
+    stamps = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = GRPOConfig(output_dir=tmp, report_to=[], use_cpu=True, bf16=False, beta=0.0, learning_rate=1e-5,
+                          num_generations=w["generations"], per_device_train_batch_size=w["batch"] * w["generations"],
+                          max_completion_length=w["new_tokens"], temperature=1.0, max_steps=warmup + steps,
+                          generation_kwargs={"min_new_tokens": w["new_tokens"]}, save_strategy="no", logging_steps=1,
+                          disable_tqdm=True, shuffle_dataset=False)
+        trainer = GRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [len(c) % 7 / 7.0 for c in completions],
+                              args=args, train_dataset=Dataset.from_dict({"prompt": prompts * 64}), processing_class=tok)
+        trainer.add_callback(Clock())
+        ids = torch.tensor([tok(p)["input_ids"] + list(range(5, 5 + w["new_tokens"])) for p in prompts[:1]])
+        with torch.no_grad():
+            first = trainer._get_per_token_logps_and_entropies(model, ids, torch.ones_like(ids), w["new_tokens"])[0].sum().item()
+        trainer.train()
+    times = [stamps[i + 1] - stamps[i] for i in range(0, len(stamps) - 1, 2)][warmup:]
     return first, times
 
 

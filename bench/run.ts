@@ -28,13 +28,14 @@ const rounds = smoke ? 1 : quick ? 2 : 3;
 const outDir = argOf('out') ?? path.join(__dirname, 'results');
 
 interface Workload {
-  kind: 'train' | 'forward' | 'generate' | 'ppo';
+  kind: 'train' | 'forward' | 'generate' | 'ppo' | 'grpo';
   base?: string;
   batch: number;
   seq: number;
   classify?: boolean;
   new_tokens?: number;
   ppo_epochs?: number;
+  generations?: number;
   config?: Record<string, unknown>;
   lora?: { r: number; alpha: number; target_modules: string[] };
 }
@@ -58,7 +59,7 @@ function plan(w: Workload): { steps: number; warmup: number } {
   if (smoke) return { steps: 2, warmup: 1 };
   if (w.kind === 'generate') return { steps: quick ? 1 : 2, warmup: 1 };
   if (w.kind === 'forward') return { steps: quick ? 20 : 50, warmup: 5 };
-  if (w.kind === 'ppo') return { steps: quick ? 2 : 4, warmup: 1 };
+  if (w.kind === 'ppo' || w.kind === 'grpo') return { steps: quick ? 2 : 4, warmup: 1 };
   return { steps: quick ? 5 : 10, warmup: 2 };
 }
 
@@ -102,6 +103,13 @@ function agree(w: Workload, a: unknown, b: unknown): { ok: boolean; detail: stri
     const y = b as number[];
     const rel = Math.max(...x.map((v, i) => Math.abs(v - y[i]))) / Math.max(...y.map(Math.abs));
     return { ok: rel < 1e-4, detail: `last-position logits rel. ${rel.toExponential(1)}` };
+  }
+  if (w.kind === 'grpo') {
+    const rel = Math.abs((a as number) - (b as number)) / Math.abs(b as number);
+    return {
+      ok: rel < 1e-4,
+      detail: `fixed completion log-probability ${(a as number).toFixed(4)} vs ${(b as number).toFixed(4)} (rel. ${rel.toExponential(1)})`,
+    };
   }
   if (w.kind === 'ppo') {
     const rel = Math.abs((a as number) - (b as number)) / Math.abs(b as number);

@@ -4,7 +4,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { AdamW, LoRA, Model, PPO } from '../lib';
+import { AdamW, GRPO, LoRA, Model, PPO, Tokenizer } from '../lib';
 import { addon } from '../lib/native';
 
 async function main() {
@@ -45,6 +45,30 @@ async function main() {
       }
       if (i >= warmup) times.push(dt);
     }
+  } else if (w.kind === 'grpo') {
+    // As python_side.py: the same prompts through the same small BPE tokenizer, a cheap reward, beta 0, one update per
+    // generation batch; the check is the summed log-probability of fixed completions (temperature 1).
+    const tok = await Tokenizer.fromPretrained(path.join(__dirname, '..', 'test', '.cache', 'models', 'tokenizer-bpe'));
+    const prompts = ['The film opens with', 'What I liked most was', 'The actors in this movie', 'By the end of it I felt']
+      .slice(0, w.batch)
+      .map((p) => tok.encode(p));
+    const fixed = [...prompts[0], ...Array.from({ length: w.new_tokens }, (_, i) => 5 + i)];
+    const lp = await model.tokenLogprobs({ inputIds: [fixed] });
+    first = Array.from(lp.data.subarray(prompts[0].length - 1)).reduce((a, v) => a + v, 0);
+    const grpo = await GRPO.create(model, {
+      rewardFn: (s) => s.map((x) => (x.ids.length % 7) / 7),
+      numGenerations: w.generations,
+      maxCompletionLength: w.new_tokens,
+      temperature: 1,
+      lr: 1e-5,
+    });
+    for (let i = 0; i < warmup + steps; i++) {
+      const t = process.hrtime.bigint();
+      await grpo.train(prompts, { steps: 1, batchSize: w.batch });
+      const dt = Number(process.hrtime.bigint() - t) / 1e9;
+      if (i >= warmup) times.push(dt);
+    }
+    grpo.dispose();
   } else if (w.kind === 'ppo') {
     // As the Python twin: a reward that is a cheap fixed function of the tokens; the check runs one step on fixed
     // responses (the batch's next tokens) and reports its pre-update entropy.
