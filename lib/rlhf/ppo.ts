@@ -324,7 +324,11 @@ export class PPO {
     fs.rmSync(tmp, { recursive: true, force: true });
     await this.policy.savePretrained(tmp, { includeAdapters: true });
     await this.optimizer.save(path.join(tmp, 'optimizer.safetensors'));
-    await writeJsonAtomic(path.join(tmp, 'ppo_state.json'), { steps: this.steps, klCoef: this.klCoef, optimizerSteps: this.optimizer.stepCount });
+    await writeJsonAtomic(path.join(tmp, 'ppo_state.json'), {
+      steps: this.steps,
+      klCoef: this.klCoef,
+      optimizerSteps: this.optimizer.stepCount,
+    });
     fs.rmSync(dir, { recursive: true, force: true });
     fs.renameSync(tmp, dir);
   }
