@@ -35,7 +35,7 @@ export type { PrefixTuningOptions } from './peft/prefix';
 export { IA3 } from './peft/ia3';
 export type { IA3Options } from './peft/ia3';
 export { runtimeInfo, releaseCpuCache } from './runtime';
-export { DPO, GRPO, PPO, RewardTrainer } from './rlhf';
+export { DPO, GRPO, PPO, RewardTrainer } from './rl';
 export type {
   DPOEvaluation,
   DPOLossType,
@@ -46,5 +46,5 @@ export type {
   RewardEvaluation,
   RewardTrainerOptions,
   TokenizedPair,
-} from './rlhf';
+} from './rl';
 export type { RuntimeInfo } from './runtime';

@@ -287,7 +287,7 @@ export class Model {
   }
 
   /**
-   * @internal One step of a preference or RLHF objective (lib/rlhf/): its loss and statistics, and with `backward`
+   * @internal One step of a preference or RLHF objective (lib/rl/): its loss and statistics, and with `backward`
    * its gradients accumulated (scaled by `lossScale`). The core refuses a non-finite loss before any gradient.
    */
   async objective(

@@ -46,7 +46,7 @@ export type RawAdapterSpec = { adapter: string; modulesToSave?: string[]; seed?:
   number | boolean | string | string[] | number[] | undefined
 >;
 
-/** A preference/RLHF objective for the core (native/core/train/objectives.cpp reads the fields of the one named). */
+/** A preference/RLHF objective for the core (native/core/rl/objectives.cpp reads the fields of the one named). */
 export interface RawObjective {
   name: string;
   numbers?: Record<string, number>;

@@ -107,33 +107,53 @@ test('generate continues a prompt', (t) => {
   t.regex(r.stdout, /^The ship\S*\s+\S+/);
 });
 
-test('finetune killed with -9 between checkpoints resumes with --resume and ends on the same weights as an unbroken run', async (t) => {
-  const args = (out: string) => ['finetune', '--max-steps', '16', '--batch-size', '8', '--checkpoint-every', '2', '--out', out, '--quiet'];
-  const whole = path.join(tmpDir('cli-whole'), 'run');
-  t.is(run(...args(whole)).status, 0);
-  const out = path.join(tmpDir('cli-killed'), 'run');
-  const child = spawn(process.execPath, [CLI, ...args(out)], { stdio: 'ignore' });
-  const exited = new Promise<NodeJS.Signals | null>((res) => child.on('exit', (_code, signal) => res(signal)));
-  const latest = path.join(out, 'checkpoints', 'latest.json');
-  while (!fs.existsSync(latest) && child.exitCode === null) await new Promise((res) => setTimeout(res, 5));
-  child.kill('SIGKILL');
-  t.is(await exited, 'SIGKILL', 'the run must be killed before it finishes, or this test proves nothing');
-  failsCleanly(t, run(...args(out)), 2, /--out .* is not empty: add --resume to continue its run from the last checkpoint, or --overwrite/);
-  const resumed = run(...args(out), '--resume');
-  t.is(resumed.status, 0, resumed.stderr);
-  const results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
-  t.true(results.resumedFrom >= 2 && results.steps === 16, JSON.stringify(results));
-  t.true(fs.readFileSync(path.join(whole, 'model.safetensors')).equals(fs.readFileSync(path.join(out, 'model.safetensors'))));
-  const steps = fs
-    .readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l).step);
-  t.deepEqual(
-    steps,
-    Array.from({ length: 16 }, (_, i) => i + 1),
-  );
-});
+// Serial: the other tests here block the event loop in spawnSync, which would stall the polling for the checkpoint.
+test.serial(
+  'finetune killed with -9 between checkpoints resumes with --resume and ends on the same weights as an unbroken run',
+  async (t) => {
+    const args = (out: string) => [
+      'finetune',
+      '--max-steps',
+      '16',
+      '--batch-size',
+      '8',
+      '--checkpoint-every',
+      '2',
+      '--out',
+      out,
+      '--quiet',
+    ];
+    const whole = path.join(tmpDir('cli-whole'), 'run');
+    t.is(run(...args(whole)).status, 0);
+    const out = path.join(tmpDir('cli-killed'), 'run');
+    const child = spawn(process.execPath, [CLI, ...args(out)], { stdio: 'ignore' });
+    const exited = new Promise<NodeJS.Signals | null>((res) => child.on('exit', (_code, signal) => res(signal)));
+    const latest = path.join(out, 'checkpoints', 'latest.json');
+    while (!fs.existsSync(latest) && child.exitCode === null) await new Promise((res) => setTimeout(res, 5));
+    child.kill('SIGKILL');
+    t.is(await exited, 'SIGKILL', 'the run must be killed before it finishes, or this test proves nothing');
+    failsCleanly(
+      t,
+      run(...args(out)),
+      2,
+      /--out .* is not empty: add --resume to continue its run from the last checkpoint, or --overwrite/,
+    );
+    const resumed = run(...args(out), '--resume');
+    t.is(resumed.status, 0, resumed.stderr);
+    const results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
+    t.true(results.resumedFrom >= 2 && results.steps === 16, JSON.stringify(results));
+    t.true(fs.readFileSync(path.join(whole, 'model.safetensors')).equals(fs.readFileSync(path.join(out, 'model.safetensors'))));
+    const steps = fs
+      .readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l).step);
+    t.deepEqual(
+      steps,
+      Array.from({ length: 16 }, (_, i) => i + 1),
+    );
+  },
+);
 
 test('the task is what the data says or a clear error: one class, a misspelled label field, an unlabelled row, a file as --out', (t) => {
   const dir = tmpDir('cli-task');
@@ -222,7 +242,7 @@ test('reward, dpo, ppo and grpo run from the command line and write their model,
   );
 });
 
-test('tunekit ppo killed with -9 after a checkpoint resumes with --resume to the weights of an unbroken run', async (t) => {
+test.serial('tunekit ppo killed with -9 after a checkpoint resumes with --resume to the weights of an unbroken run', async (t) => {
   const gpt2 = path.join(ROOT, 'models', 'tiny-gpt2');
   const distilbert = path.join(ROOT, 'models', 'tiny-distilbert');
   const args = (out: string) => [

@@ -1,10 +1,10 @@
 #!/usr/bin/env node
-/** The tunekit command line: finetune, evaluate, generate, and the preference and RLHF commands (./rlhf.ts). */
+/** The tunekit command line: finetune, evaluate, generate, and the preference and RLHF commands (./rl.ts). */
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Command, modelDir, num, Opts, prepareOut, UsageError } from './args';
-import { RLHF_COMMANDS } from './rlhf';
+import { RL_COMMANDS } from './rl';
 import { loadSplits, Splits } from '../data';
 import { TunekitError } from '../errors';
 import { Model, Pooling } from '../model';
@@ -363,7 +363,7 @@ const COMMANDS: Record<string, Command> = {
       model.dispose();
     },
   },
-  ...RLHF_COMMANDS,
+  ...RL_COMMANDS,
 };
 
 async function runFeatures(dir: string, splits: Splits, tok: Tokenizer, maxLength: number, out: string, o: Opts): Promise<void> {

@@ -55,6 +55,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   init_model(env, exports);
   init_peft(env, exports);
   init_train(env, exports);
+  init_rl(env, exports);
   return exports;
 }
 

@@ -125,5 +125,6 @@ std::vector<TensorEntry> entries_arg(Napi::Env env, const Napi::Value& v);
 void init_model(Napi::Env env, Napi::Object exports);
 void init_peft(Napi::Env env, Napi::Object exports);
 void init_train(Napi::Env env, Napi::Object exports);
+void init_rl(Napi::Env env, Napi::Object exports);
 
 }  // namespace tunekit::addon

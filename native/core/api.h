@@ -98,7 +98,7 @@ ForwardResult forward(Model& m, const Batch& b, bool want_logits);
 double backward(Model& m, const Batch& b, double loss_scale);
 FloatArray embed(Model& m, const Batch& b, const std::string& pooling);
 std::vector<std::vector<int32_t>> generate(Model& m, const Batch& b, const GenerateSpec& g);
-// Preference and RLHF objectives (train/objectives.cpp): one generic entry; the objective named in the spec reads its
+// Preference and RLHF objectives (rl/objectives.cpp): one generic entry; the objective named in the spec reads its
 // own fields, so that a new objective needs no new entry point.
 //   pairwise-reward: rows [chosen; rejected] of a one-output classifier; numbers center_rewards_coefficient;
 //                    arrays margin ([pairs], optional). TRL's RewardTrainer loss.

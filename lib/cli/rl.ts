@@ -9,8 +9,8 @@ import { Model } from '../model';
 import { LoRA } from '../peft/lora';
 import { lineChartSvg, Series, writeSvg } from '../plot';
 import { MetricsWriter, progressBar } from '../progress';
-import { DPO, DPOLossType, GRPO, PPO, PreferencePair, readPairs, RewardTrainer, sentimentPairs } from '../rlhf';
-import type { RewardFn } from '../rlhf/score';
+import { DPO, DPOLossType, GRPO, PPO, PreferencePair, readPairs, RewardTrainer, sentimentPairs } from '../rl';
+import type { RewardFn } from '../rl/score';
 import { writeJsonAtomic } from '../safetensors';
 import { Tokenizer } from '../tokenizer';
 import { Command, modelDir, num, Opts, prepareOut, UsageError } from './args';
@@ -123,7 +123,7 @@ function outOf(o: Opts, name: string, canResume = false): string {
   return out;
 }
 
-export const RLHF_COMMANDS: Record<string, Command> = {
+export const RL_COMMANDS: Record<string, Command> = {
   reward: {
     summary: 'train a reward model (one-output classifier) on preference pairs, as TRL RewardTrainer',
     usage: 'tunekit reward --model DIR --out DIR [--data SPEC] [--epochs N] [--margin M] [--center-rewards C]',

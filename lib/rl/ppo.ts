@@ -2,7 +2,7 @@
  * PPO for language models, the math of TRL's PPOv2 trainer ("The N Implementation Details of RLHF with PPO", Huang et
  * al. 2024): sampled responses scored by a reward model or function, per-token KL rewards against a reference, GAE,
  * whitened advantages, clipped policy and value losses. The kernels (GAE, whitening, the losses) run in the core
- * (native/core/train/objectives.cpp); this file drives them.
+ * (native/core/rl/objectives.cpp); this file drives them.
  */
 import fs from 'node:fs';
 import path from 'node:path';
