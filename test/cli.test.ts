@@ -18,6 +18,15 @@ function failsCleanly(t: any, r: ReturnType<typeof run>, code: number, pattern: 
   t.notRegex(r.stderr, /\n\s+at /);
 }
 
+/** Runs the CLI in a child process and kills it with SIGKILL as soon as `file` exists; resolves to the exit signal. */
+async function killOnceWritten(args: string[], file: string): Promise<NodeJS.Signals | null> {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: 'ignore' });
+  const exited = new Promise<NodeJS.Signals | null>((res) => child.on('exit', (_code, signal) => res(signal)));
+  while (!fs.existsSync(file) && child.exitCode === null) await new Promise((res) => setTimeout(res, 5));
+  child.kill('SIGKILL');
+  return exited;
+}
+
 test('--help on each command', (t) => {
   for (const cmd of ['finetune', 'evaluate', 'generate']) {
     const r = run(cmd, '--help');
@@ -126,12 +135,11 @@ test.serial(
     const whole = path.join(tmpDir('cli-whole'), 'run');
     t.is(run(...args(whole)).status, 0);
     const out = path.join(tmpDir('cli-killed'), 'run');
-    const child = spawn(process.execPath, [CLI, ...args(out)], { stdio: 'ignore' });
-    const exited = new Promise<NodeJS.Signals | null>((res) => child.on('exit', (_code, signal) => res(signal)));
-    const latest = path.join(out, 'checkpoints', 'latest.json');
-    while (!fs.existsSync(latest) && child.exitCode === null) await new Promise((res) => setTimeout(res, 5));
-    child.kill('SIGKILL');
-    t.is(await exited, 'SIGKILL', 'the run must be killed before it finishes, or this test proves nothing');
+    t.is(
+      await killOnceWritten(args(out), path.join(out, 'checkpoints', 'latest.json')),
+      'SIGKILL',
+      'the run must be killed before it finishes, or this test proves nothing',
+    );
     failsCleanly(
       t,
       run(...args(out)),
@@ -268,12 +276,11 @@ test.serial('tunekit ppo killed with -9 after a checkpoint resumes with --resume
   const whole = path.join(tmpDir('cli-ppo-whole'), 'run');
   t.is(run(...args(whole)).status, 0);
   const out = path.join(tmpDir('cli-ppo-killed'), 'run');
-  const child = spawn(process.execPath, [CLI, ...args(out)], { stdio: 'ignore' });
-  const exited = new Promise<NodeJS.Signals | null>((res) => child.on('exit', (_code, signal) => res(signal)));
-  const state = path.join(out, 'checkpoints', 'ppo_state.json');
-  while (!fs.existsSync(state) && child.exitCode === null) await new Promise((res) => setTimeout(res, 5));
-  child.kill('SIGKILL');
-  t.is(await exited, 'SIGKILL', 'the run must be killed before it finishes, or this test proves nothing');
+  t.is(
+    await killOnceWritten(args(out), path.join(out, 'checkpoints', 'ppo_state.json')),
+    'SIGKILL',
+    'the run must be killed before it finishes, or this test proves nothing',
+  );
   const resumed = run(...args(out), '--resume');
   t.is(resumed.status, 0, resumed.stderr);
   t.true(fs.readFileSync(path.join(whole, 'model.safetensors')).equals(fs.readFileSync(path.join(out, 'model.safetensors'))));

@@ -8,7 +8,7 @@ import { checkChoice, checkNumber, checkOptions } from '../validate';
 import {
   collatePairs,
   contextOf,
-  meanStats,
+  evaluatePairs,
   PAIR_TRAINING_OPTIONS,
   PairStats,
   PairTrainingOptions,
@@ -94,35 +94,13 @@ export class DPO {
     const data = tokenizePairs(pairs, o.tokenizer, this.maxLength, 'DPO.train');
     // Made before the first update: a default frozen copy holds the starting weights.
     this.reference ??= await Reference.of(this.policy, o.reference);
-    return trainOnPairs(
-      this.policy,
-      data,
-      {
-        lr: o.lr ?? 1e-6,
-        epochs: o.epochs ?? 1,
-        batchSize: o.batchSize ?? 8,
-        weightDecay: o.weightDecay ?? 0,
-        warmupRatio: o.warmupRatio ?? 0,
-        maxGradNorm: o.maxGradNorm ?? 1,
-        seed: o.seed ?? 42,
-        disableDropout: o.disableDropout ?? true,
-        onProgress: o.onProgress,
-      },
-      (batch) => this.run(batch, true),
-    );
+    return trainOnPairs(this.policy, data, o, 1e-6, (batch) => this.run(batch, true));
   }
 
   /** The DPO loss and TRL's reward statistics over the pairs, with dropout off. */
   async evaluate(pairs: (PreferencePair | TokenizedPair)[]): Promise<DPOEvaluation> {
     const data = tokenizePairs(pairs, this.options.tokenizer, this.maxLength, 'DPO.evaluate');
-    await this.policy.eval();
-    const bs = this.options.batchSize ?? 8;
-    const parts = [];
-    for (let i = 0; i < data.length; i += bs) {
-      const batch = data.slice(i, i + bs);
-      parts.push({ stats: await this.run(batch, false), pairs: batch.length });
-    }
-    const s = meanStats(parts);
+    const s = await evaluatePairs(this.policy, data, this.options.batchSize, (batch) => this.run(batch, false));
     return {
       loss: s.loss,
       'rewards/chosen': s['rewards/chosen'],

@@ -144,17 +144,27 @@ export function contextOf(model: Model, maxLength: number | undefined): number {
 
 /**
  * Trains on pairs: epochs of seeded shuffles, `step(batch)` accumulating one batch's gradients, then AdamW with a
- * linear schedule. Returns every step's statistics.
+ * linear schedule. The options' defaults are TRL's (no weight decay or warm-up, clipping at 1, dropout off); `lr` is
+ * the method's own default learning rate. Returns every step's statistics.
  */
 export async function trainOnPairs(
   model: Model,
   pairs: TokenizedPair[],
-  o: Required<
-    Pick<PairTrainingOptions, 'lr' | 'epochs' | 'batchSize' | 'weightDecay' | 'warmupRatio' | 'maxGradNorm' | 'seed' | 'disableDropout'>
-  > &
-    Pick<PairTrainingOptions, 'onProgress'>,
+  options: PairTrainingOptions,
+  lr: number,
   step: (batch: TokenizedPair[]) => Promise<PairStats>,
 ): Promise<{ steps: number; history: PairStats[] }> {
+  const o = {
+    lr: options.lr ?? lr,
+    epochs: options.epochs ?? 1,
+    batchSize: options.batchSize ?? 8,
+    weightDecay: options.weightDecay ?? 0,
+    warmupRatio: options.warmupRatio ?? 0,
+    maxGradNorm: options.maxGradNorm ?? 1,
+    seed: options.seed ?? 42,
+    disableDropout: options.disableDropout ?? true,
+    onProgress: options.onProgress,
+  };
   if (model.countParameters({ trainableOnly: true }) === 0) throw new TunekitError('E_STATE', 'the model has no trainable parameters');
   for (const k of ['epochs', 'batchSize', 'seed'] as const) checkNumber(o[k], k, { integer: true, min: k === 'seed' ? 0 : 1 });
   checkNumber(o.warmupRatio, 'warmupRatio', { min: 0, max: 1 });
@@ -187,11 +197,21 @@ export async function trainOnPairs(
   return { steps: history.length, history };
 }
 
-/** Statistics of several batches, each weighted by its number of pairs. */
-export function meanStats(parts: { stats: PairStats; pairs: number }[]): PairStats {
-  const total = parts.reduce((a, p) => a + p.pairs, 0);
+/** The statistics of `run` over the pairs in batches, with dropout off, each batch weighted by its number of pairs. */
+export async function evaluatePairs(
+  model: Model,
+  pairs: TokenizedPair[],
+  batchSize: number | undefined,
+  run: (batch: TokenizedPair[]) => Promise<PairStats>,
+): Promise<PairStats> {
+  await model.eval();
+  const bs = batchSize ?? 8;
   const out: PairStats = {};
-  for (const { stats, pairs } of parts) for (const [k, v] of Object.entries(stats)) out[k] = (out[k] ?? 0) + (v * pairs) / total;
+  for (let i = 0; i < pairs.length; i += bs) {
+    const batch = pairs.slice(i, i + bs);
+    const stats = await run(batch);
+    for (const [k, v] of Object.entries(stats)) out[k] = (out[k] ?? 0) + (v * batch.length) / pairs.length;
+  }
   return out;
 }
 

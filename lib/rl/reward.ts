@@ -8,7 +8,7 @@ import { checkNumber, checkOptions } from '../validate';
 import {
   collatePairs,
   contextOf,
-  meanStats,
+  evaluatePairs,
   PAIR_TRAINING_OPTIONS,
   PairStats,
   PairTrainingOptions,
@@ -76,35 +76,13 @@ export class RewardTrainer {
   async train(pairs: (PreferencePair | TokenizedPair)[]): Promise<{ steps: number; history: PairStats[] }> {
     const o = this.options;
     const data = tokenizePairs(pairs, o.tokenizer, this.maxLength, 'RewardTrainer.train');
-    return trainOnPairs(
-      this.model,
-      data,
-      {
-        lr: o.lr ?? 1e-4,
-        epochs: o.epochs ?? 1,
-        batchSize: o.batchSize ?? 8,
-        weightDecay: o.weightDecay ?? 0,
-        warmupRatio: o.warmupRatio ?? 0,
-        maxGradNorm: o.maxGradNorm ?? 1,
-        seed: o.seed ?? 42,
-        disableDropout: o.disableDropout ?? true,
-        onProgress: o.onProgress,
-      },
-      (batch) => this.run(batch, true),
-    );
+    return trainOnPairs(this.model, data, o, 1e-4, (batch) => this.run(batch, true));
   }
 
   /** Loss, pairwise accuracy, mean margin and mean reward over the pairs, with dropout off. */
   async evaluate(pairs: (PreferencePair | TokenizedPair)[]): Promise<RewardEvaluation> {
     const data = tokenizePairs(pairs, this.options.tokenizer, this.maxLength, 'RewardTrainer.evaluate');
-    await this.model.eval();
-    const bs = this.options.batchSize ?? 8;
-    const parts = [];
-    for (let i = 0; i < data.length; i += bs) {
-      const batch = data.slice(i, i + bs);
-      parts.push({ stats: await this.run(batch, false), pairs: batch.length });
-    }
-    const s = meanStats(parts);
+    const s = await evaluatePairs(this.model, data, this.options.batchSize, (batch) => this.run(batch, false));
     return { loss: s.loss, accuracy: s.accuracy, margin: s.margin, meanReward: s.meanReward, pairs: data.length };
   }
 }
