@@ -54,13 +54,19 @@ export function trainingFields(p: Progress): Record<string, string | number> {
 /** Appends one JSON object per line; each line is written whole, so a killed run leaves a readable file. */
 export class MetricsWriter {
   readonly file: string;
-  constructor(file: string, opts: { append?: boolean } = {}) {
+  private replaceOnFirstWrite: boolean;
+  /**
+   * `append` keeps what the file holds; `resume` keeps it too, but the first row written drops the rows from its
+   * step on: a resumed run rewrites what followed its checkpoint.
+   */
+  constructor(file: string, opts: { append?: boolean; resume?: boolean } = {}) {
     this.file = file;
+    this.replaceOnFirstWrite = Boolean(opts.resume);
     fs.mkdirSync(path.dirname(file), { recursive: true });
-    if (!opts.append) fs.writeFileSync(file, '');
+    if (!opts.append && !opts.resume) fs.writeFileSync(file, '');
   }
-  /** Drops the rows of steps from `step` on: a resumed run rewrites what followed its checkpoint. */
-  dropFrom(step: number): void {
+  private dropFrom(step: number): void {
+    if (!fs.existsSync(this.file)) return;
     const keep = fs
       .readFileSync(this.file, 'utf8')
       .split('\n')
@@ -68,6 +74,8 @@ export class MetricsWriter {
     fs.writeFileSync(this.file, keep.map((l) => l + '\n').join(''));
   }
   write(row: Record<string, unknown>): void {
+    if (this.replaceOnFirstWrite && typeof row.step === 'number') this.dropFrom(row.step);
+    this.replaceOnFirstWrite = false;
     fs.appendFileSync(this.file, JSON.stringify(row) + '\n');
   }
 }

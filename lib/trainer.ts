@@ -1,13 +1,11 @@
 /** The managed training loop: batching, accumulation, clipping, schedules, evaluation, checkpoints and resume. */
-import fs from 'node:fs';
-import path from 'node:path';
 import { padRows } from './batch';
 import { TunekitError } from './errors';
 import type { Model } from './model';
+import { CheckpointDir, checkFolder, loadCheckpoint, LoopState, saveCheckpoint } from './checkpoint';
 import { addon, serial } from './native';
 import { shuffled } from './random';
 import type { Optimizer } from './optim';
-import { writeJsonAtomic } from './safetensors';
 import { checkBoolean, checkNumber, checkOptions, show } from './validate';
 
 /** One training example: token ids plus a class label (classification) or token labels (language modelling). */
@@ -104,7 +102,6 @@ interface TrainerState {
   epoch: number;
   batchInEpoch: number;
   seed: number;
-  rng: string;
   tokens: number;
   history: Progress[];
 }
@@ -248,8 +245,7 @@ export class Trainer {
       if (o[k] !== undefined) checkNumber(o[k], k, { integer: true, min: 1 });
     checkNumber(o.seed, 'seed', { integer: true, min: 0 });
     checkBoolean(o.resume, 'resume', true);
-    if (o.checkpointDir !== undefined && (typeof o.checkpointDir !== 'string' || o.checkpointDir === ''))
-      throw new TunekitError('E_ARG', `checkpointDir must be a folder path, got ${show(o.checkpointDir)}`);
+    if (o.checkpointDir !== undefined) checkFolder(o.checkpointDir);
     for (const k of ['onProgress', 'transform', 'onTrained'] as const)
       if (o[k] !== undefined && typeof o[k] !== 'function') throw new TunekitError('E_ARG', `${k} must be a function, got ${show(o[k])}`);
     if (options.maxGradNorm !== undefined) o.optimizer.maxGradNorm = checkNumber(options.maxGradNorm, 'maxGradNorm', { min: 0 });
@@ -275,11 +271,12 @@ export class Trainer {
     const totalSteps = Math.min(o.maxSteps ?? Infinity, o.epochs * stepsPerEpoch);
     if (opt.schedule.type !== 'constant' && opt.schedule.totalSteps === undefined) opt.schedule = { ...opt.schedule, totalSteps };
 
-    let state: TrainerState = { step: 0, epoch: 0, batchInEpoch: 0, seed: o.seed, rng: '', tokens: 0, history: [] };
+    let state: TrainerState = { step: 0, epoch: 0, batchInEpoch: 0, seed: o.seed, tokens: 0, history: [] };
     let resumedFrom: number | undefined;
-    const latest = o.checkpointDir ? resumePoint(o.checkpointDir, o.resume) : undefined;
+    const latest = o.checkpointDir ? new CheckpointDir(o.checkpointDir).latest(o.resume) : undefined;
     if (latest) {
-      state = await this.restore(latest);
+      const { kind: _kind, ...saved } = await loadCheckpoint<TrainerState & LoopState>(latest, this.model, o.optimizer, 'trainer');
+      state = { ...saved, history: saved.history ?? [] };
       resumedFrom = state.step;
     } else {
       await serial(() => addon.manualSeed(o.seed));
@@ -373,120 +370,11 @@ export class Trainer {
     return result;
   }
 
-  /** Model, optimizer, RNG and loop position go into a temporary folder that is renamed into place whole. */
+  /** Model, optimizer, RNG and loop position, as checkpoint-<step> in checkpointDir. */
   private async checkpoint(state: TrainerState): Promise<void> {
-    const dir = this.options.checkpointDir!;
-    fs.mkdirSync(dir, { recursive: true });
-    const name = `checkpoint-${state.step}`;
-    const tmp = path.join(dir, `.tmp-${name}-${process.pid}`);
-    fs.rmSync(tmp, { recursive: true, force: true });
-    await this.model.savePretrained(tmp, { includeAdapters: true });
-    await this.options.optimizer.save(path.join(tmp, 'optimizer.safetensors'));
-    const saved: TrainerState = { ...state, rng: (await serial(() => addon.rngState())).toString('base64') };
-    await writeJsonAtomic(path.join(tmp, 'trainer_state.json'), { ...saved, optimizerSteps: this.options.optimizer.stepCount });
-    const final = path.join(dir, name);
-    if (fs.existsSync(final)) removeAtomically(dir, name);
-    fs.renameSync(tmp, final);
-    await writeJsonAtomic(path.join(dir, 'latest.json'), { checkpoint: name, step: state.step });
-    // Keep this one (latest.json names it) and the newest earlier ones; later-numbered folders are from a future this
-    // run has abandoned by resuming before them.
-    const earlier = checkpointsIn(dir).filter((c) => c.step < state.step);
-    const keep = new Set([name, ...earlier.slice(Math.max(0, earlier.length - (this.options.keepCheckpoints - 1))).map((c) => c.name)]);
-    for (const c of checkpointsIn(dir)) if (!keep.has(c.name)) removeAtomically(dir, c.name);
-  }
-
-  private async restore(dir: string): Promise<TrainerState> {
-    let s: TrainerState & { optimizerSteps: number };
-    try {
-      s = JSON.parse(fs.readFileSync(path.join(dir, 'trainer_state.json'), 'utf8'));
-    } catch (e) {
-      throw new TunekitError('E_FORMAT', `${dir}/trainer_state.json: ${(e as Error).message}`);
-    }
-    await this.model.loadWeights(dir);
-    await this.options.optimizer.load(path.join(dir, 'optimizer.safetensors'), s.optimizerSteps);
-    await serial(() => addon.setRngState(Buffer.from(s.rng, 'base64')));
-    return {
-      step: s.step,
-      epoch: s.epoch,
-      batchInEpoch: s.batchInEpoch,
-      seed: s.seed,
-      rng: '',
-      tokens: s.tokens,
-      history: s.history ?? [],
-    };
-  }
-}
-
-/** What a checkpoint folder holds once it is complete (a rename puts it in place whole). */
-const CHECKPOINT_FILES = ['config.json', 'model.safetensors', 'optimizer.safetensors', 'trainer_state.json'];
-
-function checkpointsIn(dir: string): { name: string; step: number }[] {
-  if (!fs.existsSync(dir)) return [];
-  return fs
-    .readdirSync(dir)
-    .filter((f) => /^checkpoint-\d+$/.test(f))
-    .map((name) => ({ name, step: Number(name.slice('checkpoint-'.length)) }))
-    .sort((a, b) => a.step - b.step);
-}
-
-function isComplete(dir: string): boolean {
-  return CHECKPOINT_FILES.every((f) => fs.existsSync(path.join(dir, f)));
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/** Out of the checkpoint namespace by one rename, then deleted: a kill in between leaves only a .trash folder. */
-function removeAtomically(dir: string, name: string): void {
-  const trash = path.join(dir, `.trash-${name}-${process.pid}`);
-  fs.renameSync(path.join(dir, name), trash);
-  fs.rmSync(trash, { recursive: true, force: true });
-}
-
-/** Deletes what killed runs left behind: half-written checkpoints and half-deleted ones (their writer is gone). */
-function removeStale(dir: string): void {
-  for (const f of fs.readdirSync(dir)) {
-    const m = f.match(/^\.(?:tmp|trash)-checkpoint-\d+-(\d+)$/);
-    if (m && Number(m[1]) !== process.pid && !processAlive(Number(m[1]))) fs.rmSync(path.join(dir, f), { recursive: true, force: true });
-  }
-}
-
-/**
- * The checkpoint to resume from: the one latest.json names, or (with a warning) the newest complete one when that is
- * missing or incomplete. A fresh run (resume false) into a folder holding checkpoints is refused.
- */
-function resumePoint(dir: string, resume: boolean): string | undefined {
-  if (!fs.existsSync(dir)) return undefined;
-  if (!fs.statSync(dir).isDirectory()) throw new TunekitError('E_FILE', `checkpointDir ${dir} is not a folder`);
-  removeStale(dir);
-  const found = checkpointsIn(dir);
-  if (found.length === 0) return undefined;
-  if (!resume)
-    throw new TunekitError(
-      'E_STATE',
-      `checkpointDir ${dir} already holds checkpoints of an earlier run (${found.map((c) => c.name).join(', ')}); ` +
-        'resume it (resume: true) or give the new run an empty folder',
+    const { checkpointDir, keepCheckpoints, optimizer } = this.options;
+    await new CheckpointDir(checkpointDir!, keepCheckpoints).write(state.step, (dir) =>
+      saveCheckpoint(dir, this.model, optimizer, { kind: 'trainer', ...state }),
     );
-  const latestFile = path.join(dir, 'latest.json');
-  let named: string | undefined;
-  try {
-    named = JSON.parse(fs.readFileSync(latestFile, 'utf8')).checkpoint;
-  } catch {
-    named = undefined;
   }
-  if (typeof named === 'string' && /^checkpoint-\d+$/.test(named) && isComplete(path.join(dir, named))) return path.join(dir, named);
-  const complete = found.filter((c) => isComplete(path.join(dir, c.name)));
-  if (complete.length === 0) throw new TunekitError('E_STATE', `checkpointDir ${dir} holds no complete checkpoint to resume from`);
-  const newest = complete[complete.length - 1].name;
-  process.emitWarning(
-    `${latestFile} ${named ? `names ${named}, which is missing or incomplete` : 'is missing or unreadable'}; resuming from ${newest}, the newest complete checkpoint`,
-    'TunekitWarning',
-  );
-  return path.join(dir, newest);
 }

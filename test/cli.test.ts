@@ -234,12 +234,32 @@ test('reward, dpo, ppo and grpo run from the command line and write their model,
       ],
     ],
   ];
+  // 11 training pairs in batches of 4, or 2 iterations; each run checkpoints every step.
+  const steps: Record<string, number> = { reward: 3, dpo: 3, ppo: 2, grpo: 2 };
+  const stepsLogged = (out: string) =>
+    fs
+      .readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l).step);
   for (const [cmd, args] of runs) {
     const out = path.join(dir, cmd);
-    const r = run(cmd, ...args, '--out', out, '--quiet');
+    const r = run(cmd, ...args, '--checkpoint-every', '1', '--out', out, '--quiet');
     t.is(r.status, 0, `${cmd}: ${r.stderr}`);
     for (const f of ['metrics.jsonl', 'curves.svg', 'results.json']) t.true(fs.existsSync(path.join(out, f)), `${cmd}: ${f}`);
     t.true(fs.existsSync(path.join(out, cmd === 'dpo' ? 'adapter_model.safetensors' : 'model.safetensors')), cmd);
+    const latest = JSON.parse(fs.readFileSync(path.join(out, 'checkpoints', 'latest.json'), 'utf8'));
+    t.is(latest.checkpoint, `checkpoint-${steps[cmd]}`, cmd);
+    // Resuming a finished run finds its last checkpoint and has nothing left to train: no metrics row is written.
+    const logged = fs.statSync(path.join(out, 'metrics.jsonl')).mtimeMs;
+    const resumed = run(cmd, ...args, '--checkpoint-every', '1', '--out', out, '--quiet', '--resume');
+    t.is(resumed.status, 0, `${cmd} --resume: ${resumed.stderr}`);
+    t.is(fs.statSync(path.join(out, 'metrics.jsonl')).mtimeMs, logged, `${cmd}: the resumed run trained again`);
+    t.deepEqual(
+      stepsLogged(out),
+      Array.from({ length: steps[cmd] }, (_, i) => i + 1),
+      cmd,
+    );
   }
   failsCleanly(t, run('ppo', '--model', gpt2, '--out', path.join(dir, 'x')), 2, /--reward-model DIR is required/);
   failsCleanly(
@@ -277,7 +297,7 @@ test.serial('tunekit ppo killed with -9 after a checkpoint resumes with --resume
   t.is(run(...args(whole)).status, 0);
   const out = path.join(tmpDir('cli-ppo-killed'), 'run');
   t.is(
-    await killOnceWritten(args(out), path.join(out, 'checkpoints', 'ppo_state.json')),
+    await killOnceWritten(args(out), path.join(out, 'checkpoints', 'latest.json')),
     'SIGKILL',
     'the run must be killed before it finishes, or this test proves nothing',
   );

@@ -2,6 +2,7 @@
 // with margins) and one step; DPOTrainer's loss for every loss type, with a reference that differs from the policy,
 // and one step. Then the default references, and bad input.
 import test from 'ava';
+import fs from 'node:fs';
 import path from 'node:path';
 import { DPO, GRPO, LoRA, Model, PPO, RewardTrainer, TokenizedPair, TunekitError } from '../lib';
 import { python, readTensors, relError, tmpDir } from './helpers';
@@ -322,7 +323,7 @@ test('PPO saved after one iteration and loaded into a fresh run continues exactl
   const wa = readTensors(path.join(await saved(unbroken), 'model.safetensors'));
   const wc = readTensors(path.join(await saved(resumed), 'model.safetensors'));
   for (const [k, v] of wa) t.true(Buffer.from(v.buffer).equals(Buffer.from(wc.get(k)!.buffer)), k);
-  await t.throwsAsync(c.load(tmpDir('empty')), { message: /ppo_state\.json.*not a PPO checkpoint/ });
+  await t.throwsAsync(c.load(tmpDir('empty')), { message: /trainer_state\.json.*not a tunekit checkpoint/ });
   a.dispose();
   c.dispose();
   unbroken.dispose();
@@ -334,3 +335,91 @@ async function saved(model: Model): Promise<string> {
   await model.savePretrained(dir);
   return dir;
 }
+
+/** Trains once unbroken and once interrupted (an exception at step `stopAt`) then resumed; both must end alike. */
+async function resumesExactly(
+  t: any,
+  load: () => Promise<Model>,
+  train: (model: Model, extra: { checkpointDir: string; stopAt?: number }) => Promise<{ history: Record<string, number>[] }>,
+  stopAt: number,
+) {
+  const unbroken = await load();
+  const whole = await train(unbroken, { checkpointDir: path.join(tmpDir('rlhf-resume-whole'), 'checkpoints') });
+  const dir = path.join(tmpDir('rlhf-resume-cut'), 'checkpoints');
+  const cut = await load();
+  await t.throwsAsync(train(cut, { checkpointDir: dir, stopAt }), { message: 'interrupted' });
+  cut.dispose();
+  const resumed = await load();
+  const again = await train(resumed, { checkpointDir: dir });
+  t.deepEqual(again.history, whole.history);
+  const wa = readTensors(path.join(await saved(unbroken), 'model.safetensors'));
+  const wb = readTensors(path.join(await saved(resumed), 'model.safetensors'));
+  t.true(wa.size > 0);
+  for (const [k, v] of wa) t.true(Buffer.from(v.buffer).equals(Buffer.from(wb.get(k)!.buffer)), k);
+  unbroken.dispose();
+  resumed.dispose();
+  return dir;
+}
+
+const interruptAt = (stopAt: number | undefined) => (p: { step: number }) => {
+  if (p.step === stopAt) throw new Error('interrupted');
+};
+
+test('RewardTrainer, DPO and GRPO interrupted after a checkpoint resume to the unbroken run: same history, same weights bit for bit', async (t) => {
+  const out = tmpDir('rlhf-resume');
+  python('rlhf.py', ['dpo', out]);
+  python('rlhf.py', ['reward', out]);
+  // Checkpoints every 2 steps of 6 (3 pairs a batch of 1, 2 epochs); step 5 fails, so the run resumes mid-epoch from 4.
+  const common = { batchSize: 1, epochs: 2, lr: 1e-2, checkpointEvery: 2 };
+  await resumesExactly(
+    t,
+    () => Model.fromPretrained(path.join(out, 'model'), { task: 'sequence-classification', numLabels: 1 }),
+    (m, { checkpointDir, stopAt }) => new RewardTrainer(m, { ...common, checkpointDir, onProgress: interruptAt(stopAt) }).train(pairs()),
+    5,
+  );
+  // A full policy: the default reference is a frozen copy of the starting weights, not of the checkpoint's.
+  await resumesExactly(
+    t,
+    () => Model.fromPretrained(path.join(out, 'policy')),
+    async (m, { checkpointDir, stopAt }) => {
+      const dpo = new DPO(m, { ...common, beta: 0.3, checkpointDir, onProgress: interruptAt(stopAt) });
+      try {
+        return await dpo.train(pairs());
+      } finally {
+        dpo.dispose();
+      }
+    },
+    5,
+  );
+  // Dropout on (GRPO's default) and sampling: the RNG and the step count are restored.
+  const gpt2 = tmpDir('rlhf-resume-grpo');
+  python('ppo.py', [gpt2]);
+  const configFile = path.join(gpt2, 'policy', 'config.json');
+  const config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+  fs.writeFileSync(configFile, JSON.stringify({ ...config, resid_pdrop: 0.1, embd_pdrop: 0.1, attn_pdrop: 0.1 }));
+  const rewardFn = (s: { ids: number[] }[]) => s.map((x) => x.ids.reduce((a, b) => a + b, 0) / 100);
+  const grpoCheckpoints = await resumesExactly(
+    t,
+    () => Model.fromPretrained(path.join(gpt2, 'policy')),
+    async (m, { checkpointDir, stopAt }) => {
+      const grpo = await GRPO.create(m, { rewardFn, numGenerations: 4, maxCompletionLength: 3, lr: 1e-3, seed: 5 });
+      try {
+        return await grpo.train(PROMPTS, {
+          steps: 4,
+          batchSize: 2,
+          checkpointDir,
+          checkpointEvery: 1,
+          onStep: () => interruptAt(stopAt)({ step: grpo.stepCount }),
+        });
+      } finally {
+        grpo.dispose();
+      }
+    },
+    3,
+  );
+  const wrong = await Model.fromPretrained(path.join(gpt2, 'policy'));
+  const ppo = await PPO.create(wrong, { rewardFn, responseLength: 2 });
+  await t.throwsAsync(ppo.load(path.join(grpoCheckpoints, 'checkpoint-4')), { message: /a checkpoint of "grpo", not of ppo/ });
+  ppo.dispose();
+  wrong.dispose();
+});

@@ -59,3 +59,19 @@ export function prepareOut(out: string, o: Opts, canResume: boolean): void {
       `--out ${out} is not empty: add --resume to continue its run from the last checkpoint, or --overwrite to replace it`,
     );
 }
+
+/** The flags of every command that trains: periodic checkpoints in OUT/checkpoints, and resuming from them. */
+export const CHECKPOINT_FLAGS = {
+  options: { 'checkpoint-every': { type: 'string' }, resume: { type: 'boolean' } },
+  help: {
+    'checkpoint-every': 'save a checkpoint (weights, optimizer, RNG, loop position) to OUT/checkpoints every N steps',
+    resume: 'continue the run in --out from its last checkpoint (same flags as the run it continues)',
+  },
+} as const;
+
+/** The checkpointDir, checkpointEvery and resume options those flags ask for (none when neither is given). */
+export function checkpointing(o: Opts, out: string): { checkpointDir?: string; checkpointEvery?: number; resume?: boolean } {
+  const resume = Boolean(o.resume);
+  if (o['checkpoint-every'] === undefined && !resume) return {};
+  return { checkpointDir: path.join(out, 'checkpoints'), checkpointEvery: num(o, 'checkpoint-every', undefined, 'int'), resume };
+}

@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { Command, modelDir, num, Opts, prepareOut, UsageError } from './args';
+import { CHECKPOINT_FLAGS, checkpointing, Command, modelDir, num, Opts, prepareOut, UsageError } from './args';
 import { RL_COMMANDS } from './rl';
 import { loadSplits, Splits } from '../data';
 import { TunekitError } from '../errors';
@@ -108,8 +108,7 @@ const COMMANDS: Record<string, Command> = {
       'num-virtual-tokens': { type: 'string' },
       'prefix-projection': { type: 'boolean' },
       'prompt-init-text': { type: 'string' },
-      'checkpoint-every': { type: 'string' },
-      resume: { type: 'boolean' },
+      ...CHECKPOINT_FLAGS.options,
       overwrite: { type: 'boolean' },
     },
     help: {
@@ -139,8 +138,7 @@ const COMMANDS: Record<string, Command> = {
       'num-virtual-tokens': 'with --strategy prefix|prompt: how many (default 8)',
       'prefix-projection': 'with --strategy prefix: reparameterise through an MLP',
       'prompt-init-text': "with --strategy prompt: initialise the virtual tokens from this text's embeddings",
-      'checkpoint-every': 'save a checkpoint (model, optimizer, RNG, data position) to OUT/checkpoints every N steps',
-      resume: 'continue the run in --out from its last checkpoint (same flags as the run it continues)',
+      ...CHECKPOINT_FLAGS.help,
       overwrite: 'replace what --out holds instead of refusing a non-empty folder',
     },
     async run(o) {
@@ -202,8 +200,7 @@ const COMMANDS: Record<string, Command> = {
       const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength: fit }));
       fs.mkdirSync(out, { recursive: true });
       const resume = Boolean(o.resume);
-      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'), { append: resume });
-      let firstStep = true;
+      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume });
       let bar: ProgressBar | undefined;
       const opts: TrainOptions = {
         lr: num(o, 'lr', spec.lr),
@@ -214,9 +211,7 @@ const COMMANDS: Record<string, Command> = {
         warmupRatio: num(o, 'warmup-ratio', 0.1),
         gradAccumulation: num(o, 'grad-accumulation', 1, 'int'),
         seed,
-        ...(o['checkpoint-every'] !== undefined || resume
-          ? { checkpointDir: path.join(out, 'checkpoints'), checkpointEvery: num(o, 'checkpoint-every', undefined, 'int'), resume }
-          : {}),
+        ...checkpointing(o, out),
         // The model is saved as soon as training ends: the evaluations that follow cannot lose it.
         onTrained: async () => {
           if (spec.peft) await model.saveAdapter(out, { baseModelNameOrPath: dir });
@@ -226,8 +221,6 @@ const COMMANDS: Record<string, Command> = {
           }
         },
         onProgress: (p) => {
-          if (firstStep && resume) metrics.dropFrom(p.step);
-          firstStep = false;
           bar ??= progressBar(p.totalSteps, strategyName, { silent: Boolean(o.quiet) });
           bar.update(p.step, trainingFields(p));
           metrics.write({

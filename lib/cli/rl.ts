@@ -13,7 +13,8 @@ import { DPO, DPOLossType, GRPO, PPO, PreferencePair, readPairs, RewardTrainer, 
 import type { RewardFn } from '../rl/score';
 import { writeJsonAtomic } from '../safetensors';
 import { Tokenizer } from '../tokenizer';
-import { Command, modelDir, num, Opts, prepareOut, UsageError } from './args';
+import { CHECKPOINT_FLAGS, checkpointing, Command, modelDir, num, Opts, prepareOut, UsageError } from './args';
+import { CheckpointDir } from '../checkpoint';
 
 const BUILTIN_PAIRS = 'builtin:sentiment-pairs';
 
@@ -85,6 +86,7 @@ const shared = {
   'batch-size': { type: 'string' },
   seed: { type: 'string' },
   lora: { type: 'boolean' },
+  ...CHECKPOINT_FLAGS.options,
   overwrite: { type: 'boolean' },
   quiet: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
@@ -97,6 +99,7 @@ const sharedHelp = {
   'batch-size': 'pairs (or prompts) per step',
   seed: 'seed (default 42)',
   lora: 'train a LoRA adapter (r 8, alpha 16) instead of every weight; --out gets a PEFT adapter',
+  ...CHECKPOINT_FLAGS.help,
   overwrite: 'replace what --out holds',
   quiet: 'no progress bar',
 };
@@ -115,10 +118,10 @@ async function save(model: Model, dir: string, out: string, lora: boolean) {
     if (fs.existsSync(path.join(dir, f))) fs.copyFileSync(path.join(dir, f), path.join(out, f));
 }
 
-function outOf(o: Opts, name: string, canResume = false): string {
+function outOf(o: Opts, name: string): string {
   if (o.out === undefined) throw new UsageError(`--out DIR is required (where the ${name} run writes)`);
   const out = path.resolve(String(o.out));
-  prepareOut(out, o, canResume);
+  prepareOut(out, o, true);
   fs.mkdirSync(out, { recursive: true });
   return out;
 }
@@ -138,7 +141,7 @@ export const RL_COMMANDS: Record<string, Command> = {
       const out = outOf(o, 'reward');
       const { train, test, source } = await pairsOf(o);
       const { dir, model, tok } = await policyOf(o, 'sequence-classification', { numLabels: 1 });
-      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'));
+      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume: Boolean(o.resume) });
       let bar: ReturnType<typeof progressBar> | undefined;
       const trainer = new RewardTrainer(model, {
         tokenizer: tok,
@@ -148,6 +151,7 @@ export const RL_COMMANDS: Record<string, Command> = {
         seed: num(o, 'seed', 42, 'int'),
         margin: num(o, 'margin', undefined),
         centerRewardsCoefficient: num(o, 'center-rewards', undefined),
+        ...checkpointing(o, out),
         onProgress: (p) => {
           bar ??= progressBar(p.totalSteps, 'reward', { silent: Boolean(o.quiet) });
           bar.update(p.step, { loss: p.loss.toFixed(4), acc: p.accuracy.toFixed(2) });
@@ -189,7 +193,7 @@ export const RL_COMMANDS: Record<string, Command> = {
       const out = outOf(o, 'dpo');
       const { train, test, source } = await pairsOf(o);
       const { dir, model, tok } = await policyOf(o, 'causal-lm');
-      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'));
+      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume: Boolean(o.resume) });
       let bar: ReturnType<typeof progressBar> | undefined;
       const dpo = new DPO(model, {
         tokenizer: tok,
@@ -199,6 +203,7 @@ export const RL_COMMANDS: Record<string, Command> = {
         seed: num(o, 'seed', 42, 'int'),
         beta: num(o, 'beta', 0.1),
         lossType: (o['loss-type'] as DPOLossType | undefined) ?? 'sigmoid',
+        ...checkpointing(o, out),
         onProgress: (p) => {
           bar ??= progressBar(p.totalSteps, 'dpo', { silent: Boolean(o.quiet) });
           bar.update(p.step, { loss: p.loss.toFixed(4), margin: p['rewards/margins'].toFixed(3) });
@@ -232,8 +237,6 @@ export const RL_COMMANDS: Record<string, Command> = {
       steps: { type: 'string' },
       'response-length': { type: 'string' },
       'kl-coef': { type: 'string' },
-      'checkpoint-every': { type: 'string' },
-      resume: { type: 'boolean' },
     },
     help: {
       ...sharedHelp,
@@ -242,11 +245,9 @@ export const RL_COMMANDS: Record<string, Command> = {
       steps: 'PPO iterations (default 20)',
       'response-length': 'tokens per response (default 16)',
       'kl-coef': 'KL penalty coefficient (default 0.05)',
-      'checkpoint-every': 'save policy, value head, optimizer and KL state to OUT/checkpoints every N iterations',
-      resume: 'continue the run in --out from its checkpoint (same flags as the run it continues)',
     },
     async run(o) {
-      const out = outOf(o, 'ppo', true);
+      const out = outOf(o, 'ppo');
       const { dir, model, tok } = await policyOf(o, 'causal-lm');
       const reward = await rewardOf(o, tok);
       const seed = num(o, 'seed', 42, 'int')!;
@@ -262,11 +263,11 @@ export const RL_COMMANDS: Record<string, Command> = {
         temperature: 1,
         seed,
       });
-      const checkpoint = path.join(out, 'checkpoints');
-      const every = num(o, 'checkpoint-every', undefined, 'int');
-      if (o.resume) await ppo.load(checkpoint);
-      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'), { append: Boolean(o.resume) });
-      if (o.resume) metrics.dropFrom(ppo.stepCount + 1);
+      const { checkpointDir, checkpointEvery, resume } = checkpointing(o, out);
+      const checkpoints = checkpointDir === undefined ? undefined : new CheckpointDir(checkpointDir);
+      const latest = checkpoints?.latest(Boolean(resume));
+      if (latest) await ppo.load(latest);
+      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume });
       const bar = progressBar(steps, 'ppo', { silent: Boolean(o.quiet) });
       const samples: Record<string, string[]> = {};
       try {
@@ -284,7 +285,7 @@ export const RL_COMMANDS: Record<string, Command> = {
             len: stats['response/length'].toFixed(1),
           });
           metrics.write({ ...stats, step: s + 1 });
-          if (every && (s + 1) % every === 0) await ppo.save(checkpoint);
+          if (checkpoints && checkpointEvery && (s + 1) % checkpointEvery === 0) await checkpoints.write(s + 1, (d) => ppo.save(d));
         }
       } finally {
         bar.stop();
@@ -339,17 +340,16 @@ export const RL_COMMANDS: Record<string, Command> = {
         lr: num(o, 'lr', o.lora ? 1e-4 : 1e-5),
         seed,
       });
-      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'));
+      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume: Boolean(o.resume) });
       const bar = progressBar(steps, 'grpo', { silent: Boolean(o.quiet) });
-      let step = 0;
       try {
         await grpo.train(reviewPrompts(tok, 512, seed), {
           steps,
           batchSize: num(o, 'batch-size', 4, 'int'),
+          ...checkpointing(o, out),
           onStep: (st) => {
-            step++;
-            bar.update(step, { reward: st.reward.toFixed(3), len: st['completions/mean_length'].toFixed(1) });
-            metrics.write({ step, ...st });
+            bar.update(grpo.stepCount, { reward: st.reward.toFixed(3), len: st['completions/mean_length'].toFixed(1) });
+            metrics.write({ step: grpo.stepCount, ...st });
           },
         });
       } finally {

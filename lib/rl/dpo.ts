@@ -94,7 +94,7 @@ export class DPO {
     const data = tokenizePairs(pairs, o.tokenizer, this.maxLength, 'DPO.train');
     // Made before the first update: a default frozen copy holds the starting weights.
     this.reference ??= await Reference.of(this.policy, o.reference);
-    return trainOnPairs(this.policy, data, o, 1e-6, (batch) => this.run(batch, true));
+    return trainOnPairs(this.policy, data, o, 1e-6, 'dpo', (batch) => this.run(batch, true));
   }
 
   /** The DPO loss and TRL's reward statistics over the pairs, with dropout off. */

@@ -6,6 +6,8 @@ import { TunekitError } from '../errors';
 import { Model } from '../model';
 import { AdamW } from '../optim';
 import { shuffled } from '../random';
+import { CheckpointDir, checkFolder, loadCheckpoint, LoopState, saveCheckpoint } from '../checkpoint';
+import { addon, serial } from '../native';
 import { checkBoolean, checkChoice, checkNumber, checkOptions } from '../validate';
 import { Reference } from './reference';
 import { checkScoring, scoreResponses, Scoring } from './score';
@@ -63,6 +65,22 @@ const GRPO_OPTIONS = [
   'stopTokenId',
   'seed',
 ];
+
+export interface GRPOTrainOptions {
+  /** Rounds this call runs (a resumed call: the rounds its run had left). */
+  steps: number;
+  /** Prompts per round (default 4). */
+  batchSize?: number;
+  onStep?: (stats: Record<string, number>) => void;
+  checkpointDir?: string;
+  checkpointEvery?: number;
+  /** How many checkpoints to keep (default 2). */
+  keepCheckpoints?: number;
+  /** Resume from checkpointDir's latest checkpoint when there is one (default true; false refuses a used folder). */
+  resume?: boolean;
+}
+
+type GRPOState = LoopState & { runStart: number; history: Record<string, number>[] };
 
 /** Completions of prompts (each prompt repeated G times in a row) with their rewards and advantages. */
 export interface Generation {
@@ -206,14 +224,32 @@ export class GRPO {
     return stats;
   }
 
-  /** `steps` rounds of: a seeded batch of prompts, numGenerations completions each, numIterations updates. */
-  async train(prompts: number[][], opts: { steps: number; batchSize?: number; onStep?: (s: Record<string, number>) => void }) {
-    checkOptions(opts, ['steps', 'batchSize', 'onStep'], 'GRPO.train');
+  /**
+   * `steps` rounds of: a seeded batch of prompts, numGenerations completions each, numIterations updates. With
+   * checkpointDir, a checkpoint every checkpointEvery rounds; a call that finds one there resumes that run (the same
+   * prompts and options), ending where the unbroken call would have.
+   */
+  async train(prompts: number[][], opts: GRPOTrainOptions) {
+    checkOptions(opts, ['steps', 'batchSize', 'onStep', 'checkpointDir', 'checkpointEvery', 'keepCheckpoints', 'resume'], 'GRPO.train');
     const steps = checkNumber(opts.steps, 'steps', { integer: true, min: 1 });
     const bs = Math.min(prompts.length, checkNumber(opts.batchSize, 'batchSize', { integer: true, min: 1 }, 4));
-    const history: Record<string, number>[] = [];
-    for (let s = 0; s < steps; s++) {
-      const order = shuffled(prompts.length, (this.options.seed ?? 0) + s);
+    const every =
+      opts.checkpointEvery === undefined ? Infinity : checkNumber(opts.checkpointEvery, 'checkpointEvery', { integer: true, min: 1 });
+    const keep = checkNumber(opts.keepCheckpoints, 'keepCheckpoints', { integer: true, min: 1 }, 2);
+    const checkpoints = opts.checkpointDir === undefined ? undefined : new CheckpointDir(checkFolder(opts.checkpointDir), keep);
+    let runStart = this.steps;
+    let history: Record<string, number>[] = [];
+    const latest = checkpoints?.latest(checkBoolean(opts.resume, 'resume', true));
+    if (latest) {
+      const state = await this.load(latest);
+      runStart = state.runStart;
+      history = state.history;
+    } else {
+      // Dropout draws from the global generator: seeded here, so that a run is repeatable and a resumed one can be.
+      await serial(() => addon.manualSeed((this.options.seed ?? 0) + this.steps));
+    }
+    while (this.steps < runStart + steps) {
+      const order = shuffled(prompts.length, (this.options.seed ?? 0) + this.steps);
       const gen = await this.generate(order.slice(0, bs).map((i) => prompts[i]));
       let stats: Record<string, number> = {};
       for (let it = 0; it < (this.options.numIterations ?? 1); it++) stats = await this.step(gen);
@@ -224,10 +260,35 @@ export class GRPO {
         'completions/mean_length': gen.completions.reduce((a, c) => a + c.length, 0) / gen.completions.length,
       };
       history.push(row);
-      opts.onStep?.(row);
       this.steps++;
+      opts.onStep?.(row);
+      if (checkpoints && history.length % every === 0)
+        await checkpoints.write(history.length, (dir) => this.save(dir, { runStart, history }));
     }
     return { steps, history };
+  }
+
+  /**
+   * Writes the policy (with its adapters), the optimizer's moments, the step count and the RNG into `dir`, atomically
+   * (saveCheckpoint); `train` adds where its run started and its history. Generation is seeded by the step count.
+   */
+  async save(dir: string, run: { runStart: number; history: Record<string, number>[] } = { runStart: 0, history: [] }): Promise<void> {
+    await saveCheckpoint(dir, this.policy, this.optimizer, { kind: 'grpo', step: this.steps, ...run });
+  }
+
+  /** Restores what save() wrote, into a GRPO made by create() on the same policy and options. */
+  async load(dir: string): Promise<GRPOState> {
+    const state = await loadCheckpoint<GRPOState>(dir, this.policy, this.optimizer, 'grpo', (s, file) => {
+      checkNumber(s.runStart, `${file}: runStart`, { integer: true, min: 0, max: s.step, code: 'E_FORMAT' });
+      if (!Array.isArray(s.history)) throw new TunekitError('E_FORMAT', `${file}: history must be an array`);
+    });
+    this.steps = state.step;
+    return state;
+  }
+
+  /** GRPO rounds taken (and restored by load). */
+  get stepCount(): number {
+    return this.steps;
   }
 
   dispose(): void {

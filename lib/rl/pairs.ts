@@ -9,7 +9,9 @@ import type { Model } from '../model';
 import { AdamW } from '../optim';
 import { shuffled } from '../random';
 import type { Tokenizer } from '../tokenizer';
-import { checkNumber, show } from '../validate';
+import { CheckpointDir, checkFolder, loadCheckpoint, LoopState, saveCheckpoint } from '../checkpoint';
+import { addon, serial } from '../native';
+import { checkBoolean, checkNumber, show } from '../validate';
 
 export interface PreferencePair {
   prompt?: string;
@@ -45,6 +47,13 @@ export interface PairTrainingOptions {
   tokenizer?: Tokenizer;
   /** Train with dropout off (default true, as TRL's RewardTrainer and DPOTrainer). */
   disableDropout?: boolean;
+  /** Save a checkpoint every this many steps into checkpointDir (as the Trainer: checkpoint-<step>, latest.json). */
+  checkpointEvery?: number;
+  checkpointDir?: string;
+  /** How many checkpoints to keep (default 2). */
+  keepCheckpoints?: number;
+  /** Resume from checkpointDir's latest checkpoint when there is one (default true; false refuses a used folder). */
+  resume?: boolean;
   onProgress?: (p: { step: number; totalSteps: number; epoch: number; lr: number; gradNorm: number } & PairStats) => void;
 }
 
@@ -59,6 +68,10 @@ export const PAIR_TRAINING_OPTIONS = [
   'maxLength',
   'tokenizer',
   'disableDropout',
+  'checkpointEvery',
+  'checkpointDir',
+  'keepCheckpoints',
+  'resume',
   'onProgress',
 ];
 
@@ -145,15 +158,17 @@ export function contextOf(model: Model, maxLength: number | undefined): number {
 /**
  * Trains on pairs: epochs of seeded shuffles, `step(batch)` accumulating one batch's gradients, then AdamW with a
  * linear schedule. The options' defaults are TRL's (no weight decay or warm-up, clipping at 1, dropout off); `lr` is
- * the method's own default learning rate. Returns every step's statistics.
+ * the method's own default learning rate. With checkpointDir, `kind` names the checkpoints (a DPO run does not
+ * resume a reward model's). Returns every step's statistics, those before a resume included.
  */
 export async function trainOnPairs(
   model: Model,
   pairs: TokenizedPair[],
   options: PairTrainingOptions,
   lr: number,
+  kind: string,
   step: (batch: TokenizedPair[]) => Promise<PairStats>,
-): Promise<{ steps: number; history: PairStats[] }> {
+): Promise<{ steps: number; history: PairStats[]; resumedFrom?: number }> {
   const o = {
     lr: options.lr ?? lr,
     epochs: options.epochs ?? 1,
@@ -163,11 +178,17 @@ export async function trainOnPairs(
     maxGradNorm: options.maxGradNorm ?? 1,
     seed: options.seed ?? 42,
     disableDropout: options.disableDropout ?? true,
+    keepCheckpoints: options.keepCheckpoints ?? 2,
     onProgress: options.onProgress,
   };
   if (model.countParameters({ trainableOnly: true }) === 0) throw new TunekitError('E_STATE', 'the model has no trainable parameters');
-  for (const k of ['epochs', 'batchSize', 'seed'] as const) checkNumber(o[k], k, { integer: true, min: k === 'seed' ? 0 : 1 });
+  for (const k of ['epochs', 'batchSize', 'seed', 'keepCheckpoints'] as const)
+    checkNumber(o[k], k, { integer: true, min: k === 'seed' ? 0 : 1 });
   checkNumber(o.warmupRatio, 'warmupRatio', { min: 0, max: 1 });
+  const every =
+    options.checkpointEvery === undefined ? Infinity : checkNumber(options.checkpointEvery, 'checkpointEvery', { integer: true, min: 1 });
+  const checkpoints =
+    options.checkpointDir === undefined ? undefined : new CheckpointDir(checkFolder(options.checkpointDir), o.keepCheckpoints);
   const perEpoch = Math.ceil(pairs.length / o.batchSize);
   const totalSteps = perEpoch * o.epochs;
   const optimizer = new AdamW(model, {
@@ -176,25 +197,39 @@ export async function trainOnPairs(
     maxGradNorm: o.maxGradNorm,
     schedule: { type: 'linear', warmupSteps: Math.round(o.warmupRatio * totalSteps), totalSteps },
   });
-  const history: PairStats[] = [];
+  let history: PairStats[] = [];
+  let resumedFrom: number | undefined;
   try {
+    const latest = checkpoints?.latest(checkBoolean(options.resume, 'resume', true));
+    if (latest) {
+      const state = await loadCheckpoint<LoopState & { history: PairStats[] }>(latest, model, optimizer, kind, (s, file) => {
+        if (!Array.isArray(s.history) || s.history.length !== s.step || s.step > totalSteps)
+          throw new TunekitError('E_FORMAT', `${file}: step ${s.step} does not fit this run (${totalSteps} steps) or its history`);
+      });
+      history = state.history;
+      resumedFrom = state.step;
+    } else {
+      await serial(() => addon.manualSeed(o.seed));
+    }
     await model.train(!o.disableDropout);
     await optimizer.zeroGrad();
-    for (let epoch = 0; epoch < o.epochs; epoch++) {
+    for (let at = history.length; at < totalSteps; at++) {
+      const epoch = Math.floor(at / perEpoch);
+      const b = at % perEpoch;
       const order = shuffled(pairs.length, o.seed + epoch);
-      for (let b = 0; b < perEpoch; b++) {
-        const stats = await step(order.slice(b * o.batchSize, (b + 1) * o.batchSize).map((i) => pairs[i]));
-        const { gradNorm, lr } = await optimizer.step();
-        await optimizer.zeroGrad();
-        history.push(stats);
-        o.onProgress?.({ ...stats, step: history.length, totalSteps, epoch, lr, gradNorm });
-      }
+      const stats = await step(order.slice(b * o.batchSize, (b + 1) * o.batchSize).map((i) => pairs[i]));
+      const { gradNorm, lr } = await optimizer.step();
+      await optimizer.zeroGrad();
+      history.push(stats);
+      o.onProgress?.({ ...stats, step: history.length, totalSteps, epoch, lr, gradNorm });
+      if (checkpoints && history.length % every === 0)
+        await checkpoints.write(history.length, (dir) => saveCheckpoint(dir, model, optimizer, { kind, step: history.length, history }));
     }
   } finally {
     optimizer.dispose();
     await model.eval();
   }
-  return { steps: history.length, history };
+  return { steps: history.length, history, ...(resumedFrom !== undefined ? { resumedFrom } : {}) };
 }
 
 /** The statistics of `run` over the pairs in batches, with dropout off, each batch weighted by its number of pairs. */

@@ -4,15 +4,13 @@
  * whitened advantages, clipped policy and value losses. The kernels (GAE, whitening, the losses) run in the core
  * (native/core/rl/objectives.cpp); this file drives them.
  */
-import fs from 'node:fs';
-import path from 'node:path';
 import { TunekitError } from '../errors';
 import { Model } from '../model';
 import { AdamW } from '../optim';
 import { shuffled } from '../random';
 import { checkBoolean, checkNumber, checkOptions } from '../validate';
 import { addon } from '../native';
-import { writeJsonAtomic } from '../safetensors';
+import { loadCheckpoint, LoopState, saveCheckpoint } from '../checkpoint';
 import { Reference } from './reference';
 import { checkScoring, RewardFn, scoreResponses, Scoring } from './score';
 
@@ -315,40 +313,21 @@ export class PPO {
   }
 
   /**
-   * Writes everything a resumed run needs into `dir`, atomically (a temporary folder renamed into place): the policy
-   * with its adapters and value head, the optimizer's moments, the step count and the KL coefficient. Rollouts are
-   * seeded by the step count and updates run without dropout, so a resumed run repeats an unbroken one.
+   * Writes everything a resumed run needs into `dir`, atomically (saveCheckpoint): the policy with its adapters and
+   * value head, the optimizer's moments, the step count and the KL coefficient. Rollouts are seeded by the step count
+   * and updates run without dropout, so a resumed run repeats an unbroken one.
    */
   async save(dir: string): Promise<void> {
-    const tmp = `${dir}.tmp-${process.pid}`;
-    fs.rmSync(tmp, { recursive: true, force: true });
-    await this.policy.savePretrained(tmp, { includeAdapters: true });
-    await this.optimizer.save(path.join(tmp, 'optimizer.safetensors'));
-    await writeJsonAtomic(path.join(tmp, 'ppo_state.json'), {
-      steps: this.steps,
-      klCoef: this.klCoef,
-      optimizerSteps: this.optimizer.stepCount,
-    });
-    fs.rmSync(dir, { recursive: true, force: true });
-    fs.renameSync(tmp, dir);
+    await saveCheckpoint(dir, this.policy, this.optimizer, { kind: 'ppo', step: this.steps, klCoef: this.klCoef });
   }
 
   /** Restores what save() wrote, into a PPO made by create() on the same policy and options. */
   async load(dir: string): Promise<void> {
-    const file = path.join(dir, 'ppo_state.json');
-    let state: { steps: number; klCoef: number; optimizerSteps: number };
-    try {
-      state = JSON.parse(fs.readFileSync(file, 'utf8'));
-    } catch (e) {
-      throw new TunekitError('E_FORMAT', `${file}: ${(e as Error).message} (not a PPO checkpoint?)`);
-    }
-    checkNumber(state.steps, `${file}: steps`, { integer: true, min: 0, code: 'E_FORMAT' });
-    checkNumber(state.klCoef, `${file}: klCoef`, { min: 0, code: 'E_FORMAT' });
-    checkNumber(state.optimizerSteps, `${file}: optimizerSteps`, { integer: true, min: 0, code: 'E_FORMAT' });
-    await this.policy.loadWeights(dir);
-    await this.optimizer.load(path.join(dir, 'optimizer.safetensors'), state.optimizerSteps);
-    this.steps = state.steps;
+    const state = await loadCheckpoint<LoopState & { klCoef: number }>(dir, this.policy, this.optimizer, 'ppo', (s, file) =>
+      checkNumber(s.klCoef, `${file}: klCoef`, { min: 0, code: 'E_FORMAT' }),
+    );
     this.klCoef = state.klCoef;
+    this.steps = state.step;
   }
 
   /** PPO steps taken (and restored by load). */

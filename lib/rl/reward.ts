@@ -76,7 +76,7 @@ export class RewardTrainer {
   async train(pairs: (PreferencePair | TokenizedPair)[]): Promise<{ steps: number; history: PairStats[] }> {
     const o = this.options;
     const data = tokenizePairs(pairs, o.tokenizer, this.maxLength, 'RewardTrainer.train');
-    return trainOnPairs(this.model, data, o, 1e-4, (batch) => this.run(batch, true));
+    return trainOnPairs(this.model, data, o, 1e-4, 'reward', (batch) => this.run(batch, true));
   }
 
   /** Loss, pairwise accuracy, mean margin and mean reward over the pairs, with dropout off. */
