@@ -1,7 +1,7 @@
 export { TunekitError } from './errors';
 export type { ErrorCode } from './errors';
-export { Model } from './model';
-export type { Device, DType, ForwardOutput, FromPretrainedOptions, GenerateOptions, Pooling } from './model';
+export { Model, PRECISIONS } from './model';
+export type { Device, DType, ForwardOutput, FromPretrainedOptions, GenerateOptions, Pooling, Precision } from './model';
 export type { Dims, Task, ModelType } from './families';
 export { FAMILIES, MODEL_TYPES } from './families';
 export { Tokenizer } from './tokenizer';

@@ -13,11 +13,23 @@ import { checkBoolean, checkChoice, checkNumber, checkOptions } from './validate
 export type Device = 'cpu' | 'cuda';
 export type DType = 'float32' | 'bfloat16';
 
+/**
+ * How a model computes, named as Lightning names it. '32-true': everything in float32. 'bf16-mixed': float32 weights,
+ * gradients and optimizer state; each forward runs under libtorch's autocast (torch.autocast's op lists: products
+ * and attention in bfloat16, losses in float32). 'bf16-true': weights in bfloat16 (PEFT adapters stay float32), under
+ * the same autocast. '16-mixed': float16 autocast, CUDA only.
+ */
+export type Precision = '32-true' | 'bf16-mixed' | 'bf16-true' | '16-mixed';
+export const PRECISIONS: readonly Precision[] = ['32-true', 'bf16-mixed', 'bf16-true', '16-mixed'];
+
 export interface FromPretrainedOptions {
   task?: Task;
   numLabels?: number;
   device?: Device;
+  /** The weights' dtype; 'bfloat16' is precision 'bf16-true'. */
   dtype?: DType;
+  /** Default '32-true' (or 'bf16-true' with dtype 'bfloat16'). */
+  precision?: Precision;
   /** Seeds the initialisation of weights the checkpoint lacks (e.g. a new classification head). */
   seed?: number;
   /** Entries that override config.json's (as transformers' from_pretrained keyword arguments), e.g. { dropout: 0 }. */
@@ -32,7 +44,7 @@ export interface ForwardOutput {
   loss?: number;
 }
 
-const FROM_PRETRAINED_OPTIONS = ['task', 'numLabels', 'device', 'dtype', 'seed', 'config', 'labelNames'];
+const FROM_PRETRAINED_OPTIONS = ['task', 'numLabels', 'device', 'dtype', 'precision', 'seed', 'config', 'labelNames'];
 const GENERATE_OPTIONS = ['maxNewTokens', 'temperature', 'topK', 'topP', 'seed', 'eosTokenId', 'attentionMask', 'useCache'];
 
 export interface GenerateOptions {
@@ -69,6 +81,7 @@ export class Model {
   private active: string | null = null;
   private merged = false;
   private training = false;
+  private computePrecision: Precision = '32-true';
   /** Native handles that hold this model's tensors (optimizers): disposed with it. */
   private dependents = new Set<{ dispose(): void }>();
 
@@ -96,6 +109,7 @@ export class Model {
     try {
       model.params = await serial(() => addon.parameters(handle));
       model.newlyInitialized.push(...(await model.loadFrom(headers, dir)));
+      await model.setPrecision(precisionOf(options));
     } catch (e) {
       model.dispose();
       throw e;
@@ -123,6 +137,7 @@ export class Model {
     const handle = await serial(() => addon.createModel(spec));
     const model = new Model(handle, spec, { ...config }, await serial(() => addon.parameters(handle)));
     model.givenLabels = options.labelNames;
+    await model.setPrecision(precisionOf(options));
     return model;
   }
 
@@ -235,6 +250,31 @@ export class Model {
       await addon.setTrainable(this.h, names, trainable);
       this.params = await addon.parameters(this.h);
     });
+  }
+
+  /**
+   * Switches between '32-true', 'bf16-mixed' and (on CUDA) '16-mixed' on float32 weights; 'bf16-true' is chosen when
+   * the model is loaded, since it changes the weights' dtype. Training, evaluation, generation and embeddings all
+   * run at the model's precision.
+   */
+  async setPrecision(precision: Precision): Promise<void> {
+    checkChoice(precision, PRECISIONS, 'precision');
+    const bf16Weights = this.dtype === 'bfloat16';
+    if (bf16Weights !== (precision === 'bf16-true'))
+      throw new TunekitError(
+        'E_STATE',
+        bf16Weights
+          ? `the weights are bfloat16, so the precision is 'bf16-true', not '${precision}' (load the model again in float32)`
+          : "'bf16-true' keeps the weights in bfloat16: load the model with { precision: 'bf16-true' }",
+      );
+    if (precision === '16-mixed' && this.device !== 'cuda')
+      throw new TunekitError('E_DEVICE', "'16-mixed' (float16 with loss scaling) runs on CUDA only; on the CPU use 'bf16-mixed'");
+    const autocast = precision === '32-true' ? 'float32' : precision === '16-mixed' ? 'float16' : 'bfloat16';
+    await serial(() => addon.setAutocast(this.h, autocast));
+    this.computePrecision = precision;
+  }
+  get precision(): Precision {
+    return this.computePrecision;
   }
 
   /** Dropout on (train) or off (eval); models load in eval mode, as in transformers. */
@@ -625,6 +665,14 @@ function readAdapterFolder(dir: string) {
 }
 
 /** Checks the options against the config and builds the core's spec. */
+/** The precision load options ask for; `dtype: 'bfloat16'` is 'bf16-true', and a contradiction is refused. */
+function precisionOf(options: FromPretrainedOptions): Precision {
+  const precision = checkChoice(options.precision, PRECISIONS, 'precision', options.dtype === 'bfloat16' ? 'bf16-true' : '32-true');
+  if (options.dtype !== undefined && (options.dtype === 'bfloat16') !== (precision === 'bf16-true'))
+    throw new TunekitError('E_ARG', `dtype '${options.dtype}' contradicts precision '${precision}' (give one)`);
+  return precision;
+}
+
 function resolveSpec(config: HFConfig, options: FromPretrainedOptions, where: string): RawSpec {
   const family = familyOf(config, where);
   const task = options.task ?? defaultTask(family, config);
@@ -632,7 +680,7 @@ function resolveSpec(config: HFConfig, options: FromPretrainedOptions, where: st
   const device = options.device ?? 'cpu';
   if (device !== 'cpu' && device !== 'cuda')
     throw new TunekitError('E_ARG', `device must be 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
-  const dtype = options.dtype ?? 'float32';
+  const dtype = options.dtype ?? (options.precision === 'bf16-true' ? 'bfloat16' : 'float32');
   if (dtype !== 'float32' && dtype !== 'bfloat16')
     throw new TunekitError('E_ARG', `dtype must be 'float32' or 'bfloat16', got ${JSON.stringify(dtype)}`);
   const numLabels = options.numLabels ?? options.labelNames?.length ?? numLabelsOf(config);

@@ -108,6 +108,7 @@ export interface Addon {
   parameters(m: Handle): Promise<RawParam[]>;
   setTrainable(m: Handle, names: string[], trainable: boolean): Promise<void>;
   setTraining(m: Handle, training: boolean): Promise<void>;
+  setAutocast(m: Handle, dtype: 'float32' | 'bfloat16' | 'float16'): Promise<void>;
   readSafetensorsHeader(path: string): {
     tensors: { name: string; dtype: string; shape: number[]; begin: number; end: number }[];
     metadata: Record<string, string>;

@@ -1,7 +1,7 @@
 /** The managed training loop: batching, accumulation, clipping, schedules, evaluation, checkpoints and resume. */
 import { padRows } from './batch';
 import { TunekitError } from './errors';
-import type { Model } from './model';
+import type { Model, Precision } from './model';
 import { CheckpointDir, checkFolder, loadCheckpoint, LoopState, saveCheckpoint } from './checkpoint';
 import { addon, serial } from './native';
 import { shuffled } from './random';
@@ -50,6 +50,8 @@ export interface TrainerOptions {
    * already holds checkpoints is refused: a fresh run must not mix its checkpoints with an earlier run's.
    */
   resume?: boolean;
+  /** Sets the model's precision for the run (Model.setPrecision); default: the precision it has. */
+  precision?: Precision;
   /** Called once training ends, before the final evaluation: where a caller saves the model, so no evaluation can lose it. */
   onTrained?: () => Promise<void> | void;
   /**
@@ -93,6 +95,7 @@ const TRAINER_OPTIONS = [
   'seed',
   'maxLength',
   'resume',
+  'precision',
   'transform',
   'onTrained',
 ];
@@ -282,6 +285,7 @@ export class Trainer {
       await serial(() => addon.manualSeed(o.seed));
     }
 
+    if (o.precision !== undefined) await this.model.setPrecision(o.precision);
     await this.model.train();
     await opt.zeroGrad();
     const start = Date.now();

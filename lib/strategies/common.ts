@@ -1,6 +1,6 @@
 /** What every training strategy shares: options, the result it reports, and the supervised loop over the Trainer. */
 import { TunekitError } from '../errors';
-import type { Model } from '../model';
+import type { Model, Precision } from '../model';
 import { AdamW } from '../optim';
 import { EvalResult, Example, Progress, Trainer, TrainResult } from '../trainer';
 import { checkNumber } from '../validate';
@@ -29,6 +29,8 @@ export interface TrainOptions {
   checkpointEvery?: number;
   /** Continue from checkpointDir's latest checkpoint (default true; false refuses a folder holding checkpoints). */
   resume?: boolean;
+  /** '32-true' (default), 'bf16-mixed', ...: see Model.setPrecision. */
+  precision?: Precision;
   onProgress?: (p: Progress) => void;
   /** Called when training ends, before the final evaluations: save the model here and no evaluation can lose it. */
   onTrained?: () => Promise<void> | void;
@@ -49,6 +51,7 @@ export const TRAIN_OPTIONS = [
   'checkpointDir',
   'checkpointEvery',
   'resume',
+  'precision',
   'onProgress',
   'onTrained',
 ];
@@ -110,6 +113,7 @@ export async function trainSupervised(name: string, model: Model, data: Strategy
     checkpointDir: o.checkpointDir,
     checkpointEvery: o.checkpointDir ? (o.checkpointEvery ?? stepsPerEpoch) : undefined,
     resume: o.resume,
+    precision: o.precision,
     onTrained: o.onTrained,
   });
   const start = Date.now();

@@ -122,6 +122,12 @@ Napi::Value SetTraining(const Napi::CallbackInfo& info) {
   return run_void(info.Env(), [m, on] { set_training(*m, on); });
 }
 
+Napi::Value SetAutocast(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto dtype = string_arg(info, 1, "dtype");
+  return run_void(info.Env(), [m, dtype] { set_autocast(*m, dtype); });
+}
+
 Napi::Value LoadSafetensors(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   auto path = string_arg(info, 1, "path");
@@ -252,6 +258,7 @@ void init_model(Napi::Env env, Napi::Object exports) {
   exports.Set("parameters", Napi::Function::New(env, Parameters));
   exports.Set("setTrainable", Napi::Function::New(env, SetTrainable));
   exports.Set("setTraining", Napi::Function::New(env, SetTraining));
+  exports.Set("setAutocast", Napi::Function::New(env, SetAutocast));
   exports.Set("loadSafetensors", Napi::Function::New(env, LoadSafetensors));
   exports.Set("readSafetensorsHeader", Napi::Function::New(env, ReadSafetensorsHeader));
   exports.Set("saveSafetensors", Napi::Function::New(env, SaveSafetensors));

@@ -90,6 +90,9 @@ std::shared_ptr<Model> create_model(const ModelSpec& spec);
 std::vector<ParamInfo> parameters(Model& m);
 void set_trainable(Model& m, const std::vector<std::string>& names, bool trainable);
 void set_training(Model& m, bool training);
+// Mixed precision as torch.autocast: forwards run under libtorch's autocast with this lower-precision dtype
+// ("bfloat16" or "float16"), or with none ("float32": every op in the weights' dtype).
+void set_autocast(Model& m, const std::string& dtype);
 void load_safetensors(Model& m, const std::string& path, const std::vector<TensorEntry>& entries);
 // Writes every parameter (or those named) to path as safetensors; the caller renames it into place.
 void save_safetensors(Model& m, const std::string& path, const std::vector<std::string>& names, const std::vector<std::string>& keys = {});

@@ -1,5 +1,7 @@
 // ForwardContext: the per-call view of a model through which every family's forward reads its weights and calls the
 // active adapter's hooks.
+#include <ATen/autocast_mode.h>
+
 #include "models/family.h"
 #include "peft/method.h"
 
@@ -14,7 +16,24 @@ Output ForwardContext::run(const torch::Tensor& ids, const torch::Tensor& in_mas
     if (int64_t n = virtual_tokens(); n > 0 && mask.defined()) mask = torch::cat({torch::ones({mask.size(0), n}, mask.options()), mask}, 1);
   }
   prefix_ = past() == 0 && prefix_tokens() > 0 ? adapter->prefix_values(m) : torch::Tensor();
+  if (!m.autocast) return m.family->forward(*this, ids, mask);
+  // The forward alone, as a transformers user writes `with torch.autocast(...): out = model(...)`: the losses upcast
+  // the logits, and backward runs outside the scope.
+  AutocastScope scope(m.device.type(), *m.autocast);
   return m.family->forward(*this, ids, mask);
+}
+
+AutocastScope::AutocastScope(c10::DeviceType device, torch::ScalarType dtype)
+    : device_(device), was_enabled_(at::autocast::is_autocast_enabled(device)), was_dtype_(at::autocast::get_autocast_dtype(device)) {
+  at::autocast::set_autocast_enabled(device, true);
+  at::autocast::set_autocast_dtype(device, dtype);
+  at::autocast::increment_nesting();
+}
+
+AutocastScope::~AutocastScope() {
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  at::autocast::set_autocast_enabled(device_, was_enabled_);
+  at::autocast::set_autocast_dtype(device_, was_dtype_);
 }
 
 int64_t ForwardContext::virtual_tokens() const { return adapter ? adapter->virtual_tokens() : 0; }

@@ -137,6 +137,16 @@ void set_trainable(Model& m, const std::vector<std::string>& names, bool trainab
 
 void set_training(Model& m, bool training) { m.training = training; }
 
+void set_autocast(Model& m, const std::string& dtype) {
+  auto t = parse_dtype(dtype);
+  if (t == torch::kFloat32) {
+    m.autocast.reset();
+    return;
+  }
+  require(m.device.is_cuda() || t == torch::kBFloat16, "E_DEVICE", "float16 autocast needs a CUDA device; on the CPU use bfloat16");
+  m.autocast = t;
+}
+
 void zero_grad(Model& m) {
   for (auto& [_, p] : m.params)
     if (p.grad().defined()) p.mutable_grad() = torch::Tensor();

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <optional>
 #include <memory>
 #include <unordered_map>
 
@@ -38,6 +39,8 @@ class Model {
   torch::Device device = torch::kCPU;
   torch::ScalarType dtype = torch::kFloat32;
   bool training = false;
+  // The dtype autocast runs products and attention in (torch.autocast's op lists), or none: no autocast.
+  std::optional<torch::ScalarType> autocast;
 
   std::map<std::string, std::unique_ptr<AdapterMethod>> adapters;
   std::string active;  // the adapter calls use unless told otherwise, or "" for the bare base model
@@ -97,6 +100,21 @@ class ForwardContext {
 
  private:
   torch::Tensor prefix_;  // [n, layers * 2, kv_heads, head_dim] for this call, undefined without one or with a cache
+};
+
+// torch.autocast's scope in C++: enabled for one device type and dtype, its cast cache cleared when the outermost
+// scope ends, the previous state restored.
+class AutocastScope {
+ public:
+  AutocastScope(c10::DeviceType device, torch::ScalarType dtype);
+  ~AutocastScope();
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  c10::DeviceType device_;
+  bool was_enabled_;
+  torch::ScalarType was_dtype_;
 };
 
 // Shared blocks (ops/). Attention masks are boolean [batch, 1, seq, keys] of allowed (query, key) pairs, or undefined

@@ -7,6 +7,7 @@
 // exception (MKL wins there), so the backward computes it with aten::mm. Results agree with MKL's to float32
 // rounding (1e-6).
 // TUNEKIT_GEMM=aten sends every product back through aten.
+#include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cstdlib>
@@ -34,9 +35,11 @@ const c10::TypedOperatorHandle<LinearPointwise>* onednn_linear() {
   return op;
 }
 
-// Only device and dtypes decide, so callers pass the tensors in whatever shape they hold them.
+// Only device, dtypes and autocast decide, so callers pass the tensors in whatever shape they hold them. Under
+// autocast the product goes through aten, whose autocast kernels cast it to the lower precision.
 bool use_onednn(const torch::Tensor& x, const torch::Tensor& w) {
   if (!x.device().is_cpu() || x.scalar_type() != torch::kFloat32 || w.scalar_type() != torch::kFloat32) return false;
+  if (at::autocast::is_autocast_enabled(c10::DeviceType::CPU)) return false;
   return onednn_linear() != nullptr;
 }
 

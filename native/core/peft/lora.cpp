@@ -1,5 +1,7 @@
 // LoRA (Hu et al. 2021) as PEFT 0.21 implements it: y = W x + b + scaling * B A dropout(x), scaling = alpha / r
 // (alpha / sqrt(r) with rsLoRA), A Kaiming-uniform, B zero, so the adapted model starts equal to the base.
+#include <ATen/autocast_mode.h>
+
 #include <cmath>
 
 #include "method.h"
@@ -14,8 +16,15 @@ using torch::autograd::variable_list;
 // dropout mask touches only the adapter's input.
 struct LoraLinearFn : public torch::autograd::Function<LoraLinearFn> {
   // The bias is added outside (autograd's Function cannot take an undefined tensor for a bias-free layer).
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& W, const torch::Tensor& A,
-                               const torch::Tensor& B, double scaling, double p, bool training, bool fan_in_fan_out) {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x_in, const torch::Tensor& W_in, const torch::Tensor& A_in,
+                               const torch::Tensor& B_in, double scaling, double p, bool training, bool fan_in_fan_out) {
+    // Under autocast every product runs in its dtype, as PEFT's layers do there; the gradients autograd hands back are
+    // cast to each input's own dtype (float32 adapters, float32 or bfloat16 activations).
+    auto x = x_in, W = W_in, A = A_in, B = B_in;
+    if (at::autocast::is_autocast_enabled(x.device().type())) {
+      auto lp = at::autocast::get_autocast_dtype(x.device().type());
+      x = x.to(lp), W = W.to(lp), A = A.to(lp), B = B.to(lp);
+    }
     auto x2 = x.reshape({-1, x.size(-1)});
     auto base = matmul_nt(x2, fan_in_fan_out ? W.t() : W, torch::Tensor());
     torch::Tensor mask, xd = x2;
@@ -65,7 +74,8 @@ struct Lora : AdapterMethod {
     auto l = modules.find(module);
     if (l == modules.end()) return dense(x, W, b, fan_in_fan_out);
     auto y = LoraLinearFn::apply(x, W, c.m.stored(l->second.A), c.m.stored(l->second.B), scaling, dropout, c.training, fan_in_fan_out);
-    return b.defined() ? y + b : y;
+    // In y's dtype: under autocast a biased product comes out in the lower precision, as the base layer's would.
+    return b.defined() ? y + b.to(y.scalar_type()) : y;
   }
 
   // W += scaling * B A (transposed for Conv1D): the adapted model then runs at the base model's cost.
