@@ -4,6 +4,7 @@ usage: python_side.py prepare WORKLOAD_JSON DIR SEED   -> writes DIR/model (rand
        python_side.py run WORKLOAD_JSON DIR STEPS WARMUP -> one JSON line: first-step loss, per-step seconds, peak RSS
 Reproduce the Python numbers alone: .venv/bin/python bench/python_side.py run '<workload json>' bench/.cache/<name> 20 3
 """
+import contextlib
 import json
 import os
 import resource
@@ -28,7 +29,10 @@ def prepare(w, d, seed):
 def run(w, d, steps, warmup):
     model = transformers.AutoModel.from_pretrained  # noqa: F841  (import side effects kept out of timing)
     cfg = transformers.AutoConfig.from_pretrained(os.path.join(d, "model"))
-    model = getattr(transformers, cfg.architectures[0]).from_pretrained(os.path.join(d, "model"), dtype=torch.float32)
+    # bf16-true: bfloat16 weights; bf16-mixed: float32 weights, each forward under torch.autocast (as a user writes it).
+    dtype = torch.bfloat16 if w.get("precision") == "bf16-true" else torch.float32
+    model = getattr(transformers, cfg.architectures[0]).from_pretrained(os.path.join(d, "model"), dtype=dtype)
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16) if w.get("precision") == "bf16-mixed" else contextlib.nullcontext()
     b = json.load(open(os.path.join(d, "batch.json")))
     ids = torch.tensor(b["input_ids"])[: w["batch"], : w["seq"]]
     labels = torch.tensor(b["labels"])
@@ -46,7 +50,8 @@ def run(w, d, steps, warmup):
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
         for i in range(warmup + steps):
             t = time.perf_counter()
-            loss = model(input_ids=ids, labels=labels).loss
+            with autocast():
+                loss = model(input_ids=ids, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -61,7 +66,8 @@ def run(w, d, steps, warmup):
         with torch.no_grad():
             for i in range(warmup + steps):
                 t = time.perf_counter()
-                out = model(input_ids=ids)
+                with autocast():
+                    out = model(input_ids=ids)
                 dt = time.perf_counter() - t
                 if i == 0:
                     first = out.logits[0, -1, :8].tolist()
@@ -70,14 +76,16 @@ def run(w, d, steps, warmup):
     elif w["kind"] == "grpo":
         first, times = grpo_iterations(model, w, d, steps, warmup)
     elif w["kind"] == "ppo":
-        first, times = ppo_iterations(model, ids, w, d, steps, warmup)
+        with autocast():  # the whole iteration: sampling, scoring and the updates' forwards
+            first, times = ppo_iterations(model, ids, w, d, steps, warmup)
     else:  # generate, greedy, KV cache (transformers' default)
         model.eval()
         with torch.no_grad():
             for i in range(warmup + steps):
                 t = time.perf_counter()
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=w["new_tokens"],
-                                     do_sample=False, pad_token_id=0)  # random weights: EOS (50256) is outside the vocabulary, so all tokens come
+                with autocast():
+                    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=w["new_tokens"],
+                                         do_sample=False, pad_token_id=0)  # random weights: EOS (50256) is outside the vocabulary, so all tokens come
                 dt = time.perf_counter() - t
                 if i == 0:
                     first = out[0, -8:].tolist()
@@ -156,7 +164,7 @@ def grpo_iterations(model, w, d, steps, warmup):
             stamps.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = GRPOConfig(output_dir=tmp, report_to=[], use_cpu=True, bf16=False, beta=0.0, learning_rate=1e-5,
+        args = GRPOConfig(output_dir=tmp, report_to=[], use_cpu=True, bf16=w.get("precision") == "bf16-mixed", beta=0.0, learning_rate=1e-5,
                           num_generations=w["generations"], per_device_train_batch_size=w["batch"] * w["generations"],
                           max_completion_length=w["new_tokens"], temperature=1.0, max_steps=warmup + steps,
                           generation_kwargs={"min_new_tokens": w["new_tokens"]}, save_strategy="no", logging_steps=1,

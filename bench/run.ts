@@ -38,6 +38,8 @@ interface Workload {
   generations?: number;
   config?: Record<string, unknown>;
   lora?: { r: number; alpha: number; target_modules: string[] };
+  /** Both sides in bfloat16: 'bf16-mixed' (tunekit's precision; Python's torch.autocast), 'bf16-true' (bf16 weights). */
+  precision?: 'bf16-mixed' | 'bf16-true';
 }
 interface Side {
   side: string;
@@ -89,12 +91,16 @@ function prepare(name: string, w: Workload): string {
   return dir;
 }
 
-/** The same first step on both sides, or the benchmark stops: timing two different computations proves nothing. */
+/**
+ * The same first step on both sides, or the benchmark stops: timing two different computations proves nothing. In
+ * bfloat16 (8 significant bits) the sides agree to bf16 rounding, 1e-2, rather than float32's 1e-4.
+ */
 function agree(w: Workload, a: unknown, b: unknown): { ok: boolean; detail: string } {
+  const tol = w.precision ? 1e-2 : 1e-4;
   if (w.kind === 'train') {
     const rel = Math.abs((a as number) - (b as number)) / Math.abs(b as number);
     return {
-      ok: rel < 1e-4,
+      ok: rel < tol,
       detail: `first-step loss ${(a as number).toFixed(6)} vs ${(b as number).toFixed(6)} (rel. ${rel.toExponential(1)})`,
     };
   }
@@ -102,19 +108,19 @@ function agree(w: Workload, a: unknown, b: unknown): { ok: boolean; detail: stri
     const x = a as number[];
     const y = b as number[];
     const rel = Math.max(...x.map((v, i) => Math.abs(v - y[i]))) / Math.max(...y.map(Math.abs));
-    return { ok: rel < 1e-4, detail: `last-position logits rel. ${rel.toExponential(1)}` };
+    return { ok: rel < tol, detail: `last-position logits rel. ${rel.toExponential(1)}` };
   }
   if (w.kind === 'grpo') {
     const rel = Math.abs((a as number) - (b as number)) / Math.abs(b as number);
     return {
-      ok: rel < 1e-4,
+      ok: rel < tol,
       detail: `fixed completion log-probability ${(a as number).toFixed(4)} vs ${(b as number).toFixed(4)} (rel. ${rel.toExponential(1)})`,
     };
   }
   if (w.kind === 'ppo') {
     const rel = Math.abs((a as number) - (b as number)) / Math.abs(b as number);
     return {
-      ok: rel < 1e-4,
+      ok: rel < tol,
       detail: `check step's entropy ${(a as number).toFixed(5)} vs ${(b as number).toFixed(5)} (rel. ${rel.toExponential(1)})`,
     };
   }
@@ -146,8 +152,12 @@ async function main() {
   // This shared machine's matmul throughput drifts by tens of percent within minutes, so the ceiling is the best of
   // several measurements spread over the run (three now, one after each workload), and MFU uses the final figure.
   const ceilings: number[] = [];
+  const bf16Ceilings: number[] = [];
   const measureCeiling = async (times: number) => {
-    for (let i = 0; i < times; i++) ceilings.push(await addon.benchMatmul(smoke ? 256 : 2048, smoke ? 2 : 10));
+    for (let i = 0; i < times; i++) {
+      ceilings.push(await addon.benchMatmul(smoke ? 256 : 2048, smoke ? 2 : 10, 'float32'));
+      bf16Ceilings.push(await addon.benchMatmul(smoke ? 256 : 2048, smoke ? 2 : 10, 'bfloat16'));
+    }
   };
   await measureCeiling(smoke ? 1 : 3);
   const info = JSON.parse(addon.torchInfo());
@@ -185,6 +195,7 @@ async function main() {
     const row: Record<string, unknown> = {
       workload: name,
       kind: w.kind,
+      ...(w.precision ? { precision: w.precision } : {}),
       batch: w.batch,
       seq: w.seq,
       params: tk[0].params,
@@ -217,18 +228,25 @@ async function main() {
     );
   }
   const ceiling = Math.max(...ceilings);
+  const bf16Ceiling = Math.max(...bf16Ceilings);
+  const tkSeconds = (r: Record<string, unknown>) => (r.tunekit as { median_s: number }).median_s;
   for (const r of results) {
     const flops = r.model_flops_per_step as number | undefined;
     if (!flops) continue;
-    r.mfu_tunekit = flops / (r.tunekit as { median_s: number }).median_s / 1e9 / ceiling;
-    r.mfu_python = flops / (r.python as { median_s: number }).median_s / 1e9 / ceiling;
+    // Each row against the ceiling of the dtype its products run in.
+    const c = r.precision ? bf16Ceiling : ceiling;
+    r.mfu_tunekit = flops / tkSeconds(r) / 1e9 / c;
+    r.mfu_python = flops / (r.python as { median_s: number }).median_s / 1e9 / c;
   }
-  // LoRA as a fraction of tunekit's own full step on the same model.
   for (const r of results) {
-    const base = ALL[r.workload as string].base;
-    const full = results.find((x) => x.workload === base);
-    if (ALL[r.workload as string].lora && full)
-      r.lora_over_full_tunekit = (r.tunekit as { median_s: number }).median_s / (full.tunekit as { median_s: number }).median_s;
+    const w = ALL[r.workload as string];
+    const suffix = w.precision ? '-bf16' : '';
+    // LoRA as a fraction of tunekit's own full step on the same model, at the same precision.
+    const full = results.find((x) => x.workload === `${w.base}${suffix}`);
+    if (w.lora && full) r.lora_over_full_tunekit = tkSeconds(r) / tkSeconds(full);
+    // bf16 against tunekit's own float32 run of the same workload.
+    const f32 = results.find((x) => `${x.workload}-bf16` === r.workload);
+    if (w.precision && f32) r.f32_over_bf16_tunekit = tkSeconds(f32) / tkSeconds(r);
   }
   let commit = 'unknown';
   try {
@@ -247,6 +265,8 @@ async function main() {
     rounds,
     matmul_gflops: ceiling,
     matmul_gflops_samples: ceilings,
+    bf16_matmul_gflops: bf16Ceiling,
+    bf16_matmul_gflops_samples: bf16Ceilings,
     flop_formula: 'training: (6 N + 12 L d T) per token, N = parameters used in matmuls (LoRA: 4 N)',
     results,
   };
@@ -265,6 +285,7 @@ function table(r: {
   libtorch: string;
   mode: string;
   matmul_gflops: number;
+  bf16_matmul_gflops: number;
   results: Record<string, any>[];
 }): string {
   const ms = (s: number) => (s * 1000).toFixed(s < 0.1 ? 2 : 1);
@@ -275,9 +296,12 @@ function table(r: {
         : x.kind === 'generate'
           ? `${x.tokens_per_s_tunekit.toFixed(0)} vs ${x.tokens_per_s_python.toFixed(0)} tok/s`
           : '';
-    return `| ${x.workload} | ${ms(x.tunekit.median_s)} (${ms(x.tunekit.p10_s)}-${ms(x.tunekit.p90_s)}) | ${ms(x.python.median_s)} (${ms(x.python.p10_s)}-${ms(x.python.p90_s)}) | **${x.ratio_python_over_tunekit.toFixed(2)}** | ${x.tunekit.peakRssMiB.toFixed(0)} / ${x.python.peakRssMiB.toFixed(0)} | ${extra} | ${x.check} |`;
+    const bf16 = x.precision
+      ? `${x.precision}${x.f32_over_bf16_tunekit ? `, ${x.f32_over_bf16_tunekit.toFixed(2)}x tunekit's float32` : ''}; `
+      : '';
+    return `| ${x.workload} | ${ms(x.tunekit.median_s)} (${ms(x.tunekit.p10_s)}-${ms(x.tunekit.p90_s)}) | ${ms(x.python.median_s)} (${ms(x.python.p10_s)}-${ms(x.python.p90_s)}) | **${x.ratio_python_over_tunekit.toFixed(2)}** | ${x.tunekit.peakRssMiB.toFixed(0)} / ${x.python.peakRssMiB.toFixed(0)} | ${bf16}${extra} | ${x.check} |`;
   });
-  return `Benchmark ${r.mode} run, ${r.date.slice(0, 16)}, commit ${r.commit}; ${r.machine}, ${r.threads} threads, libtorch ${r.libtorch}; float32 matmul ceiling ${r.matmul_gflops.toFixed(0)} GFLOP/s.
+  return `Benchmark ${r.mode} run, ${r.date.slice(0, 16)}, commit ${r.commit}; ${r.machine}, ${r.threads} threads, libtorch ${r.libtorch}; matmul ceiling ${r.matmul_gflops.toFixed(0)} GFLOP/s float32, ${r.bf16_matmul_gflops.toFixed(0)} bfloat16 (MFU of bf16 rows against the latter).
 
 | workload | tunekit ms (p10-p90) | Python ms (p10-p90) | Python / tunekit | peak RSS MiB tunekit / Python | notes | same first step |
 |---|---|---|---|---|---|---|

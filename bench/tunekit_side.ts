@@ -17,7 +17,7 @@ async function main() {
   const labels = Array.isArray(b.labels[0])
     ? b.labels.slice(0, w.batch).map((r: number[]) => r.slice(0, w.seq))
     : b.labels.slice(0, w.batch);
-  const model = await Model.fromPretrained(path.join(dir, 'model'));
+  const model = await Model.fromPretrained(path.join(dir, 'model'), { precision: w.precision ?? '32-true' });
   const times: number[] = [];
   let first: unknown;
   if (w.kind === 'train') {

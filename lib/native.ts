@@ -130,7 +130,7 @@ export interface Addon {
   optimizerStep(o: Handle, lr: number, maxGradNorm: number): Promise<number>;
   optimizerSave(o: Handle, path: string): Promise<void>;
   optimizerLoad(o: Handle, path: string, entries: RawEntry[], step: number): Promise<void>;
-  benchMatmul(n: number, iters: number): Promise<number>;
+  benchMatmul(n: number, iters: number, dtype: 'float32' | 'bfloat16'): Promise<number>;
   torchInfo(): string;
   emptyCpuCache(): Promise<void>;
   /** Adds an adapter of `method` (not active yet); resolves to the names of the parameters it created. */

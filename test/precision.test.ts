@@ -2,7 +2,7 @@
 // step's loss, and where 50 AdamW steps end, beside each side's float32 run. Then the precision option's rules.
 import test from 'ava';
 import path from 'node:path';
-import { AdamW, LoRA, Model, Precision, TunekitError } from '../lib';
+import { AdamW, DPO, LoRA, Model, PPO, Precision, Trainer, TunekitError } from '../lib';
 import { ATTENTION_MASK, CLASS_LABELS, INPUT_IDS, LM_LABELS, python, tmpDir } from './helpers';
 
 const STEPS = 50;
@@ -92,4 +92,41 @@ test('precision: chosen at load, switched between 32-true and bf16-mixed, bf16-t
   t.true(Math.abs(first - f32) / f32 < 1e-2, `bf16 weights give the float32 loss to bf16 rounding: ${first} vs ${f32}`);
   opt.dispose();
   base.dispose();
+});
+
+test('the Trainer, DPO and PPO compute at the precision they are given; a frozen reference copy follows the policy', async (t) => {
+  const out = tmpDir('precision-trainers');
+  python('autocast.py', [out, '1']);
+  const dir = path.join(out, 'gpt2');
+  const examples = INPUT_IDS.map((ids) => ({ inputIds: ids.filter((id) => id !== 0) }));
+  const firstLoss = async (precision: Precision) => {
+    const model = await Model.fromPretrained(dir);
+    const optimizer = new AdamW(model, { lr: 1e-3 });
+    const r = await new Trainer(model, { optimizer, batchSize: 3, precision }).train(examples);
+    t.is(model.precision, precision);
+    optimizer.dispose();
+    model.dispose();
+    return r.history[0].loss;
+  };
+  const [f32, bf16] = [await firstLoss('32-true'), await firstLoss('bf16-mixed')];
+  t.not(f32, bf16);
+  t.true(Math.abs(f32 - bf16) / f32 < 1e-2, `${f32} vs ${bf16}`);
+
+  // The default reference of a full policy is a frozen copy; at the policy's precision the log-ratios start at exactly
+  // 0 and the loss at log 2. A copy left in float32 under a bf16 policy would not give that.
+  const policy = await Model.fromPretrained(dir);
+  const pairs = [{ promptIds: [5, 6, 7], chosenIds: [8, 9, 2], rejectedIds: [20, 21, 2] }];
+  const dpo = new DPO(policy, { precision: 'bf16-mixed', lr: 1e-3, batchSize: 1 });
+  const start = (await dpo.evaluate(pairs)).loss;
+  t.true(Math.abs(start - Math.log(2)) < 1e-6, `DPO loss ${start} at log-ratios 0`);
+  await dpo.train(pairs);
+  t.is(policy.precision, 'bf16-mixed');
+  dpo.dispose();
+  await policy.setPrecision('32-true');
+  const ppo = await PPO.create(policy, { rewardFn: (s) => s.map(() => 1), responseLength: 2, precision: 'bf16-mixed' });
+  t.is(policy.precision, 'bf16-mixed');
+  const stats = await ppo.step(await ppo.rollout([[5, 6, 7]]));
+  t.true(Number.isFinite(stats['objective/kl']));
+  ppo.dispose();
+  policy.dispose();
 });

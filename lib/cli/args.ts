@@ -2,6 +2,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ParseArgsConfig } from 'node:util';
+import { Device, Precision, PRECISIONS } from '../model';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const DEFAULT_MODEL = path.join(ROOT, 'models', 'tiny-distilbert');
@@ -75,3 +76,15 @@ export function checkpointing(o: Opts, out: string): { checkpointDir?: string; c
   if (o['checkpoint-every'] === undefined && !resume) return {};
   return { checkpointDir: path.join(out, 'checkpoints'), checkpointEvery: num(o, 'checkpoint-every', undefined, 'int'), resume };
 }
+
+/** Where and how a command's models compute: --device and --precision, checked. */
+export function computeOptions(o: Opts): { device: Device; precision: Precision } {
+  const device = (o.device ?? 'cpu') as Device;
+  if (device !== 'cpu' && device !== 'cuda') throw new UsageError(`--device must be cpu or cuda, got ${JSON.stringify(o.device)}`);
+  const precision = (o.precision ?? '32-true') as Precision;
+  if (!PRECISIONS.includes(precision))
+    throw new UsageError(`--precision must be one of ${PRECISIONS.join(', ')}, got ${JSON.stringify(o.precision)}`);
+  return { device, precision };
+}
+
+export const PRECISION_HELP = `${PRECISIONS.join(' | ')} (default 32-true); bf16-mixed computes products and attention in bfloat16 under autocast, keeping float32 weights`;

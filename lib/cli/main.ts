@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { CHECKPOINT_FLAGS, checkpointing, Command, modelDir, num, Opts, prepareOut, UsageError } from './args';
+import { CHECKPOINT_FLAGS, checkpointing, Command, computeOptions, PRECISION_HELP, modelDir, num, Opts, prepareOut, UsageError } from './args';
 import { RL_COMMANDS } from './rl';
 import { loadSplits, Splits } from '../data';
 import { TunekitError } from '../errors';
@@ -42,14 +42,13 @@ function checkClasses(splits: Splits): void {
 
 /** Loads the model for the data: a classification head sized to the labels, or the model's own language-model task. */
 async function modelFor(dir: string, splits: Splits, o: Opts): Promise<Model> {
-  const device = (o.device as 'cpu' | 'cuda' | undefined) ?? 'cpu';
   const seed = num(o, 'seed', 42, 'int');
   checkClasses(splits);
   if (splits.train.kind === 'classification') {
     const labelNames = splits.train.labelNames!;
-    return Model.fromPretrained(dir, { task: 'sequence-classification', numLabels: labelNames.length, labelNames, device, seed });
+    return Model.fromPretrained(dir, { task: 'sequence-classification', numLabels: labelNames.length, labelNames, seed, ...computeOptions(o) });
   }
-  return Model.fromPretrained(dir, { task: 'causal-lm', device, seed });
+  return Model.fromPretrained(dir, { task: 'causal-lm', seed, ...computeOptions(o) });
 }
 
 function describe(r: { accuracy?: number; perplexity?: number; loss: number; examples: number }): string {
@@ -66,6 +65,7 @@ const common = {
   'label-field': { type: 'string' },
   seed: { type: 'string' },
   device: { type: 'string' },
+  precision: { type: 'string' },
   quiet: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -78,6 +78,7 @@ const commonHelp = {
   'label-field': 'the field holding the class label (default: label)',
   seed: 'seed for the head initialisation, shuffling and file splits (default 42)',
   device: 'cpu or cuda (default cpu)',
+  precision: PRECISION_HELP,
   quiet: 'no progress bar',
 };
 
@@ -296,7 +297,7 @@ const COMMANDS: Record<string, Command> = {
         );
       const model = await Model.fromPretrained(dir, {
         task: data.kind === 'classification' ? 'sequence-classification' : 'causal-lm',
-        device: (o.device as 'cpu' | 'cuda') ?? 'cpu',
+        ...computeOptions(o),
         ...(o.adapter && data.kind === 'classification' && !isClassifier ? { numLabels: data.labelNames!.length } : {}),
       });
       if (o.adapter) await model.loadAdapter(path.resolve(String(o.adapter)));
@@ -322,6 +323,7 @@ const COMMANDS: Record<string, Command> = {
       'top-p': { type: 'string' },
       seed: { type: 'string' },
       device: { type: 'string' },
+      precision: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     help: {
@@ -333,12 +335,13 @@ const COMMANDS: Record<string, Command> = {
       'top-p': 'sample from the smallest set with this much probability',
       seed: 'seed for sampling (default 0)',
       device: 'cpu or cuda (default cpu)',
+      precision: PRECISION_HELP,
     },
     async run(o) {
       if (o.model === undefined) throw new UsageError('--model is required (e.g. models/tiny-gpt2)');
       if (typeof o.prompt !== 'string' || o.prompt.length === 0) throw new UsageError('--prompt TEXT is required');
       const dir = modelDir(o);
-      const model = await Model.fromPretrained(dir, { task: 'causal-lm', device: (o.device as 'cpu' | 'cuda') ?? 'cpu' });
+      const model = await Model.fromPretrained(dir, { task: 'causal-lm', ...computeOptions(o) });
       const tok = await Tokenizer.fromPretrained(dir);
       const ids = tok.encode(o.prompt);
       const [outIds] = await model.generate(
@@ -365,7 +368,7 @@ async function runFeatures(dir: string, splits: Splits, tok: Tokenizer, maxLengt
   const pooling = o.pooling as Pooling | undefined;
   if (pooling !== undefined && !['cls', 'mean', 'last'].includes(pooling))
     throw new UsageError(`--pooling must be cls, mean or last, got ${JSON.stringify(pooling)}`);
-  const model = await Model.fromPretrained(dir, { task: 'feature-extraction', device: (o.device as 'cpu' | 'cuda') ?? 'cpu' });
+  const model = await Model.fromPretrained(dir, { task: 'feature-extraction', ...computeOptions(o) });
   const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength }));
   console.log(
     `feature-based classification with ${dir} on ${splits.train.source}: ${train.length} train / ${validation.length} validation / ${test.length} test examples`,

@@ -13,7 +13,7 @@ import { DPO, DPOLossType, GRPO, PPO, PreferencePair, readPairs, RewardTrainer, 
 import type { RewardFn } from '../rl/score';
 import { writeJsonAtomic } from '../safetensors';
 import { Tokenizer } from '../tokenizer';
-import { CHECKPOINT_FLAGS, checkpointing, Command, modelDir, num, Opts, prepareOut, UsageError } from './args';
+import { CHECKPOINT_FLAGS, checkpointing, Command, computeOptions, PRECISION_HELP, modelDir, num, Opts, prepareOut, UsageError } from './args';
 import { CheckpointDir } from '../checkpoint';
 
 const BUILTIN_PAIRS = 'builtin:sentiment-pairs';
@@ -43,7 +43,7 @@ function reviewPrompts(tok: Tokenizer, count: number, seed: number): number[][] 
 async function rewardOf(o: Opts, policyTok: Tokenizer): Promise<{ fn: RewardFn; model: Model }> {
   if (o['reward-model'] === undefined) throw new UsageError('--reward-model DIR is required (a reward model or a classifier)');
   const dir = modelDir({ model: o['reward-model'] });
-  const model = await Model.fromPretrained(dir, { task: 'sequence-classification' });
+  const model = await Model.fromPretrained(dir, { task: 'sequence-classification', ...computeOptions(o) });
   const tok = await Tokenizer.fromPretrained(dir);
   let index = 0;
   if (model.numLabels > 1) {
@@ -85,6 +85,7 @@ const shared = {
   lr: { type: 'string' },
   'batch-size': { type: 'string' },
   seed: { type: 'string' },
+  precision: { type: 'string' },
   lora: { type: 'boolean' },
   ...CHECKPOINT_FLAGS.options,
   overwrite: { type: 'boolean' },
@@ -98,6 +99,7 @@ const sharedHelp = {
   lr: 'learning rate',
   'batch-size': 'pairs (or prompts) per step',
   seed: 'seed (default 42)',
+  precision: `${PRECISION_HELP} (the policy and the reward model)`,
   lora: 'train a LoRA adapter (r 8, alpha 16) instead of every weight; --out gets a PEFT adapter',
   ...CHECKPOINT_FLAGS.help,
   overwrite: 'replace what --out holds',
@@ -106,7 +108,7 @@ const sharedHelp = {
 
 async function policyOf(o: Opts, task: 'causal-lm' | 'sequence-classification', extra = {}) {
   const dir = modelDir(o);
-  const model = await Model.fromPretrained(dir, { task, seed: num(o, 'seed', 42, 'int'), ...extra });
+  const model = await Model.fromPretrained(dir, { task, seed: num(o, 'seed', 42, 'int'), ...computeOptions(o), ...extra });
   if (o.lora) await new LoRA({ r: 8, alpha: 16, seed: num(o, 'seed', 42, 'int') }).apply(model);
   return { dir, model, tok: await Tokenizer.fromPretrained(dir) };
 }

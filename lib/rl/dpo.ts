@@ -100,7 +100,7 @@ export class DPO {
   /** The DPO loss and TRL's reward statistics over the pairs, with dropout off. */
   async evaluate(pairs: (PreferencePair | TokenizedPair)[]): Promise<DPOEvaluation> {
     const data = tokenizePairs(pairs, this.options.tokenizer, this.maxLength, 'DPO.evaluate');
-    const s = await evaluatePairs(this.policy, data, this.options.batchSize, (batch) => this.run(batch, false));
+    const s = await evaluatePairs(this.policy, data, this.options, (batch) => this.run(batch, false));
     return {
       loss: s.loss,
       'rewards/chosen': s['rewards/chosen'],

@@ -3,7 +3,7 @@
  * the clipped per-token surrogate, and optionally beta times a KL estimate to the reference. No value model.
  */
 import { TunekitError } from '../errors';
-import { Model } from '../model';
+import { Model, Precision } from '../model';
 import { AdamW } from '../optim';
 import { shuffled } from '../random';
 import { CheckpointDir, checkFolder, loadCheckpoint, LoopState, saveCheckpoint } from '../checkpoint';
@@ -41,6 +41,8 @@ export interface GRPOOptions extends Scoring {
   disableDropout?: boolean;
   stopTokenId?: number;
   seed?: number;
+  /** Sets the policy's precision (Model.setPrecision) for rollouts and updates; default: the precision it has. */
+  precision?: Precision;
 }
 
 const GRPO_OPTIONS = [
@@ -64,6 +66,7 @@ const GRPO_OPTIONS = [
   'disableDropout',
   'stopTokenId',
   'seed',
+  'precision',
 ];
 
 export interface GRPOTrainOptions {
@@ -117,6 +120,7 @@ export class GRPO {
     checkBoolean(o.biasCorrectionKl, 'biasCorrectionKl', true);
     if (o.stopTokenId !== undefined)
       checkNumber(o.stopTokenId, 'stopTokenId', { integer: true, min: 0, max: policy.vocabSize, maxExclusive: true });
+    if (o.precision !== undefined) await policy.setPrecision(o.precision);
     const reference = (o.beta ?? 0) > 0 ? await Reference.of(policy, o.reference) : undefined;
     const optimizer = new AdamW(policy, { lr: o.lr ?? 1e-6, weightDecay: 0, maxGradNorm: o.maxGradNorm ?? 1 });
     return new GRPO(policy, { ...o }, reference, optimizer);

@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import { builtinSplits } from '../data/builtin';
 import { TunekitError } from '../errors';
-import type { Model } from '../model';
+import type { Model, Precision } from '../model';
 import { AdamW } from '../optim';
 import { shuffled } from '../random';
 import type { Tokenizer } from '../tokenizer';
@@ -47,6 +47,8 @@ export interface PairTrainingOptions {
   tokenizer?: Tokenizer;
   /** Train with dropout off (default true, as TRL's RewardTrainer and DPOTrainer). */
   disableDropout?: boolean;
+  /** Sets the model's precision for training and evaluation (Model.setPrecision); default: the precision it has. */
+  precision?: Precision;
   /** Save a checkpoint every this many steps into checkpointDir (as the Trainer: checkpoint-<step>, latest.json). */
   checkpointEvery?: number;
   checkpointDir?: string;
@@ -68,6 +70,7 @@ export const PAIR_TRAINING_OPTIONS = [
   'maxLength',
   'tokenizer',
   'disableDropout',
+  'precision',
   'checkpointEvery',
   'checkpointDir',
   'keepCheckpoints',
@@ -199,6 +202,7 @@ export async function trainOnPairs(
   });
   let history: PairStats[] = [];
   let resumedFrom: number | undefined;
+  if (options.precision !== undefined) await model.setPrecision(options.precision);
   try {
     const latest = checkpoints?.latest(checkBoolean(options.resume, 'resume', true));
     if (latest) {
@@ -232,15 +236,19 @@ export async function trainOnPairs(
   return { steps: history.length, history, ...(resumedFrom !== undefined ? { resumedFrom } : {}) };
 }
 
-/** The statistics of `run` over the pairs in batches, with dropout off, each batch weighted by its number of pairs. */
+/**
+ * The statistics of `run` over the pairs in batches of options.batchSize, with dropout off and at options.precision,
+ * each batch weighted by its number of pairs.
+ */
 export async function evaluatePairs(
   model: Model,
   pairs: TokenizedPair[],
-  batchSize: number | undefined,
+  options: PairTrainingOptions,
   run: (batch: TokenizedPair[]) => Promise<PairStats>,
 ): Promise<PairStats> {
+  if (options.precision !== undefined) await model.setPrecision(options.precision);
   await model.eval();
-  const bs = batchSize ?? 8;
+  const bs = options.batchSize ?? 8;
   const out: PairStats = {};
   for (let i = 0; i < pairs.length; i += bs) {
     const batch = pairs.slice(i, i + bs);

@@ -5,7 +5,7 @@
  * (native/core/rl/objectives.cpp); this file drives them.
  */
 import { TunekitError } from '../errors';
-import { Model } from '../model';
+import { Model, Precision } from '../model';
 import { AdamW } from '../optim';
 import { shuffled } from '../random';
 import { checkBoolean, checkNumber, checkOptions } from '../validate';
@@ -40,6 +40,8 @@ export interface PPOOptions extends Scoring {
   /** Update with dropout off (default true, as TRL's PPOv2: old and new log-probabilities then agree at the start). */
   disableDropout?: boolean;
   seed?: number;
+  /** Sets the policy's precision (Model.setPrecision) for rollouts and updates; default: the precision it has. */
+  precision?: Precision;
 }
 
 const PPO_OPTIONS = [
@@ -66,6 +68,7 @@ const PPO_OPTIONS = [
   'maxGradNorm',
   'disableDropout',
   'seed',
+  'precision',
 ];
 
 export interface Rollout {
@@ -124,6 +127,7 @@ export class PPO {
     }
     checkScoring(o);
     await policy.addValueHead();
+    if (o.precision !== undefined) await policy.setPrecision(o.precision);
     const reference = await Reference.of(policy, o.reference);
     const optimizer = new AdamW(policy, {
       lr: o.lr ?? 3e-6,

@@ -36,6 +36,8 @@ export class Reference {
 
   /** The reference's log-probabilities of each next token, [rows, seq - 1] (Model.tokenLogprobs). */
   async logprobs(batch: BatchInput, temperature = 1): Promise<FloatArray> {
+    // The owned copy follows the policy's precision (a run may switch it after the copy was made).
+    if (this.copy && this.copy.precision !== this.policy.precision) await this.copy.setPrecision(this.policy.precision);
     const model = this.given ?? this.copy;
     if (model) {
       await model.eval();
@@ -60,12 +62,12 @@ export class Reference {
   }
 }
 
-/** A frozen, eval-mode copy of a model's current weights (through a temporary checkpoint folder). */
+/** A frozen, eval-mode copy of a model's current weights and precision (through a temporary checkpoint folder). */
 async function frozenCopyOf(model: Model): Promise<Model> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tunekit-reference-'));
   try {
     await model.savePretrained(dir);
-    const copy = await Model.fromPretrained(dir, { task: 'causal-lm', device: model.device });
+    const copy = await Model.fromPretrained(dir, { task: 'causal-lm', device: model.device, precision: model.precision });
     await copy.setTrainable('all', false);
     return copy;
   } finally {

@@ -82,7 +82,7 @@ export class RewardTrainer {
   /** Loss, pairwise accuracy, mean margin and mean reward over the pairs, with dropout off. */
   async evaluate(pairs: (PreferencePair | TokenizedPair)[]): Promise<RewardEvaluation> {
     const data = tokenizePairs(pairs, this.options.tokenizer, this.maxLength, 'RewardTrainer.evaluate');
-    const s = await evaluatePairs(this.model, data, this.options.batchSize, (batch) => this.run(batch, false));
+    const s = await evaluatePairs(this.model, data, this.options, (batch) => this.run(batch, false));
     return { loss: s.loss, accuracy: s.accuracy, margin: s.margin, meanReward: s.meanReward, pairs: data.length };
   }
 }

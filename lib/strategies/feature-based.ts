@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { collateExamples, Example } from '../trainer';
 import { LogisticRegression, LogisticRegressionOptions } from '../logreg';
-import type { Model, Pooling } from '../model';
+import type { Model, Pooling, Precision } from '../model';
 import { atomicWrite } from '../safetensors';
 import { TunekitError } from '../errors';
 import { checkOptions } from '../validate';
@@ -17,6 +17,8 @@ export interface FeatureBasedOptions extends LogisticRegressionOptions {
   /** How a sequence becomes one vector (default: the family's, lib/families.ts: cls for encoders, last for decoders). */
   pooling?: Pooling;
   batchSize?: number;
+  /** Sets the model's precision for embedding (Model.setPrecision); default: the precision it has. */
+  precision?: Precision;
   /** Folder to keep embeddings in, so a second run on the same model and data skips the model. */
   cacheDir?: string;
   onProgress?: (done: number, total: number) => void;
@@ -28,7 +30,7 @@ export class FeatureBased {
   constructor(readonly options: FeatureBasedOptions = {}) {
     const { C, maxIter, tol } = checkOptions(
       options,
-      ['C', 'maxIter', 'tol', 'pooling', 'batchSize', 'cacheDir', 'onProgress'],
+      ['C', 'maxIter', 'tol', 'pooling', 'batchSize', 'precision', 'cacheDir', 'onProgress'],
       'FeatureBased',
     );
     this.classifier = new LogisticRegression({ C, maxIter, tol });
@@ -38,6 +40,7 @@ export class FeatureBased {
   async embed(model: Model, examples: Example[]): Promise<{ data: Float32Array; dim: number }> {
     if (!Array.isArray(examples) || examples.length === 0) throw new TunekitError('E_ARG', 'features: no examples to embed');
     const pooling = this.options.pooling ?? model.family.pooling;
+    if (this.options.precision !== undefined) await model.setPrecision(this.options.precision);
     await model.eval();
     const key = this.options.cacheDir ? await cacheKey(model, examples, pooling) : undefined;
     const file = key ? path.join(this.options.cacheDir!, `${key}.f32`) : undefined;
@@ -118,7 +121,7 @@ export class FeatureBased {
 async function cacheKey(model: Model, examples: Example[], pooling: Pooling): Promise<string> {
   const probe = await model.embed({ inputIds: [[1, 2, 3, 4, 5, 6, 7, 8]] }, { pooling });
   const h = crypto.createHash('sha256');
-  h.update(JSON.stringify({ config: model.config, task: model.task, pooling }));
+  h.update(JSON.stringify({ config: model.config, task: model.task, pooling, precision: model.precision }));
   h.update(Buffer.from(probe.data.buffer, probe.data.byteOffset, probe.data.byteLength));
   for (const e of examples) h.update(Int32Array.from(e.inputIds)).update('|');
   return h.digest('hex').slice(0, 32);

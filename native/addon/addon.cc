@@ -29,8 +29,10 @@ Napi::Value CudaAvailable(const Napi::CallbackInfo& info) { return Napi::Boolean
 
 Napi::Value BenchMatmul(const Napi::CallbackInfo& info) {
   auto n = int64_t(number_arg(info, 0, "n")), iters = int64_t(number_arg(info, 1, "iters"));
+  auto dtype = string_arg(info, 2, "dtype");
   return run<double>(
-      info.Env(), [n, iters] { return bench_matmul(n, iters); }, [](Napi::Env env, double& g) { return Napi::Number::New(env, g); });
+      info.Env(), [n, iters, dtype] { return bench_matmul(n, iters, dtype); },
+      [](Napi::Env env, double& g) { return Napi::Number::New(env, g); });
 }
 
 Napi::Value TorchInfo(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), torch_info()); }

@@ -148,9 +148,9 @@ void manual_seed(uint64_t seed);
 std::vector<uint8_t> rng_state();
 void set_rng_state(const std::vector<uint8_t>& state);
 bool cuda_available();
-// float32 matrix-multiply throughput (GFLOP/s) of an n x n product through this libtorch, the better of MKL and
-// oneDNN: the machine's ceiling.
-double bench_matmul(int64_t n, int64_t iters);
+// Matrix-multiply throughput (GFLOP/s) of an n x n product in dtype ("float32": the better of MKL and oneDNN;
+// "bfloat16") through this libtorch: the machine's ceiling for that dtype.
+double bench_matmul(int64_t n, int64_t iters, const std::string& dtype);
 std::string torch_info();  // {"torch", "threads", "cpuAllocator", "cpuCache": {...}, "gemm"}, as JSON
 
 // The caching CPU allocator (alloc.cpp). Installed once, before any tensor work, unless TUNEKIT_CPU_ALLOCATOR=system;

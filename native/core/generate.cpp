@@ -20,6 +20,10 @@ std::vector<std::vector<int32_t>> generate(Model& m, const Batch& b, const Gener
   torch::Tensor input = ids, keys;
   const int64_t extra = c.virtual_tokens() + c.prefix_tokens();
   kv.capacity = ids.size(1) + extra + g.max_new_tokens;
+  // One autocast scope around every step: its cache keeps the lower-precision copies of the trainable weights from one
+  // token to the next instead of casting them again for each (frozen weights are cast per use, as in torch).
+  std::optional<AutocastScope> autocast;
+  if (m.autocast) autocast.emplace(m.device.type(), *m.autocast);
   for (int64_t step = 0; step < g.max_new_tokens; step++) {
     if (m.family->positions != Family::Positions::rotary && ids.size(1) + extra >= m.spec.max_positions) break;
     auto logits = c.run(input, kv.len > 0 ? keys : mask).logits.select(1, -1).to(torch::kFloat32);

@@ -26,12 +26,12 @@ void set_rng_state(const std::vector<uint8_t>& state) {
 
 bool cuda_available() { return torch::cuda::is_available(); }
 
-double bench_matmul(int64_t n, int64_t iters) {
+double bench_matmul(int64_t n, int64_t iters, const std::string& dtype) {
   if (n < 1 || iters < 1) throw Error("E_ARG", "bench_matmul needs n >= 1 and iters >= 1");
+  auto t = parse_dtype(dtype);
   torch::NoGradGuard g;
-  auto a = torch::randn({n, n}), b = torch::randn({n, n}), c = torch::empty({n, n});
-  // The better of the two matmul libraries inside this libtorch (MKL through aten, oneDNN through matmul_nt), since
-  // tunekit's dense layers use both: the ceiling is the best square product the machine gives either.
+  auto opts = torch::TensorOptions().dtype(t);
+  auto a = torch::randn({n, n}, opts), b = torch::randn({n, n}, opts), c = torch::empty({n, n}, opts);
   auto rate = [&](const std::function<void()>& product) {
     product();  // warm-up: thread pool, caches, oneDNN's kernel generation
     auto t0 = std::chrono::steady_clock::now();
@@ -39,9 +39,12 @@ double bench_matmul(int64_t n, int64_t iters) {
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return 2.0 * double(n) * double(n) * double(n) * double(iters) / s / 1e9;
   };
-  double mkl = rate([&] { torch::mm_out(c, a, b); });
+  double aten = rate([&] { torch::mm_out(c, a, b); });
+  if (t != torch::kFloat32) return aten;  // aten's reduced-precision products already run through oneDNN
+  // In float32 the better of the two matmul libraries inside this libtorch (MKL through aten, oneDNN through
+  // matmul_nt), since tunekit's dense layers use both: the ceiling is the best square product the machine gives either.
   double onednn = rate([&] { c = matmul_nt(a, b, torch::Tensor()); });
-  return std::max(mkl, onednn);
+  return std::max(aten, onednn);
 }
 
 std::string torch_info() {
