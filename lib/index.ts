@@ -6,7 +6,7 @@ export type { Dims, Task, ModelType } from './families';
 export { FAMILIES, MODEL_TYPES } from './families';
 export { Tokenizer } from './tokenizer';
 export type { EncodeBatchOptions } from './tokenizer';
-export { AdamW, SGD, scheduleFactor } from './optim';
+export { AdamW, GradScaler, SGD, scheduleFactor } from './optim';
 export type { Optimizer, OptimizerOptions, AdamWOptions, SGDOptions, Schedule, ScheduleType, StepResult } from './optim';
 export { Trainer, evaluateModel, collateExamples } from './trainer';
 export type { Example, Progress, TrainerOptions, TrainResult, EvalResult } from './trainer';

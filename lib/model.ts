@@ -599,10 +599,12 @@ export class Model {
   }
 
   /** config.json + model.safetensors, loadable by transformers' from_pretrained. Each file lands atomically. */
-  async savePretrained(dir: string, options: { includeAdapters?: boolean } = {}): Promise<void> {
-    checkOptions(options, ['includeAdapters'], 'savePretrained');
+  async savePretrained(dir: string, options: { includeAdapters?: boolean; dtype?: DType } = {}): Promise<void> {
+    checkOptions(options, ['includeAdapters', 'dtype'], 'savePretrained');
+    // float32 unless asked: a bf16-true model's checkpoint loads anywhere, and back into bfloat16 without loss.
+    const dtype = checkChoice<DType>(options.dtype, ['float32', 'bfloat16'], 'dtype', 'float32');
     fs.mkdirSync(dir, { recursive: true });
-    const config: HFConfig = { ...this.config, architectures: [this.family.architectures[this.task]!], dtype: this.dtype };
+    const config: HFConfig = { ...this.config, architectures: [this.family.architectures[this.task]!], dtype };
     if (this.task === 'sequence-classification') {
       config.num_labels = this.numLabels;
       const labels = this.labelNames;
@@ -622,7 +624,7 @@ export class Model {
       names = base.map((n) => over.get(n) ?? n);
       keys = base;
     }
-    await atomicWrite(path.join(dir, 'model.safetensors'), (tmp) => serial(() => addon.saveSafetensors(this.h, tmp, names, keys)));
+    await atomicWrite(path.join(dir, 'model.safetensors'), (tmp) => serial(() => addon.saveSafetensors(this.h, tmp, names, keys, dtype)));
     // A stale index from an earlier sharded save would shadow the new single file for readers that prefer it.
     fs.rmSync(path.join(dir, 'model.safetensors.index.json'), { force: true });
     await writeJsonAtomic(path.join(dir, 'config.json'), config);

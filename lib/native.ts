@@ -114,7 +114,8 @@ export interface Addon {
     metadata: Record<string, string>;
   };
   loadSafetensors(m: Handle, path: string, entries: RawEntry[]): Promise<void>;
-  saveSafetensors(m: Handle, path: string, names: string[], keys?: string[]): Promise<void>;
+  /** dtype: floating tensors cast to it; absent: each as stored. */
+  saveSafetensors(m: Handle, path: string, names: string[], keys?: string[], dtype?: 'float32' | 'bfloat16'): Promise<void>;
   forward(m: Handle, b: RawBatch, wantLogits: boolean): Promise<{ logits?: FloatArray; loss?: number }>;
   backward(m: Handle, b: RawBatch, lossScale: number): Promise<number>;
   embed(m: Handle, b: RawBatch, pooling: string): Promise<FloatArray>;
@@ -127,7 +128,8 @@ export interface Addon {
   setRngState(state: Buffer): Promise<void>;
   cudaAvailable(): boolean;
   createOptimizer(m: Handle, spec: RawOptimizerSpec): Promise<Handle>;
-  optimizerStep(o: Handle, lr: number, maxGradNorm: number): Promise<number>;
+  /** Returns the gradient norm; with skipNonFinite a non-finite norm skips the update instead of throwing E_NAN. */
+  optimizerStep(o: Handle, lr: number, maxNorm: number, gradScale: number, skipNonFinite: boolean): Promise<number>;
   optimizerSave(o: Handle, path: string): Promise<void>;
   optimizerLoad(o: Handle, path: string, entries: RawEntry[], step: number): Promise<void>;
   benchMatmul(n: number, iters: number, dtype: 'float32' | 'bfloat16'): Promise<number>;

@@ -44,6 +44,59 @@ export interface StepResult {
   gradNorm: number;
   lr: number;
   step: number;
+  /** With a GradScaler: the gradients overflowed, so no update was applied and the scale was lowered. */
+  skipped?: boolean;
+}
+
+export interface GradScalerOptions {
+  initScale?: number;
+  growthFactor?: number;
+  backoffFactor?: number;
+  growthInterval?: number;
+}
+
+/**
+ * Dynamic loss scaling for float16 training, with torch.amp.GradScaler's semantics: the loss is multiplied by `scale`
+ * before backward, so that small float16 gradients do not flush to zero; the optimizer divides the gradients by it,
+ * and skips the update when any is infinite or NaN. Each skip multiplies the scale by backoffFactor; growthInterval
+ * updates in a row without one multiply it by growthFactor. Scaling by a power of two is exact, so the updates that
+ * are applied equal unscaled training's.
+ */
+export class GradScaler {
+  scale: number;
+  readonly growthFactor: number;
+  readonly backoffFactor: number;
+  readonly growthInterval: number;
+  /** Updates applied since the last skip or growth. */
+  growthTracker = 0;
+
+  constructor(options: GradScalerOptions = {}) {
+    checkOptions(options, ['initScale', 'growthFactor', 'backoffFactor', 'growthInterval'], 'GradScaler');
+    this.scale = checkNumber(options.initScale, 'initScale', { min: 0, minExclusive: true }, 2 ** 16);
+    this.growthFactor = checkNumber(options.growthFactor, 'growthFactor', { min: 1, minExclusive: true }, 2);
+    this.backoffFactor = checkNumber(options.backoffFactor, 'backoffFactor', { min: 0, minExclusive: true, max: 1, maxExclusive: true }, 0.5);
+    this.growthInterval = checkNumber(options.growthInterval, 'growthInterval', { integer: true, min: 1 }, 2000);
+  }
+
+  /** After each step: lower the scale on an overflow, raise it after growthInterval clean steps. */
+  update(foundInf: boolean): void {
+    if (foundInf) {
+      this.scale *= this.backoffFactor;
+      this.growthTracker = 0;
+    } else if (++this.growthTracker === this.growthInterval) {
+      this.scale *= this.growthFactor;
+      this.growthTracker = 0;
+    }
+  }
+
+  state(): { scale: number; growthTracker: number } {
+    return { scale: this.scale, growthTracker: this.growthTracker };
+  }
+
+  load(state: { scale: number; growthTracker: number }): void {
+    this.scale = checkNumber(state?.scale, 'GradScaler state scale', { min: 0, minExclusive: true, code: 'E_FORMAT' });
+    this.growthTracker = checkNumber(state.growthTracker, 'GradScaler state growthTracker', { integer: true, min: 0, code: 'E_FORMAT' });
+  }
 }
 
 abstract class Optimizer {
@@ -102,15 +155,25 @@ abstract class Optimizer {
     return this.lr * scheduleFactor(this.schedule, this.steps);
   }
 
-  /** Clips, applies one update and advances the schedule. A non-finite gradient is refused (E_NAN), weights untouched. */
-  step(): Promise<StepResult> {
+  /**
+   * Clips, applies one update and advances the schedule. A non-finite gradient is refused (E_NAN), weights untouched.
+   * With a `scaler` (the gradients come from a loss multiplied by scaler.scale) the gradients are unscaled first, and
+   * an overflow skips the update instead (`skipped`, the schedule stays) and lowers the scale.
+   */
+  step(options: { scaler?: GradScaler } = {}): Promise<StepResult> {
+    checkOptions(options, ['scaler'], 'step');
+    const scaler = options.scaler;
+    if (scaler !== undefined && !(scaler instanceof GradScaler)) throw new TunekitError('E_ARG', 'scaler must be a GradScaler');
     // One queued job, so steps a caller did not await still run in call order between their backward calls.
     return serial(async () => {
       const h = await this.native();
       const lr = this.currentLr();
-      const gradNorm = await addon.optimizerStep(h, lr, this.maxGradNorm);
+      const gradNorm = await addon.optimizerStep(h, lr, this.maxGradNorm, scaler?.scale ?? 1, scaler !== undefined);
+      const skipped = !Number.isFinite(gradNorm);
+      scaler?.update(skipped);
+      if (skipped) return { gradNorm, lr, step: this.steps, skipped };
       this.steps++;
-      return { gradNorm, lr, step: this.steps };
+      return { gradNorm, lr, step: this.steps, ...(scaler ? { skipped } : {}) };
     });
   }
 

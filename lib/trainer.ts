@@ -5,7 +5,7 @@ import type { Model, Precision } from './model';
 import { CheckpointDir, checkFolder, loadCheckpoint, LoopState, saveCheckpoint } from './checkpoint';
 import { addon, serial } from './native';
 import { shuffled } from './random';
-import type { Optimizer } from './optim';
+import { GradScaler, type Optimizer } from './optim';
 import { checkBoolean, checkNumber, checkOptions, show } from './validate';
 
 /** One training example: token ids plus a class label (classification) or token labels (language modelling). */
@@ -27,6 +27,9 @@ export interface Progress {
   elapsedMs: number;
   evalLoss?: number;
   evalAccuracy?: number;
+  /** With a GradScaler: the scale after this step, and whether an overflow skipped its update. */
+  lossScale?: number;
+  skipped?: boolean;
 }
 
 export interface TrainerOptions {
@@ -52,6 +55,8 @@ export interface TrainerOptions {
   resume?: boolean;
   /** Sets the model's precision for the run (Model.setPrecision); default: the precision it has. */
   precision?: Precision;
+  /** Dynamic loss scaling (GradScaler semantics); '16-mixed' gets a default one. */
+  gradScaler?: GradScaler;
   /** Called once training ends, before the final evaluation: where a caller saves the model, so no evaluation can lose it. */
   onTrained?: () => Promise<void> | void;
   /**
@@ -96,6 +101,7 @@ const TRAINER_OPTIONS = [
   'maxLength',
   'resume',
   'precision',
+  'gradScaler',
   'transform',
   'onTrained',
 ];
@@ -107,6 +113,7 @@ interface TrainerState {
   seed: number;
   tokens: number;
   history: Progress[];
+  scaler?: { scale: number; growthTracker: number };
 }
 
 function batchSeed(seed: number, epoch: number, batch: number): number {
@@ -251,6 +258,8 @@ export class Trainer {
     if (o.checkpointDir !== undefined) checkFolder(o.checkpointDir);
     for (const k of ['onProgress', 'transform', 'onTrained'] as const)
       if (o[k] !== undefined && typeof o[k] !== 'function') throw new TunekitError('E_ARG', `${k} must be a function, got ${show(o[k])}`);
+    if (o.gradScaler !== undefined && !(o.gradScaler instanceof GradScaler))
+      throw new TunekitError('E_ARG', `gradScaler must be a GradScaler, got ${show(o.gradScaler)}`);
     if (options.maxGradNorm !== undefined) o.optimizer.maxGradNorm = checkNumber(options.maxGradNorm, 'maxGradNorm', { min: 0 });
   }
 
@@ -275,17 +284,19 @@ export class Trainer {
     if (opt.schedule.type !== 'constant' && opt.schedule.totalSteps === undefined) opt.schedule = { ...opt.schedule, totalSteps };
 
     let state: TrainerState = { step: 0, epoch: 0, batchInEpoch: 0, seed: o.seed, tokens: 0, history: [] };
+    if (o.precision !== undefined) await this.model.setPrecision(o.precision);
+    const scaler = o.gradScaler ?? (this.model.precision === '16-mixed' ? new GradScaler() : undefined);
     let resumedFrom: number | undefined;
     const latest = o.checkpointDir ? new CheckpointDir(o.checkpointDir).latest(o.resume) : undefined;
     if (latest) {
       const { kind: _kind, ...saved } = await loadCheckpoint<TrainerState & LoopState>(latest, this.model, o.optimizer, 'trainer');
       state = { ...saved, history: saved.history ?? [] };
+      if (scaler && state.scaler) scaler.load(state.scaler);
       resumedFrom = state.step;
     } else {
       await serial(() => addon.manualSeed(o.seed));
     }
 
-    if (o.precision !== undefined) await this.model.setPrecision(o.precision);
     await this.model.train();
     await opt.zeroGrad();
     const start = Date.now();
@@ -309,7 +320,7 @@ export class Trainer {
             skippedBatches++;
             continue;
           }
-          const { loss } = await this.model.backward(batch, { lossScale: 1 / inGroup });
+          const { loss } = await this.model.backward(batch, { lossScale: (scaler?.scale ?? 1) / inGroup });
           windowLoss += loss;
           windowBatches++;
           state.tokens += batch.attentionMask.reduce((a, r) => a + r.reduce((x, y) => x + y, 0), 0);
@@ -324,7 +335,7 @@ export class Trainer {
           endOfEpoch(); // every batch of the group was skipped: no step to take
           continue;
         }
-        const { gradNorm, lr } = await opt.step();
+        const { gradNorm, lr, skipped } = await opt.step(scaler ? { scaler } : {});
         await opt.zeroGrad();
         state.step++;
         endOfEpoch();
@@ -338,6 +349,7 @@ export class Trainer {
           gradNorm,
           tokensPerSecond: (state.tokens - tokensAtStart) / Math.max(1e-3, elapsedMs / 1000),
           elapsedMs,
+          ...(scaler ? { lossScale: scaler.scale, skipped: Boolean(skipped) } : {}),
         };
         windowLoss = 0;
         windowBatches = 0;
@@ -349,7 +361,7 @@ export class Trainer {
         }
         state.history.push(last);
         o.onProgress?.(last);
-        if (o.checkpointDir && o.checkpointEvery && state.step % o.checkpointEvery === 0) await this.checkpoint(state);
+        if (o.checkpointDir && o.checkpointEvery && state.step % o.checkpointEvery === 0) await this.checkpoint(state, scaler);
       }
     }
     if (skippedBatches > 0)
@@ -375,10 +387,10 @@ export class Trainer {
   }
 
   /** Model, optimizer, RNG and loop position, as checkpoint-<step> in checkpointDir. */
-  private async checkpoint(state: TrainerState): Promise<void> {
+  private async checkpoint(state: TrainerState, scaler: GradScaler | undefined): Promise<void> {
     const { checkpointDir, keepCheckpoints, optimizer } = this.options;
     await new CheckpointDir(checkpointDir!, keepCheckpoints).write(state.step, (dir) =>
-      saveCheckpoint(dir, this.model, optimizer, { kind: 'trainer', ...state }),
+      saveCheckpoint(dir, this.model, optimizer, { kind: 'trainer', ...state, ...(scaler ? { scaler: scaler.state() } : {}) }),
     );
   }
 }

@@ -2,8 +2,8 @@
 // step's loss, and where 50 AdamW steps end, beside each side's float32 run. Then the precision option's rules.
 import test from 'ava';
 import path from 'node:path';
-import { AdamW, DPO, LoRA, Model, PPO, Precision, Trainer, TunekitError } from '../lib';
-import { ATTENTION_MASK, CLASS_LABELS, INPUT_IDS, LM_LABELS, python, tmpDir } from './helpers';
+import { AdamW, DPO, GradScaler, LoRA, Model, PPO, Precision, Trainer, TunekitError } from '../lib';
+import { ATTENTION_MASK, CLASS_LABELS, INPUT_IDS, LM_LABELS, python, savedParams, tmpDir } from './helpers';
 
 const STEPS = 50;
 // bfloat16 keeps 8 significant bits: one rounding moves a value by up to u = 2^-8 of itself.
@@ -129,4 +129,33 @@ test('the Trainer, DPO and PPO compute at the precision they are given; a frozen
   t.true(Number.isFinite(stats['objective/kl']));
   ppo.dispose();
   policy.dispose();
+});
+
+test('GradScaler (a forced overflow on the CPU): overflowing steps are skipped and the scale backs off; applied steps equal unscaled training bit for bit', async (t) => {
+  const out = tmpDir('precision-scaler');
+  python('autocast.py', [out, '1']);
+  const dir = path.join(out, 'gpt2');
+  const examples = [{ inputIds: INPUT_IDS[0] }];
+  // 2^130 times a loss near 5 is beyond float32's 3.4e38: the first steps overflow until the scale has backed off.
+  const scaled = await Model.fromPretrained(dir);
+  const scaler = new GradScaler({ initScale: 2 ** 130, growthInterval: 3 });
+  const sopt = new AdamW(scaled, { lr: 1e-3 });
+  const run = await new Trainer(scaled, { optimizer: sopt, batchSize: 1, epochs: 10, gradScaler: scaler }).train(examples);
+  const skipped = run.history.filter((p) => p.skipped).length;
+  t.true(skipped >= 4 && run.history[0].skipped === true, `${skipped} of 10 steps skipped`);
+  for (let i = 1; i < run.history.length; i++) {
+    const [before, after] = [run.history[i - 1].lossScale!, run.history[i].lossScale!];
+    if (run.history[i].skipped) t.is(after, before / 2, `step ${i + 1}: a skip halves the scale`);
+    else t.true(after === before || after === before * 2, `step ${i + 1}: a clean step keeps or doubles it`);
+  }
+  t.true(run.history.some((p, i) => i > 0 && p.lossScale! > run.history[i - 1].lossScale!), 'growth after 3 clean steps is exercised');
+  t.is(sopt.stepCount, 10 - skipped);
+
+  const plain = await Model.fromPretrained(dir);
+  const popt = new AdamW(plain, { lr: 1e-3 });
+  await new Trainer(plain, { optimizer: popt, batchSize: 1, epochs: 10 - skipped }).train(examples);
+  const a = await savedParams(scaled);
+  const b = await savedParams(plain);
+  for (const [name, values] of a) t.deepEqual(Array.from(values), Array.from(b.get(name)!), name);
+  for (const m of [scaled, plain]) m.dispose();
 });

@@ -141,7 +141,8 @@ Napi::Value SaveSafetensors(const Napi::CallbackInfo& info) {
   auto names = strings(info.Env(), info[2], "names");
   std::vector<std::string> keys;
   if (info.Length() > 3 && !info[3].IsUndefined()) keys = strings(info.Env(), info[3], "keys");
-  return run_void(info.Env(), [m, path, names, keys] { save_safetensors(*m, path, names, keys); });
+  std::string dtype = info.Length() > 4 && !info[4].IsUndefined() ? string_arg(info, 4, "dtype") : "";
+  return run_void(info.Env(), [m, path, names, keys, dtype] { save_safetensors(*m, path, names, keys, dtype); });
 }
 
 Napi::Value Forward(const Napi::CallbackInfo& info) {

@@ -24,9 +24,10 @@ Napi::Value CreateOptimizer(const Napi::CallbackInfo& info) {
 
 Napi::Value OptimizerStep(const Napi::CallbackInfo& info) {
   auto o = unwrap<Optimizer>(info, 0, "optimizer");
-  double lr = number_arg(info, 1, "lr"), max_norm = number_arg(info, 2, "maxGradNorm");
+  double lr = number_arg(info, 1, "lr"), max_norm = number_arg(info, 2, "maxGradNorm"), scale = number_arg(info, 3, "gradScale");
+  bool skip = bool_arg(info, 4, "skipNonFinite");
   return run<double>(
-      info.Env(), [o, lr, max_norm] { return optimizer_step(*o, lr, max_norm); },
+      info.Env(), [o, lr, max_norm, scale, skip] { return optimizer_step(*o, lr, max_norm, scale, skip); },
       [](Napi::Env env, double& n) { return Napi::Number::New(env, n); });
 }
 

@@ -95,7 +95,8 @@ void set_training(Model& m, bool training);
 void set_autocast(Model& m, const std::string& dtype);
 void load_safetensors(Model& m, const std::string& path, const std::vector<TensorEntry>& entries);
 // Writes every parameter (or those named) to path as safetensors; the caller renames it into place.
-void save_safetensors(Model& m, const std::string& path, const std::vector<std::string>& names, const std::vector<std::string>& keys = {});
+void save_safetensors(Model& m, const std::string& path, const std::vector<std::string>& names, const std::vector<std::string>& keys = {},
+                      const std::string& dtype = "");
 
 ForwardResult forward(Model& m, const Batch& b, bool want_logits);
 double backward(Model& m, const Batch& b, double loss_scale);
@@ -166,7 +167,10 @@ void empty_cpu_cache();  // returns every idle cached block to the system
 std::shared_ptr<Optimizer> create_optimizer(Model& m, const OptimizerSpec& spec);
 // Clips (if max_norm > 0) and applies one update; returns the pre-clip gradient norm.
 // Refuses (E_NAN) a non-finite gradient, leaving the weights untouched.
-double optimizer_step(Optimizer& o, double lr, double max_norm);
+// One update from the accumulated gradients, which come from a loss multiplied by grad_scale (1: unscaled): they are
+// divided by it, clipped to max_norm (0: no clipping), and applied. Returns the unscaled gradient norm. A non-finite
+// norm is E_NAN, or with skip_non_finite (dynamic loss scaling) no update at all and the norm returned as it is.
+double optimizer_step(Optimizer& o, double lr, double max_norm, double grad_scale, bool skip_non_finite);
 void optimizer_save(Optimizer& o, const std::string& path);
 void optimizer_load(Optimizer& o, const std::string& path, const std::vector<TensorEntry>& entries, int64_t step);
 int64_t optimizer_steps(Optimizer& o);

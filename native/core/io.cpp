@@ -127,8 +127,11 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   require(ok, "E_FILE", "write failed for '" + path + "' (disk full?)");
 }
 
-void save_safetensors(Model& m, const std::string& path, const std::vector<std::string>& names, const std::vector<std::string>& keys) {
+void save_safetensors(Model& m, const std::string& path, const std::vector<std::string>& names, const std::vector<std::string>& keys,
+                      const std::string& dtype) {
   if (!keys.empty() && keys.size() != names.size()) throw Error("E_ARG", "save: keys must pair one to one with names");
+  // Floating tensors in the asked dtype ("": each as stored); integer buffers as they are.
+  auto as = [&](const torch::Tensor& t) { return dtype.empty() || !t.is_floating_point() ? t : t.to(parse_dtype(dtype)); };
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   const auto& list = names.empty() ? m.order : names;
   for (size_t i = 0; i < list.size(); i++) {
@@ -140,10 +143,10 @@ void save_safetensors(Model& m, const std::string& path, const std::vector<std::
       const auto* a = m.adapter(name.substr(1, colon - 1));
       require(a != nullptr, "E_ARG", "save: '" + name + "' names no adapter");
       torch::NoGradGuard g;
-      tensors.emplace_back(key, a->exported(m, name.substr(colon + 1)).contiguous());
+      tensors.emplace_back(key, as(a->exported(m, name.substr(colon + 1))).contiguous());
       continue;
     }
-    tensors.emplace_back(key, m.stored(name));  // the stored tensor itself, never an adapter's stand-in
+    tensors.emplace_back(key, as(m.stored(name)));  // the stored tensor itself, never an adapter's stand-in
   }
   write_safetensors(path, tensors);
 }

@@ -1,6 +1,7 @@
-// The core without Node: build a tiny model of each family, check training reduces the loss (bare and under each
-// PEFT method), that a bad token id and a bad config are refused, and that the device works. Run by ctest (CPU, and CUDA where the libtorch
-// has it).
+// The core without Node: build a tiny model of each family, check training reduces the loss (bare, under each PEFT
+// method, and under autocast: bfloat16, and float16 with loss scaling on CUDA), that an overflowing scaled step is
+// skipped, that a bad token id and a bad config are refused, and that the device works. Run by ctest (CPU, and CUDA
+// where the libtorch has it).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -58,9 +59,11 @@ static Batch batch(bool classification) {
   return b;
 }
 
-static void trains(const std::string& family, const std::string& task, const std::string& device, const AdapterSpec* peft = nullptr) {
+static void trains(const std::string& family, const std::string& task, const std::string& device, const AdapterSpec* peft = nullptr,
+                   const std::string& autocast = "float32") {
   auto m = create_model(tiny(family, task, device));
-  std::string label = family + " " + task + (peft ? " + " + peft->method : "");
+  set_autocast(*m, autocast);
+  std::string label = family + " " + task + (peft ? " + " + peft->method : "") + (autocast != "float32" ? " under " + autocast + " autocast" : "");
   if (peft) {
     auto created = add_adapter(*m, *peft);
     CHECK(!created.empty(), (label + ": the adapter created no parameters").c_str());
@@ -75,15 +78,41 @@ static void trains(const std::string& family, const std::string& task, const std
   auto opt = create_optimizer(*m, os);
   auto b = batch(task == "sequence-classification");
   double first = 0, last = 0;
+  // float16 needs its loss scaled (GradScaler's default start); a skipped step halves the scale.
+  double scale = autocast == "float16" ? 65536.0 : 1.0;
   for (int i = 0; i < 20; i++) {
-    double loss = backward(*m, b, 1.0);
-    optimizer_step(*opt, peft ? 5e-2 : 1e-2, 1.0);  // the few adapter parameters of a random model move slowly
+    double loss = backward(*m, b, scale);
+    // The few adapter parameters of a random model move slowly.
+    double norm = optimizer_step(*opt, peft ? 5e-2 : 1e-2, 1.0, scale, autocast == "float16");
+    if (!std::isfinite(norm)) scale /= 2;
     zero_grad(*m);
     if (i == 0) first = loss;
     last = loss;
   }
   std::printf("%s on %s: loss %.4f -> %.4f\n", label.c_str(), device.c_str(), first, last);
   CHECK(std::isfinite(last) && last < first * (peft ? 0.98 : 0.7), (label + " did not learn").c_str());
+}
+
+// A step whose scaled gradients overflow is skipped (nothing changes) when asked, and refused as E_NAN otherwise.
+static void skips_overflowing_step(const std::string& device) {
+  auto m = create_model(tiny("gpt2", "causal-lm", device));
+  set_training(*m, true);
+  OptimizerSpec os;
+  auto opt = create_optimizer(*m, os);
+  auto b = batch(false);
+  auto before = forward(*m, b, false).loss;
+  backward(*m, b, 1e39);  // beyond float32's range: infinite gradients
+  double norm = optimizer_step(*opt, 1e-2, 1.0, 1e39, true);
+  CHECK(!std::isfinite(norm), "an overflowing step reported a finite norm");
+  CHECK(forward(*m, b, false).loss == before, "a skipped step changed the weights");
+  zero_grad(*m);
+  backward(*m, b, 1e39);
+  try {
+    optimizer_step(*opt, 1e-2, 1.0, 1e39, false);
+    CHECK(false, "an overflowing step without skipping accepted");
+  } catch (const Error& e) {
+    CHECK(e.code == "E_NAN", "wrong error code for an overflowing step");
+  }
 }
 
 static void refuses_bad_ids(const std::string& device) {
@@ -148,6 +177,10 @@ int main(int argc, char** argv) {
   trains("gpt2", "causal-lm", device, &prefix);
   auto prompt = peft("prompt", {});
   trains("llama", "causal-lm", device, &prompt);
+  trains("gpt2", "causal-lm", device, nullptr, "bfloat16");
+  trains("llama", "causal-lm", device, &lora, "bfloat16");
+  if (device == "cuda") trains("llama", "causal-lm", device, nullptr, "float16");
+  skips_overflowing_step(device);
   refuses_bad_ids(device);
   refuses_bad_config(device);
   std::printf("%s\n", failures ? "FAILED" : "all core tests passed");

@@ -37,18 +37,20 @@ std::shared_ptr<Optimizer> create_optimizer(Model& m, const OptimizerSpec& spec)
   return o;
 }
 
-static double clip(Optimizer& o, double max_norm) {
+// Unscales the gradients, then returns their global norm and clips them to max_norm; a non-finite norm is returned
+// before anything is clipped (the caller refuses or skips the step).
+static double unscale_and_clip(Optimizer& o, double max_norm, double grad_scale) {
   std::vector<torch::Tensor> grads;
   for (auto& s : o.states)
     if (s.param.grad().defined()) grads.push_back(s.param.grad());
   if (grads.empty()) return 0.0;
+  if (grad_scale != 1.0)
+    for (auto& g : grads) g.mul_(1.0 / grad_scale);
   std::vector<torch::Tensor> norms;
   for (auto& g : grads) norms.push_back(torch::linalg_vector_norm(g, 2, {}, false, torch::kFloat32));
   auto total = torch::linalg_vector_norm(torch::stack(norms), 2);
   double value = total.item<double>();
-  if (!std::isfinite(value))
-    throw Error("E_NAN", std::string("gradient norm is ") + (std::isnan(value) ? "NaN" : "infinite") +
-                             "; the step was refused and the weights are unchanged");
+  if (!std::isfinite(value)) return value;
   if (max_norm > 0) {
     auto coef = torch::clamp(max_norm / (total + 1e-6), c10::nullopt, 1.0);
     for (auto& g : grads) g.mul_(coef.to(g.scalar_type()));
@@ -56,10 +58,16 @@ static double clip(Optimizer& o, double max_norm) {
   return value;
 }
 
-double optimizer_step(Optimizer& o, double lr, double max_norm) {
+double optimizer_step(Optimizer& o, double lr, double max_norm, double grad_scale, bool skip_non_finite) {
   if (!std::isfinite(lr) || lr < 0) throw Error("E_ARG", "learning rate must be a finite number >= 0");
+  if (!std::isfinite(grad_scale) || grad_scale <= 0) throw Error("E_ARG", "gradient scale must be a finite number > 0");
   torch::NoGradGuard no_grad;
-  double norm = clip(o, max_norm);
+  double norm = unscale_and_clip(o, max_norm, grad_scale);
+  if (!std::isfinite(norm)) {
+    if (skip_non_finite) return norm;
+    throw Error("E_NAN", std::string("gradient norm is ") + (std::isnan(norm) ? "NaN" : "infinite") +
+                             "; the step was refused and the weights are unchanged");
+  }
   o.step++;
   const auto& sp = o.spec;
   if (sp.kind == "adamw") {
