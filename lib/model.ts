@@ -666,7 +666,6 @@ function readAdapterFolder(dir: string) {
   return { config, header: readHeader(file), file };
 }
 
-/** Checks the options against the config and builds the core's spec. */
 /** The precision load options ask for; `dtype: 'bfloat16'` is 'bf16-true', and a contradiction is refused. */
 function precisionOf(options: FromPretrainedOptions): Precision {
   const precision = checkChoice(options.precision, PRECISIONS, 'precision', options.dtype === 'bfloat16' ? 'bf16-true' : '32-true');
@@ -675,6 +674,7 @@ function precisionOf(options: FromPretrainedOptions): Precision {
   return precision;
 }
 
+/** Checks the options against the config and builds the core's spec. */
 function resolveSpec(config: HFConfig, options: FromPretrainedOptions, where: string): RawSpec {
   const family = familyOf(config, where);
   const task = options.task ?? defaultTask(family, config);

@@ -78,8 +78,15 @@ test('precision: chosen at load, switched between 32-true and bf16-mixed, bf16-t
   model.dispose();
   await t.throwsAsync(Model.fromPretrained(dir, { precision: 'bf16-true', dtype: 'float32' }), { message: /contradicts/ });
 
-  // bf16-true: a LoRA run on a bfloat16 base; the adapter and its optimizer state stay float32.
+  // Decoding under bf16-mixed casts the weights once per call and runs as on bfloat16 weights: bf16-true's tokens.
+  const prompt = { inputIds: [INPUT_IDS[0], INPUT_IDS[0].map((id) => (id * 7) % 90)] };
+  const mixedModel = await Model.fromPretrained(dir, { precision: 'bf16-mixed' });
+  const mixedTokens = await mixedModel.generate(prompt, { maxNewTokens: 12, eosTokenId: -1 });
+  mixedModel.dispose();
   const base = await Model.fromPretrained(dir, { precision: 'bf16-true' });
+  t.deepEqual(await base.generate(prompt, { maxNewTokens: 12, eosTokenId: -1 }), mixedTokens);
+
+  // bf16-true: a LoRA run on a bfloat16 base; the adapter and its optimizer state stay float32.
   t.is(base.dtype, 'bfloat16');
   await new LoRA({ r: 4, alpha: 8, seed: 1 }).apply(base);
   await base.train();

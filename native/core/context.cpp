@@ -40,11 +40,16 @@ int64_t ForwardContext::virtual_tokens() const { return adapter ? adapter->virtu
 int64_t ForwardContext::prefix_tokens() const { return adapter ? adapter->prefix_tokens() : 0; }
 
 const torch::Tensor& ForwardContext::P(const std::string& name) const {
+  const std::string* stored = &name;
   if (adapter && !adapter->overrides.empty()) {
     auto o = adapter->overrides.find(name);
-    if (o != adapter->overrides.end()) return m.stored(o->second);
+    if (o != adapter->overrides.end()) stored = &o->second;
   }
-  return m.stored(name);
+  if (cast_weights) {
+    auto c = cast_weights->find(*stored);
+    if (c != cast_weights->end()) return c->second;
+  }
+  return m.stored(*stored);
 }
 
 torch::Tensor ForwardContext::linear(const std::string& module, const torch::Tensor& x) const {

@@ -20,10 +20,17 @@ std::vector<std::vector<int32_t>> generate(Model& m, const Batch& b, const Gener
   torch::Tensor input = ids, keys;
   const int64_t extra = c.virtual_tokens() + c.prefix_tokens();
   kv.capacity = ids.size(1) + extra + g.max_new_tokens;
-  // One autocast scope around every step: its cache keeps the lower-precision copies of the trainable weights from one
-  // token to the next instead of casting them again for each (frozen weights are cast per use, as in torch).
+  // Under a mixed precision the weights are cast to its dtype once for the whole call, and decoding then runs as on
+  // lower-precision weights: autocast would cast every weight again at every token, which costs more than the product
+  // (measured: 3x slower than float32 per token at batch 1-8, against 0.6-0.9x with the copies).
   std::optional<AutocastScope> autocast;
-  if (m.autocast) autocast.emplace(m.device.type(), *m.autocast);
+  std::unordered_map<std::string, torch::Tensor> cast;
+  if (m.autocast) {
+    autocast.emplace(m.device.type(), *m.autocast);
+    for (const auto& [name, p] : m.params)
+      if (p.is_floating_point() && p.scalar_type() != *m.autocast) cast.emplace(name, p.to(*m.autocast));
+    c.cast_weights = &cast;
+  }
   for (int64_t step = 0; step < g.max_new_tokens; step++) {
     if (m.family->positions != Family::Positions::rotary && ids.size(1) + extra >= m.spec.max_positions) break;
     auto logits = c.run(input, kv.len > 0 ? keys : mask).logits.select(1, -1).to(torch::kFloat32);

@@ -68,6 +68,9 @@ class ForwardContext {
   const AdapterMethod* adapter;
   KVCache* cache;
   bool training;
+  // Lower-precision copies of the weights that P() returns instead of the stored ones (generation under a mixed
+  // precision: cast once per call rather than at every token), or none.
+  const std::unordered_map<std::string, torch::Tensor>* cast_weights = nullptr;
 
   ForwardContext(const Model& model, const AdapterMethod* adapter, bool training, KVCache* cache = nullptr);
   // Runs the family's forward (virtual tokens and prefix values prepared here, once per call).
