@@ -74,7 +74,12 @@ export class GradScaler {
     checkOptions(options, ['initScale', 'growthFactor', 'backoffFactor', 'growthInterval'], 'GradScaler');
     this.scale = checkNumber(options.initScale, 'initScale', { min: 0, minExclusive: true }, 2 ** 16);
     this.growthFactor = checkNumber(options.growthFactor, 'growthFactor', { min: 1, minExclusive: true }, 2);
-    this.backoffFactor = checkNumber(options.backoffFactor, 'backoffFactor', { min: 0, minExclusive: true, max: 1, maxExclusive: true }, 0.5);
+    this.backoffFactor = checkNumber(
+      options.backoffFactor,
+      'backoffFactor',
+      { min: 0, minExclusive: true, max: 1, maxExclusive: true },
+      0.5,
+    );
     this.growthInterval = checkNumber(options.growthInterval, 'growthInterval', { integer: true, min: 1 }, 2000);
   }
 

@@ -49,9 +49,17 @@ test('bf16-mixed trains gpt2, llama, distilbert and a LoRA adapter as transforme
     const tol = 3 * drift + 4 * U * py.bf16[last];
     const vsPython = Math.abs(bf16[last] - py.bf16[last]);
     const vsOwnF32 = Math.abs(bf16[last] - f32[last]);
-    t.log(`${name}: last loss ${bf16[last].toFixed(5)} (transformers ${py.bf16[last].toFixed(5)}, float32 ${f32[last].toFixed(5)}), tolerance ${tol.toExponential(2)}`);
-    t.true(vsPython < tol, `${name}: ${STEPS} bf16 steps end ${vsPython.toExponential(2)} from transformers' (tolerance ${tol.toExponential(2)})`);
-    t.true(vsOwnF32 < tol, `${name}: ${STEPS} bf16 steps end ${vsOwnF32.toExponential(2)} from tunekit's float32 run (tolerance ${tol.toExponential(2)})`);
+    t.log(
+      `${name}: last loss ${bf16[last].toFixed(5)} (transformers ${py.bf16[last].toFixed(5)}, float32 ${f32[last].toFixed(5)}), tolerance ${tol.toExponential(2)}`,
+    );
+    t.true(
+      vsPython < tol,
+      `${name}: ${STEPS} bf16 steps end ${vsPython.toExponential(2)} from transformers' (tolerance ${tol.toExponential(2)})`,
+    );
+    t.true(
+      vsOwnF32 < tol,
+      `${name}: ${STEPS} bf16 steps end ${vsOwnF32.toExponential(2)} from tunekit's float32 run (tolerance ${tol.toExponential(2)})`,
+    );
     t.true(bf16[last] < 0.75 * bf16[0], `${name}: the bf16 run learns (${bf16[0]} -> ${bf16[last]})`);
   }
 });
@@ -155,7 +163,10 @@ test('GradScaler (a forced overflow on the CPU): overflowing steps are skipped a
     if (run.history[i].skipped) t.is(after, before / 2, `step ${i + 1}: a skip halves the scale`);
     else t.true(after === before || after === before * 2, `step ${i + 1}: a clean step keeps or doubles it`);
   }
-  t.true(run.history.some((p, i) => i > 0 && p.lossScale! > run.history[i - 1].lossScale!), 'growth after 3 clean steps is exercised');
+  t.true(
+    run.history.some((p, i) => i > 0 && p.lossScale! > run.history[i - 1].lossScale!),
+    'growth after 3 clean steps is exercised',
+  );
   t.is(sopt.stepCount, 10 - skipped);
 
   const plain = await Model.fromPretrained(dir);

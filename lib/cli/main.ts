@@ -3,7 +3,18 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { CHECKPOINT_FLAGS, checkpointing, Command, computeOptions, PRECISION_HELP, modelDir, num, Opts, prepareOut, UsageError } from './args';
+import {
+  CHECKPOINT_FLAGS,
+  checkpointing,
+  Command,
+  computeOptions,
+  PRECISION_HELP,
+  modelDir,
+  num,
+  Opts,
+  prepareOut,
+  UsageError,
+} from './args';
 import { RL_COMMANDS } from './rl';
 import { loadSplits, Splits } from '../data';
 import { TunekitError } from '../errors';
@@ -46,7 +57,13 @@ async function modelFor(dir: string, splits: Splits, o: Opts): Promise<Model> {
   checkClasses(splits);
   if (splits.train.kind === 'classification') {
     const labelNames = splits.train.labelNames!;
-    return Model.fromPretrained(dir, { task: 'sequence-classification', numLabels: labelNames.length, labelNames, seed, ...computeOptions(o) });
+    return Model.fromPretrained(dir, {
+      task: 'sequence-classification',
+      numLabels: labelNames.length,
+      labelNames,
+      seed,
+      ...computeOptions(o),
+    });
   }
   return Model.fromPretrained(dir, { task: 'causal-lm', seed, ...computeOptions(o) });
 }

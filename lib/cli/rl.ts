@@ -13,7 +13,18 @@ import { DPO, DPOLossType, GRPO, PPO, PreferencePair, readPairs, RewardTrainer, 
 import type { RewardFn } from '../rl/score';
 import { writeJsonAtomic } from '../safetensors';
 import { Tokenizer } from '../tokenizer';
-import { CHECKPOINT_FLAGS, checkpointing, Command, computeOptions, PRECISION_HELP, modelDir, num, Opts, prepareOut, UsageError } from './args';
+import {
+  CHECKPOINT_FLAGS,
+  checkpointing,
+  Command,
+  computeOptions,
+  PRECISION_HELP,
+  modelDir,
+  num,
+  Opts,
+  prepareOut,
+  UsageError,
+} from './args';
 import { CheckpointDir } from '../checkpoint';
 
 const BUILTIN_PAIRS = 'builtin:sentiment-pairs';

@@ -4,8 +4,8 @@
 #include <torch/torch.h>
 
 #include <map>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 
 #include "api.h"

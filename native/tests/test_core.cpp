@@ -63,7 +63,8 @@ static void trains(const std::string& family, const std::string& task, const std
                    const std::string& autocast = "float32") {
   auto m = create_model(tiny(family, task, device));
   set_autocast(*m, autocast);
-  std::string label = family + " " + task + (peft ? " + " + peft->method : "") + (autocast != "float32" ? " under " + autocast + " autocast" : "");
+  std::string label =
+      family + " " + task + (peft ? " + " + peft->method : "") + (autocast != "float32" ? " under " + autocast + " autocast" : "");
   if (peft) {
     auto created = add_adapter(*m, *peft);
     CHECK(!created.empty(), (label + ": the adapter created no parameters").c_str());
