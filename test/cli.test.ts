@@ -50,6 +50,8 @@ test('bad arguments: one line, non-zero exit, no stack trace', (t) => {
   failsCleanly(t, run('finetune', '--model', '/no/such/model'), 2, /--model \/no\/such\/model: no such folder/);
   failsCleanly(t, run('finetune', '--data', '/no/such.jsonl'), 2, /no such file/);
   failsCleanly(t, run('finetune', '--epochs', 'many'), 2, /--epochs must be an integer/);
+  failsCleanly(t, run('finetune', '--precision', 'fp8'), 2, /--precision must be one of 32-true, bf16-mixed, bf16-true, 16-mixed/);
+  failsCleanly(t, run('finetune', '--precision', '16-mixed'), 1, /'16-mixed' \(float16 with loss scaling\) runs on CUDA only/);
   failsCleanly(t, run('finetune', '--frobnicate'), 2, /Unknown option '--frobnicate'/);
   failsCleanly(t, run('train'), 2, /unknown command "train"/);
   failsCleanly(t, run('generate', '--model', path.join(ROOT, 'models', 'tiny-gpt2')), 2, /--prompt TEXT is required/);
@@ -110,10 +112,22 @@ for (const [name] of Object.entries(STRATEGIES).filter(([, s]) => s.peft)) {
   });
 }
 
-test('generate continues a prompt', (t) => {
-  const r = run('generate', '--model', path.join(ROOT, 'models', 'tiny-gpt2'), '--prompt', 'The ship', '--max-new-tokens', '8');
-  t.is(r.status, 0, r.stderr);
-  t.regex(r.stdout, /^The ship\S*\s+\S+/);
+test('generate continues a prompt, in float32 and in bf16', (t) => {
+  for (const precision of ['32-true', 'bf16-mixed', 'bf16-true']) {
+    const r = run(
+      'generate',
+      '--model',
+      path.join(ROOT, 'models', 'tiny-gpt2'),
+      '--prompt',
+      'The ship',
+      '--max-new-tokens',
+      '8',
+      '--precision',
+      precision,
+    );
+    t.is(r.status, 0, r.stderr);
+    t.regex(r.stdout, /^The ship\S*\s+\S+/, precision);
+  }
 });
 
 // Serial: the other tests here block the event loop in spawnSync, which would stall the polling for the checkpoint.
