@@ -107,6 +107,18 @@ test('precision: chosen at load, switched between 32-true and bf16-mixed, bf16-t
   t.true(Math.abs(first - f32) / f32 < 1e-2, `bf16 weights give the float32 loss to bf16 rounding: ${first} vs ${f32}`);
   opt.dispose();
   base.dispose();
+
+  // bf16-true with every weight trainable: AdamW keeps bfloat16 moments for bfloat16 weights, as torch.optim does.
+  const whole = await Model.fromPretrained(dir, { precision: 'bf16-true' });
+  await whole.train();
+  const wopt = new AdamW(whole, { lr: 1e-2, weightDecay: 0 });
+  const start = (await whole.backward(batch)).loss;
+  await wopt.step();
+  await wopt.zeroGrad();
+  const next = (await whole.backward(batch)).loss;
+  t.true(next < start, `a full bf16-true step lowers the loss: ${start} -> ${next}`);
+  wopt.dispose();
+  whole.dispose();
 });
 
 test('the Trainer, DPO and PPO compute at the precision they are given; a frozen reference copy follows the policy', async (t) => {
