@@ -9,6 +9,7 @@ import { shuffled } from '../random';
 import { CheckpointDir, checkFolder, loadCheckpoint, LoopState, saveCheckpoint } from '../checkpoint';
 import { addon, serial } from '../native';
 import { checkBoolean, checkChoice, checkNumber, checkOptions } from '../validate';
+import { applyPrecision } from './pairs';
 import { Reference } from './reference';
 import { checkScoring, scoreResponses, Scoring } from './score';
 
@@ -120,7 +121,7 @@ export class GRPO {
     checkBoolean(o.biasCorrectionKl, 'biasCorrectionKl', true);
     if (o.stopTokenId !== undefined)
       checkNumber(o.stopTokenId, 'stopTokenId', { integer: true, min: 0, max: policy.vocabSize, maxExclusive: true });
-    if (o.precision !== undefined) await policy.setPrecision(o.precision);
+    await applyPrecision(policy, o.precision, 'GRPO');
     const reference = (o.beta ?? 0) > 0 ? await Reference.of(policy, o.reference) : undefined;
     const optimizer = new AdamW(policy, { lr: o.lr ?? 1e-6, weightDecay: 0, maxGradNorm: o.maxGradNorm ?? 1 });
     return new GRPO(policy, { ...o }, reference, optimizer);

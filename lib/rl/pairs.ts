@@ -159,6 +159,16 @@ export function contextOf(model: Model, maxLength: number | undefined): number {
 }
 
 /**
+ * Sets a preference or RLHF trainer's precision on its model. '16-mixed' is refused: these trainers do not scale their
+ * losses (the Trainer's GradScaler), and float16 gradients without scaling underflow.
+ */
+export async function applyPrecision(model: Model, precision: Precision | undefined, who: string): Promise<void> {
+  if (precision !== undefined) await model.setPrecision(precision);
+  if (model.precision === '16-mixed')
+    throw new TunekitError('E_ARG', `${who} trains without loss scaling, which '16-mixed' needs: use 'bf16-mixed'`);
+}
+
+/**
  * Trains on pairs: epochs of seeded shuffles, `step(batch)` accumulating one batch's gradients, then AdamW with a
  * linear schedule. The options' defaults are TRL's (no weight decay or warm-up, clipping at 1, dropout off); `lr` is
  * the method's own default learning rate. With checkpointDir, `kind` names the checkpoints (a DPO run does not
@@ -202,7 +212,7 @@ export async function trainOnPairs(
   });
   let history: PairStats[] = [];
   let resumedFrom: number | undefined;
-  if (options.precision !== undefined) await model.setPrecision(options.precision);
+  await applyPrecision(model, options.precision, kind);
   try {
     const latest = checkpoints?.latest(checkBoolean(options.resume, 'resume', true));
     if (latest) {

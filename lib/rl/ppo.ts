@@ -11,6 +11,7 @@ import { shuffled } from '../random';
 import { checkBoolean, checkNumber, checkOptions } from '../validate';
 import { addon } from '../native';
 import { loadCheckpoint, LoopState, saveCheckpoint } from '../checkpoint';
+import { applyPrecision } from './pairs';
 import { Reference } from './reference';
 import { checkScoring, RewardFn, scoreResponses, Scoring } from './score';
 
@@ -127,7 +128,7 @@ export class PPO {
     }
     checkScoring(o);
     await policy.addValueHead();
-    if (o.precision !== undefined) await policy.setPrecision(o.precision);
+    await applyPrecision(policy, o.precision, 'PPO');
     const reference = await Reference.of(policy, o.reference);
     const optimizer = new AdamW(policy, {
       lr: o.lr ?? 3e-6,
