@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { STRATEGIES } from '../lib/strategies';
 import { ROOT, tmpDir } from './helpers';
 
@@ -25,6 +25,31 @@ async function killOnceWritten(args: string[], file: string): Promise<NodeJS.Sig
   while (!fs.existsSync(file) && child.exitCode === null) await new Promise((res) => setTimeout(res, 5));
   child.kill('SIGKILL');
   return exited;
+}
+
+/**
+ * Runs the command `args(out)` builds to its end in one folder, and in another kills it with SIGKILL as soon as its
+ * first checkpoint is written; returns both --out folders.
+ */
+async function unbrokenAndKilled(t: ExecutionContext, args: (out: string) => string[], name: string) {
+  const whole = path.join(tmpDir(`${name}-whole`), 'run');
+  t.is(run(...args(whole)).status, 0);
+  const out = path.join(tmpDir(`${name}-killed`), 'run');
+  t.is(
+    await killOnceWritten(args(out), path.join(out, 'checkpoints', 'latest.json')),
+    'SIGKILL',
+    'the run must be killed before it finishes, or this test proves nothing',
+  );
+  return { whole, out };
+}
+
+/** The step of every row of --out's metrics.jsonl. */
+function stepsLogged(out: string): number[] {
+  return fs
+    .readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l).step);
 }
 
 test('--help on each command', (t) => {
@@ -146,14 +171,7 @@ test.serial(
       out,
       '--quiet',
     ];
-    const whole = path.join(tmpDir('cli-whole'), 'run');
-    t.is(run(...args(whole)).status, 0);
-    const out = path.join(tmpDir('cli-killed'), 'run');
-    t.is(
-      await killOnceWritten(args(out), path.join(out, 'checkpoints', 'latest.json')),
-      'SIGKILL',
-      'the run must be killed before it finishes, or this test proves nothing',
-    );
+    const { whole, out } = await unbrokenAndKilled(t, args, 'cli');
     failsCleanly(
       t,
       run(...args(out)),
@@ -165,13 +183,8 @@ test.serial(
     const results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
     t.true(results.resumedFrom >= 2 && results.steps === 16, JSON.stringify(results));
     t.true(fs.readFileSync(path.join(whole, 'model.safetensors')).equals(fs.readFileSync(path.join(out, 'model.safetensors'))));
-    const steps = fs
-      .readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l).step);
     t.deepEqual(
-      steps,
+      stepsLogged(out),
       Array.from({ length: 16 }, (_, i) => i + 1),
     );
   },
@@ -250,12 +263,6 @@ test('reward, dpo, ppo and grpo run from the command line and write their model,
   ];
   // 11 training pairs in batches of 4, or 2 iterations; each run checkpoints every step.
   const steps: Record<string, number> = { reward: 3, dpo: 3, ppo: 2, grpo: 2 };
-  const stepsLogged = (out: string) =>
-    fs
-      .readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l).step);
   for (const [cmd, args] of runs) {
     const out = path.join(dir, cmd);
     const r = run(cmd, ...args, '--checkpoint-every', '1', '--out', out, '--quiet');
@@ -307,21 +314,9 @@ test.serial('tunekit ppo killed with -9 after a checkpoint resumes with --resume
     out,
     '--quiet',
   ];
-  const whole = path.join(tmpDir('cli-ppo-whole'), 'run');
-  t.is(run(...args(whole)).status, 0);
-  const out = path.join(tmpDir('cli-ppo-killed'), 'run');
-  t.is(
-    await killOnceWritten(args(out), path.join(out, 'checkpoints', 'latest.json')),
-    'SIGKILL',
-    'the run must be killed before it finishes, or this test proves nothing',
-  );
+  const { whole, out } = await unbrokenAndKilled(t, args, 'cli-ppo');
   const resumed = run(...args(out), '--resume');
   t.is(resumed.status, 0, resumed.stderr);
   t.true(fs.readFileSync(path.join(whole, 'model.safetensors')).equals(fs.readFileSync(path.join(out, 'model.safetensors'))));
-  const steps = fs
-    .readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l).step);
-  t.deepEqual(steps, [1, 2, 3, 4, 5, 6]);
+  t.deepEqual(stepsLogged(out), [1, 2, 3, 4, 5, 6]);
 });

@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ParseArgsConfig } from 'node:util';
-import { Device, Precision, PRECISIONS } from '../model';
+import { Device, Model, Precision, PRECISIONS } from '../model';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const DEFAULT_MODEL = path.join(ROOT, 'models', 'tiny-distilbert');
@@ -88,3 +88,14 @@ export function computeOptions(o: Opts): { device: Device; precision: Precision 
 }
 
 export const PRECISION_HELP = `${PRECISIONS.join(' | ')} (default 32-true); bf16-mixed computes products and attention in bfloat16 under autocast, keeping float32 weights`;
+
+/**
+ * Writes a trained model into --out with the tokenizer files of the folder it came from: as a PEFT adapter over that
+ * folder, or as a whole model.
+ */
+export async function saveTrained(model: Model, dir: string, out: string, asAdapter: boolean): Promise<void> {
+  if (asAdapter) await model.saveAdapter(out, { baseModelNameOrPath: dir });
+  else await model.savePretrained(out);
+  for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json'])
+    if (fs.existsSync(path.join(dir, f))) fs.copyFileSync(path.join(dir, f), path.join(out, f));
+}

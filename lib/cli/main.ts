@@ -13,6 +13,7 @@ import {
   num,
   Opts,
   prepareOut,
+  saveTrained,
   UsageError,
 } from './args';
 import { RL_COMMANDS } from './rl';
@@ -231,13 +232,7 @@ const COMMANDS: Record<string, Command> = {
         seed,
         ...checkpointing(o, out),
         // The model is saved as soon as training ends: the evaluations that follow cannot lose it.
-        onTrained: async () => {
-          if (spec.peft) await model.saveAdapter(out, { baseModelNameOrPath: dir });
-          else await model.savePretrained(out);
-          for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
-            if (fs.existsSync(path.join(dir, f))) fs.copyFileSync(path.join(dir, f), path.join(out, f));
-          }
-        },
+        onTrained: () => saveTrained(model, dir, out, Boolean(spec.peft)),
         onProgress: (p) => {
           bar ??= progressBar(p.totalSteps, strategyName, { silent: Boolean(o.quiet) });
           bar.update(p.step, trainingFields(p));

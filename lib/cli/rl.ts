@@ -23,6 +23,7 @@ import {
   num,
   Opts,
   prepareOut,
+  saveTrained,
   UsageError,
 } from './args';
 import { CheckpointDir } from '../checkpoint';
@@ -103,6 +104,15 @@ const shared = {
   quiet: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
+/** The flags of the commands that score samples with a reward model (ppo, grpo). */
+const REWARD_FLAGS = {
+  options: { 'reward-model': { type: 'string' }, 'reward-label': { type: 'string' } },
+  help: {
+    'reward-model': 'a one-output reward model, or a classifier whose --reward-label logit is the reward',
+    'reward-label': 'the class whose logit rewards (default positive)',
+  },
+} as const;
+
 const sharedHelp = {
   model: 'the model folder to train',
   data: `${BUILTIN_PAIRS} (synthetic: a positive review sentence preferred over a negative one) or a .jsonl of { prompt?, chosen, rejected }`,
@@ -122,13 +132,6 @@ async function policyOf(o: Opts, task: 'causal-lm' | 'sequence-classification', 
   const model = await Model.fromPretrained(dir, { task, seed: num(o, 'seed', 42, 'int'), ...computeOptions(o), ...extra });
   if (o.lora) await new LoRA({ r: 8, alpha: 16, seed: num(o, 'seed', 42, 'int') }).apply(model);
   return { dir, model, tok: await Tokenizer.fromPretrained(dir) };
-}
-
-async function save(model: Model, dir: string, out: string, lora: boolean) {
-  if (lora) await model.saveAdapter(out, { baseModelNameOrPath: dir });
-  else await model.savePretrained(out);
-  for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json'])
-    if (fs.existsSync(path.join(dir, f))) fs.copyFileSync(path.join(dir, f), path.join(out, f));
 }
 
 function outOf(o: Opts, name: string): string {
@@ -177,7 +180,7 @@ export const RL_COMMANDS: Record<string, Command> = {
       } finally {
         bar?.stop();
       }
-      await save(model, dir, out, Boolean(o.lora));
+      await saveTrained(model, dir, out, Boolean(o.lora));
       const after = await trainer.evaluate(test);
       await finish(out, metrics, 'reward model: loss and pairwise accuracy', ['loss', 'accuracy'], {
         model: dir,
@@ -229,7 +232,7 @@ export const RL_COMMANDS: Record<string, Command> = {
       } finally {
         bar?.stop();
       }
-      await save(model, dir, out, Boolean(o.lora));
+      await saveTrained(model, dir, out, Boolean(o.lora));
       const after = await dpo.evaluate(test);
       await finish(out, metrics, 'DPO: loss and reward margin', ['loss', 'rewards/margins'], { model: dir, data: source, before, after });
       console.log(
@@ -245,16 +248,14 @@ export const RL_COMMANDS: Record<string, Command> = {
     usage: 'tunekit ppo --model DIR --reward-model DIR --out DIR [--steps N] [--batch-size B] [--response-length L] [--lora]',
     options: {
       ...shared,
-      'reward-model': { type: 'string' },
-      'reward-label': { type: 'string' },
+      ...REWARD_FLAGS.options,
       steps: { type: 'string' },
       'response-length': { type: 'string' },
       'kl-coef': { type: 'string' },
     },
     help: {
       ...sharedHelp,
-      'reward-model': 'a one-output reward model, or a classifier whose --reward-label logit is the reward',
-      'reward-label': 'the class whose logit rewards (default positive)',
+      ...REWARD_FLAGS.help,
       steps: 'PPO iterations (default 20)',
       'response-length': 'tokens per response (default 16)',
       'kl-coef': 'KL penalty coefficient (default 0.05)',
@@ -303,7 +304,7 @@ export const RL_COMMANDS: Record<string, Command> = {
       } finally {
         bar.stop();
       }
-      await save(model, dir, out, Boolean(o.lora));
+      await saveTrained(model, dir, out, Boolean(o.lora));
       await finish(out, metrics, 'PPO: reward and KL', ['objective/scores', 'objective/kl'], {
         model: dir,
         rewardModel: o['reward-model'],
@@ -322,8 +323,7 @@ export const RL_COMMANDS: Record<string, Command> = {
     usage: 'tunekit grpo --model DIR --reward-model DIR --out DIR [--steps N] [--num-generations G] [--lora]',
     options: {
       ...shared,
-      'reward-model': { type: 'string' },
-      'reward-label': { type: 'string' },
+      ...REWARD_FLAGS.options,
       steps: { type: 'string' },
       'num-generations': { type: 'string' },
       'response-length': { type: 'string' },
@@ -331,8 +331,7 @@ export const RL_COMMANDS: Record<string, Command> = {
     },
     help: {
       ...sharedHelp,
-      'reward-model': 'a one-output reward model, or a classifier whose --reward-label logit is the reward',
-      'reward-label': 'the class whose logit rewards (default positive)',
+      ...REWARD_FLAGS.help,
       steps: 'GRPO iterations (default 20)',
       'num-generations': 'completions per prompt (default 8)',
       'response-length': 'tokens per completion (default 16)',
@@ -368,7 +367,7 @@ export const RL_COMMANDS: Record<string, Command> = {
       } finally {
         bar.stop();
       }
-      await save(model, dir, out, Boolean(o.lora));
+      await saveTrained(model, dir, out, Boolean(o.lora));
       await finish(out, metrics, 'GRPO: reward and loss', ['reward', 'loss'], { model: dir, rewardModel: o['reward-model'], steps });
       console.log(`saved to ${out} (metrics.jsonl, curves.svg, results.json)`);
       grpo.dispose();

@@ -9,9 +9,9 @@ import { shuffled } from '../random';
 import { CheckpointDir, checkFolder, loadCheckpoint, LoopState, saveCheckpoint } from '../checkpoint';
 import { addon, serial } from '../native';
 import { checkBoolean, checkChoice, checkNumber, checkOptions } from '../validate';
-import { applyPrecision } from './pairs';
+import { applyPrecision, completionRows } from './pairs';
 import { Reference } from './reference';
-import { checkScoring, scoreResponses, Scoring } from './score';
+import { checkScoring, scoreResponses, Scoring, truncateAtStop } from './score';
 
 export type GRPOLossType = 'dapo' | 'grpo' | 'bnpo';
 
@@ -164,11 +164,7 @@ export class GRPO {
           eosTokenId: o.stopTokenId ?? -1,
         },
       );
-      out.forEach((row, k) => {
-        const c = row.slice(repeated[i + k].length);
-        const at = o.stopTokenId === undefined ? -1 : c.indexOf(o.stopTokenId);
-        completions.push(at < 0 ? c : c.slice(0, at + 1));
-      });
+      out.forEach((row, k) => completions.push(truncateAtStop(row.slice(repeated[i + k].length), o.stopTokenId)));
     }
     const rewards = await scoreResponses(o, repeated, completions);
     const gen: Generation = { prompts: repeated, completions, rewards, advantages: this.advantages(rewards) };
@@ -178,16 +174,10 @@ export class GRPO {
   }
 
   private rows(g: Generation) {
-    const full = g.prompts.map((p, i) => [...p, ...g.completions[i]]);
-    const seq = Math.max(...full.map((r) => r.length));
-    const pad = this.policy.padTokenId ?? 0;
-    return {
-      inputIds: full.map((r) => [...r, ...new Array(seq - r.length).fill(pad)]),
-      attentionMask: full.map((r) => [...r.map(() => 1), ...new Array(seq - r.length).fill(0)]),
-      completionMask: Float32Array.from(
-        g.prompts.flatMap((p, i) => full[i].map((_, j) => (j >= p.length ? 1 : 0)).concat(new Array(seq - full[i].length).fill(0))),
-      ),
-    };
+    return completionRows(
+      this.policy,
+      g.prompts.map((p, i) => [p, g.completions[i]]),
+    );
   }
 
   /** The GRPO loss and statistics of a generation, and with `backward` one optimizer step on it. */

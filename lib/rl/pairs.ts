@@ -3,6 +3,7 @@
  * the training loop both share: seeded shuffling, AdamW with a linear schedule, clipping, progress.
  */
 import fs from 'node:fs';
+import { padRows } from '../batch';
 import { builtinSplits } from '../data/builtin';
 import { TunekitError } from '../errors';
 import type { Model, Precision } from '../model';
@@ -131,24 +132,34 @@ export function tokenizePairs(
 
 /** Rows [chosen...; rejected...] of prompt + completion, right-padded, with a mask of the completion tokens. */
 export function collatePairs(model: Model, pairs: TokenizedPair[], maxLength: number) {
-  const rows = [...pairs.map((p) => [p.promptIds, p.chosenIds]), ...pairs.map((p) => [p.promptIds, p.rejectedIds])].map(
-    ([prompt, completion]) => {
-      const ids = [...prompt, ...completion].slice(0, maxLength);
-      return { ids, completion: ids.map((_, j) => (j >= prompt.length ? 1 : 0)) };
-    },
+  return completionRows(
+    model,
+    [
+      ...pairs.map((p): [number[], number[]] => [p.promptIds, p.chosenIds]),
+      ...pairs.map((p): [number[], number[]] => [p.promptIds, p.rejectedIds]),
+    ],
+    maxLength,
   );
-  const seq = Math.max(...rows.map((r) => r.ids.length));
-  const pad = model.padTokenId ?? 0;
-  const fill = (r: number[], v: number) => [...r, ...new Array(seq - r.length).fill(v)];
+}
+
+/**
+ * Rows of prompt + completion (cut to maxLength, keeping the start), right-padded, with a [rows x seq] mask of the
+ * completion tokens: what DPO, reward models and GRPO score.
+ */
+export function completionRows(model: Model, rows: [prompt: number[], completion: number[]][], maxLength?: number) {
+  const ids = rows.map(([prompt, completion]) => [...prompt, ...completion].slice(0, maxLength));
+  const { inputIds, attentionMask, pad } = padRows(ids, model.padTokenId ?? 0);
   return {
-    inputIds: rows.map((r) => fill(r.ids, pad)),
-    attentionMask: rows.map((r) =>
-      fill(
-        r.ids.map(() => 1),
-        0,
+    inputIds,
+    attentionMask,
+    completionMask: Float32Array.from(
+      rows.flatMap(([prompt], i) =>
+        pad(
+          ids[i].map((_, j) => (j >= prompt.length ? 1 : 0)),
+          0,
+        ),
       ),
     ),
-    completionMask: Float32Array.from(rows.flatMap((r) => fill(r.completion, 0))),
   };
 }
 

@@ -4,6 +4,7 @@
  * whitened advantages, clipped policy and value losses. The kernels (GAE, whitening, the losses) run in the core
  * (native/core/rl/objectives.cpp); this file drives them.
  */
+import { padRows } from '../batch';
 import { TunekitError } from '../errors';
 import { Model, Precision } from '../model';
 import { AdamW } from '../optim';
@@ -13,7 +14,7 @@ import { addon } from '../native';
 import { loadCheckpoint, LoopState, saveCheckpoint } from '../checkpoint';
 import { applyPrecision } from './pairs';
 import { Reference } from './reference';
-import { checkScoring, RewardFn, scoreResponses, Scoring } from './score';
+import { checkScoring, RewardFn, scoreResponses, Scoring, truncateAtStop } from './score';
 
 export interface PPOOptions extends Scoring {
   reference?: Model;
@@ -164,16 +165,9 @@ export class PPO {
           eosTokenId: -1,
         },
       );
-      rows.forEach((i, k) => (responses[i] = this.truncate(out[k].slice(queries[i].length))));
+      rows.forEach((i, k) => (responses[i] = truncateAtStop(out[k].slice(queries[i].length), o.stopTokenId)));
     }
     return { queries, responses, scores: await scoreResponses(this.options, queries, responses) };
-  }
-
-  /** A response up to and including stopTokenId (TRL truncates after the stop token). */
-  private truncate(response: number[]): number[] {
-    const stop = this.options.stopTokenId;
-    const at = stop === undefined ? -1 : response.indexOf(stop);
-    return at < 0 ? response : response.slice(0, at + 1);
   }
 
   /**
@@ -204,16 +198,15 @@ export class PPO {
     );
     const B = queries.length;
     const R = Math.max(...responses.map((r) => r.length));
-    const full = queries.map((q, i) => [...q, ...responses[i]]);
-    const seq = Math.max(...full.map((r) => r.length));
+    const { inputIds, attentionMask, seq } = padRows(
+      queries.map((q, i) => [...q, ...responses[i]]),
+      this.policy.padTokenId ?? 0,
+    );
     if (seq > this.policy.dims.maxPositions)
       throw new TunekitError(
         'E_RANGE',
         `a query plus its response has ${seq} tokens, more than the model's context of ${this.policy.dims.maxPositions}`,
       );
-    const pad = this.policy.padTokenId ?? 0;
-    const inputIds = full.map((r) => [...r, ...new Array(seq - r.length).fill(pad)]);
-    const attentionMask = full.map((r) => [...r.map(() => 1), ...new Array(seq - r.length).fill(0)]);
     const mask = new Float32Array(B * R);
     responses.forEach((r, i) => r.forEach((_, t) => (mask[i * R + t] = 1)));
     // Response token t of row i is predicted at shifted position query length - 1 + t.

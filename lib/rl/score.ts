@@ -1,4 +1,5 @@
 /** Scores sampled responses for PPO and GRPO: a one-output reward model, or a JS function, checked either way. */
+import { padRows } from '../batch';
 import { TunekitError } from '../errors';
 import type { Model } from '../model';
 import type { Tokenizer } from '../tokenizer';
@@ -16,6 +17,12 @@ export interface Scoring {
   rewardTokenizer?: Tokenizer;
 }
 
+/** A sampled response up to and including stopTokenId, as TRL truncates after the stop token (PPO, GRPO). */
+export function truncateAtStop(response: number[], stopTokenId: number | undefined): number[] {
+  const at = stopTokenId === undefined ? -1 : response.indexOf(stopTokenId);
+  return at < 0 ? response : response.slice(0, at + 1);
+}
+
 export async function scoreResponses(o: Scoring, queries: number[][], responses: number[][]): Promise<number[]> {
   if (o.rewardModel) {
     let rows = queries.map((q, i) => [...q, ...responses[i]]);
@@ -23,13 +30,9 @@ export async function scoreResponses(o: Scoring, queries: number[][], responses:
       if (!o.tokenizer) throw new TunekitError('E_ARG', 'rewardTokenizer needs the tokenizer option (to decode the policy text)');
       rows = rows.map((r) => o.rewardTokenizer!.encode(o.tokenizer!.decode(r, { skipSpecialTokens: true })));
     }
-    const seq = Math.max(...rows.map((r) => r.length));
-    const pad = o.rewardModel.padTokenId ?? 0;
+    const { inputIds, attentionMask } = padRows(rows, o.rewardModel.padTokenId ?? 0);
     await o.rewardModel.eval();
-    const out = await o.rewardModel.forward({
-      inputIds: rows.map((r) => [...r, ...new Array(seq - r.length).fill(pad)]),
-      attentionMask: rows.map((r) => [...r.map(() => 1), ...new Array(seq - r.length).fill(0)]),
-    });
+    const out = await o.rewardModel.forward({ inputIds, attentionMask });
     return Array.from(out.logits.data);
   }
   if (!o.rewardFn) throw new TunekitError('E_ARG', 'scoring needs rewardModel or rewardFn');
