@@ -247,6 +247,14 @@ test('PPO and GRPO rollouts: sampled, scored and trained end to end; a rewardFn 
   const rollout = await ppo.rollout(queries);
   t.is(rollout.responses.length, 4);
   t.true(rollout.responses.every((r) => r.length === 4));
+  // The same seeded sampling with the second sampled token of the first query as stopTokenId: that response ends
+  // right after it (TRL's truncation), and a response can only end at its stop token or at full length.
+  const stop = rollout.responses[0][1];
+  const stopping = await PPO.create(policy, { rewardFn, responseLength: 4, temperature: 1, seed: 3, stopTokenId: stop });
+  const cut = await stopping.rollout(queries);
+  t.deepEqual(cut.responses[0], rollout.responses[0].slice(0, rollout.responses[0].indexOf(stop) + 1));
+  for (const r of cut.responses) t.true(r.length === 4 || r.indexOf(stop) === r.length - 1, JSON.stringify(r));
+  stopping.dispose();
   const stats = await ppo.step(rollout);
   for (const k of ['objective/kl', 'objective/scores', 'loss/policy_avg', 'loss/value_avg', 'policy/approxkl_avg', 'response/length'])
     t.true(Number.isFinite(stats[k]), k);
