@@ -6,7 +6,8 @@
 import { TunekitError } from './errors';
 import type { RawSpec } from './native';
 
-export type Task = 'causal-lm' | 'sequence-classification' | 'feature-extraction' | 'masked-lm';
+/** 'pretraining' (DistilBERT): masked LM plus a sentence-order head on [CLS], for pretraining from scratch. */
+export type Task = 'causal-lm' | 'sequence-classification' | 'feature-extraction' | 'masked-lm' | 'pretraining';
 export type ModelType = 'gpt2' | 'llama' | 'qwen2' | 'distilbert' | 'bert';
 export type HFConfig = Record<string, unknown>;
 export type Pooling = 'cls' | 'mean' | 'last';
@@ -48,6 +49,9 @@ export interface Family {
   heads: Partial<Record<Task, RegExp[]>>;
   /** Backbone parameters a checkpoint may lack, initialised fresh as transformers does (BERT's pooler). */
   optional?: RegExp;
+  /** The pretraining task's sentence-order head, which no transformers class holds: trainer checkpoints keep it,
+   * savePretrained drops it (the folder is then the masked-LM class that `architectures` names for 'pretraining'). */
+  pretrainingOnly?: RegExp;
   /** Checkpoint tensors that are no parameter and are skipped silently (transformers' _keys_to_ignore_on_load_unexpected). */
   ignoreUnexpected?: RegExp;
   /** Parameter-name pattern of block i, and of the norm after the last block (if any). */
@@ -258,6 +262,7 @@ export const FAMILIES: Record<ModelType, Family> = {
       'sequence-classification': 'DistilBertForSequenceClassification',
       'feature-extraction': 'DistilBertModel',
       'masked-lm': 'DistilBertForMaskedLM',
+      pretraining: 'DistilBertForMaskedLM',
     },
     dims: (c) => {
       const { hiddenSize, numHeads, headDim } = c.heads(['dim', 'hidden_size'], ['n_heads', 'num_attention_heads']);
@@ -293,7 +298,9 @@ export const FAMILIES: Record<ModelType, Family> = {
     heads: {
       'sequence-classification': [/^pre_classifier\./, /^classifier\./],
       'masked-lm': [/^vocab_transform\./, /^vocab_layer_norm\./, /^vocab_projector\./],
+      pretraining: [/^vocab_transform\./, /^vocab_layer_norm\./, /^vocab_projector\./, /^sop_/],
     },
+    pretrainingOnly: /^sop_/,
     block: (i) => new RegExp(`^(distilbert\\.)?transformer\\.layer\\.${i}\\.`),
     pooling: 'cls',
   },

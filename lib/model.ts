@@ -611,16 +611,19 @@ export class Model {
       config.id2label = Object.fromEntries(labels.map((l, i) => [String(i), l]));
       config.label2id = Object.fromEntries(labels.map((l, i) => [l, i]));
     }
-    // Adapter weights stay out of the base checkpoint (saveAdapter writes them), except for a trainer checkpoint.
-    // A merged adapter's trained copies of its modules_to_save are the model's head from now on.
+    // Adapter weights stay out of the base checkpoint (saveAdapter writes them), except for a trainer checkpoint, and
+    // so does the pretraining task's sentence-order head. A merged adapter's trained copies of its modules_to_save are
+    // the model's head from now on.
     let names: string[] = [];
     let keys: string[] | undefined;
-    if (!options.includeAdapters && this.adapterInfo.size > 0) {
+    if (!options.includeAdapters && (this.adapterInfo.size > 0 || this.task === 'pretraining')) {
       const over = new Map<string, string>();
       if (this.active && this.merged) {
         for (const base of this.adapterInfo.get(this.active)!.settings.saveParams) over.set(base, copyName(base, this.active));
       }
-      const base = this.baseParameters().map((p) => p.name);
+      const base = this.baseParameters()
+        .map((p) => p.name)
+        .filter((n) => !this.family.pretrainingOnly?.test(n));
       names = base.map((n) => over.get(n) ?? n);
       keys = base;
     }

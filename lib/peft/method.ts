@@ -126,6 +126,7 @@ export const TASK_TYPES: Record<Task, string> = {
   'sequence-classification': 'SEQ_CLS',
   'feature-extraction': 'FEATURE_EXTRACTION',
   'masked-lm': 'MASKED_LM',
+  pretraining: 'MASKED_LM',
 };
 
 /** The base model's linear layers: 2-D weights of modules no adapter added and that are not embedding tables. */

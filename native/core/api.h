@@ -18,7 +18,7 @@ struct Error : std::runtime_error {
 // A Hugging Face config, already normalised by the TypeScript layer (n_embd vs hidden_size, rope_parameters, ...).
 struct ModelSpec {
   std::string family;  // config.json's model_type: a registered family (models/)
-  std::string task;    // causal-lm | sequence-classification | feature-extraction | masked-lm
+  std::string task;    // causal-lm | sequence-classification | feature-extraction | masked-lm | pretraining
   std::string device = "cpu";
   std::string dtype = "float32";
   int64_t vocab_size = 0, hidden_size = 0, num_layers = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;

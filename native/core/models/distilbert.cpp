@@ -1,4 +1,7 @@
 // DistilBERT (DistilBertModel, DistilBertForSequenceClassification, DistilBertForMaskedLM), names as in transformers.
+// The pretraining task adds a sentence-order head to the masked-LM one (ALBERT's SOP, which gives [CLS] the
+// sentence-level signal BERT's NSP gave it); it has the sequence classifier's shape under sop_* names, and
+// transformers has no class for it: savePretrained drops it.
 // Post-norm blocks with bidirectional attention; LayerNorm eps is fixed at 1e-12 as in transformers.
 #include "family.h"
 
@@ -26,10 +29,15 @@ void build(Model& m) {
   if (s.task == "sequence-classification") {
     add_linear(m, "pre_classifier", C, C);
     add_linear(m, "classifier", C, s.num_labels);
-  } else if (s.task == "masked-lm") {
+  }
+  if (s.task == "masked-lm" || s.task == "pretraining") {
     add_linear(m, "vocab_transform", C, C);
     add_layer_norm(m, "vocab_layer_norm", C);
     m.add("vocab_projector.bias", torch::zeros({s.vocab_size}));  // its weight is tied to the word embeddings
+  }
+  if (s.task == "pretraining") {
+    add_linear(m, "sop_pre_classifier", C, C);
+    add_linear(m, "sop_classifier", C, 2);
   }
 }
 
@@ -58,13 +66,15 @@ Output forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor&
   }
   Output out;
   out.hidden = x;
-  if (s.task == "sequence-classification") {
-    auto pooled = c.dropout(torch::relu(c.linear("pre_classifier", x.select(1, 0))), s.classifier_dropout);
-    out.logits = c.linear("classifier", pooled);
-  } else if (s.task == "masked-lm") {
+  auto classify = [&](const std::string& pre, const std::string& head) {
+    return c.linear(head, c.dropout(torch::relu(c.linear(pre, x.select(1, 0))), s.classifier_dropout));
+  };
+  if (s.task == "sequence-classification") out.logits = classify("pre_classifier", "classifier");
+  if (s.task == "masked-lm" || s.task == "pretraining") {
     auto h = ln("vocab_layer_norm", activation(s.activation, c.linear("vocab_transform", x)));
     out.logits = dense(h, c.P(b + "embeddings.word_embeddings.weight"), c.P("vocab_projector.bias"));
   }
+  if (s.task == "pretraining") out.sentence_logits = classify("sop_pre_classifier", "sop_classifier");
   return out;
 }
 
