@@ -53,7 +53,7 @@ def main():
         config = model.config
         pooling = "cls" if config.model_type == "distilbert" else "last"
         xtr, xte = embed(model, train_ids, pooling), embed(model, test_ids, pooling)
-        clf = LogisticRegression(C=1.0, max_iter=1000).fit(xtr, train_y)
+        clf = LogisticRegression(C=d.get("C") or 1.0, max_iter=1000).fit(xtr, train_y)
         acc = float(clf.score(xte, test_y))
         trainable = int(clf.coef_.size + clf.intercept_.size)
         steps = None
