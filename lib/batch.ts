@@ -33,6 +33,22 @@ function rectangular(name: string, rows: unknown, seq: number | undefined): numb
   return rows as number[][];
 }
 
+/** Rows of token ids that may differ in length (none empty), each id checked against the vocabulary. */
+export function tokenRows(name: string, rows: unknown, vocabSize: number): number[][] {
+  if (!Array.isArray(rows) || rows.length === 0) throw new TunekitError('E_TYPE', `${name} must be a non-empty array of arrays of token ids`);
+  for (let i = 0; i < rows.length; i++) {
+    const r: unknown = rows[i];
+    if (!Array.isArray(r) || r.length === 0) throw new TunekitError('E_SHAPE', `${name}[${i}] must be a non-empty array of token ids, got ${show(r)}`);
+    for (let j = 0; j < r.length; j++) {
+      const v: unknown = r[j];
+      if (typeof v !== 'number' || !Number.isInteger(v))
+        throw new TunekitError('E_TYPE', `${name}[${i}][${j}] must be an integer, got ${j in r ? show(v) : 'a hole'}`);
+      if (v < 0 || v >= vocabSize) throw new TunekitError('E_RANGE', `${name}[${i}][${j}] = ${v} is outside the vocabulary [0, ${vocabSize})`);
+    }
+  }
+  return rows as number[][];
+}
+
 /** `numLabels` (a classifier's class count) makes per-sequence labels class ids; 1 (regression) takes any finite number. */
 export function packBatch(b: BatchInput, opts: { vocabSize: number; requireLabels?: boolean; numLabels?: number }): RawBatch {
   if (!b || typeof b !== 'object') throw new TunekitError('E_TYPE', `batch must be an object with inputIds, got ${show(b)}`);

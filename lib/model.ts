@@ -1,7 +1,7 @@
 /** A Hugging Face model (any family of lib/families.ts) whose weights live in the native core. */
 import fs from 'node:fs';
 import path from 'node:path';
-import { BatchInput, packBatch } from './batch';
+import { BatchInput, packBatch, tokenRows } from './batch';
 import { TunekitError } from './errors';
 import { defaultTask, Dims, Family, familyOf, firstId, HFConfig, ModelType, numLabelsOf, Pooling, Task, toSpec } from './families';
 import { FloatArray, Handle, RawObjective, RawParam, RawSpec, addon, serial, sync } from './native';
@@ -402,6 +402,24 @@ export class Model {
     };
     this.checkMemory('generate', raw.batch, raw.seq, maxNewTokens);
     return serial(() => addon.generate(this.h, raw, settings));
+  }
+
+  /**
+   * The log-likelihood of each continuation after `prompt`: the sum of its tokens' log-probabilities (natural log),
+   * as lm-evaluation-harness scores the choices of a question. The prompt runs once into a KV cache that every
+   * continuation extends, all continuations in one batch.
+   */
+  async logLikelihood(prompt: number[], continuations: number[][]): Promise<number[]> {
+    const [p] = tokenRows('prompt', [prompt], this.vocabSize);
+    const rows = tokenRows('continuations', continuations, this.vocabSize);
+    const longest = Math.max(...rows.map((r) => r.length));
+    if (p.length + longest - 1 > this.spec.maxPositions)
+      throw new TunekitError(
+        'E_RANGE',
+        `the prompt (${p.length} tokens) and the longest continuation (${longest}) exceed the model's context of ${this.spec.maxPositions} positions`,
+      );
+    this.checkMemory('generate', rows.length, p.length, longest);
+    return serial(() => addon.logLikelihood(this.h, Int32Array.from(p), Int32Array.from(rows.flat()), rows.map((r) => r.length)));
   }
 
   /** Refuses (E_MEMORY) a CPU job whose activations would not fit; CUDA reports its own out-of-memory as E_MEMORY. */

@@ -120,6 +120,7 @@ export interface Addon {
   backward(m: Handle, b: RawBatch, lossScale: number): Promise<number>;
   embed(m: Handle, b: RawBatch, pooling: string): Promise<FloatArray>;
   generate(m: Handle, b: RawBatch, g: RawGenerate): Promise<number[][]>;
+  logLikelihood(m: Handle, prompt: Int32Array, continuations: Int32Array, lengths: number[]): Promise<number[]>;
   zeroGrad(m: Handle): Promise<void>;
   gradNorm(m: Handle): Promise<number>;
   dispose(h: Handle): void;

@@ -22,7 +22,19 @@ import { TunekitError } from '../errors';
 import { Model, Pooling } from '../model';
 import { lineChartSvg, lossSeries, writeSvg } from '../plot';
 import { MetricsWriter, progressBar, ProgressBar, trainingFields } from '../progress';
-import { FEATURES_SUMMARY, FeatureBased, STRATEGIES, StrategyOptions, StrategyResult, TrainOptions } from '../strategies';
+import {
+  FEATURES_SUMMARY,
+  FeatureBased,
+  ICL_SUMMARY,
+  InContext,
+  InContextOptions,
+  PromptSearch,
+  Selection,
+  STRATEGIES,
+  StrategyOptions,
+  StrategyResult,
+  TrainOptions,
+} from '../strategies';
 import { writeJsonAtomic } from '../safetensors';
 import { Tokenizer } from '../tokenizer';
 import { evaluateModel } from '../trainer';
@@ -100,6 +112,39 @@ const commonHelp = {
   quiet: 'no progress bar',
 };
 
+/** In-context learning's flags, shared by `finetune --strategy icl` and `prompt-search`. */
+const ICL_FLAGS = {
+  options: {
+    template: { type: 'string' },
+    'label-words': { type: 'string' },
+    shots: { type: 'string' },
+    selection: { type: 'string' },
+    calibrate: { type: 'boolean' },
+  },
+  help: {
+    template: 'in-context: one labelled example with {text} then {label} (default "Review: {text}\\nSentiment: {label}"; \\n is a newline)',
+    'label-words': "in-context: comma-separated word per class, in label order (default: the data's label names)",
+    shots: 'in-context: demonstrations before each query (default 0)',
+    selection: 'in-context: random, balanced or similar (default random)',
+    calibrate: 'in-context: contextual calibration against the content-free input "N/A"',
+  },
+} as const;
+
+/** InContext's options from the ICL flags. */
+function inContextOptions(o: Opts, splits: Splits, tok: Tokenizer): InContextOptions {
+  if (splits.train.kind !== 'classification') throw new UsageError('in-context learning needs labelled data (a label field)');
+  checkClasses(splits);
+  return {
+    tokenizer: tok,
+    labelWords: o['label-words'] !== undefined ? String(o['label-words']).split(',').map((w) => w.trim()) : splits.train.labelNames!,
+    ...(o.template !== undefined ? { template: String(o.template).replace(/\\n/g, '\n') } : {}),
+    shots: num(o, 'shots', 0, 'int'),
+    selection: o.selection as Selection | undefined,
+    calibrate: Boolean(o.calibrate),
+    seed: num(o, 'seed', 42, 'int'),
+  };
+}
+
 const COMMANDS: Record<string, Command> = {
   finetune: {
     summary: 'train a model on a dataset and report test metrics',
@@ -127,12 +172,13 @@ const COMMANDS: Record<string, Command> = {
       'num-virtual-tokens': { type: 'string' },
       'prefix-projection': { type: 'boolean' },
       'prompt-init-text': { type: 'string' },
+      ...ICL_FLAGS.options,
       ...CHECKPOINT_FLAGS.options,
       overwrite: { type: 'boolean' },
     },
     help: {
       ...commonHelp,
-      strategy: `how to adapt the model (default full): features = ${FEATURES_SUMMARY}; ${Object.entries(STRATEGIES)
+      strategy: `how to adapt the model (default full): features = ${FEATURES_SUMMARY}; ${ICL_SUMMARY}; ${Object.entries(STRATEGIES)
         .map(([k, v]) => `${k} = ${v.summary}`)
         .join('; ')}`,
       out: 'folder for the finetuned model, metrics.jsonl, loss.svg and results.json (default: runs/MODEL-STRATEGY)',
@@ -157,23 +203,25 @@ const COMMANDS: Record<string, Command> = {
       'num-virtual-tokens': 'with --strategy prefix|prompt: how many (default 8)',
       'prefix-projection': 'with --strategy prefix: reparameterise through an MLP',
       'prompt-init-text': "with --strategy prompt: initialise the virtual tokens from this text's embeddings",
+      ...ICL_FLAGS.help,
       ...CHECKPOINT_FLAGS.help,
       overwrite: 'replace what --out holds instead of refusing a non-empty folder',
     },
     async run(o) {
       const strategyName = String(o.strategy ?? 'full');
       const spec = STRATEGIES[strategyName];
-      if (strategyName !== 'features' && !spec)
+      if (strategyName !== 'features' && strategyName !== 'icl' && !spec)
         throw new UsageError(
-          `--strategy ${strategyName}: unknown strategy (expected one of features, ${Object.keys(STRATEGIES).join(', ')})`,
+          `--strategy ${strategyName}: unknown strategy (expected one of features, icl, ${Object.keys(STRATEGIES).join(', ')})`,
         );
       const dir = modelDir(o);
       const out = path.resolve(String(o.out ?? path.join('runs', `${path.basename(dir)}-${strategyName}`)));
-      prepareOut(out, o, strategyName !== 'features');
+      prepareOut(out, o, strategyName !== 'features' && strategyName !== 'icl');
       const splits = await splitsOf(o);
       const tok = await Tokenizer.fromPretrained(dir);
       const maxLength = num(o, 'max-length', 128, 'int')!;
       if (strategyName === 'features') return runFeatures(dir, splits, tok, maxLength, out, o);
+      if (strategyName === 'icl') return runInContext(dir, splits, tok, maxLength, out, o);
       const model = await modelFor(dir, splits, o);
       const seed = num(o, 'seed', 42, 'int');
       const virtualTokens = num(o, 'num-virtual-tokens', undefined, 'int');
@@ -371,8 +419,97 @@ const COMMANDS: Record<string, Command> = {
       model.dispose();
     },
   },
+  'prompt-search': {
+    summary: 'hard prompt tuning: search template wordings (GrIPS edits) and label words for in-context classification',
+    usage: 'tunekit prompt-search [--model DIR] [--data SPEC] [--template T] [--label-words a,b] [--shots N] [--out DIR] [options]',
+    options: {
+      ...common,
+      ...ICL_FLAGS.options,
+      pool: { type: 'string' },
+      beam: { type: 'string' },
+      candidates: { type: 'string' },
+      iterations: { type: 'string' },
+      'dev-size': { type: 'string' },
+      'label-candidates': { type: 'string' },
+      out: { type: 'string' },
+      overwrite: { type: 'boolean' },
+    },
+    help: {
+      ...commonHelp,
+      model: 'a causal language model folder (default: models/tiny-gpt2)',
+      ...ICL_FLAGS.help,
+      template: 'the template the search starts from (default "Review: {text}\\nSentiment: {label}"; \\n is a newline)',
+      pool: "phrases the 'add' edit may insert, separated by | (besides the phrases deleted during the search)",
+      beam: 'templates kept between rounds (default 4)',
+      candidates: 'edited candidates per beam member and round (default 6)',
+      iterations: 'rounds of template edits (default 5)',
+      'dev-size': 'validation examples each candidate is scored on (default 64)',
+      'label-candidates': 'whole words tried per class in the label-word search (default 8; 0 skips it)',
+      out: 'folder for results.json (default: runs/MODEL-prompt-search)',
+      overwrite: 'replace what --out holds instead of refusing a non-empty folder',
+    },
+    async run(o) {
+      const dir = o.model === undefined ? path.resolve('models', 'tiny-gpt2') : modelDir(o);
+      const out = path.resolve(String(o.out ?? path.join('runs', `${path.basename(dir)}-prompt-search`)));
+      prepareOut(out, o, false);
+      const splits = await splitsOf(o);
+      const tok = await Tokenizer.fromPretrained(dir);
+      const options = inContextOptions(o, splits, tok);
+      const model = await Model.fromPretrained(dir, { task: 'causal-lm', ...computeOptions(o) });
+      const maxLength = num(o, 'max-length', 128, 'int');
+      const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength }));
+      const search = new PromptSearch({
+        ...options,
+        ...(o.pool !== undefined ? { pool: String(o.pool).split('|') } : {}),
+        beam: num(o, 'beam', undefined, 'int'),
+        candidates: num(o, 'candidates', undefined, 'int'),
+        iterations: num(o, 'iterations', undefined, 'int'),
+        devSize: num(o, 'dev-size', undefined, 'int'),
+        labelCandidates: num(o, 'label-candidates', undefined, 'int'),
+        onProgress: (n, best) => {
+          if (!o.quiet) process.stderr.write(`\rprompt-search: ${n} candidates scored, best ${(100 * best.accuracy).toFixed(1)}% on the sample   `);
+        },
+      });
+      const result = await search.run(model, { train, validation, test });
+      if (!o.quiet) process.stderr.write('\n');
+      fs.mkdirSync(out, { recursive: true });
+      await writeJsonAtomic(path.join(out, 'results.json'), { model: dir, data: splits.train.source, ...result });
+      for (const [name, r] of [['initial', result.initial], ['best', result.best]] as const)
+        console.log(
+          `${name}: ${JSON.stringify(r.template)} with ${r.labelWords.join(', ')}: validation ${r.validation ? describe(r.validation) : 'n/a'}, test ${r.test ? describe(r.test) : 'n/a'}`,
+        );
+      console.log(`${result.candidates.length} candidates scored in ${(result.wallTimeMs / 1000).toFixed(1)} s; every one is in ${path.join(out, 'results.json')}`);
+      model.dispose();
+    },
+  },
   ...RL_COMMANDS,
 };
+
+async function runInContext(dir: string, splits: Splits, tok: Tokenizer, maxLength: number, out: string, o: Opts): Promise<void> {
+  const options = inContextOptions(o, splits, tok);
+  const model = await Model.fromPretrained(dir, { task: 'causal-lm', ...computeOptions(o) });
+  const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength }));
+  const bar = progressBar(validation.length + test.length, 'icl', { silent: Boolean(o.quiet) });
+  const icl = new InContext({ ...options, onProgress: (done) => bar.update(done) });
+  console.log(
+    `in-context classification with ${dir} on ${splits.train.source}: ${icl.options.shots} ${icl.options.selection} shots, label words ${options.labelWords.join(', ')}${icl.options.calibrate ? ', calibrated' : ''}`,
+  );
+  let result: StrategyResult;
+  try {
+    result = await icl.run(model, { train, validation, test });
+  } finally {
+    bar.stop();
+  }
+  fs.mkdirSync(out, { recursive: true });
+  const { tokenizer: _tokenizer, onProgress: _onProgress, ...settings } = icl.options;
+  await writeJsonAtomic(path.join(out, 'results.json'), { model: dir, data: splits.train.source, ...settings, ...result });
+  console.log(
+    `${result.shotsUsed!.toFixed(1)} demonstrations per query fitted the context; ${(result.wallTimeMs / 1000).toFixed(1)} s, peak RSS ${result.peakRssMiB.toFixed(0)} MiB`,
+  );
+  if (result.validation) console.log(`validation ${describe(result.validation)}`);
+  if (result.test) console.log(`test ${describe(result.test)}`);
+  model.dispose();
+}
 
 async function runFeatures(dir: string, splits: Splits, tok: Tokenizer, maxLength: number, out: string, o: Opts): Promise<void> {
   if (splits.train.kind !== 'classification') throw new UsageError('--strategy features needs labelled data (a label field)');

@@ -64,6 +64,8 @@ export interface StrategyResult {
   tokensPerSecond?: number;
   /** The process's peak resident set size so far (from the OS), in MiB. */
   peakRssMiB: number;
+  /** In-context learning: the mean number of demonstrations that fitted the context with each query. */
+  shotsUsed?: number;
   train?: TrainResult;
   validation?: EvalResult;
   test?: EvalResult;

@@ -203,6 +203,30 @@ Napi::Value Generate(const Napi::CallbackInfo& info) {
       });
 }
 
+// Continuations arrive as one flat Int32Array and their lengths.
+Napi::Value LogLikelihood(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  auto m = unwrap<Model>(info, 0, "model");
+  auto prompt = typed<Napi::Int32Array, int32_t>(env, info[1], napi_int32_array, "prompt");
+  auto flat = typed<Napi::Int32Array, int32_t>(env, info[2], napi_int32_array, "continuations");
+  auto lengths = ints(env, info[3], "lengths");
+  std::vector<std::vector<int32_t>> continuations;
+  size_t at = 0;
+  for (auto n : lengths) {
+    if (n < 0 || at + size_t(n) > flat.size()) throw make_error(env, "E_SHAPE", "continuation lengths do not match the tokens");
+    continuations.emplace_back(flat.begin() + at, flat.begin() + at + n);
+    at += size_t(n);
+  }
+  if (at != flat.size()) throw make_error(env, "E_SHAPE", "continuation lengths do not match the tokens");
+  return run<std::vector<double>>(
+      env, [m, prompt, continuations] { return log_likelihood(*m, prompt, continuations); },
+      [](Napi::Env env, std::vector<double>& scores) {
+        auto a = Napi::Array::New(env, scores.size());
+        for (size_t i = 0; i < scores.size(); i++) a.Set(uint32_t(i), Napi::Number::New(env, scores[i]));
+        return Napi::Value(a);
+      });
+}
+
 Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   return run_void(info.Env(), [m] { zero_grad(*m); });
@@ -267,6 +291,7 @@ void init_model(Napi::Env env, Napi::Object exports) {
   exports.Set("backward", Napi::Function::New(env, Backward));
   exports.Set("embed", Napi::Function::New(env, Embed));
   exports.Set("generate", Napi::Function::New(env, Generate));
+  exports.Set("logLikelihood", Napi::Function::New(env, LogLikelihood));
   exports.Set("zeroGrad", Napi::Function::New(env, ZeroGrad));
   exports.Set("gradNorm", Napi::Function::New(env, GradNorm));
   exports.Set("dispose", Napi::Function::New(env, Dispose));

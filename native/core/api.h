@@ -102,6 +102,9 @@ ForwardResult forward(Model& m, const Batch& b, bool want_logits);
 double backward(Model& m, const Batch& b, double loss_scale);
 FloatArray embed(Model& m, const Batch& b, const std::string& pooling);
 std::vector<std::vector<int32_t>> generate(Model& m, const Batch& b, const GenerateSpec& g);
+// The log-likelihood of each continuation after one prompt (the sum of its tokens' log-probabilities): the prompt runs
+// once into a KV cache that every continuation then extends, all continuations in one batch.
+std::vector<double> log_likelihood(Model& m, const std::vector<int32_t>& prompt, const std::vector<std::vector<int32_t>>& continuations);
 // Preference and RLHF objectives (rl/objectives.cpp): one generic entry; the objective named in the spec reads its
 // own fields, so that a new objective needs no new entry point.
 //   pairwise-reward: rows [chosen; rejected] of a one-output classifier; numbers center_rewards_coefficient;

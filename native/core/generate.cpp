@@ -1,4 +1,4 @@
-// Generation: greedy or sampled (temperature, top-k, top-p) decoding with a KV cache.
+// Generation (greedy or sampled: temperature, top-k, top-p) and continuation scoring, both with a KV cache.
 #include "batch.h"
 #include "models/family.h"
 
@@ -71,6 +71,64 @@ std::vector<std::vector<int32_t>> generate(Model& m, const Batch& b, const Gener
   std::vector<std::vector<int32_t>> out(rows.size(0));
   for (int64_t i = 0; i < rows.size(0); i++) out[i].assign(rows[i].data_ptr<int32_t>(), rows[i].data_ptr<int32_t>() + rows.size(1));
   return out;
+}
+
+std::vector<double> log_likelihood(Model& m, const std::vector<int32_t>& prompt, const std::vector<std::vector<int32_t>>& continuations) {
+  require(m.spec.task == "causal-lm", "E_STATE", "logLikelihood() needs a causal-lm model");
+  require(!prompt.empty(), "E_SHAPE", "the prompt must not be empty");
+  require(!continuations.empty(), "E_SHAPE", "there must be at least one continuation");
+  size_t longest = 0;
+  for (const auto& c : continuations) {
+    require(!c.empty(), "E_SHAPE", "a continuation must not be empty");
+    longest = std::max(longest, c.size());
+  }
+  const int64_t L = int64_t(continuations.size()), n = int64_t(longest);
+  KVCache kv;
+  kv.k.resize(m.spec.num_layers);
+  kv.v.resize(m.spec.num_layers);
+  ForwardContext c(m, m.adapter(m.active), /*training=*/false, &kv);
+  Batch b;
+  b.input_ids = prompt;
+  b.batch = 1;
+  b.seq = int64_t(prompt.size());
+  auto t = to_tensors(c, b);
+  if (m.family->positions != Family::Positions::rotary) {
+    const int64_t total = b.seq + c.virtual_tokens() + c.prefix_tokens() + n - 1;
+    require(total <= m.spec.max_positions, "E_RANGE",
+            "the prompt (" + std::to_string(b.seq) + " tokens) and the longest continuation (" + std::to_string(n) +
+                ") exceed the model's context of " + std::to_string(m.spec.max_positions) + " positions");
+  }
+  auto ids = torch::zeros({L, n}, torch::kLong), mask = torch::zeros({L, n}, torch::kLong);
+  for (int64_t i = 0; i < L; i++) {
+    for (int64_t j = 0; j < int64_t(continuations[i].size()); j++) {
+      auto id = continuations[i][j];
+      require(id >= 0 && id < m.spec.vocab_size, "E_RANGE",
+              "token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(m.spec.vocab_size) + ")");
+      ids[i][j] = id;
+      mask[i][j] = 1;
+    }
+  }
+  ids = ids.to(m.device);
+  mask = mask.to(m.device);
+  c10::InferenceMode inference;
+  std::optional<AutocastScope> autocast;
+  if (m.autocast) autocast.emplace(m.device.type(), *m.autocast);
+  // The prompt's last position predicts every continuation's first token.
+  auto first = c.run(t.ids, torch::ones_like(t.ids)).logits.select(1, -1).to(torch::kFloat32).log_softmax(-1);
+  auto total = first.squeeze(0).index_select(0, ids.select(1, 0));
+  if (n > 1) {
+    // Every continuation extends the same cache: a view of it per row, not a copy.
+    for (size_t i = 0; i < kv.k.size(); i++) {
+      kv.k[i] = kv.k[i].expand({L, -1, -1, -1});
+      kv.v[i] = kv.v[i].expand({L, -1, -1, -1});
+    }
+    auto keys = torch::cat({torch::ones({L, kv.len}, mask.options()), mask.slice(1, 0, n - 1)}, 1);
+    auto logp = c.run(ids.slice(1, 0, n - 1), keys).logits.to(torch::kFloat32).log_softmax(-1);
+    auto next = logp.gather(2, ids.slice(1, 1).unsqueeze(-1)).squeeze(-1);
+    total = total + (next * mask.slice(1, 1).to(next.scalar_type())).sum(1);
+  }
+  auto out = total.to(torch::kCPU, torch::kDouble).contiguous();
+  return std::vector<double>(out.data_ptr<double>(), out.data_ptr<double>() + L);
 }
 
 }  // namespace tunekit
