@@ -1,10 +1,12 @@
 /**
- * The article's comparison on tunekit's own models: feature-based, finetuning I (head, and head + last block) and
- * finetuning II (all layers), on tiny-distilbert and tiny-gpt2, on two built-in datasets, 3 seeds each, every run
- * repeated in Python (transformers + scikit-learn) on the same weights, ids and batch order. Writes docs/RESULTS.md
- * and docs/results-classic.svg.
+ * The article's comparison on tunekit's own models: feature-based, finetuning I (head, and head + last block),
+ * finetuning II (all layers), the parameter-efficient methods and in-context learning (causal LMs), on tiny-distilbert
+ * and tiny-gpt2, on two built-in datasets. Each strategy's setting is chosen on the validation split from a grid
+ * (classic-run.ts's GRIDS), then run at 3 seeds; chosen runs are repeated in Python (transformers + PEFT +
+ * scikit-learn) on the same weights, ids and batch order. Writes docs/RESULTS.md and docs/results-classic.svg.
  *
  *   npm run experiment:classic [-- --seeds 1,2,3 --models tiny-distilbert,tiny-gpt2 --data imdb-sentences,sentiment-sentences --no-python]
+ *     [--peft-models M,... --peft-data D,... --python-models M,... --python-data D,... --resume]
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -12,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { barChartSvg, writeSvg } from '../lib/plot';
 import { progressBar } from '../lib/progress';
-import { BATCH_SIZE, epochsFor, GRIDS, MAX_LENGTH, PEFT_STRATEGIES, PLANS, StrategyPlan } from './experiment/classic-run';
+import { BATCH_SIZE, epochsFor, GRIDS, ICL_MAX_LENGTH, ICL_STRATEGIES, MAX_LENGTH, PEFT_STRATEGIES, PLANS, StrategyPlan } from './experiment/classic-run';
 
 /** The seed the grid search runs at; the chosen setting then runs at every seed. */
 const SELECTION_SEED = 1;
@@ -32,6 +34,7 @@ const pythonModels = arg('python-models', 'tiny-distilbert').split(',');
 const pythonData = arg('python-data', 'imdb-sentences').split(',');
 /** The parameter-efficient rows (issue 5) run on the IMDB set only, by default, to keep the whole run near 30 minutes. */
 const peftData = arg('peft-data', 'imdb-sentences').split(',');
+const peftModels = arg('peft-models', models.join(',')).split(',');
 /** Both sides compute the same thing run for run (same weights, ids, order, no dropout), so one seed of Python shows it. */
 const pythonSeeds = arg('python-seeds', '1').split(',').map(Number);
 const resume = process.argv.includes('--resume');
@@ -101,7 +104,8 @@ async function main() {
   if (!resume) fs.writeFileSync(resultsFile, '');
   const cells = models
     .flatMap((m) => datasets.flatMap((d) => strategies.map((st) => ({ m, d, st }))))
-    .filter((c) => !PEFT_STRATEGIES.includes(c.st) || peftData.includes(c.d));
+    .filter((c) => !PEFT_STRATEGIES.includes(c.st) || (peftData.includes(c.d) && peftModels.includes(c.m)))
+    .filter((c) => !ICL_STRATEGIES.includes(c.st) || isCausalLM(c.m));
   const total = cells.reduce((a, c) => a + GRIDS[c.st].length + seeds.filter((s) => s !== SELECTION_SEED).length, 0);
   const bar = progressBar(total, 'classic');
   const runs: Run[] = [...previous];
@@ -113,6 +117,7 @@ async function main() {
       pythonModels.includes(c.m) &&
       pythonData.includes(c.d) &&
       c.st !== 'adapter' &&
+      !ICL_STRATEGIES.includes(c.st) && // test/in-context.test.ts checks the scoring against transformers instead
       !(c.st === 'prefix' && c.m === 'tiny-distilbert'); // PEFT cannot prefix-tune DistilBERT (no past key values)
     /** One run of this cell on one side, from the previous run's results when it has it. */
     const once = (side: Run['side'], setting: StrategyPlan, seed: number): Run => {
@@ -163,6 +168,12 @@ async function main() {
   bar.stop();
   const minutes = (Date.now() - started) / 60000;
   await report(runs, minutes);
+}
+
+/** Whether a shipped model is a causal LM (in-context learning needs one). */
+function isCausalLM(m: string): boolean {
+  const config = JSON.parse(fs.readFileSync(path.join(ROOT, 'models', m, 'config.json'), 'utf8'));
+  return /(LMHeadModel|ForCausalLM)$/.test(config.architectures?.[0] ?? '');
 }
 
 /** The grid run at the selection seed with the best validation accuracy (the first in grid order on a tie). */
@@ -249,7 +260,7 @@ async function report(runs: Run[], minutes: number) {
     for (const d of datasets) {
       for (const st of strategies) {
         const best = chosen(runs, m, d, st);
-        if (!best) continue;
+        if (!best || GRIDS[st].length < 2) continue;
         const cellsOf = GRIDS[st].map((g) => {
           const r = runs.find(
             (x) => x.side === 'tunekit' && x.model === m && x.data === d && x.strategy === st && x.seed === SELECTION_SEED && settingKey(x.setting) === settingKey(g),
@@ -265,7 +276,7 @@ async function report(runs: Run[], minutes: number) {
     .filter(([k]) => strategies.includes(k))
     .map(
       ([k, p]) =>
-        `\`${k}\`: ${k === 'features' ? 'frozen model, pooled embedding (distilbert: [CLS]; gpt2: last token), logistic regression (L-BFGS)' : `${p.unfreezeLastBlocks ? `head and the last ${p.unfreezeLastBlocks} block trainable` : k === 'head' ? 'head only' : k === 'full' ? 'every layer' : 'the method\'s own parameters and the head'}`}`,
+        `\`${k}\`: ${p.icl ? `in-context learning on the frozen causal LM, ${p.icl.shots ? `${p.icl.shots} ${p.icl.selection} demonstrations` : 'zero-shot'}${p.icl.calibrate ? ', contextual calibration' : ''} (template \`Review: {text}\\nSentiment: {label}\`, the label names as label words, texts cut to ${ICL_MAX_LENGTH} tokens so that 4 demonstrations fit 128 positions)` : k === 'features' ? 'frozen model, pooled embedding (distilbert: [CLS]; gpt2: last token), logistic regression (L-BFGS)' : `${p.unfreezeLastBlocks ? `head and the last ${p.unfreezeLastBlocks} block trainable` : k === 'head' ? 'head only' : k === 'full' ? 'every layer' : 'the method\'s own parameters and the head'}`}`,
     )
     .join('; ');
   const md = `# Results: the classic approaches on tunekit's own models
