@@ -276,7 +276,8 @@ async function main() {
   if (!(lr > 0)) fail(`--lr must be a positive number, got ${arg('lr')}`);
   console.log(`learning rate ${lr} (${arg('lr') !== undefined ? '--lr' : 'the sweep\'s best'})`);
 
-  const metrics = new MetricsWriter(path.join(work, 'metrics.jsonl'), { append: true });
+  // A resumed run rewrites the rows after its checkpoint.
+  const metrics = new MetricsWriter(path.join(work, 'metrics.jsonl'), { resume: true });
   const bar = progressBar(steps, name);
   const { model, trainer } = await run(lr, steps, {
     evalEvery: 250,
@@ -361,10 +362,19 @@ async function main() {
     .split('\n')
     .filter(Boolean)
     .map((l) => JSON.parse(l));
-  const totalWallS = metricsRows.length ? metricsRows[metricsRows.length - 1].elapsedMs / 1000 : wallS;
+  // Each process (a resumed run is several) counts its elapsed time from its own start.
+  let totalWallS = 0;
+  metricsRows.forEach((r, i) => {
+    const next = metricsRows[i + 1];
+    if (!next || next.elapsedMs < r.elapsedMs) totalWallS += r.elapsedMs / 1000;
+  });
   const summary = {
     model: name,
-    parameters: model.countParameters(),
+    // What ships: the pretraining task's sentence-order head is not in the saved folder.
+    parameters: model
+      .baseParameters()
+      .filter((p) => !model.family.pretrainingOnly?.test(p.name))
+      .reduce((a, p) => a + p.numel, 0),
     config: recipe.config,
     seed,
     steps: result.steps,
@@ -478,14 +488,13 @@ useful general language model.
 | **${s.model}** | ${s.validationLoss.toFixed(3)} | **${s.validationPerplexity.toFixed(1)}** |
 | unigram baseline (training-split token frequencies, add-one smoothed) | ${Math.log(s.unigramPerplexity).toFixed(3)} | ${s.unigramPerplexity.toFixed(1)} |
 
-Measured on all ${s.validationBlocks} held-out blocks (${s.validationTargets.toLocaleString('en-US')} ${gpt ? 'predicted tokens' : 'masked positions, masks drawn once with a fixed seed'}); the baseline is scored on exactly the same targets: the model's perplexity is **${(s.validationPerplexity / s.unigramPerplexity).toFixed(2)}x** the baseline's.${s.sentenceOrderLoss !== undefined ? ` On the same held-out pairs the sentence-order loss is ${s.sentenceOrderLoss.toFixed(3)} nats (chance: ln 2 = 0.693).` : ''}
+Measured on all ${s.validationBlocks} held-out blocks (${s.validationTargets.toLocaleString('en-US')} ${gpt ? 'predicted tokens' : 'masked positions, masks drawn once with a fixed seed'}); the baseline is scored on exactly the same targets: the model's perplexity is **${(s.validationPerplexity / s.unigramPerplexity).toFixed(2)}x** the baseline's.${s.sentenceOrderLoss !== undefined ? ` On the same held-out pairs the sentence-order loss is ${s.sentenceOrderLoss.toFixed(3)} nats (chance: ln 2 = 0.693)${s.sentenceOrderLoss > 0.68 ? ': in this run the model did not learn to tell the order of two segments, so `[CLS]` got no useful sentence-level signal from it' : ''}.` : ''}
 
 ## Learning-rate sweep
 
 Before the run, the same model trained for ${s.sweep.steps} steps at each rate (same seed, data, batch and schedule shape),
-scored on a fixed 64-block held-out subset${gpt ? '' : ' (masked LM + sentence order)'}; the lowest loss chose the rate. The shape was not swept: at these
-sizes the run's budget goes further in tokens than in width (the cards of earlier, smaller runs showed the models
-underfitting, not out of capacity).
+scored on a fixed 64-block held-out subset${gpt ? '' : ' (masked LM + sentence order)'}; the lowest loss chose the rate. The shape was not swept: the
+session's compute went to more tokens at the earlier shape instead.
 
 | learning rate | held-out loss after ${s.sweep.steps} steps |
 |---|---|
