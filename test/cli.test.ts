@@ -70,7 +70,7 @@ test('bad arguments: one line, non-zero exit, no stack trace', (t) => {
     t,
     run('finetune', '--strategy', 'magic'),
     2,
-    /--strategy magic: unknown strategy \(expected one of features, full, head, lora, adapter, prefix, prompt/,
+    /--strategy magic: unknown strategy \(expected one of features, icl, full, head, lora, adapter, prefix, prompt/,
   );
   failsCleanly(t, run('finetune', '--model', '/no/such/model'), 2, /--model \/no\/such\/model: no such folder/);
   failsCleanly(t, run('finetune', '--data', '/no/such.jsonl'), 2, /no such file/);
@@ -153,6 +153,29 @@ test('generate continues a prompt, in float32 and in bf16', (t) => {
     t.is(r.status, 0, r.stderr);
     t.regex(r.stdout, /^The ship\S*\s+\S+/, precision);
   }
+});
+
+test('finetune --strategy icl and prompt-search classify in context from the command line and write results.json', (t) => {
+  const gpt2 = path.join(ROOT, 'models', 'tiny-gpt2');
+  const icl = tmpDir('cli-icl');
+  const r = run('finetune', '--model', gpt2, '--strategy', 'icl', '--shots', '2', '--selection', 'balanced', '--calibrate', '--max-length', '24', '--quiet', '--out', icl, '--overwrite');
+  t.is(r.status, 0, r.stderr);
+  t.regex(r.stdout, /test accuracy \d+\.\d%/);
+  const res = JSON.parse(fs.readFileSync(path.join(icl, 'results.json'), 'utf8'));
+  t.is(res.strategy, 'icl');
+  t.deepEqual([res.shots, res.selection, res.calibrate, res.labelWords], [2, 'balanced', true, ['negative', 'positive']]);
+  t.is(res.shotsUsed, 2);
+  t.is(res.test.examples, 200);
+
+  const ps = tmpDir('cli-prompt-search');
+  const s = run('prompt-search', '--model', gpt2, '--iterations', '1', '--beam', '1', '--candidates', '2', '--dev-size', '8', '--label-candidates', '1', '--quiet', '--out', ps, '--overwrite');
+  t.is(s.status, 0, s.stderr);
+  t.regex(s.stdout, /^initial: .*\nbest: /m);
+  const found = JSON.parse(fs.readFileSync(path.join(ps, 'results.json'), 'utf8'));
+  t.is(found.candidates[0].edit, 'initial');
+  t.truthy(found.initial.test && found.best.test);
+
+  failsCleanly(t, run('prompt-search', '--model', gpt2, '--template', 'no slots', '--out', tmpDir('cli-ps-bad')), 1, /template must hold \{text\} once/);
 });
 
 // Serial: the other tests here block the event loop in spawnSync, which would stall the polling for the checkpoint.
