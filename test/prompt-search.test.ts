@@ -28,6 +28,8 @@ test('prompt-search edits: delete, swap and add change only the wording; the slo
   }
   t.deepEqual([...seen].sort(), ['add', 'delete', 'swap']);
   t.is(edit('{text}{label}', [], rand), undefined, 'nothing to edit');
+  // Without demonstrations the text after {label} is never shown: it is left alone.
+  for (let i = 0; i < 50; i++) t.true(edit('A {text} B {label} tail words', ['x'], rand, false)!.template.endsWith('{label} tail words'));
 });
 
 test('prompt-search: every candidate is scored on the fixed sample as InContext scores it, and the best beats or ties the start', async (t) => {

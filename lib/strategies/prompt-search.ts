@@ -139,7 +139,7 @@ export class PromptSearch {
       const next = [...beam];
       for (const member of beam) {
         for (let k = 0; k < s.candidates; k++) {
-          const edited = edit(member.template, [...pool], rand);
+          const edited = edit(member.template, [...pool], rand, o.shots > 0);
           if (!edited) continue;
           if (edited.removed) pool.add(edited.removed);
           next.push(await score(edited.template, member.labelWords, edited.edit));
@@ -236,15 +236,18 @@ function best(list: Scored[]): Scored {
   return [...list].sort(rank)[0];
 }
 
-/** One GrIPS edit of the template's wording (the slots never move). Phrases are runs of one to three words. */
+/** One GrIPS edit of the template's wording (the slots never move). Phrases are runs of one to three words.
+ * `afterLabel: false` leaves the text after {label} alone: without demonstrations no prompt shows it. */
 export function edit(
   template: string,
   pool: string[],
   rand: () => number,
+  afterLabel = true,
 ): { template: string; edit: string; removed?: string } | undefined {
   // Segments alternate text and slots: text, slot, text, slot, text.
   const segments = template.split(SLOT);
-  const words = segments.map((seg, i) => (i % 2 === 1 || seg === '' ? [] : seg.split(/(?<=\s)(?=\S)/)));
+  const editable = (i: number) => i % 2 === 0 && (afterLabel || i < 4);
+  const words = segments.map((seg, i) => (!editable(i) || seg === '' ? [] : seg.split(/(?<=\s)(?=\S)/)));
   const phrases: { seg: number; at: number; len: number }[] = [];
   words.forEach((ws, seg) => {
     for (let at = 0; at < ws.length; ) {
@@ -254,7 +257,7 @@ export function edit(
     }
   });
   const text = (p: { seg: number; at: number; len: number }) => words[p.seg].slice(p.at, p.at + p.len).join('');
-  const join = (ws: string[][]) => segments.map((seg, i) => (i % 2 === 1 ? seg : ws[i].join(''))).join('');
+  const join = (ws: string[][]) => segments.map((seg, i) => (editable(i) ? ws[i].join('') : seg)).join('');
   const kinds = ['delete', 'swap', 'add'].filter(
     (k) => (k === 'delete' && phrases.length > 0) || (k === 'swap' && phrases.length > 1) || (k === 'add' && pool.length > 0),
   );
@@ -278,7 +281,7 @@ export function edit(
     return { template: join(ws), edit: kind };
   }
   const phrase = pool[Math.floor(rand() * pool.length)];
-  const textSegs = ws.map((_, i) => i).filter((i) => i % 2 === 0);
+  const textSegs = ws.map((_, i) => i).filter(editable);
   const seg = textSegs[Math.floor(rand() * textSegs.length)];
   const at = Math.floor(rand() * (ws[seg].length + 1));
   ws[seg].splice(at, 0, `${phrase} `);
