@@ -35,15 +35,18 @@ function rectangular(name: string, rows: unknown, seq: number | undefined): numb
 
 /** Rows of token ids that may differ in length (none empty), each id checked against the vocabulary. */
 export function tokenRows(name: string, rows: unknown, vocabSize: number): number[][] {
-  if (!Array.isArray(rows) || rows.length === 0) throw new TunekitError('E_TYPE', `${name} must be a non-empty array of arrays of token ids`);
+  if (!Array.isArray(rows) || rows.length === 0)
+    throw new TunekitError('E_TYPE', `${name} must be a non-empty array of arrays of token ids`);
   for (let i = 0; i < rows.length; i++) {
     const r: unknown = rows[i];
-    if (!Array.isArray(r) || r.length === 0) throw new TunekitError('E_SHAPE', `${name}[${i}] must be a non-empty array of token ids, got ${show(r)}`);
+    if (!Array.isArray(r) || r.length === 0)
+      throw new TunekitError('E_SHAPE', `${name}[${i}] must be a non-empty array of token ids, got ${show(r)}`);
     for (let j = 0; j < r.length; j++) {
       const v: unknown = r[j];
       if (typeof v !== 'number' || !Number.isInteger(v))
         throw new TunekitError('E_TYPE', `${name}[${i}][${j}] must be an integer, got ${j in r ? show(v) : 'a hole'}`);
-      if (v < 0 || v >= vocabSize) throw new TunekitError('E_RANGE', `${name}[${i}][${j}] = ${v} is outside the vocabulary [0, ${vocabSize})`);
+      if (v < 0 || v >= vocabSize)
+        throw new TunekitError('E_RANGE', `${name}[${i}][${j}] = ${v} is outside the vocabulary [0, ${vocabSize})`);
     }
   }
   return rows as number[][];

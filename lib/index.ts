@@ -23,7 +23,16 @@ export type { DatasetKind, FieldMap, ReadOptions, Row, Splits } from './data';
 export { FeatureBased, FinetuneAll, FinetuneHead, FinetuneLoRA, FinetunePEFT, InContext, PromptSearch } from './strategies';
 export { LogisticRegression } from './logreg';
 export type { LogisticRegressionOptions } from './logreg';
-export type { FeatureBasedOptions, FinetuneHeadOptions, InContextOptions, PromptSearchOptions, PromptSearchResult, StrategyData, StrategyResult, TrainOptions } from './strategies';
+export type {
+  FeatureBasedOptions,
+  FinetuneHeadOptions,
+  InContextOptions,
+  PromptSearchOptions,
+  PromptSearchResult,
+  StrategyData,
+  StrategyResult,
+  TrainOptions,
+} from './strategies';
 export { LoRA } from './peft/lora';
 export type { LoRAOptions } from './peft/lora';
 export { PromptTuning } from './peft/prompt';

@@ -419,7 +419,14 @@ export class Model {
         `the prompt (${p.length} tokens) and the longest continuation (${longest}) exceed the model's context of ${this.spec.maxPositions} positions`,
       );
     this.checkMemory('generate', rows.length, p.length, longest);
-    return serial(() => addon.logLikelihood(this.h, Int32Array.from(p), Int32Array.from(rows.flat()), rows.map((r) => r.length)));
+    return serial(() =>
+      addon.logLikelihood(
+        this.h,
+        Int32Array.from(p),
+        Int32Array.from(rows.flat()),
+        rows.map((r) => r.length),
+      ),
+    );
   }
 
   /** Refuses (E_MEMORY) a CPU job whose activations would not fit; CUDA reports its own out-of-memory as E_MEMORY. */

@@ -14,7 +14,17 @@ import os from 'node:os';
 import path from 'node:path';
 import { barChartSvg, writeSvg } from '../lib/plot';
 import { progressBar } from '../lib/progress';
-import { BATCH_SIZE, epochsFor, GRIDS, ICL_MAX_LENGTH, ICL_STRATEGIES, MAX_LENGTH, PEFT_STRATEGIES, PLANS, StrategyPlan } from './experiment/classic-run';
+import {
+  BATCH_SIZE,
+  epochsFor,
+  GRIDS,
+  ICL_MAX_LENGTH,
+  ICL_STRATEGIES,
+  MAX_LENGTH,
+  PEFT_STRATEGIES,
+  PLANS,
+  StrategyPlan,
+} from './experiment/classic-run';
 
 /** The seed the grid search runs at; the chosen setting then runs at every seed. */
 const SELECTION_SEED = 1;
@@ -123,7 +133,8 @@ async function main() {
     const once = (side: Run['side'], setting: StrategyPlan, seed: number): Run => {
       const key = settingKey(setting);
       const had = runs.find(
-        (r) => r.side === side && r.model === c.m && r.data === c.d && r.strategy === c.st && r.seed === seed && settingKey(r.setting) === key,
+        (r) =>
+          r.side === side && r.model === c.m && r.data === c.d && r.strategy === c.st && r.seed === seed && settingKey(r.setting) === key,
       );
       if (had) return had;
       const dir = path.join(work, `${c.m}-${c.d}-${c.st}-${key}-${seed}`);
@@ -138,7 +149,11 @@ async function main() {
               ...['--seed', String(seed), '--work', dir],
               ...Object.entries(setting).flatMap(([k, v]) => [`--${k}`, String(v)]),
             ])
-          : runJson(path.join(ROOT, '.venv', 'bin', 'python'), [path.join(__dirname, 'experiment', 'classic.py'), path.join(ROOT, 'models', c.m), dir]);
+          : runJson(path.join(ROOT, '.venv', 'bin', 'python'), [
+              path.join(__dirname, 'experiment', 'classic.py'),
+              path.join(ROOT, 'models', c.m),
+              dir,
+            ]);
       const run: Run = { ...out, side, model: c.m, data: c.d, strategy: c.st, seed, setting };
       runs.push(run);
       fs.appendFileSync(resultsFile, JSON.stringify(run) + '\n');
@@ -180,7 +195,15 @@ function isCausalLM(m: string): boolean {
 function chosen(runs: Run[], m: string, d: string, st: string): Run | undefined {
   const key = (s: StrategyPlan) => settingKey(s);
   const grid = GRIDS[st].map((g) =>
-    runs.find((r) => r.side === 'tunekit' && r.model === m && r.data === d && r.strategy === st && r.seed === SELECTION_SEED && settingKey(r.setting) === key(g)),
+    runs.find(
+      (r) =>
+        r.side === 'tunekit' &&
+        r.model === m &&
+        r.data === d &&
+        r.strategy === st &&
+        r.seed === SELECTION_SEED &&
+        settingKey(r.setting) === key(g),
+    ),
   );
   if (grid.some((r) => !r)) return undefined;
   return grid.reduce((a, b) => (b!.validation!.accuracy > a!.validation!.accuracy ? b : a));
@@ -254,7 +277,7 @@ async function report(runs: Run[], minutes: number) {
   });
   await writeSvg(path.join(ROOT, 'docs', 'results-classic.svg'), svg);
   const describe = (st: string, p: StrategyPlan, d: string) =>
-    p.C !== undefined ? `C ${p.C}` : `lr ${p.lr}, ${epochsFor(p, d)} epochs`;
+    p.C !== undefined ? `C ${p.C}` : `lr ${p.lr}, ${epochsFor(p, d)} epoch${epochsFor(p, d) === 1 ? '' : 's'}`;
   const gridRows: string[] = [];
   for (const m of models) {
     for (const d of datasets) {
@@ -263,7 +286,13 @@ async function report(runs: Run[], minutes: number) {
         if (!best || GRIDS[st].length < 2) continue;
         const cellsOf = GRIDS[st].map((g) => {
           const r = runs.find(
-            (x) => x.side === 'tunekit' && x.model === m && x.data === d && x.strategy === st && x.seed === SELECTION_SEED && settingKey(x.setting) === settingKey(g),
+            (x) =>
+              x.side === 'tunekit' &&
+              x.model === m &&
+              x.data === d &&
+              x.strategy === st &&
+              x.seed === SELECTION_SEED &&
+              settingKey(x.setting) === settingKey(g),
           )!;
           const text = `${describe(st, g, d)}: ${pct(r.validation!.accuracy)}`;
           return r === best ? `**${text}**` : text;
@@ -276,7 +305,7 @@ async function report(runs: Run[], minutes: number) {
     .filter(([k]) => strategies.includes(k))
     .map(
       ([k, p]) =>
-        `\`${k}\`: ${p.icl ? `in-context learning on the frozen causal LM, ${p.icl.shots ? `${p.icl.shots} ${p.icl.selection} demonstrations` : 'zero-shot'}${p.icl.calibrate ? ', contextual calibration' : ''} (template \`Review: {text}\\nSentiment: {label}\`, the label names as label words, texts cut to ${ICL_MAX_LENGTH} tokens so that 4 demonstrations fit 128 positions)` : k === 'features' ? 'frozen model, pooled embedding (distilbert: [CLS]; gpt2: last token), logistic regression (L-BFGS)' : `${p.unfreezeLastBlocks ? `head and the last ${p.unfreezeLastBlocks} block trainable` : k === 'head' ? 'head only' : k === 'full' ? 'every layer' : 'the method\'s own parameters and the head'}`}`,
+        `\`${k}\`: ${p.icl ? `in-context learning on the frozen causal LM, ${p.icl.shots ? `${p.icl.shots} ${p.icl.selection} demonstrations` : 'zero-shot'}${p.icl.calibrate ? ', contextual calibration' : ''} (template \`Review: {text}\\nSentiment: {label}\`, the label names as label words, texts cut to ${ICL_MAX_LENGTH} tokens so that 4 demonstrations fit 128 positions)` : k === 'features' ? 'frozen model, pooled embedding (distilbert: [CLS]; gpt2: last token), logistic regression (L-BFGS)' : `${p.unfreezeLastBlocks ? `head and the last ${p.unfreezeLastBlocks} block trainable` : k === 'head' ? 'head only' : k === 'full' ? 'every layer' : "the method's own parameters and the head"}`}`,
     )
     .join('; ');
   const md = `# Results: the classic approaches on tunekit's own models

@@ -274,7 +274,7 @@ async function main() {
   });
   const lr = arg('lr') !== undefined ? Number(arg('lr')) : sweep.best;
   if (!(lr > 0)) fail(`--lr must be a positive number, got ${arg('lr')}`);
-  console.log(`learning rate ${lr} (${arg('lr') !== undefined ? '--lr' : 'the sweep\'s best'})`);
+  console.log(`learning rate ${lr} (${arg('lr') !== undefined ? '--lr' : "the sweep's best"})`);
 
   // A resumed run rewrites the rows after its checkpoint.
   const metrics = new MetricsWriter(path.join(work, 'metrics.jsonl'), { resume: true });

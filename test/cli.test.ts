@@ -158,7 +158,24 @@ test('generate continues a prompt, in float32 and in bf16', (t) => {
 test('finetune --strategy icl and prompt-search classify in context from the command line and write results.json', (t) => {
   const gpt2 = path.join(ROOT, 'models', 'tiny-gpt2');
   const icl = tmpDir('cli-icl');
-  const r = run('finetune', '--model', gpt2, '--strategy', 'icl', '--shots', '2', '--selection', 'balanced', '--calibrate', '--max-length', '24', '--quiet', '--out', icl, '--overwrite');
+  const r = run(
+    'finetune',
+    '--model',
+    gpt2,
+    '--strategy',
+    'icl',
+    '--shots',
+    '2',
+    '--selection',
+    'balanced',
+    '--calibrate',
+    '--max-length',
+    '24',
+    '--quiet',
+    '--out',
+    icl,
+    '--overwrite',
+  );
   t.is(r.status, 0, r.stderr);
   t.regex(r.stdout, /test accuracy \d+\.\d%/);
   const res = JSON.parse(fs.readFileSync(path.join(icl, 'results.json'), 'utf8'));
@@ -168,14 +185,37 @@ test('finetune --strategy icl and prompt-search classify in context from the com
   t.is(res.test.examples, 200);
 
   const ps = tmpDir('cli-prompt-search');
-  const s = run('prompt-search', '--model', gpt2, '--iterations', '1', '--beam', '1', '--candidates', '2', '--dev-size', '8', '--label-candidates', '1', '--quiet', '--out', ps, '--overwrite');
+  const s = run(
+    'prompt-search',
+    '--model',
+    gpt2,
+    '--iterations',
+    '1',
+    '--beam',
+    '1',
+    '--candidates',
+    '2',
+    '--dev-size',
+    '8',
+    '--label-candidates',
+    '1',
+    '--quiet',
+    '--out',
+    ps,
+    '--overwrite',
+  );
   t.is(s.status, 0, s.stderr);
   t.regex(s.stdout, /^initial: .*\nbest: /m);
   const found = JSON.parse(fs.readFileSync(path.join(ps, 'results.json'), 'utf8'));
   t.is(found.candidates[0].edit, 'initial');
   t.truthy(found.initial.test && found.best.test);
 
-  failsCleanly(t, run('prompt-search', '--model', gpt2, '--template', 'no slots', '--out', tmpDir('cli-ps-bad')), 1, /template must hold \{text\} once/);
+  failsCleanly(
+    t,
+    run('prompt-search', '--model', gpt2, '--template', 'no slots', '--out', tmpDir('cli-ps-bad')),
+    1,
+    /template must hold \{text\} once/,
+  );
 });
 
 // Serial: the other tests here block the event loop in spawnSync, which would stall the polling for the checkpoint.

@@ -22,7 +22,13 @@ test('icl: the prompt is the template around demonstrations and the query, the s
   const enc = (s: string) => tokenizer.encode(s, { addSpecialTokens: false });
   const [a, b] = train;
   const { ids, shots } = icl.prompt(model, [a, b], [7, 8, 9]);
-  const demo = (e: Example) => [...enc('Review: '), ...e.inputIds, ...enc('\nSentiment:'), ...enc(` ${LABEL_WORDS[e.label!]}`), ...enc('\n\n')];
+  const demo = (e: Example) => [
+    ...enc('Review: '),
+    ...e.inputIds,
+    ...enc('\nSentiment:'),
+    ...enc(` ${LABEL_WORDS[e.label!]}`),
+    ...enc('\n\n'),
+  ];
   t.deepEqual(ids, [...demo(a), ...demo(b), ...enc('Review: '), 7, 8, 9, ...enc('\nSentiment:')]);
   t.is(shots, 2);
   // Too long for the 128-position context: the farthest demonstrations go first, the query stays whole.
@@ -77,7 +83,8 @@ test("icl: 'similar' puts the training examples nearest the query last", async (
 
 test('icl: bad options and data are refused clearly', async (t) => {
   const { model, tokenizer, train } = await setup();
-  const bad = (o: object) => t.throws(() => new InContext({ tokenizer, labelWords: LABEL_WORDS, ...o } as never), { instanceOf: TunekitError });
+  const bad = (o: object) =>
+    t.throws(() => new InContext({ tokenizer, labelWords: LABEL_WORDS, ...o } as never), { instanceOf: TunekitError });
   bad({ template: 'no slots here' });
   bad({ template: '{label} before {text}' });
   bad({ labelWords: ['only'] });

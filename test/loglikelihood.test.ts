@@ -12,7 +12,9 @@ for (const name of ['gpt2-causal-lm', 'llama-causal-lm']) {
     const ref = python('loglikelihood.py', [modelDir(name), JSON.stringify(PROMPT), JSON.stringify(CONTINUATIONS)]);
     const got = await model.logLikelihood(PROMPT, CONTINUATIONS);
     t.is(got.length, CONTINUATIONS.length);
-    got.forEach((g, i) => t.true(Math.abs(g - ref.scores[i]) / Math.abs(ref.scores[i]) < 1e-5, `continuation ${i}: ${g} vs ${ref.scores[i]}`));
+    got.forEach((g, i) =>
+      t.true(Math.abs(g - ref.scores[i]) / Math.abs(ref.scores[i]) < 1e-5, `continuation ${i}: ${g} vs ${ref.scores[i]}`),
+    );
     model.dispose();
   });
 }

@@ -22,7 +22,10 @@ async function pretrainingModel(): Promise<{ model: Model; dir: string }> {
 test('pretraining: masked-LM + sentence-order loss and every gradient match the PyTorch twin', async (t) => {
   const { model, dir } = await pretrainingModel();
   const before = readTensors(path.join(dir, 'model.safetensors'));
-  t.true([...before.keys()].some((k) => k.startsWith('sop_')), 'the checkpoint form keeps the sentence-order head');
+  t.true(
+    [...before.keys()].some((k) => k.startsWith('sop_')),
+    'the checkpoint form keeps the sentence-order head',
+  );
   const ref = python('pretraining.py', [dir, JSON.stringify(LABELS)]);
   t.true(ref.loss - ref.mlm_loss > 0.1, 'the sentence-order term must weigh in for the test to mean anything');
 

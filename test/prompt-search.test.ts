@@ -6,7 +6,12 @@ import { mulberry32, shuffled } from '../lib/random';
 import { ROOT } from './helpers';
 
 const TEMPLATE = 'Review of the film: {text}\nThe sentiment of this review is {label}';
-const words = (t: string) => t.replace(/\{text\}|\{label\}/g, ' ').split(/\s+/).filter(Boolean).sort();
+const words = (t: string) =>
+  t
+    .replace(/\{text\}|\{label\}/g, ' ')
+    .split(/\s+/)
+    .filter(Boolean)
+    .sort();
 
 test('prompt-search edits: delete, swap and add change only the wording; the slots stay, in order', (t) => {
   const rand = mulberry32(5);
@@ -37,22 +42,47 @@ test('prompt-search: every candidate is scored on the fixed sample as InContext 
   const model = await Model.fromPretrained(dir);
   const tokenizer = await Tokenizer.fromPretrained(dir);
   const splits = builtinSplits('imdb-sentences');
-  const [train, validation, testSplit] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tokenizer, { maxLength: 40 }));
+  const [train, validation, testSplit] = [splits.train, splits.validation, splits.test].map((d) =>
+    d.toExamples(tokenizer, { maxLength: 40 }),
+  );
   const labelWords = ['negative', 'positive'];
-  const settings = { tokenizer, template: TEMPLATE, labelWords, devSize: 24, beam: 2, candidates: 2, iterations: 2, labelCandidates: 2, seed: 9 };
+  const settings = {
+    tokenizer,
+    template: TEMPLATE,
+    labelWords,
+    devSize: 24,
+    beam: 2,
+    candidates: 2,
+    iterations: 2,
+    labelCandidates: 2,
+    seed: 9,
+  };
   const result = await new PromptSearch(settings).run(model, { train, validation, test: testSplit.slice(0, 40) });
   t.is(result.candidates[0].edit, 'initial');
   t.true(result.candidates.length > 3);
-  t.true(result.candidates.some((c) => c.edit === 'label'), 'the label-word search ran');
+  t.true(
+    result.candidates.some((c) => c.edit === 'label'),
+    'the label-word search ran',
+  );
   for (const c of result.candidates.filter((x) => x.edit === 'label'))
-    t.true(c.labelWords.every((w) => /^[A-Za-z]{3,}$/.test(w)), `whole words: ${c.labelWords}`);
+    t.true(
+      c.labelWords.every((w) => /^[A-Za-z]{3,}$/.test(w)),
+      `whole words: ${c.labelWords}`,
+    );
   // Rescore one edited candidate independently on the same sample.
-  const dev = shuffled(validation.length, 9).slice(0, 24).map((i) => validation[i]);
+  const dev = shuffled(validation.length, 9)
+    .slice(0, 24)
+    .map((i) => validation[i]);
   const pick = result.candidates[result.candidates.length - 1];
-  const again = await new InContext({ tokenizer, template: pick.template, labelWords: pick.labelWords, seed: 9 }).run(model, { train, validation: dev });
+  const again = await new InContext({ tokenizer, template: pick.template, labelWords: pick.labelWords, seed: 9 }).run(model, {
+    train,
+    validation: dev,
+  });
   t.is(again.validation!.accuracy, pick.accuracy);
   const initial = result.candidates[0];
-  const bestOnSample = result.candidates.find((c) => c.template === result.best.template && c.labelWords.join() === result.best.labelWords.join())!;
+  const bestOnSample = result.candidates.find(
+    (c) => c.template === result.best.template && c.labelWords.join() === result.best.labelWords.join(),
+  )!;
   t.true(bestOnSample.accuracy >= initial.accuracy);
   t.truthy(result.initial.test && result.best.test && result.best.validation);
   t.is(result.initial.test!.examples, 40);

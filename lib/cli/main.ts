@@ -136,7 +136,12 @@ function inContextOptions(o: Opts, splits: Splits, tok: Tokenizer): InContextOpt
   checkClasses(splits);
   return {
     tokenizer: tok,
-    labelWords: o['label-words'] !== undefined ? String(o['label-words']).split(',').map((w) => w.trim()) : splits.train.labelNames!,
+    labelWords:
+      o['label-words'] !== undefined
+        ? String(o['label-words'])
+            .split(',')
+            .map((w) => w.trim())
+        : splits.train.labelNames!,
     ...(o.template !== undefined ? { template: String(o.template).replace(/\\n/g, '\n') } : {}),
     shots: num(o, 'shots', 0, 'int'),
     selection: o.selection as Selection | undefined,
@@ -467,18 +472,24 @@ const COMMANDS: Record<string, Command> = {
         devSize: num(o, 'dev-size', undefined, 'int'),
         labelCandidates: num(o, 'label-candidates', undefined, 'int'),
         onProgress: (n, best) => {
-          if (!o.quiet) process.stderr.write(`\rprompt-search: ${n} candidates scored, best ${(100 * best.accuracy).toFixed(1)}% on the sample   `);
+          if (!o.quiet)
+            process.stderr.write(`\rprompt-search: ${n} candidates scored, best ${(100 * best.accuracy).toFixed(1)}% on the sample   `);
         },
       });
       const result = await search.run(model, { train, validation, test });
       if (!o.quiet) process.stderr.write('\n');
       fs.mkdirSync(out, { recursive: true });
       await writeJsonAtomic(path.join(out, 'results.json'), { model: dir, data: splits.train.source, ...result });
-      for (const [name, r] of [['initial', result.initial], ['best', result.best]] as const)
+      for (const [name, r] of [
+        ['initial', result.initial],
+        ['best', result.best],
+      ] as const)
         console.log(
           `${name}: ${JSON.stringify(r.template)} with ${r.labelWords.join(', ')}: validation ${r.validation ? describe(r.validation) : 'n/a'}, test ${r.test ? describe(r.test) : 'n/a'}`,
         );
-      console.log(`${result.candidates.length} candidates scored in ${(result.wallTimeMs / 1000).toFixed(1)} s; every one is in ${path.join(out, 'results.json')}`);
+      console.log(
+        `${result.candidates.length} candidates scored in ${(result.wallTimeMs / 1000).toFixed(1)} s; every one is in ${path.join(out, 'results.json')}`,
+      );
       model.dispose();
     },
   },

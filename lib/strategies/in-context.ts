@@ -77,7 +77,7 @@ export class InContext {
   constructor(options: InContextOptions) {
     checkOptions(options, OPTIONS, 'InContext');
     if (!options?.tokenizer || typeof options.tokenizer.encode !== 'function')
-      throw new TunekitError('E_ARG', 'InContext needs the model\'s tokenizer: new InContext({ tokenizer, labelWords, ... })');
+      throw new TunekitError('E_ARG', "InContext needs the model's tokenizer: new InContext({ tokenizer, labelWords, ... })");
     const template = options.template ?? 'Review: {text}\nSentiment: {label}';
     if (typeof template !== 'string') throw new TunekitError('E_TYPE', 'template must be a string');
     const [t, l] = [template.indexOf('{text}'), template.indexOf('{label}')];
@@ -107,7 +107,12 @@ export class InContext {
       if (ids.length === 0) throw new TunekitError('E_ARG', `label word ${i} (${JSON.stringify(w)}) encodes to no token`);
       return ids;
     });
-    this.pieces = { before: enc(template.slice(0, t)), between: enc(between.slice(0, between.length - space.length)), after: enc(template.slice(l + '{label}'.length)), labels };
+    this.pieces = {
+      before: enc(template.slice(0, t)),
+      between: enc(between.slice(0, between.length - space.length)),
+      after: enc(template.slice(l + '{label}'.length)),
+      labels,
+    };
   }
 
   /** The prompt for one query: demonstrations (dropped from the farthest while the whole would not fit), then the
@@ -118,7 +123,10 @@ export class InContext {
     const room = model.dims.maxPositions - Math.max(...p.labels.map((l) => l.length)) + 1;
     const tail = [...p.before, ...query, ...p.between];
     if (tail.length > room)
-      throw new TunekitError('E_RANGE', `a query of ${query.length} tokens leaves no room for its label in the model's context of ${model.dims.maxPositions} positions`);
+      throw new TunekitError(
+        'E_RANGE',
+        `a query of ${query.length} tokens leaves no room for its label in the model's context of ${model.dims.maxPositions} positions`,
+      );
     const shown = demos.map((d) => [...p.before, ...d.inputIds, ...p.between, ...p.labels[d.label!], ...p.after, ...sep]);
     let first = 0;
     let length = shown.reduce((a, s) => a + s.length, 0) + tail.length;
@@ -140,11 +148,16 @@ export class InContext {
     const o = this.options;
     const classes = o.labelWords.length;
     const train = data?.train ?? [];
-    for (const [name, split] of [['training', train], ['validation', data?.validation ?? []], ['test', data?.test ?? []]] as const)
+    for (const [name, split] of [
+      ['training', train],
+      ['validation', data?.validation ?? []],
+      ['test', data?.test ?? []],
+    ] as const)
       for (const [i, e] of split.entries())
         if (typeof e.label !== 'number' || e.label < 0 || e.label >= classes || !Number.isInteger(e.label))
           throw new TunekitError('E_ARG', `icl: ${name} example ${i} has label ${e.label}, not a class in [0, ${classes}) of labelWords`);
-    if (o.shots > train.length) throw new TunekitError('E_ARG', `icl: ${o.shots} shots but the training split has ${train.length} examples`);
+    if (o.shots > train.length)
+      throw new TunekitError('E_ARG', `icl: ${o.shots} shots but the training split has ${train.length} examples`);
     const start = Date.now();
     await model.eval();
     const fixed = o.selection === 'similar' ? [] : this.draw(train, classes);

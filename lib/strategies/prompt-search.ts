@@ -88,7 +88,14 @@ const OPTIONS = [
 export class PromptSearch {
   readonly name = 'prompt-search';
   private readonly initial: InContext;
-  private readonly settings: { beam: number; candidates: number; iterations: number; patience: number; devSize: number; labelCandidates: number };
+  private readonly settings: {
+    beam: number;
+    candidates: number;
+    iterations: number;
+    patience: number;
+    devSize: number;
+    labelCandidates: number;
+  };
 
   constructor(readonly options: PromptSearchOptions) {
     checkOptions(options, OPTIONS, 'PromptSearch');
@@ -250,7 +257,7 @@ export function edit(
   const words = segments.map((seg, i) => (!editable(i) || seg === '' ? [] : seg.split(/(?<=\s)(?=\S)/)));
   const phrases: { seg: number; at: number; len: number }[] = [];
   words.forEach((ws, seg) => {
-    for (let at = 0; at < ws.length; ) {
+    for (let at = 0; at < ws.length;) {
       const len = Math.min(ws.length - at, 1 + Math.floor(rand() * 3));
       phrases.push({ seg, at, len });
       at += len;

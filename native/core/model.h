@@ -16,8 +16,8 @@ struct Family;
 struct AdapterMethod;
 
 struct Output {
-  torch::Tensor hidden;  // [batch, seq, hidden], after the final norm
-  torch::Tensor logits;  // per-token (causal/masked LM) or per-sequence (classification)
+  torch::Tensor hidden;           // [batch, seq, hidden], after the final norm
+  torch::Tensor logits;           // per-token (causal/masked LM) or per-sequence (classification)
   torch::Tensor sentence_logits;  // the pretraining task's sentence-order head, [batch, 2]; undefined otherwise
 };
 

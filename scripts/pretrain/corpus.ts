@@ -88,7 +88,12 @@ function bibleParagraphs(): string[] {
   return text
     .split(/\n\s*\n/)
     .filter((chapter) => /^\s*\d+ /.test(chapter)) // chapter headings stand alone between blank lines
-    .map((chapter) => chapter.replace(/(^|\n)\s*\d+ /g, ' ').replace(/\s+/g, ' ').trim());
+    .map((chapter) =>
+      chapter
+        .replace(/(^|\n)\s*\d+ /g, ' ')
+        .replace(/\s+/g, ' ')
+        .trim(),
+    );
 }
 
 /** GCIDE (Webster's 1913 and later additions): definitions and quotations, without headwords, pronunciations,
