@@ -112,6 +112,9 @@ const commonHelp = {
   quiet: 'no progress bar',
 };
 
+/** The default cut of texts for in-context learning, where demonstrations and the query share the context. */
+const ICL_MAX_LENGTH = 64;
+
 /** In-context learning's flags, shared by `finetune --strategy icl` and `prompt-search`. */
 const ICL_FLAGS = {
   options: {
@@ -124,7 +127,7 @@ const ICL_FLAGS = {
   help: {
     template: 'in-context: one labelled example with {text} then {label} (default "Review: {text}\\nSentiment: {label}"; \\n is a newline)',
     'label-words': "in-context: comma-separated word per class, in label order (default: the data's label names)",
-    shots: 'in-context: demonstrations before each query (default 0)',
+    shots: `in-context: demonstrations before each query (default 0; texts are cut to --max-length, default ${ICL_MAX_LENGTH} here, and demonstrations that would not fit the context are dropped, the farthest first)`,
     selection: 'in-context: random, balanced or similar (default random)',
     calibrate: 'in-context: contextual calibration against the content-free input "N/A"',
   },
@@ -224,7 +227,8 @@ const COMMANDS: Record<string, Command> = {
       prepareOut(out, o, strategyName !== 'features' && strategyName !== 'icl');
       const splits = await splitsOf(o);
       const tok = await Tokenizer.fromPretrained(dir);
-      const maxLength = num(o, 'max-length', 128, 'int')!;
+      // In context, demonstrations and the query share the model's context: texts default to a shorter cut.
+      const maxLength = num(o, 'max-length', strategyName === 'icl' ? ICL_MAX_LENGTH : 128, 'int')!;
       if (strategyName === 'features') return runFeatures(dir, splits, tok, maxLength, out, o);
       if (strategyName === 'icl') return runInContext(dir, splits, tok, maxLength, out, o);
       const model = await modelFor(dir, splits, o);
@@ -461,7 +465,7 @@ const COMMANDS: Record<string, Command> = {
       const tok = await Tokenizer.fromPretrained(dir);
       const options = inContextOptions(o, splits, tok);
       const model = await Model.fromPretrained(dir, { task: 'causal-lm', ...computeOptions(o) });
-      const maxLength = num(o, 'max-length', 128, 'int');
+      const maxLength = num(o, 'max-length', ICL_MAX_LENGTH, 'int');
       const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength }));
       const search = new PromptSearch({
         ...options,
