@@ -67,6 +67,7 @@ interface Pieces {
   between: number[];
   after: number[];
   labels: number[][];
+  separator: number[];
 }
 
 export class InContext {
@@ -112,6 +113,7 @@ export class InContext {
       between: enc(between.slice(0, between.length - space.length)),
       after: enc(template.slice(l + '{label}'.length)),
       labels,
+      separator: enc(this.options.separator),
     };
   }
 
@@ -119,15 +121,14 @@ export class InContext {
    * query up to its label. Returns the prompt and how many demonstrations it kept. */
   prompt(model: Model, demos: Example[], query: number[]): { ids: number[]; shots: number } {
     const p = this.pieces;
-    const sep = this.options.separator === '' ? [] : this.options.tokenizer.encode(this.options.separator, { addSpecialTokens: false });
     const room = model.dims.maxPositions - Math.max(...p.labels.map((l) => l.length)) + 1;
     const tail = [...p.before, ...query, ...p.between];
     if (tail.length > room)
       throw new TunekitError(
         'E_RANGE',
-        `a query of ${query.length} tokens leaves no room for its label in the model's context of ${model.dims.maxPositions} positions`,
+        `a query of ${query.length} tokens leaves no room for its label in the model's context of ${model.dims.maxPositions} positions (cut the texts shorter: maxLength)`,
       );
-    const shown = demos.map((d) => [...p.before, ...d.inputIds, ...p.between, ...p.labels[d.label!], ...p.after, ...sep]);
+    const shown = demos.map((d) => [...p.before, ...d.inputIds, ...p.between, ...p.labels[d.label!], ...p.after, ...p.separator]);
     let first = 0;
     let length = shown.reduce((a, s) => a + s.length, 0) + tail.length;
     while (length > room) length -= shown[first++].length;
@@ -137,10 +138,7 @@ export class InContext {
   /** Each class's log-probability (over the label words, length-normalised), for one prompt. */
   async labelLogProbs(model: Model, prompt: number[]): Promise<number[]> {
     const ll = await model.logLikelihood(prompt, this.pieces.labels);
-    const per = ll.map((v, i) => v / this.pieces.labels[i].length);
-    const top = Math.max(...per);
-    const z = Math.log(per.reduce((a, v) => a + Math.exp(v - top), 0)) + top;
-    return per.map((v) => v - z);
+    return logNormalise(ll.map((v, i) => v / this.pieces.labels[i].length));
   }
 
   async run(model: Model, data: StrategyData): Promise<StrategyResult> {
@@ -180,10 +178,7 @@ export class InContext {
         if (o.calibrate) {
           const free = this.prompt(model, demos, o.tokenizer.encode(o.contentFree, { addSpecialTokens: false })).ids;
           const cf = await this.labelLogProbs(model, free);
-          const raw = lp.map((v, c) => v - cf[c]);
-          const top = Math.max(...raw);
-          const z = Math.log(raw.reduce((a, v) => a + Math.exp(v - top), 0)) + top;
-          lp = raw.map((v) => v - z);
+          lp = logNormalise(lp.map((v, c) => v - cf[c]));
         }
         const best = lp.indexOf(Math.max(...lp));
         if (best === e.label) correct++;
@@ -240,6 +235,13 @@ export class InContext {
     }
     return { row: (i: number) => rows[i], rows };
   }
+}
+
+/** Log-probabilities from unnormalised log-scores (a log-softmax). */
+function logNormalise(scores: number[]): number[] {
+  const top = Math.max(...scores);
+  const z = Math.log(scores.reduce((a, v) => a + Math.exp(v - top), 0)) + top;
+  return scores.map((v) => v - z);
 }
 
 interface Embeddings {
