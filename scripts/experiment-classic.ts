@@ -191,20 +191,23 @@ function isCausalLM(m: string): boolean {
   return /(LMHeadModel|ForCausalLM)$/.test(config.architectures?.[0] ?? '');
 }
 
+/** The grid run of one setting at the selection seed, if it ran. */
+function gridRun(runs: Run[], m: string, d: string, st: string, setting: StrategyPlan): Run | undefined {
+  const key = settingKey(setting);
+  return runs.find(
+    (r) =>
+      r.side === 'tunekit' &&
+      r.model === m &&
+      r.data === d &&
+      r.strategy === st &&
+      r.seed === SELECTION_SEED &&
+      settingKey(r.setting) === key,
+  );
+}
+
 /** The grid run at the selection seed with the best validation accuracy (the first in grid order on a tie). */
 function chosen(runs: Run[], m: string, d: string, st: string): Run | undefined {
-  const key = (s: StrategyPlan) => settingKey(s);
-  const grid = GRIDS[st].map((g) =>
-    runs.find(
-      (r) =>
-        r.side === 'tunekit' &&
-        r.model === m &&
-        r.data === d &&
-        r.strategy === st &&
-        r.seed === SELECTION_SEED &&
-        settingKey(r.setting) === key(g),
-    ),
-  );
+  const grid = GRIDS[st].map((g) => gridRun(runs, m, d, st, g));
   if (grid.some((r) => !r)) return undefined;
   return grid.reduce((a, b) => (b!.validation!.accuracy > a!.validation!.accuracy ? b : a));
 }
@@ -285,15 +288,7 @@ async function report(runs: Run[], minutes: number) {
         const best = chosen(runs, m, d, st);
         if (!best || GRIDS[st].length < 2) continue;
         const cellsOf = GRIDS[st].map((g) => {
-          const r = runs.find(
-            (x) =>
-              x.side === 'tunekit' &&
-              x.model === m &&
-              x.data === d &&
-              x.strategy === st &&
-              x.seed === SELECTION_SEED &&
-              settingKey(x.setting) === settingKey(g),
-          )!;
+          const r = gridRun(runs, m, d, st, g)!;
           const text = `${describe(st, g, d)}: ${pct(r.validation!.accuracy)}`;
           return r === best ? `**${text}**` : text;
         });

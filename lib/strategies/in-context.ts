@@ -46,7 +46,7 @@ export interface InContextOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-const OPTIONS = [
+export const IN_CONTEXT_OPTIONS = [
   'tokenizer',
   'template',
   'labelWords',
@@ -76,7 +76,7 @@ export class InContext {
   private readonly pieces: Pieces;
 
   constructor(options: InContextOptions) {
-    checkOptions(options, OPTIONS, 'InContext');
+    checkOptions(options, IN_CONTEXT_OPTIONS, 'InContext');
     if (!options?.tokenizer || typeof options.tokenizer.encode !== 'function')
       throw new TunekitError('E_ARG', "InContext needs the model's tokenizer: new InContext({ tokenizer, labelWords, ... })");
     const template = options.template ?? 'Review: {text}\nSentiment: {label}';

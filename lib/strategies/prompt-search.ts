@@ -23,7 +23,7 @@ import type { Tokenizer } from '../tokenizer';
 import type { EvalResult, Example } from '../trainer';
 import { checkNumber, checkOptions } from '../validate';
 import { peakRssMiB, StrategyData, StrategyResult } from './common';
-import { InContext, InContextOptions } from './in-context';
+import { IN_CONTEXT_OPTIONS, InContext, InContextOptions } from './in-context';
 
 export interface PromptSearchOptions extends Omit<InContextOptions, 'template' | 'labelWords' | 'onProgress'> {
   /** Where the search starts (InContext's default when absent). */
@@ -64,26 +64,7 @@ export interface PromptSearchResult extends StrategyResult {
 }
 
 const SLOT = /(\{text\}|\{label\})/;
-const OPTIONS = [
-  'tokenizer',
-  'template',
-  'labelWords',
-  'shots',
-  'selection',
-  'calibrate',
-  'contentFree',
-  'separator',
-  'pooling',
-  'seed',
-  'pool',
-  'beam',
-  'candidates',
-  'iterations',
-  'patience',
-  'devSize',
-  'labelCandidates',
-  'onProgress',
-];
+const OPTIONS = [...IN_CONTEXT_OPTIONS, 'pool', 'beam', 'candidates', 'iterations', 'patience', 'devSize', 'labelCandidates'];
 
 export class PromptSearch {
   readonly name = 'prompt-search';
