@@ -6,7 +6,7 @@
 import { TunekitError } from './errors';
 import type { RawSpec } from './native';
 
-/** 'pretraining' (DistilBERT): masked LM plus a sentence-order head on [CLS], for pretraining from scratch. */
+/** 'pretraining' (DistilBERT): masked LM plus a next-sentence head on [CLS], for pretraining from scratch. */
 export type Task = 'causal-lm' | 'sequence-classification' | 'feature-extraction' | 'masked-lm' | 'pretraining';
 export type ModelType = 'gpt2' | 'llama' | 'qwen2' | 'distilbert' | 'bert';
 export type HFConfig = Record<string, unknown>;
@@ -49,7 +49,7 @@ export interface Family {
   heads: Partial<Record<Task, RegExp[]>>;
   /** Backbone parameters a checkpoint may lack, initialised fresh as transformers does (BERT's pooler). */
   optional?: RegExp;
-  /** The pretraining task's sentence-order head, which no transformers class holds: trainer checkpoints keep it,
+  /** The pretraining task's next-sentence head, which no transformers class holds: trainer checkpoints keep it,
    * savePretrained drops it (the folder is then the masked-LM class that `architectures` names for 'pretraining'). */
   pretrainingOnly?: RegExp;
   /** Checkpoint tensors that are no parameter and are skipped silently (transformers' _keys_to_ignore_on_load_unexpected). */
@@ -298,9 +298,9 @@ export const FAMILIES: Record<ModelType, Family> = {
     heads: {
       'sequence-classification': [/^pre_classifier\./, /^classifier\./],
       'masked-lm': [/^vocab_transform\./, /^vocab_layer_norm\./, /^vocab_projector\./],
-      pretraining: [/^vocab_transform\./, /^vocab_layer_norm\./, /^vocab_projector\./, /^sop_/],
+      pretraining: [/^vocab_transform\./, /^vocab_layer_norm\./, /^vocab_projector\./, /^nsp_/],
     },
-    pretrainingOnly: /^sop_/,
+    pretrainingOnly: /^nsp_/,
     block: (i) => new RegExp(`^(distilbert\\.)?transformer\\.layer\\.${i}\\.`),
     pooling: 'cls',
   },

@@ -637,7 +637,7 @@ export class Model {
       config.label2id = Object.fromEntries(labels.map((l, i) => [l, i]));
     }
     // Adapter weights stay out of the base checkpoint (saveAdapter writes them), except for a trainer checkpoint, and
-    // so does the pretraining task's sentence-order head. A merged adapter's trained copies of its modules_to_save are
+    // so does the pretraining task's next-sentence head. A merged adapter's trained copies of its modules_to_save are
     // the model's head from now on.
     let names: string[] = [];
     let keys: string[] | undefined;

@@ -129,20 +129,22 @@ function maskBlock(ids: number[], rand: () => number, special: Set<number>, mask
   return { inputIds: input, labels };
 }
 
-/** ALBERT's sentence-order prediction on a text span: cut at a random point into A and B, then [CLS] A [SEP] B [SEP]
- * (label 0) or, half the time, [CLS] B [SEP] A [SEP] (label 1), with BERT's masking on top. The label rides at
- * position 0 ([CLS], never masked), as the core's 'pretraining' task reads it. */
-function sentenceOrderExample(
+/** BERT's next-sentence prediction on a text span: cut at a random point into A and B, then [CLS] A [SEP] B [SEP]
+ * (label 0) or, half the time, B replaced by a stretch of another span of the same length (label 1), with BERT's
+ * masking on top. The label rides at position 0 ([CLS], never masked), as the core's 'pretraining' task reads it. */
+function nextSentenceExample(
   span: number[],
+  other: number[],
   rand: () => number,
   t: { cls: number; sep: number; maskId: number; vocab: number; special: Set<number> },
 ): Example {
   const cut = 16 + Math.floor(rand() * (span.length - 31));
-  const [a, b] = [span.slice(0, cut), span.slice(cut)];
-  const swapped = rand() < 0.5;
-  const ids = swapped ? [t.cls, ...b, t.sep, ...a, t.sep] : [t.cls, ...a, t.sep, ...b, t.sep];
-  const masked = maskBlock(ids, rand, t.special, t.maskId, t.vocab);
-  masked.labels![0] = swapped ? 1 : 0;
+  const a = span.slice(0, cut);
+  const random = rand() < 0.5;
+  const from = random ? Math.floor(rand() * (cut + 1)) : 0;
+  const b = random ? other.slice(from, from + span.length - cut) : span.slice(cut);
+  const masked = maskBlock([t.cls, ...a, t.sep, ...b, t.sep], rand, t.special, t.maskId, t.vocab);
+  masked.labels![0] = random ? 1 : 0;
   return masked;
 }
 
@@ -206,7 +208,7 @@ async function main() {
     const stream = (lines: string[]) => lines.flatMap((l) => tok.encode(l, { addSpecialTokens: false }));
     const tr = stream(read('train.txt'));
     for (const t of tr) counts[t]++;
-    // Plain text spans: each batch cuts them into a sentence-order pair ([CLS] A [SEP] B [SEP]).
+    // Plain text spans: each batch makes them into next-sentence pairs ([CLS] A [SEP] B [SEP]).
     trainBlocks = blocks(tr, BLOCK - 3);
     validBlocks = blocks(stream(read('validation.txt')), BLOCK - 3);
   }
@@ -217,7 +219,7 @@ async function main() {
 
   let train: Example[] = trainBlocks.map((b) => ({ inputIds: b }));
   let valid: Example[];
-  let validWithOrder: Example[] | undefined;
+  let validWithNext: Example[] | undefined;
   let transform: ((ex: Example[], s: number) => Example[]) | undefined;
   let targets: number[];
   if (recipe.kind === 'bpe') {
@@ -226,21 +228,23 @@ async function main() {
   } else {
     const [cls, sep, maskId] = ['[CLS]', '[SEP]', '[MASK]'].map((t) => tok.tokenId(t)!);
     const vocab = Number(recipe.config.vocab_size);
-    const example = (span: number[], r: () => number) => sentenceOrderExample(span, r, { cls, sep, maskId, vocab, special });
+    const example = (span: number[], other: number[], r: () => number) =>
+      nextSentenceExample(span, other, r, { cls, sep, maskId, vocab, special });
     const rand = mulberry32(seed + 1000);
-    // Scored twice: with sentence-order labels (the pretraining loss) and without (the masked-LM loss alone).
-    validWithOrder = validBlocks.map((b) => example(b, rand));
-    valid = validWithOrder.map((e) => ({ ...e, labels: [-100, ...e.labels!.slice(1)] }));
+    // Scored twice: with next-sentence labels (the pretraining loss) and without (the masked-LM loss alone).
+    validWithNext = validBlocks.map((b, i) => example(b, validBlocks[(i + 1 + Math.floor(rand() * (validBlocks.length - 1))) % validBlocks.length], rand));
+    valid = validWithNext.map((e) => ({ ...e, labels: [-100, ...e.labels!.slice(1)] }));
     targets = valid.flatMap((e) => e.labels!.filter((l) => l !== -100));
+    // A batch is a random draw of spans, so a span's random B comes from its neighbour in the batch.
     transform = (ex, s) => {
       const r = mulberry32(s);
-      return ex.map((e) => example(e.inputIds, r));
+      return ex.map((e, i) => example(e.inputIds, ex[(i + 1) % ex.length].inputIds, r));
     };
   }
   const unigramPpl = unigramPerplexity(counts, targets);
 
   const config = { ...recipe.config, ...recipe.pretrainDropout };
-  const evalSubset = (validWithOrder ?? valid).filter((_, i) => i % Math.max(1, Math.floor(valid.length / 64)) === 0).slice(0, 64);
+  const evalSubset = (validWithNext ?? valid).filter((_, i) => i % Math.max(1, Math.floor(valid.length / 64)) === 0).slice(0, 64);
   /** A fresh model and a Trainer over `runSteps` steps at rate `lr` (cosine schedule, warm-up capped at a tenth). */
   const run = async (lr: number, runSteps: number, extra: Partial<TrainerOptions>) => {
     const model = await Model.fromConfig(config, { seed, precision: PRECISION, task: recipe.kind === 'bpe' ? 'causal-lm' : 'pretraining' });
@@ -305,10 +309,10 @@ async function main() {
   const wallS = (Date.now() - started) / 1000;
   const final = await trainer.evaluate(valid);
   const ppl = Math.exp(final.loss);
-  // The sentence-order loss: the pretraining loss on the same masked pairs, less the masked-LM part (both are means
+  // The next-sentence loss: the pretraining loss on the same masked pairs, less the masked-LM part (both are means
   // over the same examples).
-  const sentenceOrderLoss = validWithOrder ? (await trainer.evaluate(validWithOrder)).loss - final.loss : undefined;
-  if (sentenceOrderLoss !== undefined) console.log(`sentence-order loss ${sentenceOrderLoss.toFixed(4)} (chance: ln 2 = 0.693)`);
+  const nextSentenceLoss = validWithNext ? (await trainer.evaluate(validWithNext)).loss - final.loss : undefined;
+  if (nextSentenceLoss !== undefined) console.log(`next-sentence loss ${nextSentenceLoss.toFixed(4)} (chance: ln 2 = 0.693)`);
   console.log(
     `validation loss ${final.loss.toFixed(4)}, perplexity ${ppl.toFixed(1)} (unigram baseline ${unigramPpl.toFixed(1)}) after ${result.steps} steps, ${wallS.toFixed(0)} s this run`,
   );
@@ -370,7 +374,7 @@ async function main() {
   });
   const summary = {
     model: name,
-    // What ships: the pretraining task's sentence-order head is not in the saved folder.
+    // What ships: the pretraining task's next-sentence head is not in the saved folder.
     parameters: model
       .baseParameters()
       .filter((p) => !model.family.pretrainingOnly?.test(p.name))
@@ -397,7 +401,7 @@ async function main() {
     },
     pretrainDropout: recipe.pretrainDropout,
     validationLoss: final.loss,
-    sentenceOrderLoss,
+    nextSentenceLoss,
     validationPerplexity: ppl,
     unigramPerplexity: unigramPpl,
     wallTimeS: totalWallS,
@@ -452,7 +456,7 @@ function modelCard(s: Summary): string {
     : `DistilBERT (\`DistilBertForMaskedLM\`): ${c.n_layers} layers, width ${c.dim}, ${c.n_heads} heads, feed-forward ${c.hidden_dim}, context ${c.max_position_embeddings}, vocabulary ${c.vocab_size}, tied MLM projection`;
   const objective = gpt
     ? 'causal language modelling on the token stream (paragraphs joined by `<\\|endoftext\\|>`), cut into blocks of 128 tokens'
-    : "masked language modelling as BERT (15% of tokens predicted, of which 80% replaced by `[MASK]`, 10% by a random token, 10% kept) plus ALBERT's sentence-order prediction on `[CLS]`: each 125-token span of the stream is cut at a random point into A and B and shown as `[CLS] A [SEP] B [SEP]` or, half the time, `[CLS] B [SEP] A [SEP]`; a head on `[CLS]` (the sequence classifier's shape) says which, and the loss is the sum of both, as BertForPreTraining's. Cuts, swaps and masks are redrawn for every batch (seeded, so a resumed run sees the same ones). The sentence-order head is not in the shipped files (`tunekit`'s `task: 'pretraining'` trains it; `savePretrained` drops it)";
+    : "masked language modelling as BERT (15% of tokens predicted, of which 80% replaced by `[MASK]`, 10% by a random token, 10% kept) plus BERT's next-sentence prediction on `[CLS]`: each 125-token span of the stream is cut at a random point into A and B and shown as `[CLS] A [SEP] B [SEP]` or, half the time, with B replaced by a stretch of the same length from another span of the batch; a head on `[CLS]` (the sequence classifier's shape) says which, and the loss is the sum of both, as BertForPreTraining's. Cuts, partners and masks are redrawn for every batch (seeded, so a resumed run sees the same ones). The next-sentence head is not in the shipped files (`tunekit`'s `task: 'pretraining'` trains it; `savePretrained` drops it)";
   const tokenizer = gpt
     ? 'byte-level BPE, 8,192 tokens, trained on the training split with Hugging Face `tokenizers` (`<\\|endoftext\\|>` is BOS, EOS and padding)'
     : 'WordPiece, lower-cased, 8,192 tokens, trained on the training split with Hugging Face `tokenizers` (`[PAD]` `[UNK]` `[CLS]` `[SEP]` `[MASK]` are ids 0-4)';
@@ -488,12 +492,12 @@ useful general language model.
 | **${s.model}** | ${s.validationLoss.toFixed(3)} | **${s.validationPerplexity.toFixed(1)}** |
 | unigram baseline (training-split token frequencies, add-one smoothed) | ${Math.log(s.unigramPerplexity).toFixed(3)} | ${s.unigramPerplexity.toFixed(1)} |
 
-Measured on all ${s.validationBlocks} held-out blocks (${s.validationTargets.toLocaleString('en-US')} ${gpt ? 'predicted tokens' : 'masked positions, masks drawn once with a fixed seed'}); the baseline is scored on exactly the same targets: the model's perplexity is **${(s.validationPerplexity / s.unigramPerplexity).toFixed(2)}x** the baseline's.${s.sentenceOrderLoss !== undefined ? ` On the same held-out pairs the sentence-order loss is ${s.sentenceOrderLoss.toFixed(3)} nats (chance: ln 2 = 0.693)${s.sentenceOrderLoss > 0.68 ? ': in this run the model did not learn to tell the order of two segments, so `[CLS]` got no useful sentence-level signal from it' : ''}.` : ''}
+Measured on all ${s.validationBlocks} held-out blocks (${s.validationTargets.toLocaleString('en-US')} ${gpt ? 'predicted tokens' : 'masked positions, masks drawn once with a fixed seed'}); the baseline is scored on exactly the same targets: the model's perplexity is **${(s.validationPerplexity / s.unigramPerplexity).toFixed(2)}x** the baseline's.${s.nextSentenceLoss !== undefined ? ` On the same held-out pairs the next-sentence loss is ${s.nextSentenceLoss.toFixed(3)} nats (chance: ln 2 = 0.693)${s.nextSentenceLoss > 0.68 ? ': in this run the model did not learn to tell a continuation from a random segment, so `[CLS]` got no useful sentence-level signal from it' : ''}.` : ''}
 
 ## Learning-rate sweep
 
 Before the run, the same model trained for ${s.sweep.steps} steps at each rate (same seed, data, batch and schedule shape),
-scored on a fixed 64-block held-out subset${gpt ? '' : ' (masked LM + sentence order)'}; the lowest loss chose the rate. The shape was not swept: the
+scored on a fixed 64-block held-out subset${gpt ? '' : ' (masked LM + next sentence)'}; the lowest loss chose the rate. The shape was not swept: the
 session's compute went to more tokens at the earlier shape instead.
 
 | learning rate | held-out loss after ${s.sweep.steps} steps |
@@ -502,7 +506,7 @@ ${s.sweep.results.map((r: Summary) => `| ${r.lr}${r.lr === s.optimizer.lr ? ' (c
 
 ![loss curve](loss.svg)
 
-The curve (\`metrics.jsonl\` holds every step) shows the training loss and, every 250 steps, the loss on a fixed 64-block held-out subset${gpt ? '' : ' (both masked LM + sentence order)'}.
+The curve (\`metrics.jsonl\` holds every step) shows the training loss and, every 250 steps, the loss on a fixed 64-block held-out subset${gpt ? '' : ' (both masked LM + next sentence)'}.
 
 ## ${gpt ? 'Greedy continuations' : 'Top-5 fills for [MASK]'}
 

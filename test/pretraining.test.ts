@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Model, SGD, TunekitError } from '../lib';
 import { ATTENTION_MASK, INPUT_IDS, modelDir, python, readTensors, relError, tmpDir } from './helpers';
 
-// Position 0 holds each row's sentence-order label (the third row's is ignored); the rest are masked-LM targets at
+// Position 0 holds each row's next-sentence label (the third row's is ignored); the rest are masked-LM targets at
 // every other real token.
 const LABELS = INPUT_IDS.map((row, i) =>
   row.map((tok, j) => (j === 0 ? [1, 0, -100][i] : ATTENTION_MASK[i][j] && j % 2 === 1 ? tok : -100)),
@@ -12,22 +12,22 @@ const LABELS = INPUT_IDS.map((row, i) =>
 const batch = { inputIds: INPUT_IDS, attentionMask: ATTENTION_MASK, labels: LABELS };
 
 async function pretrainingModel(): Promise<{ model: Model; dir: string }> {
-  // The masked-LM checkpoint loads into the pretraining task with a fresh (seeded) sentence-order head.
+  // The masked-LM checkpoint loads into the pretraining task with a fresh (seeded) next-sentence head.
   const model = await Model.fromPretrained(modelDir('distilbert-masked-lm'), { task: 'pretraining', seed: 7 });
   const dir = tmpDir('pretraining');
   await model.savePretrained(dir, { includeAdapters: true }); // a trainer checkpoint keeps the head
   return { model, dir };
 }
 
-test('pretraining: masked-LM + sentence-order loss and every gradient match the PyTorch twin', async (t) => {
+test('pretraining: masked-LM + next-sentence loss and every gradient match the PyTorch twin', async (t) => {
   const { model, dir } = await pretrainingModel();
   const before = readTensors(path.join(dir, 'model.safetensors'));
   t.true(
-    [...before.keys()].some((k) => k.startsWith('sop_')),
-    'the checkpoint form keeps the sentence-order head',
+    [...before.keys()].some((k) => k.startsWith('nsp_')),
+    'the checkpoint form keeps the next-sentence head',
   );
   const ref = python('pretraining.py', [dir, JSON.stringify(LABELS)]);
-  t.true(ref.loss - ref.mlm_loss > 0.1, 'the sentence-order term must weigh in for the test to mean anything');
+  t.true(ref.loss - ref.mlm_loss > 0.1, 'the next-sentence term must weigh in for the test to mean anything');
 
   await model.train();
   const opt = new SGD(model, { lr: 1, weightDecay: 0 });
@@ -52,11 +52,11 @@ test('pretraining: masked-LM + sentence-order loss and every gradient match the 
   }
   t.log(`worst gradient relative error: ${worst.toExponential(2)}`);
   t.true(worst < 1e-4);
-  t.true(Object.keys(ref.grads).includes('sop_classifier.weight'));
+  t.true(Object.keys(ref.grads).includes('nsp_classifier.weight'));
   model.dispose();
 });
 
-test('pretraining: without sentence-order labels the loss is the masked-LM loss alone', async (t) => {
+test('pretraining: without next-sentence labels the loss is the masked-LM loss alone', async (t) => {
   const { model, dir } = await pretrainingModel();
   const ref = python('pretraining.py', [dir, JSON.stringify(LABELS)]);
   const mlmOnly = LABELS.map((row) => [-100, ...row.slice(1)]);
@@ -65,14 +65,14 @@ test('pretraining: without sentence-order labels the loss is the masked-LM loss 
   model.dispose();
 });
 
-test('pretraining: savePretrained writes the masked-LM class without the sentence-order head, and transformers reads it', async (t) => {
+test('pretraining: savePretrained writes the masked-LM class without the next-sentence head, and transformers reads it', async (t) => {
   const { model } = await pretrainingModel();
   const dir = tmpDir('pretraining-published');
   await model.savePretrained(dir);
   const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
   t.deepEqual(config.architectures, ['DistilBertForMaskedLM']);
   const keys = [...readTensors(path.join(dir, 'model.safetensors')).keys()];
-  t.false(keys.some((k) => k.startsWith('sop_')));
+  t.false(keys.some((k) => k.startsWith('nsp_')));
   t.true(keys.includes('vocab_transform.weight'));
   const ref = python('logits.py', [dir]);
   const mine = await model.forward({ inputIds: INPUT_IDS, attentionMask: ATTENTION_MASK });
@@ -84,7 +84,7 @@ test('pretraining: savePretrained writes the masked-LM class without the sentenc
   reloaded.dispose();
 });
 
-test('pretraining: refused where it does not exist, and a sentence-order label out of range is E_RANGE', async (t) => {
+test('pretraining: refused where it does not exist, and a next-sentence label out of range is E_RANGE', async (t) => {
   const gpt2 = await t.throwsAsync(Model.fromPretrained(modelDir('gpt2-causal-lm'), { task: 'pretraining' }), { instanceOf: TunekitError });
   t.is((gpt2 as TunekitError).code, 'E_CONFIG');
   const { model } = await pretrainingModel();
@@ -93,6 +93,6 @@ test('pretraining: refused where it does not exist, and a sentence-order label o
     instanceOf: TunekitError,
   });
   t.is((err as TunekitError).code, 'E_RANGE');
-  t.regex(err!.message, /sentence-order label/);
+  t.regex(err!.message, /next-sentence label/);
   model.dispose();
 });

@@ -44,18 +44,18 @@ static torch::Tensor loss_of(const ForwardContext& c, const Output& out, const t
   };
   if (task == "pretraining") {
     // One [batch, seq] array carries both targets: position 0 ([CLS], never a masked-LM target) holds the
-    // sentence-order label, the rest the masked-LM labels. The loss is their sum, as BertForPreTraining's; a batch
+    // next-sentence label, the rest the masked-LM labels. The loss is their sum, as BertForPreTraining's; a batch
     // without sentence labels (-100 at position 0) has the masked-LM loss alone.
     require(labels.dim() == 2 && labels.sizes() == out.logits.sizes().slice(0, 2), "E_SHAPE",
             "labels for pretraining must have the shape of inputIds");
     auto l = labels.to(torch::kLong);
-    auto tokens = l.slice(1, 1), order = l.select(1, 0);
+    auto tokens = l.slice(1, 1), next = l.select(1, 0);
     check_range(tokens, m.spec.vocab_size, "masked-LM positions");
-    check_range(order, 2, "the sentence-order label at position 0");
+    check_range(next, 2, "the next-sentence label at position 0");
     auto logits = out.logits.slice(1, 1).to(torch::kFloat32);
     auto loss = torch::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), tokens.reshape({-1}), {}, at::Reduction::Mean, -100);
-    if ((order != -100).any().item<bool>())
-      loss = loss + torch::cross_entropy_loss(out.sentence_logits.to(torch::kFloat32), order, {}, at::Reduction::Mean, -100);
+    if ((next != -100).any().item<bool>())
+      loss = loss + torch::cross_entropy_loss(out.sentence_logits.to(torch::kFloat32), next, {}, at::Reduction::Mean, -100);
     return loss;
   }
   if (task == "causal-lm" || task == "masked-lm") {

@@ -18,7 +18,7 @@ struct AdapterMethod;
 struct Output {
   torch::Tensor hidden;           // [batch, seq, hidden], after the final norm
   torch::Tensor logits;           // per-token (causal/masked LM) or per-sequence (classification)
-  torch::Tensor sentence_logits;  // the pretraining task's sentence-order head, [batch, 2]; undefined otherwise
+  torch::Tensor sentence_logits;  // the pretraining task's next-sentence head, [batch, 2]; undefined otherwise
 };
 
 // Keys and values of every layer for the positions seen so far, so that decoding one more token costs one position's

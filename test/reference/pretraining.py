@@ -1,7 +1,7 @@
-"""The pretraining task's twin in PyTorch: transformers' DistilBertForMaskedLM plus the sentence-order head (the
-sequence classifier's shape: pre_classifier, ReLU, classifier on [CLS]), loss = masked-LM CE + sentence-order CE as
+"""The pretraining task's twin in PyTorch: transformers' DistilBertForMaskedLM plus the next-sentence head (the
+sequence classifier's shape: pre_classifier, ReLU, classifier on [CLS]), loss = masked-LM CE + next-sentence CE as
 BertForPreTraining sums them. Reads a folder tunekit wrote with the head kept (a trainer checkpoint) and the labels
-(position 0: the sentence-order label); prints both losses and every parameter's gradient as one JSON line."""
+(position 0: the next-sentence label); prints both losses and every parameter's gradient as one JSON line."""
 import json
 import os
 import sys
@@ -19,17 +19,17 @@ folder, labels = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
 torch.use_deterministic_algorithms(True)
 model = DistilBertForMaskedLM.from_pretrained(folder, dtype=torch.float32).train()
 tensors = load_file(os.path.join(folder, "model.safetensors"))
-head = {k: tensors[k].clone().requires_grad_(True) for k in tensors if k.startswith("sop_")}
+head = {k: tensors[k].clone().requires_grad_(True) for k in tensors if k.startswith("nsp_")}
 
 out = model.distilbert(input_ids=torch.tensor(INPUT_IDS), attention_mask=torch.tensor(ATTENTION_MASK))
 hidden = out.last_hidden_state
 mlm_logits = model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(hidden))))
 cls = hidden[:, 0]
-sop_logits = F.linear(F.relu(F.linear(cls, head["sop_pre_classifier.weight"], head["sop_pre_classifier.bias"])),
-                      head["sop_classifier.weight"], head["sop_classifier.bias"])
+nsp_logits = F.linear(F.relu(F.linear(cls, head["nsp_pre_classifier.weight"], head["nsp_pre_classifier.bias"])),
+                      head["nsp_classifier.weight"], head["nsp_classifier.bias"])
 mlm = F.cross_entropy(mlm_logits[:, 1:].reshape(-1, mlm_logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
-sop = F.cross_entropy(sop_logits, labels[:, 0], ignore_index=-100)
-(mlm + sop).backward()
+nsp = F.cross_entropy(nsp_logits, labels[:, 0], ignore_index=-100)
+(mlm + nsp).backward()
 grads = {n: p.grad.reshape(-1).tolist() for n, p in model.named_parameters() if p.grad is not None}
 grads.update({n: p.grad.reshape(-1).tolist() for n, p in head.items()})
-print(json.dumps({"loss": (mlm + sop).item(), "mlm_loss": mlm.item(), "grads": grads}))
+print(json.dumps({"loss": (mlm + nsp).item(), "mlm_loss": mlm.item(), "grads": grads}))

@@ -1,6 +1,6 @@
 // DistilBERT (DistilBertModel, DistilBertForSequenceClassification, DistilBertForMaskedLM), names as in transformers.
-// The pretraining task adds a sentence-order head to the masked-LM one (ALBERT's SOP, which gives [CLS] the
-// sentence-level signal BERT's NSP gave it); it has the sequence classifier's shape under sop_* names, and
+// The pretraining task adds BERT's next-sentence head to the masked-LM one (the sentence-level signal [CLS] gets in
+// BERT's pretraining); it has the sequence classifier's shape under nsp_* names, and
 // transformers has no class for it: savePretrained drops it.
 // Post-norm blocks with bidirectional attention; LayerNorm eps is fixed at 1e-12 as in transformers.
 #include "family.h"
@@ -36,8 +36,8 @@ void build(Model& m) {
     m.add("vocab_projector.bias", torch::zeros({s.vocab_size}));  // its weight is tied to the word embeddings
   }
   if (s.task == "pretraining") {
-    add_linear(m, "sop_pre_classifier", C, C);
-    add_linear(m, "sop_classifier", C, 2);
+    add_linear(m, "nsp_pre_classifier", C, C);
+    add_linear(m, "nsp_classifier", C, 2);
   }
 }
 
@@ -74,7 +74,7 @@ Output forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor&
     auto h = ln("vocab_layer_norm", activation(s.activation, c.linear("vocab_transform", x)));
     out.logits = dense(h, c.P(b + "embeddings.word_embeddings.weight"), c.P("vocab_projector.bias"));
   }
-  if (s.task == "pretraining") out.sentence_logits = classify("sop_pre_classifier", "sop_classifier");
+  if (s.task == "pretraining") out.sentence_logits = classify("nsp_pre_classifier", "nsp_classifier");
   return out;
 }
 
