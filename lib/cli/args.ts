@@ -17,7 +17,9 @@ export interface Command {
   usage: string;
   options: NonNullable<ParseArgsConfig['options']>;
   help: Record<string, string>;
-  run(o: Opts): Promise<void>;
+  /** Whether the command takes operands after its flags (files). */
+  positionals?: boolean;
+  run(o: Opts, positionals: string[]): Promise<void>;
 }
 
 export function num(o: Opts, key: string, fallback: number | undefined, kind: 'int' | 'float' = 'float'): number | undefined {

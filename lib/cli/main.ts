@@ -16,6 +16,7 @@ import {
   saveTrained,
   UsageError,
 } from './args';
+import { INDEX_COMMANDS } from './index-commands';
 import { RL_COMMANDS } from './rl';
 import { loadSplits, Splits } from '../data';
 import { TunekitError } from '../errors';
@@ -498,6 +499,7 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   ...RL_COMMANDS,
+  ...INDEX_COMMANDS,
 };
 
 async function runInContext(dir: string, splits: Splits, tok: Tokenizer, maxLength: number, out: string, o: Opts): Promise<void> {
@@ -584,13 +586,15 @@ function helpText(name: string, c: Command): string {
 
 function mainHelp(): string {
   const cmds = Object.entries(COMMANDS)
-    .map(([k, c]) => `  ${k.padEnd(10)}${c.summary}`)
+    .map(([k, c]) => `  ${k.padEnd(14)}${c.summary}`)
     .join('\n');
   return `tunekit: finetune language models from Node.js\n\nusage: tunekit <command> [options]\n\ncommands:\n${cmds}\n\nWith no options, \`tunekit finetune\` finetunes models/tiny-distilbert on builtin:imdb-sentences and prints test accuracy.\nRun \`tunekit <command> --help\` for a command's options.\n`;
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const [name, ...rest] = argv;
+  let [name, ...rest] = argv;
+  // A command group (`index add`) is named by its first two words.
+  if (rest.length > 0 && COMMANDS[`${name} ${rest[0]}`]) name = `${name} ${rest.shift()}`;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(mainHelp());
     return name === undefined ? 2 : 0;
@@ -600,8 +604,12 @@ export async function main(argv: string[]): Promise<number> {
     if (!cmd)
       throw new UsageError(`unknown command ${JSON.stringify(name)} (expected ${Object.keys(COMMANDS).join(', ')}; see tunekit --help)`);
     let values: Opts;
+    let positionals: string[];
     try {
-      values = parseArgs({ args: rest, options: cmd.options, strict: true, allowPositionals: false }).values as Opts;
+      ({ values, positionals } = parseArgs({ args: rest, options: cmd.options, strict: true, allowPositionals: cmd.positionals ?? false }) as {
+        values: Opts;
+        positionals: string[];
+      });
     } catch (e) {
       throw new UsageError(`${(e as Error).message.split('\n')[0]} (see tunekit ${name} --help)`);
     }
@@ -611,7 +619,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (values.device !== undefined && values.device !== 'cpu' && values.device !== 'cuda')
       throw new UsageError(`--device must be cpu or cuda, got ${JSON.stringify(values.device)}`);
-    await cmd.run(values);
+    await cmd.run(values, positionals);
     return 0;
   } catch (e) {
     if (e instanceof UsageError) {
