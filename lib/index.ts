@@ -57,5 +57,5 @@ export type {
   TokenizedPair,
 } from './rl';
 export type { RuntimeInfo } from './runtime';
-export { Index, RAG_TEMPLATE, SEARCH_MODES } from './retrieval';
-export type { Document, Hit, IndexOptions, SearchMode } from './retrieval';
+export { ContrastiveTrainer, Index, RAG_TEMPLATE, SEARCH_MODES } from './retrieval';
+export type { ContrastiveEvaluation, ContrastivePair, ContrastiveTrainerOptions, Document, Hit, IndexOptions, SearchMode } from './retrieval';

@@ -82,6 +82,9 @@ test('vector search is the exact cosine ranking; text search is BM25 on the word
     ['moby'],
   );
   t.true(text[0].score > 0);
+  // Quotes, operators and brackets in a query are words, not query syntax.
+  for (const mode of ['text', 'hybrid'] as const)
+    t.is((await index.search('"white whale" AND (sea -boat', { k: 1, mode }))[0].source, 'moby');
 
   // RRF with k = 60 over 0-based ranks, as LanceDB's RRFReranker: each list contributes 1 / (60 + rank).
   const hybrid = await index.search(query, { k: DOCS.length, mode: 'hybrid' });

@@ -20,6 +20,9 @@ import { Tokenizer } from '../tokenizer';
 import { checkChoice, checkNumber, checkOptions, show } from '../validate';
 import { Chunk, chunkText, WordCounter } from './chunk';
 
+export { ContrastiveTrainer } from './contrastive';
+export type { ContrastivePair, ContrastiveTrainerOptions, ContrastiveEvaluation } from './contrastive';
+
 export type SearchMode = 'vector' | 'text' | 'hybrid';
 export const SEARCH_MODES: readonly SearchMode[] = ['vector', 'text', 'hybrid'];
 
@@ -274,11 +277,13 @@ export class Index {
       [vector] = await embedTexts(model, tokenizer, [query], this.meta.pooling, 1);
     }
     try {
+      // The query's words as plain BM25 terms (OR): quotes or operators in user text are not query syntax.
+      const terms = new (lancedb().MatchQuery)(query, 'text');
       let q;
-      if (mode === 'text') q = this.table.query().fullTextSearch(query);
+      if (mode === 'text') q = this.table.query().fullTextSearch(terms);
       else {
         q = this.table.query().nearestTo(vector!).distanceType('cosine');
-        if (mode === 'hybrid') q = q.fullTextSearch(query).rerank(await lancedb().rerankers.RRFReranker.create(60));
+        if (mode === 'hybrid') q = q.fullTextSearch(terms).rerank(await lancedb().rerankers.RRFReranker.create(60));
       }
       const rows = await q.limit(k).toArray();
       return rows.map((r) => ({

@@ -185,13 +185,13 @@ export async function applyPrecision(model: Model, precision: Precision | undefi
  * the method's own default learning rate. With checkpointDir, `kind` names the checkpoints (a DPO run does not
  * resume a reward model's). Returns every step's statistics, those before a resume included.
  */
-export async function trainOnPairs(
+export async function trainOnPairs<T = TokenizedPair>(
   model: Model,
-  pairs: TokenizedPair[],
+  pairs: T[],
   options: PairTrainingOptions,
   lr: number,
   kind: string,
-  step: (batch: TokenizedPair[]) => Promise<PairStats>,
+  step: (batch: T[]) => Promise<PairStats>,
 ): Promise<{ steps: number; history: PairStats[]; resumedFrom?: number }> {
   const o = {
     lr: options.lr ?? lr,
@@ -261,11 +261,11 @@ export async function trainOnPairs(
  * The statistics of `run` over the pairs in batches of options.batchSize, with dropout off and at options.precision,
  * each batch weighted by its number of pairs.
  */
-export async function evaluatePairs(
+export async function evaluatePairs<T = TokenizedPair>(
   model: Model,
-  pairs: TokenizedPair[],
+  pairs: T[],
   options: PairTrainingOptions,
-  run: (batch: TokenizedPair[]) => Promise<PairStats>,
+  run: (batch: T[]) => Promise<PairStats>,
 ): Promise<PairStats> {
   if (options.precision !== undefined) await model.setPrecision(options.precision);
   await model.eval();

@@ -105,8 +105,10 @@ std::vector<std::vector<int32_t>> generate(Model& m, const Batch& b, const Gener
 // The log-likelihood of each continuation after one prompt (the sum of its tokens' log-probabilities): the prompt runs
 // once into a KV cache that every continuation then extends, all continuations in one batch.
 std::vector<double> log_likelihood(Model& m, const std::vector<int32_t>& prompt, const std::vector<std::vector<int32_t>>& continuations);
-// Preference and RLHF objectives (rl/objectives.cpp): one generic entry; the objective named in the spec reads its
-// own fields, so that a new objective needs no new entry point.
+// Preference, RLHF and contrastive objectives (rl/objectives.cpp): one generic entry; the objective named in the spec
+// reads its own fields, so that a new objective needs no new entry point.
+//   multiple-negatives-ranking: rows [anchors; positives; hard negatives...] of a feature-extraction model; numbers
+//                    anchors (how many), scale (20); strings pooling. sentence-transformers' MultipleNegativesRankingLoss.
 //   pairwise-reward: rows [chosen; rejected] of a one-output classifier; numbers center_rewards_coefficient;
 //                    arrays margin ([pairs], optional). TRL's RewardTrainer loss.
 //   dpo:             rows [chosen; rejected] of a causal LM; arrays completion_mask ([rows, seq]), ref_logps ([rows]);

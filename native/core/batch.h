@@ -13,5 +13,8 @@ Tensors to_tensors(const ForwardContext& c, const Batch& b);
 FloatArray to_floats(const torch::Tensor& t);
 // The context of a call from the API: the model's active adapter and dropout setting, no cache.
 ForwardContext call_context(const Model& m);
+// One vector per row from the last hidden states: 'cls' (first token), 'mean' (over the mask, as
+// sentence-transformers' mean pooling) or 'last' (last real token). Differentiable.
+torch::Tensor pooled_hidden(ForwardContext& c, Tensors t, const std::string& pooling);
 
 }  // namespace tunekit

@@ -124,6 +124,10 @@ FloatArray embed(Model& m, const Batch& b, const std::string& pooling) {
   auto c = call_context(m);
   auto t = to_tensors(c, b);
   torch::NoGradGuard no_grad;
+  return to_floats(pooled_hidden(c, t, pooling));
+}
+
+torch::Tensor pooled_hidden(ForwardContext& c, Tensors t, const std::string& pooling) {
   auto h = c.run(t.ids, t.mask).hidden;
   if (int64_t n = c.virtual_tokens(); n > 0 && t.mask.defined())
     t.mask = torch::cat({torch::ones({t.mask.size(0), n}, t.mask.options()), t.mask}, 1);
@@ -141,7 +145,7 @@ FloatArray embed(Model& m, const Batch& b, const std::string& pooling) {
   } else {
     throw Error("E_ARG", "pooling must be 'cls', 'mean' or 'last', got '" + pooling + "'");
   }
-  return to_floats(pooled);
+  return pooled;
 }
 
 }  // namespace tunekit

@@ -1,4 +1,5 @@
-// Preference and RLHF objectives behind one entry point (objective_step), each the math of its TRL trainer, and the
+// Preference, RLHF and contrastive objectives behind one entry point (objective_step), each the math of its TRL (or
+// sentence-transformers) trainer, and the
 // per-token log-probabilities every such method starts from. An objective is a function of the model's output on a
 // batch and of the spec's numbers, strings and arrays; adding one is adding a function to the table at the end.
 #include <cmath>
@@ -234,8 +235,35 @@ torch::Tensor grpo(ForwardContext& c, const Tensors& t, const ObjectiveSpec& s, 
   return loss;
 }
 
+// sentence-transformers' MultipleNegativesRankingLoss (InfoNCE with in-batch negatives): rows are n anchors, then
+// their n positives, then any number of n-row groups of hard negatives. Every anchor scores every candidate by scaled
+// cosine similarity, and cross-entropy asks for its own positive; the other rows' positives are its negatives.
+torch::Tensor multiple_negatives_ranking(ForwardContext& c, const Tensors& t, const ObjectiveSpec& s, Stats& st) {
+  int64_t rows = t.ids.size(0);
+  double anchors = number(s, "anchors", 0);
+  int64_t n = int64_t(anchors);
+  require(n >= 1 && double(n) == anchors && rows % n == 0 && rows / n >= 2, "E_SHAPE",
+          "multiple-negatives-ranking: the batch must hold the anchors, then as many positives, then any hard negatives "
+          "in groups of as many rows (" + std::to_string(rows) + " rows for " + std::to_string(anchors) + " anchors)");
+  auto pooling = s.strings.find("pooling");
+  require(pooling != s.strings.end(), "E_ARG", "multiple-negatives-ranking needs the string 'pooling'");
+  auto v = pooled_hidden(c, t, pooling->second).to(torch::kFloat32);
+  namespace F = torch::nn::functional;
+  auto a = F::normalize(v.slice(0, 0, n), F::NormalizeFuncOptions().dim(1));
+  auto candidates = F::normalize(v.slice(0, n), F::NormalizeFuncOptions().dim(1));
+  auto cosines = a.mm(candidates.t());
+  auto labels = torch::arange(n, torch::TensorOptions().dtype(torch::kLong).device(cosines.device()));
+  auto loss = torch::cross_entropy_loss(cosines * number(s, "scale", 20), labels);
+  torch::NoGradGuard g;
+  st["accuracy"] = (cosines.argmax(1) == labels).to(torch::kFloat32).mean().item<double>();
+  st["positiveCosine"] = cosines.diagonal().mean().item<double>();
+  st["negativeCosine"] = n * (rows - n) > n ? ((cosines.sum() - cosines.diagonal().sum()) / double(n * (rows - n) - n)).item<double>() : 0.0;
+  return loss;
+}
+
 const std::map<std::string, Objective>& objectives() {
   static const std::map<std::string, Objective> table = {
+      {"multiple-negatives-ranking", {"feature-extraction", multiple_negatives_ranking}},
       {"pairwise-reward", {"sequence-classification", pairwise_reward}},
       {"dpo", {"causal-lm", dpo}},
       {"ppo", {"causal-lm", ppo}},
