@@ -69,6 +69,7 @@ export const INDEX_COMMANDS: Record<string, Command> = {
       });
       try {
         const r = await index.add(docs, { progress: true });
+        await index.optimize();
         const s = await index.stats();
         process.stdout.write(`added ${r.chunks} chunks from ${r.sources} sources; the index holds ${s.chunks} chunks of ${s.sources} sources\n`);
       } finally {

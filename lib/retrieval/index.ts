@@ -78,6 +78,7 @@ interface IndexMeta {
 }
 
 const TABLE = 'chunks';
+const TEXT_INDEX = 'text_idx';
 const META = 'index.json';
 const LOCK = 'write.lock';
 const PROBE = 'The index was built with this model: a fixed sentence, embedded once, identifies it.';
@@ -87,6 +88,9 @@ const SAME_MODEL = 0.99;
 function lancedb(): typeof Lance {
   // Loaded on first use: the native library is only needed by code that indexes.
   process.env.LANCEDB_LOG ??= 'error';
+  // Lance sizes its CPU pool by the cores; on 2 cores building the BM25 index of ~70,000 rows hung every time (all
+  // threads parked), and never with 8 threads.
+  process.env.LANCE_CPU_THREADS ??= String(Math.max(8, os.availableParallelism()));
   return require('@lancedb/lancedb') as typeof Lance;
 }
 
@@ -228,7 +232,7 @@ export class Index {
       if (!this.table) {
         if (rows.length === 0) return;
         this.table = await this.db.createTable(TABLE, rows, { mode: 'create' });
-        await this.table.createIndex('text', { config: lancedb().Index.fts() });
+        await this.table.createIndex('text', { config: lancedb().Index.fts(), name: TEXT_INDEX });
         return;
       }
       if (rows.length === 0) await this.table.delete(replaced);
@@ -239,10 +243,29 @@ export class Index {
           .whenNotMatchedInsertAll()
           .whenNotMatchedBySourceDelete({ where: replaced })
           .execute(rows);
-      // Folds the new rows into the full-text index (unindexed rows would be scanned on every text search).
-      await this.table.optimize();
+      await this.refreshTextIndex();
     });
     return { chunks: rows.length, sources: sources.size };
+  }
+
+  /**
+   * Text search scans the rows the BM25 index does not cover yet, so the index is rebuilt once they pass a quarter of
+   * those it covers (or always, with `all`). A full rebuild, not LanceDB's incremental optimize(), whose append path
+   * can deadlock (lance-format/lance#7439) and whose compactions, run after every commit, rewrote the table again and
+   * again (2 GB for 70,000 chunks).
+   */
+  private async refreshTextIndex(all = false): Promise<void> {
+    const stats = await this.table!.indexStats(TEXT_INDEX);
+    if (!all && stats && stats.numUnindexedRows <= Math.max(1000, stats.numIndexedRows / 4)) return;
+    if (all && stats?.numUnindexedRows === 0) return;
+    await this.table!.createIndex('text', { config: lancedb().Index.fts(), replace: true, name: TEXT_INDEX });
+  }
+
+  /** Brings every row into the BM25 index, so that text search scans nothing: call it after the last add of a batch. */
+  async optimize(): Promise<void> {
+    await this.write(async () => {
+      if (this.table) await this.refreshTextIndex(true);
+    });
   }
 
   /** Removes every chunk of a source. */
