@@ -111,6 +111,18 @@ test('upsert and delete by source, persisted across processes', async (t) => {
     moby.map((h) => h.text),
     ['A short note about whales.'],
   );
+  // A second Index on the folder (as another process would open it) sees every commit of the first, made before or
+  // after it opened, and its own upsert of a source replaces what the first wrote.
+  const other = await Index.open(dir, { model: MODEL });
+  await index.add([{ text: 'Snow fell on the mountain village.', source: 'snow' }]);
+  t.is((await other.search('snow mountain village', { k: 1, mode: 'text' }))[0]?.source, 'snow');
+  await other.add([{ text: 'Snow melted in the valley.', source: 'snow' }]);
+  t.deepEqual(
+    (await index.search('snow', { k: 10, mode: 'text' })).map((h) => h.text),
+    ['Snow melted in the valley.'],
+  );
+  await other.delete({ source: 'snow' });
+  other.close();
   const held = (await index.stats()).chunks;
   const removed = (await index.delete({ source: 'senate' })).chunks;
   t.true(removed >= 2);

@@ -106,11 +106,12 @@ const sql = (s: string) => `'${s.replace(/'/g, "''")}'`;
 
 export class Index {
   private writes: Promise<void> = Promise.resolve();
+  /** The chunks table, from the first commit on. */
+  private table: Lance.Table | undefined;
   private constructor(
     readonly dir: string,
     private readonly meta: IndexMeta,
     private readonly db: Lance.Connection,
-    private table: Lance.Table | undefined,
     private readonly model: Model | undefined,
     private readonly tokenizer: Tokenizer | undefined,
     private readonly ownsModel: boolean,
@@ -178,13 +179,12 @@ export class Index {
           if (options[k] !== undefined && options[k] !== meta[k])
             throw new TunekitError('E_CONFIG', `index ${dir} was made with ${k} ${show(meta[k])}, not ${show(options[k])}: make a new index to change it`);
       }
-      const db = await lancedb().connect(dir);
-      let table: Lance.Table | undefined;
-      if ((await db.tableNames()).includes(TABLE)) {
-        table = await db.openTable(TABLE).catch((e) => Promise.reject(corrupt(dir, e)));
-        await checkTable(dir, table!, meta);
-      }
-      return new Index(dir, meta, db, table, model as Model | undefined, tokenizer, ownsModel, batchSize);
+      // Every read checks for commits made since (by another process): a long-lived Index sees them, and a merge
+      // never works from a stale version.
+      const db = await lancedb().connect(dir, { readConsistencyInterval: 0 });
+      const index = new Index(dir, meta, db, model as Model | undefined, tokenizer, ownsModel, batchSize);
+      await index.openTable();
+      return index;
     } catch (e) {
       if (ownsModel) (model as Model).dispose();
       throw e;
@@ -229,6 +229,8 @@ export class Index {
     }
     await this.write(async () => {
       const replaced = `source IN (${[...sources].map(sql).join(', ')})`;
+      // Another process may have made the table since this Index opened.
+      await this.openTable();
       if (!this.table) {
         if (rows.length === 0) return;
         this.table = await this.db.createTable(TABLE, rows, { mode: 'create' });
@@ -264,8 +266,20 @@ export class Index {
   /** Brings every row into the BM25 index, so that text search scans nothing: call it after the last add of a batch. */
   async optimize(): Promise<void> {
     await this.write(async () => {
+      await this.openTable();
       if (this.table) await this.refreshTextIndex(true);
     });
+  }
+
+  /** Opens the chunks table once it exists, checking it against index.json. */
+  private async openTable(): Promise<void> {
+    if (this.table || !(await this.db.tableNames()).includes(TABLE)) return;
+    try {
+      this.table = await this.db.openTable(TABLE);
+    } catch (e) {
+      throw corrupt(this.dir, e);
+    }
+    await checkTable(this.dir, this.table, this.meta);
   }
 
   /** Removes every chunk of a source. */
@@ -274,6 +288,7 @@ export class Index {
     if (typeof filter?.source !== 'string') throw new TunekitError('E_TYPE', `delete: source must be a string, got ${show(filter?.source)}`);
     let removed = 0;
     await this.write(async () => {
+      await this.openTable();
       if (!this.table) return;
       const where = `source = ${sql(filter.source)}`;
       removed = await this.table.countRows(where);
@@ -287,6 +302,7 @@ export class Index {
     if (typeof query !== 'string' || query.trim() === '') throw new TunekitError('E_ARG', `search: query must be a non-empty string, got ${show(query)}`);
     const k = checkNumber(options.k, 'k', { integer: true, min: 1 }, 5);
     const mode = checkChoice<SearchMode>(options.mode, SEARCH_MODES, 'mode', 'hybrid');
+    await this.openTable();
     if (!this.table) return [];
     let vector: Float32Array | undefined;
     if (mode !== 'text') {
@@ -385,6 +401,7 @@ export class Index {
     let sources = 0;
     let version = 0;
     let bytes = 0;
+    await this.openTable();
     if (this.table) {
       try {
         chunks = await this.table.countRows();
@@ -437,8 +454,8 @@ export class Index {
 
 export const RAG_TEMPLATE = 'Context:\n{context}\n\nQuestion: {question}\nAnswer:';
 
-/** Unit vectors of the texts' pooled hidden states, batched by similar length. */
-export async function embedTexts(
+/** Unit vectors of the texts' pooled hidden states (texts cut to the model's context). */
+export function embedTexts(
   model: Model,
   tokenizer: Tokenizer,
   texts: string[],
@@ -446,12 +463,29 @@ export async function embedTexts(
   batchSize: number,
   onProgress?: (done: number) => void,
 ): Promise<Float32Array[]> {
-  await model.eval();
   const max = model.dims.maxPositions;
-  const ids = texts.map((t) => tokenizer.encode(t, { maxLength: max }));
+  return embedIds(
+    model,
+    texts.map((t) => tokenizer.encode(t, { maxLength: max })),
+    pooling,
+    batchSize,
+    onProgress,
+  );
+}
+
+/** Unit vectors of the token rows' pooled hidden states, with dropout off, batched by similar length. */
+export async function embedIds(
+  model: Model,
+  ids: number[][],
+  pooling: Pooling,
+  batchSize: number,
+  onProgress?: (done: number) => void,
+): Promise<Float32Array[]> {
+  await model.eval();
   const order = ids.map((_, i) => i).sort((a, b) => ids[a].length - ids[b].length);
-  const out: Float32Array[] = new Array(texts.length);
-  const pad = model.padTokenId ?? tokenizer.padTokenId ?? 0;
+  const out: Float32Array[] = new Array(ids.length);
+  // Padding is masked out: any id in the vocabulary does.
+  const pad = model.padTokenId ?? 0;
   for (let i = 0; i < order.length; i += batchSize) {
     const part = order.slice(i, i + batchSize);
     const width = Math.max(...part.map((j) => ids[j].length));
@@ -464,7 +498,7 @@ export async function embedTexts(
     );
     const dim = e.shape[1];
     part.forEach((j, r) => (out[j] = unit(Float32Array.from(e.data.subarray(r * dim, (r + 1) * dim)))));
-    onProgress?.(Math.min(texts.length, i + batchSize));
+    onProgress?.(Math.min(ids.length, i + batchSize));
   }
   return out;
 }

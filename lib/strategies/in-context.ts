@@ -14,6 +14,7 @@
 import { TunekitError } from '../errors';
 import type { Model, Pooling } from '../model';
 import { mulberry32, shuffled } from '../random';
+import { embedIds } from '../retrieval';
 import type { Tokenizer } from '../tokenizer';
 import type { EvalResult, Example } from '../trainer';
 import { checkBoolean, checkChoice, checkNumber, checkOptions } from '../validate';
@@ -170,7 +171,7 @@ export class InContext {
       let loss = 0;
       const queries = index ? await this.embedAll(model, split) : undefined;
       for (const [i, e] of split.entries()) {
-        const demos = index ? nearest(index, queries!.row(i), train, o.shots) : fixed;
+        const demos = index ? nearest(index, queries![i], train, o.shots) : fixed;
         const { ids, shots } = this.prompt(model, demos, e.inputIds);
         shotsUsed += shots;
         prompts++;
@@ -217,23 +218,14 @@ export class InContext {
     return shuffled(picked.length, Math.floor(rand() * 2 ** 31)).map((i) => picked[i]);
   }
 
-  private async embedAll(model: Model, examples: Example[]): Promise<Embeddings> {
-    const pooling = this.options.pooling ?? model.family.pooling;
-    const rows: Float32Array[] = [];
-    for (let i = 0; i < examples.length; i += 32) {
-      const chunk = examples.slice(i, i + 32).map((e) => e.inputIds);
-      const width = Math.max(...chunk.map((r) => r.length));
-      const out = await model.embed(
-        {
-          inputIds: chunk.map((r) => [...r, ...new Array(width - r.length).fill(model.padTokenId ?? 0)]),
-          attentionMask: chunk.map((r) => [...r.map(() => 1), ...new Array(width - r.length).fill(0)]),
-        },
-        { pooling },
-      );
-      const dim = out.shape[1];
-      for (let j = 0; j < chunk.length; j++) rows.push(unit(out.data.subarray(j * dim, (j + 1) * dim)));
-    }
-    return { row: (i: number) => rows[i], rows };
+  /** Unit embeddings of the examples by the model's own pooling. */
+  private embedAll(model: Model, examples: Example[]): Promise<Float32Array[]> {
+    return embedIds(
+      model,
+      examples.map((e) => e.inputIds),
+      this.options.pooling ?? model.family.pooling,
+      32,
+    );
   }
 }
 
@@ -244,21 +236,8 @@ function logNormalise(scores: number[]): number[] {
   return scores.map((v) => v - z);
 }
 
-interface Embeddings {
-  rows: Float32Array[];
-  row(i: number): Float32Array;
-}
-
-function unit(v: Float32Array): Float32Array {
-  let n = 0;
-  for (const x of v) n += x * x;
-  const s = 1 / Math.sqrt(n || 1);
-  return v.map((x) => x * s);
-}
-
-/** The k training examples most similar (cosine) to the query, the most similar last, nearest to the query. */
-function nearest(index: Embeddings, query: Float32Array, train: Example[], k: number): Example[] {
-  const sims = index.rows.map((r, i) => {
+function nearest(index: Float32Array[], query: Float32Array, train: Example[], k: number): Example[] {
+  const sims = index.map((r, i) => {
     let d = 0;
     for (let j = 0; j < r.length; j++) d += r[j] * query[j];
     return [d, i] as const;
