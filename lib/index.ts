@@ -58,4 +58,12 @@ export type {
 } from './rl';
 export type { RuntimeInfo } from './runtime';
 export { ContrastiveTrainer, Index, RAG_TEMPLATE, SEARCH_MODES } from './retrieval';
-export type { ContrastiveEvaluation, ContrastivePair, ContrastiveTrainerOptions, Document, Hit, IndexOptions, SearchMode } from './retrieval';
+export type {
+  ContrastiveEvaluation,
+  ContrastivePair,
+  ContrastiveTrainerOptions,
+  Document,
+  Hit,
+  IndexOptions,
+  SearchMode,
+} from './retrieval';

@@ -232,7 +232,9 @@ async function main() {
       nextSentenceExample(span, other, r, { cls, sep, maskId, vocab, special });
     const rand = mulberry32(seed + 1000);
     // Scored twice: with next-sentence labels (the pretraining loss) and without (the masked-LM loss alone).
-    validWithNext = validBlocks.map((b, i) => example(b, validBlocks[(i + 1 + Math.floor(rand() * (validBlocks.length - 1))) % validBlocks.length], rand));
+    validWithNext = validBlocks.map((b, i) =>
+      example(b, validBlocks[(i + 1 + Math.floor(rand() * (validBlocks.length - 1))) % validBlocks.length], rand),
+    );
     valid = validWithNext.map((e) => ({ ...e, labels: [-100, ...e.labels!.slice(1)] }));
     targets = valid.flatMap((e) => e.labels!.filter((l) => l !== -100));
     // A batch is a random draw of spans, so a span's random B comes from its neighbour in the batch.

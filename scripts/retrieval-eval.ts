@@ -248,7 +248,9 @@ async function quality(task: Task, train: string[], results: Record<string, unkn
 
   console.log('\n| method | recall@1 | recall@5 | recall@10 | MRR@10 |\n|---|---|---|---|---|');
   for (const [name, m] of Object.entries(table))
-    console.log(`| ${name} | ${m['recall@1'].toFixed(3)} | ${m['recall@5'].toFixed(3)} | ${m['recall@10'].toFixed(3)} | ${m['mrr@10'].toFixed(3)} |`);
+    console.log(
+      `| ${name} | ${m['recall@1'].toFixed(3)} | ${m['recall@5'].toFixed(3)} | ${m['recall@10'].toFixed(3)} | ${m['mrr@10'].toFixed(3)} |`,
+    );
 }
 
 main().catch((e) => {

@@ -100,8 +100,18 @@ test('ContrastiveTrainer: bad input is a clear error', async (t) => {
   const trainer = new ContrastiveTrainer(model, { tokenizer });
   const errs = [
     await t.throwsAsync(trainer.train([{ anchor: 'a b', positive: 'c d' }])),
-    await t.throwsAsync(trainer.train([{ anchor: 'a', positive: 'b', negative: 'c' }, { anchor: 'a', positive: 'b' }])),
-    await t.throwsAsync(trainer.train([{ anchor: 'a', positive: '' }, { anchor: 'a', positive: 'b' }])),
+    await t.throwsAsync(
+      trainer.train([
+        { anchor: 'a', positive: 'b', negative: 'c' },
+        { anchor: 'a', positive: 'b' },
+      ]),
+    ),
+    await t.throwsAsync(
+      trainer.train([
+        { anchor: 'a', positive: '' },
+        { anchor: 'a', positive: 'b' },
+      ]),
+    ),
     await t.throwsAsync(new ContrastiveTrainer(model).train([{ anchor: 'a', positive: 'b' }])),
   ];
   t.deepEqual(
@@ -109,7 +119,11 @@ test('ContrastiveTrainer: bad input is a clear error', async (t) => {
     ['E_ARG', 'E_ARG', 'E_TYPE', 'E_ARG'],
   );
   const shape = await t.throwsAsync(
-    model.objective({ inputIds: INPUT_IDS.map((r) => r.map((x) => x + 100)) }, { name: 'multiple-negatives-ranking', numbers: { anchors: 2 }, strings: { pooling: 'mean' } }, { backward: false }),
+    model.objective(
+      { inputIds: INPUT_IDS.map((r) => r.map((x) => x + 100)) },
+      { name: 'multiple-negatives-ranking', numbers: { anchors: 2 }, strings: { pooling: 'mean' } },
+      { backward: false },
+    ),
     { instanceOf: TunekitError },
   );
   t.is((shape as TunekitError).code, 'E_SHAPE');

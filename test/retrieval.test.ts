@@ -67,7 +67,13 @@ test('vector search is the exact cosine ranking; text search is BM25 on the word
   const tok = await Tokenizer.fromPretrained(MODEL);
   const query = 'the white whale and the sea';
   const [q] = await embedTexts(model, tok, [query], 'mean', 1);
-  const docs = await embedTexts(model, tok, DOCS.map((d) => d.text), 'mean', 32);
+  const docs = await embedTexts(
+    model,
+    tok,
+    DOCS.map((d) => d.text),
+    'mean',
+    32,
+  );
   const want = DOCS.map((d, i) => ({ source: d.source, score: cosine(q, docs[i]) })).sort((a, b) => b.score - a.score);
   const vector = await index.search(query, { k: DOCS.length, mode: 'vector' });
   t.deepEqual(
@@ -171,7 +177,11 @@ test('bad input: clear errors, and nothing lost from the index', async (t) => {
   await code(index.add([DOCS[0], { text: 42 } as never]), 'E_TYPE', /documents\[1\]\.text/);
   await code(index.add([{ text: 'x', sourc: 'typo' } as never]), 'E_ARG', /sourc/);
   await code(index.add([DOCS[0], DOCS[0]]), 'E_ARG', /appears twice/);
-  await code(index.search('the whale '.repeat(100), { mode: 'vector' }), 'E_RANGE', /query is \d+ tokens; the embedding model reads at most 128/);
+  await code(
+    index.search('the whale '.repeat(100), { mode: 'vector' }),
+    'E_RANGE',
+    /query is \d+ tokens; the embedding model reads at most 128/,
+  );
   await code(index.search('whale', { mode: 'fuzzy' as never }), 'E_ARG', /mode/);
   await code(index.search(''), 'E_ARG', /non-empty/);
   await code(index.prompt('whale', { template: 'no slots' }), 'E_ARG', /\{context\}/);
@@ -182,7 +192,11 @@ test('bad input: clear errors, and nothing lost from the index', async (t) => {
   // A writer elsewhere holds the folder's lock: refused while it runs, and its lock is taken over once it is gone.
   const holder = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)']);
   fs.writeFileSync(path.join(dir, 'write.lock'), JSON.stringify({ pid: holder.pid, host: os.hostname() }));
-  await code(index.add([{ text: 'Third writer.', source: 'w3' }]), 'E_STATE', new RegExp(`being written by another writer \\(process ${holder.pid}`));
+  await code(
+    index.add([{ text: 'Third writer.', source: 'w3' }]),
+    'E_STATE',
+    new RegExp(`being written by another writer \\(process ${holder.pid}`),
+  );
   await code(index.delete({ source: 'w1' }), 'E_STATE', /being written/);
   t.is((await index.stats()).sources, held.sources + 2);
   await new Promise((res) => holder.on('exit', res).kill('SIGKILL'));
@@ -235,7 +249,12 @@ test('tunekit index add/search on the command line: plain text and JSONL, --json
   const dir = path.join(tmpDir('cli-index'), 'ix');
   const files = tmpDir('cli-docs');
   fs.writeFileSync(path.join(files, 'moby.txt'), DOCS[0].text);
-  fs.writeFileSync(path.join(files, 'more.jsonl'), DOCS.slice(1).map((d) => JSON.stringify(d)).join('\n') + '\n');
+  fs.writeFileSync(
+    path.join(files, 'more.jsonl'),
+    DOCS.slice(1)
+      .map((d) => JSON.stringify(d))
+      .join('\n') + '\n',
+  );
   const add = cli('index', 'add', '--index', dir, '--model', MODEL, path.join(files, 'moby.txt'), path.join(files, 'more.jsonl'));
   t.is(add.status, 0, add.stderr);
   t.regex(add.stdout, /added 5 chunks from 5 sources/);

@@ -71,7 +71,9 @@ export const INDEX_COMMANDS: Record<string, Command> = {
         const r = await index.add(docs, { progress: true });
         await index.optimize();
         const s = await index.stats();
-        process.stdout.write(`added ${r.chunks} chunks from ${r.sources} sources; the index holds ${s.chunks} chunks of ${s.sources} sources\n`);
+        process.stdout.write(
+          `added ${r.chunks} chunks from ${r.sources} sources; the index holds ${s.chunks} chunks of ${s.sources} sources\n`,
+        );
       } finally {
         index.close();
       }
@@ -80,7 +82,14 @@ export const INDEX_COMMANDS: Record<string, Command> = {
   'index search': {
     summary: 'the top-k chunks of an index for a query',
     usage: 'tunekit index search --index DIR --query TEXT [--k N] [--mode vector|text|hybrid] [--json]',
-    options: { ...indexFlag, model: { type: 'string' }, query: { type: 'string' }, k: { type: 'string' }, mode: { type: 'string' }, json: { type: 'boolean' } },
+    options: {
+      ...indexFlag,
+      model: { type: 'string' },
+      query: { type: 'string' },
+      k: { type: 'string' },
+      mode: { type: 'string' },
+      json: { type: 'boolean' },
+    },
     help: {
       ...indexHelp,
       model: 'the embedding model folder (default: the one the index was made with)',
@@ -92,7 +101,8 @@ export const INDEX_COMMANDS: Record<string, Command> = {
     async run(o) {
       if (typeof o.query !== 'string') throw new UsageError('--query TEXT is required');
       const mode = (o.mode ?? 'hybrid') as SearchMode;
-      if (!SEARCH_MODES.includes(mode)) throw new UsageError(`--mode must be one of ${SEARCH_MODES.join(', ')}, got ${JSON.stringify(o.mode)}`);
+      if (!SEARCH_MODES.includes(mode))
+        throw new UsageError(`--mode must be one of ${SEARCH_MODES.join(', ')}, got ${JSON.stringify(o.mode)}`);
       // A text search needs no embedding model.
       const index = await Index.open(indexDir(o), { model: o.model !== undefined ? String(o.model) : mode === 'text' ? null : undefined });
       try {
@@ -100,7 +110,9 @@ export const INDEX_COMMANDS: Record<string, Command> = {
         if (o.json) process.stdout.write(JSON.stringify(hits) + '\n');
         else
           hits.forEach((h, i) =>
-            process.stdout.write(`${i + 1}. ${h.score.toFixed(4)}  ${h.source} [${h.start}, ${h.end})\n   ${h.text.replace(/\s+/g, ' ').slice(0, 200)}\n`),
+            process.stdout.write(
+              `${i + 1}. ${h.score.toFixed(4)}  ${h.source} [${h.start}, ${h.end})\n   ${h.text.replace(/\s+/g, ' ').slice(0, 200)}\n`,
+            ),
           );
       } finally {
         index.close();
@@ -108,7 +120,7 @@ export const INDEX_COMMANDS: Record<string, Command> = {
     },
   },
   'index stats': {
-    summary: "what an index holds: chunks, sources, the embedding model, its chunking",
+    summary: 'what an index holds: chunks, sources, the embedding model, its chunking',
     usage: 'tunekit index stats --index DIR [--json]',
     options: { ...indexFlag, json: { type: 'boolean' } },
     help: { ...indexHelp, json: 'print one JSON object' },
@@ -118,7 +130,13 @@ export const INDEX_COMMANDS: Record<string, Command> = {
       const index = await Index.open(dir, { model: null });
       try {
         const s = await index.stats();
-        process.stdout.write(o.json ? JSON.stringify(s) + '\n' : Object.entries(s).map(([k, v]) => `${k}: ${v}`).join('\n') + '\n');
+        process.stdout.write(
+          o.json
+            ? JSON.stringify(s) + '\n'
+            : Object.entries(s)
+                .map(([k, v]) => `${k}: ${v}`)
+                .join('\n') + '\n',
+        );
       } finally {
         index.close();
       }

@@ -606,7 +606,12 @@ export async function main(argv: string[]): Promise<number> {
     let values: Opts;
     let positionals: string[];
     try {
-      ({ values, positionals } = parseArgs({ args: rest, options: cmd.options, strict: true, allowPositionals: cmd.positionals ?? false }) as {
+      ({ values, positionals } = parseArgs({
+        args: rest,
+        options: cmd.options,
+        strict: true,
+        allowPositionals: cmd.positionals ?? false,
+      }) as {
         values: Opts;
         positionals: string[];
       });

@@ -44,7 +44,10 @@ export class ContrastiveTrainer {
   ) {
     this.options = checkOptions(options, [...PAIR_TRAINING_OPTIONS, 'pooling', 'scale'], 'ContrastiveTrainer');
     if (model.task !== 'feature-extraction')
-      throw new TunekitError('E_CONFIG', `an embedder trains as a base model: load it with { task: 'feature-extraction' } (got '${model.task}')`);
+      throw new TunekitError(
+        'E_CONFIG',
+        `an embedder trains as a base model: load it with { task: 'feature-extraction' } (got '${model.task}')`,
+      );
     checkChoice(options.pooling, ['cls', 'mean', 'last'], 'pooling', 'mean');
     if (options.scale !== undefined) checkNumber(options.scale, 'scale', { min: 0, minExclusive: true });
   }

@@ -97,9 +97,13 @@ function lancedb(): typeof Lance {
 /** A LanceDB failure on an existing table: the files are not what LanceDB wrote. */
 function corrupt(dir: string, e: unknown): TunekitError {
   if (e instanceof TunekitError) return e;
-  return new TunekitError('E_FORMAT', `index ${dir}: its LanceDB table cannot be read (${(e as Error)?.message?.split('\n')[0] ?? String(e)})`, {
-    cause: e,
-  });
+  return new TunekitError(
+    'E_FORMAT',
+    `index ${dir}: its LanceDB table cannot be read (${(e as Error)?.message?.split('\n')[0] ?? String(e)})`,
+    {
+      cause: e,
+    },
+  );
 }
 
 const sql = (s: string) => `'${s.replace(/'/g, "''")}'`;
@@ -142,7 +146,8 @@ export class Index {
       ownsModel = true;
     } else if (model !== undefined) {
       if (!(model instanceof Model)) throw new TunekitError('E_TYPE', `Index.open: model must be a folder or a Model, got ${show(model)}`);
-      if (!(tokenizer instanceof Tokenizer)) throw new TunekitError('E_ARG', 'Index.open: a loaded Model needs its tokenizer (options.tokenizer)');
+      if (!(tokenizer instanceof Tokenizer))
+        throw new TunekitError('E_ARG', 'Index.open: a loaded Model needs its tokenizer (options.tokenizer)');
     }
     if (!meta && !model) throw new TunekitError('E_ARG', `Index.open: ${dir} is a new index: say which model embeds it (options.model)`);
 
@@ -177,7 +182,10 @@ export class Index {
       } else {
         for (const k of ['chunkTokens', 'overlapTokens', 'pooling'] as const)
           if (options[k] !== undefined && options[k] !== meta[k])
-            throw new TunekitError('E_CONFIG', `index ${dir} was made with ${k} ${show(meta[k])}, not ${show(options[k])}: make a new index to change it`);
+            throw new TunekitError(
+              'E_CONFIG',
+              `index ${dir} was made with ${k} ${show(meta[k])}, not ${show(options[k])}: make a new index to change it`,
+            );
       }
       // Every read checks for commits made since (by another process): a long-lived Index sees them, and a merge
       // never works from a stale version.
@@ -285,7 +293,8 @@ export class Index {
   /** Removes every chunk of a source. */
   async delete(filter: { source: string }): Promise<{ chunks: number }> {
     checkOptions(filter, ['source'], 'delete');
-    if (typeof filter?.source !== 'string') throw new TunekitError('E_TYPE', `delete: source must be a string, got ${show(filter?.source)}`);
+    if (typeof filter?.source !== 'string')
+      throw new TunekitError('E_TYPE', `delete: source must be a string, got ${show(filter?.source)}`);
     let removed = 0;
     await this.write(async () => {
       await this.openTable();
@@ -299,7 +308,8 @@ export class Index {
 
   async search(query: string, options: { k?: number; mode?: SearchMode } = {}): Promise<Hit[]> {
     checkOptions(options, ['k', 'mode'], 'search');
-    if (typeof query !== 'string' || query.trim() === '') throw new TunekitError('E_ARG', `search: query must be a non-empty string, got ${show(query)}`);
+    if (typeof query !== 'string' || query.trim() === '')
+      throw new TunekitError('E_ARG', `search: query must be a non-empty string, got ${show(query)}`);
     const k = checkNumber(options.k, 'k', { integer: true, min: 1 }, 5);
     const mode = checkChoice<SearchMode>(options.mode, SEARCH_MODES, 'mode', 'hybrid');
     await this.openTable();
@@ -349,7 +359,8 @@ export class Index {
     checkOptions(options, ['k', 'mode', 'template', 'tokenizer', 'maxTokens'], 'prompt');
     const template = options.template ?? RAG_TEMPLATE;
     for (const slot of ['{context}', '{question}'])
-      if (typeof template !== 'string' || !template.includes(slot)) throw new TunekitError('E_ARG', `prompt: template must contain ${slot}`);
+      if (typeof template !== 'string' || !template.includes(slot))
+        throw new TunekitError('E_ARG', `prompt: template must contain ${slot}`);
     const hits = await this.search(question, { k: options.k, mode: options.mode });
     const fill = (h: Hit[]) => template.replace('{context}', h.map((x) => x.text).join('\n\n')).replace('{question}', question);
     const tok = options.tokenizer ?? this.tokenizer;
@@ -412,7 +423,18 @@ export class Index {
         throw corrupt(this.dir, e);
       }
     }
-    return { chunks, sources, dimension, modelType, ...(modelPath ? { modelPath } : {}), pooling, chunkTokens, overlapTokens, version, bytes };
+    return {
+      chunks,
+      sources,
+      dimension,
+      modelType,
+      ...(modelPath ? { modelPath } : {}),
+      pooling,
+      chunkTokens,
+      overlapTokens,
+      version,
+      bytes,
+    };
   }
 
   /** Releases the model the index loaded itself (a Model passed in stays the caller's). */
@@ -548,7 +570,10 @@ async function checkTable(dir: string, table: Lance.Table, meta: IndexMeta): Pro
     throw corrupt(dir, e);
   }
   if (dim !== meta.dimension)
-    throw new TunekitError('E_FORMAT', `index ${dir}: its table holds ${dim ?? 'no'}-dimensional vectors but ${META} says ${meta.dimension}`);
+    throw new TunekitError(
+      'E_FORMAT',
+      `index ${dir}: its table holds ${dim ?? 'no'}-dimensional vectors but ${META} says ${meta.dimension}`,
+    );
 }
 
 /** An exclusive lock file naming its holder; a holder that no longer runs on this host leaves a stale lock, taken over. */

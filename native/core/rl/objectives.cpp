@@ -1,7 +1,7 @@
 // Preference, RLHF and contrastive objectives behind one entry point (objective_step), each the math of its TRL (or
-// sentence-transformers) trainer, and the
-// per-token log-probabilities every such method starts from. An objective is a function of the model's output on a
-// batch and of the spec's numbers, strings and arrays; adding one is adding a function to the table at the end.
+// sentence-transformers) trainer, and the per-token log-probabilities every such method starts from. An objective is
+// a function of the model's output on a batch and of the spec's numbers, strings and arrays; adding one is adding a
+// function to the table at the end.
 #include <cmath>
 #include <functional>
 #include <optional>
@@ -244,7 +244,8 @@ torch::Tensor multiple_negatives_ranking(ForwardContext& c, const Tensors& t, co
   int64_t n = int64_t(anchors);
   require(n >= 1 && double(n) == anchors && rows % n == 0 && rows / n >= 2, "E_SHAPE",
           "multiple-negatives-ranking: the batch must hold the anchors, then as many positives, then any hard negatives "
-          "in groups of as many rows (" + std::to_string(rows) + " rows for " + std::to_string(anchors) + " anchors)");
+          "in groups of as many rows (" +
+              std::to_string(rows) + " rows for " + std::to_string(anchors) + " anchors)");
   auto pooling = s.strings.find("pooling");
   require(pooling != s.strings.end(), "E_ARG", "multiple-negatives-ranking needs the string 'pooling'");
   auto v = pooled_hidden(c, t, pooling->second).to(torch::kFloat32);
@@ -257,7 +258,8 @@ torch::Tensor multiple_negatives_ranking(ForwardContext& c, const Tensors& t, co
   torch::NoGradGuard g;
   st["accuracy"] = (cosines.argmax(1) == labels).to(torch::kFloat32).mean().item<double>();
   st["positiveCosine"] = cosines.diagonal().mean().item<double>();
-  st["negativeCosine"] = n * (rows - n) > n ? ((cosines.sum() - cosines.diagonal().sum()) / double(n * (rows - n) - n)).item<double>() : 0.0;
+  st["negativeCosine"] =
+      n * (rows - n) > n ? ((cosines.sum() - cosines.diagonal().sum()) / double(n * (rows - n) - n)).item<double>() : 0.0;
   return loss;
 }
 
