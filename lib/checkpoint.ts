@@ -148,7 +148,7 @@ function isComplete(dir: string): boolean {
   return CHECKPOINT_FILES.every((f) => fs.existsSync(path.join(dir, f)));
 }
 
-function processAlive(pid: number): boolean {
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

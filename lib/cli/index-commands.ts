@@ -3,10 +3,20 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Command, num, Opts, UsageError } from './args';
 import { TunekitError } from '../errors';
-import { Document, Index, SEARCH_MODES, SearchMode } from '../retrieval';
+import { Document, Index, IndexOptions, SEARCH_MODES, SearchMode } from '../retrieval';
 
 const indexFlag = { index: { type: 'string' } } as const;
 const indexHelp = { index: 'the index folder (LanceDB table and index.json)' };
+
+/** Runs `use` on the index, closing it (and the model it loaded) however `use` ends. */
+async function withIndex(dir: string, options: IndexOptions, use: (index: Index) => Promise<void>): Promise<void> {
+  const index = await Index.open(dir, options);
+  try {
+    await use(index);
+  } finally {
+    index.close();
+  }
+}
 
 function indexDir(o: Opts): string {
   if (typeof o.index !== 'string') throw new UsageError('--index DIR is required');
@@ -61,22 +71,23 @@ export const INDEX_COMMANDS: Record<string, Command> = {
     async run(o, files) {
       if (files.length === 0) throw new UsageError('name at least one FILE to add (plain text, or JSONL with a "text" field)');
       const docs = files.flatMap((f) => readDocuments(path.resolve(f)));
-      const index = await Index.open(indexDir(o), {
-        ...(o.model !== undefined ? { model: String(o.model) } : {}),
-        chunkTokens: num(o, 'chunk-tokens', undefined, 'int'),
-        overlapTokens: num(o, 'overlap-tokens', undefined, 'int'),
-        pooling: o.pooling as 'cls' | 'mean' | 'last' | undefined,
-      });
-      try {
-        const r = await index.add(docs, { progress: true });
-        await index.optimize();
-        const s = await index.stats();
-        process.stdout.write(
-          `added ${r.chunks} chunks from ${r.sources} sources; the index holds ${s.chunks} chunks of ${s.sources} sources\n`,
-        );
-      } finally {
-        index.close();
-      }
+      await withIndex(
+        indexDir(o),
+        {
+          ...(o.model !== undefined ? { model: String(o.model) } : {}),
+          chunkTokens: num(o, 'chunk-tokens', undefined, 'int'),
+          overlapTokens: num(o, 'overlap-tokens', undefined, 'int'),
+          pooling: o.pooling as 'cls' | 'mean' | 'last' | undefined,
+        },
+        async (index) => {
+          const r = await index.add(docs, { progress: true });
+          await index.optimize();
+          const s = await index.stats();
+          process.stdout.write(
+            `added ${r.chunks} chunks from ${r.sources} sources; the index holds ${s.chunks} chunks of ${s.sources} sources\n`,
+          );
+        },
+      );
     },
   },
   'index search': {
@@ -99,24 +110,26 @@ export const INDEX_COMMANDS: Record<string, Command> = {
       json: 'print the hits as one JSON array ({ text, source, score, metadata, start, end })',
     },
     async run(o) {
-      if (typeof o.query !== 'string') throw new UsageError('--query TEXT is required');
+      const query = o.query;
+      if (typeof query !== 'string') throw new UsageError('--query TEXT is required');
       const mode = (o.mode ?? 'hybrid') as SearchMode;
       if (!SEARCH_MODES.includes(mode))
         throw new UsageError(`--mode must be one of ${SEARCH_MODES.join(', ')}, got ${JSON.stringify(o.mode)}`);
       // A text search needs no embedding model.
-      const index = await Index.open(indexDir(o), { model: o.model !== undefined ? String(o.model) : mode === 'text' ? null : undefined });
-      try {
-        const hits = await index.search(o.query, { k: num(o, 'k', 5, 'int'), mode });
-        if (o.json) process.stdout.write(JSON.stringify(hits) + '\n');
-        else
-          hits.forEach((h, i) =>
-            process.stdout.write(
-              `${i + 1}. ${h.score.toFixed(4)}  ${h.source} [${h.start}, ${h.end})\n   ${h.text.replace(/\s+/g, ' ').slice(0, 200)}\n`,
-            ),
-          );
-      } finally {
-        index.close();
-      }
+      await withIndex(
+        indexDir(o),
+        { model: o.model !== undefined ? String(o.model) : mode === 'text' ? null : undefined },
+        async (index) => {
+          const hits = await index.search(query, { k: num(o, 'k', 5, 'int'), mode });
+          if (o.json) process.stdout.write(JSON.stringify(hits) + '\n');
+          else
+            hits.forEach((h, i) =>
+              process.stdout.write(
+                `${i + 1}. ${h.score.toFixed(4)}  ${h.source} [${h.start}, ${h.end})\n   ${h.text.replace(/\s+/g, ' ').slice(0, 200)}\n`,
+              ),
+            );
+        },
+      );
     },
   },
   'index stats': {
@@ -127,8 +140,7 @@ export const INDEX_COMMANDS: Record<string, Command> = {
     async run(o) {
       const dir = indexDir(o);
       if (!fs.existsSync(path.join(dir, 'index.json'))) throw new UsageError(`--index ${dir}: not an index (no index.json)`);
-      const index = await Index.open(dir, { model: null });
-      try {
+      await withIndex(dir, { model: null }, async (index) => {
         const s = await index.stats();
         process.stdout.write(
           o.json
@@ -137,9 +149,7 @@ export const INDEX_COMMANDS: Record<string, Command> = {
                 .map(([k, v]) => `${k}: ${v}`)
                 .join('\n') + '\n',
         );
-      } finally {
-        index.close();
-      }
+      });
     },
   },
   'index delete': {
@@ -148,14 +158,12 @@ export const INDEX_COMMANDS: Record<string, Command> = {
     options: { ...indexFlag, source: { type: 'string' } },
     help: { ...indexHelp, source: 'the source to remove (for files added by `index add`: the absolute path)' },
     async run(o) {
-      if (typeof o.source !== 'string') throw new UsageError('--source is required');
-      const index = await Index.open(indexDir(o), { model: null });
-      try {
-        const r = await index.delete({ source: o.source });
+      const source = o.source;
+      if (typeof source !== 'string') throw new UsageError('--source is required');
+      await withIndex(indexDir(o), { model: null }, async (index) => {
+        const r = await index.delete({ source });
         process.stdout.write(`removed ${r.chunks} chunks\n`);
-      } finally {
-        index.close();
-      }
+      });
     },
   },
 };

@@ -12,6 +12,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type * as Lance from '@lancedb/lancedb';
+import { processAlive } from '../checkpoint';
 import { TunekitError } from '../errors';
 import { Model, Pooling } from '../model';
 import { progressBar } from '../progress';
@@ -592,7 +593,7 @@ function takeLock(file: string): void {
     } catch {
       // a lock being written this instant: treat it as held
     }
-    if (holder.host === os.hostname() && holder.pid !== undefined && !alive(holder.pid)) {
+    if (holder.host === os.hostname() && holder.pid !== undefined && !processAlive(holder.pid)) {
       fs.rmSync(file, { force: true });
       continue;
     }
@@ -602,13 +603,4 @@ function takeLock(file: string): void {
     );
   }
   throw new TunekitError('E_STATE', `index ${path.dirname(file)}: could not take the writer lock ${file}`);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
