@@ -77,5 +77,8 @@ export class MetricsWriter {
     if (this.replaceOnFirstWrite && typeof row.step === 'number') this.dropFrom(row.step);
     this.replaceOnFirstWrite = false;
     fs.appendFileSync(this.file, JSON.stringify(row) + '\n');
+    // A run started by `tunekit serve` reports each row to the server as it is written (the file is rewritten on resume,
+    // so the server does not follow it).
+    if (process.send && process.connected) process.send({ type: 'metrics', row });
   }
 }

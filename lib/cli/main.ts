@@ -18,7 +18,8 @@ import {
 } from './args';
 import { INDEX_COMMANDS } from './index-commands';
 import { RL_COMMANDS } from './rl';
-import { loadSplits, Splits } from '../data';
+import { SERVE_COMMANDS } from './serve';
+import { Dataset, loadSplits, Splits } from '../data';
 import { TunekitError } from '../errors';
 import { Model, Pooling } from '../model';
 import { lineChartSvg, lossSeries, writeSvg } from '../plot';
@@ -44,13 +45,21 @@ const DEFAULT_DATA = 'builtin:imdb-sentences';
 
 async function splitsOf(o: Opts): Promise<Splits> {
   const spec = String(o.data ?? DEFAULT_DATA);
-  const fields = {
-    ...(o['text-field'] ? { text: String(o['text-field']) } : {}),
-    ...(o['label-field'] ? { label: String(o['label-field']) } : {}),
-  };
+  const fields = Object.fromEntries(
+    (['text', 'label', 'prompt', 'response'] as const).filter((f) => o[`${f}-field`]).map((f) => [f, String(o[`${f}-field`])]),
+  );
   if (!spec.startsWith('builtin:') && !fs.existsSync(spec))
     throw new UsageError(`--data ${spec}: no such file (or use builtin:imdb-sentences, builtin:sentiment-sentences)`);
-  return loadSplits(spec, { fields, seed: num(o, 'seed', 42, 'int') });
+  const validationSpec = o['validation-data'];
+  if (validationSpec === undefined) return loadSplits(spec, { fields, seed: num(o, 'seed', 42, 'int') });
+  // All of --data trains; validation comes from its own file (or there is none), and there is no test split.
+  if (spec.startsWith('builtin:')) throw new UsageError('--validation-data goes with a --data file, not a built-in set');
+  const train = await Dataset.fromFile(spec, { fields });
+  const labelNames = train.labelNames;
+  const none = new Dataset([], { labelNames, source: spec });
+  if (validationSpec === 'none') return { train, validation: none, test: none };
+  if (!fs.existsSync(String(validationSpec))) throw new UsageError(`--validation-data ${validationSpec}: no such file`);
+  return { train, validation: await Dataset.fromFile(String(validationSpec), { fields, labelNames }), test: none };
 }
 
 /** Labelled data must name at least two classes: one class would make a regression head that scores 100%. */
@@ -94,6 +103,8 @@ const common = {
   'max-length': { type: 'string' },
   'text-field': { type: 'string' },
   'label-field': { type: 'string' },
+  'prompt-field': { type: 'string' },
+  'response-field': { type: 'string' },
   seed: { type: 'string' },
   device: { type: 'string' },
   precision: { type: 'string' },
@@ -107,6 +118,8 @@ const commonHelp = {
   'max-length': 'truncate texts to this many tokens (default 128)',
   'text-field': 'the field holding the text (default: text)',
   'label-field': 'the field holding the class label (default: label)',
+  'prompt-field': 'the field holding the prompt of prompt/response rows (default: prompt)',
+  'response-field': 'the field holding the response of prompt/response rows (default: response; OpenAI files call it completion)',
   seed: 'seed for the head initialisation, shuffling and file splits (default 42)',
   device: 'cpu or cuda (default cpu)',
   precision: PRECISION_HELP,
@@ -154,13 +167,14 @@ function inContextOptions(o: Opts, splits: Splits, tok: Tokenizer): InContextOpt
   };
 }
 
-const COMMANDS: Record<string, Command> = {
+export const COMMANDS: Record<string, Command> = {
   finetune: {
     summary: 'train a model on a dataset and report test metrics',
     usage: 'tunekit finetune [--model DIR] [--data SPEC] [--strategy NAME] [--out DIR] [options]',
     options: {
       ...common,
       strategy: { type: 'string' },
+      'validation-data': { type: 'string' },
       out: { type: 'string' },
       epochs: { type: 'string' },
       lr: { type: 'string' },
@@ -190,6 +204,7 @@ const COMMANDS: Record<string, Command> = {
       strategy: `how to adapt the model (default full): features = ${FEATURES_SUMMARY}; ${ICL_SUMMARY}; ${Object.entries(STRATEGIES)
         .map(([k, v]) => `${k} = ${v.summary}`)
         .join('; ')}`,
+      'validation-data': 'a file of validation rows: then all of --data trains and there is no test split (none: no validation either)',
       out: 'folder for the finetuned model, metrics.jsonl, loss.svg and results.json (default: runs/MODEL-STRATEGY)',
       epochs: 'passes over the training split (default 3)',
       lr: `peak learning rate (default ${Object.entries(STRATEGIES)
@@ -298,6 +313,7 @@ const COMMANDS: Record<string, Command> = {
             step: p.step,
             epoch: p.epoch,
             loss: p.loss,
+            totalSteps: p.totalSteps,
             lr: p.lr,
             gradNorm: p.gradNorm,
             tokensPerSecond: p.tokensPerSecond,
@@ -500,6 +516,7 @@ const COMMANDS: Record<string, Command> = {
   },
   ...RL_COMMANDS,
   ...INDEX_COMMANDS,
+  ...SERVE_COMMANDS,
 };
 
 async function runInContext(dir: string, splits: Splits, tok: Tokenizer, maxLength: number, out: string, o: Opts): Promise<void> {

@@ -1,0 +1,298 @@
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { Model } from '../lib/model';
+import { createServer } from '../lib/server';
+import { Tokenizer } from '../lib/tokenizer';
+import { ROOT, tmpDir } from './helpers';
+
+const GPT2 = path.join(ROOT, 'models', 'tiny-gpt2');
+const DISTILBERT = path.join(ROOT, 'models', 'tiny-distilbert');
+const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
+
+/** OpenAI-style prompt/completion rows. */
+const ROWS = Array.from({ length: 24 }, (_, i) => ({
+  prompt: `Review ${i}: the film was`,
+  completion: i % 2 ? ' wonderful and moving.' : ' dull and far too long.',
+}));
+const jsonl = (rows: unknown[]) => rows.map((r) => JSON.stringify(r)).join('\n') + '\n';
+
+async function started(opts: Partial<Parameters<typeof createServer>[0]> = {}) {
+  const dataDir = opts.dataDir ?? tmpDir('serve');
+  const app = await createServer({ dataDir, checkpointEvery: 2, ...opts });
+  const base = await app.listen({ port: 0, host: '127.0.0.1' });
+  return { app, base, dataDir };
+}
+
+async function call(base: string, method: string, url: string, body?: unknown, token?: string) {
+  const res = await fetch(base + url, {
+    method,
+    headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: body !== undefined ? JSON.stringify(body) : undefined,
+  });
+  return { status: res.status, body: (await res.json()) as any };
+}
+
+async function upload(base: string, text: string, token?: string, filename = 'train.jsonl') {
+  const form = new FormData();
+  form.append('purpose', 'fine-tune');
+  form.append('file', new Blob([text]), filename);
+  const res = await fetch(`${base}/v1/files`, { method: 'POST', body: form, headers: token ? { authorization: `Bearer ${token}` } : {} });
+  return { status: res.status, body: (await res.json()) as any };
+}
+
+/** Reads a server-sent-event stream to its `[DONE]`; returns the parsed `data:` payloads. */
+async function readSse(res: Response): Promise<any[]> {
+  const text = await res.text();
+  return text
+    .split('\n\n')
+    .map((b) => b.split('\n').find((l) => l.startsWith('data: '))?.slice(6))
+    .filter((d): d is string => d !== undefined && d !== '[DONE]')
+    .map((d) => JSON.parse(d));
+}
+
+async function waitFor(base: string, id: string, statuses: string[], token?: string, timeoutMs = 240_000) {
+  const t0 = Date.now();
+  for (;;) {
+    const { body } = await call(base, 'GET', `/v1/fine_tuning/jobs/${id}`, undefined, token);
+    if (statuses.includes(body.status)) return body;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`job ${id} still ${body.status}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+const LORA = { type: 'lora', hyperparameters: { max_steps: 6, batch_size: 4, lora_r: 4, learning_rate: 0.01 } };
+
+test.serial('a LoRA job: upload, create, stream its events to the end, list checkpoints, then complete with the adapter it made', async (t) => {
+  const { app, base, dataDir } = await started();
+  try {
+    const file = await upload(base, jsonl(ROWS));
+    t.is(file.status, 200, JSON.stringify(file.body));
+    t.regex(file.body.id, /^file-/);
+    const validation = await upload(base, jsonl(ROWS.slice(0, 6)), undefined, 'valid.jsonl');
+    const created = await call(base, 'POST', '/v1/fine_tuning/jobs', {
+      model: 'tiny-gpt2',
+      training_file: file.body.id,
+      validation_file: validation.body.id,
+      method: LORA,
+      suffix: 'reviews',
+      seed: 7,
+    });
+    t.is(created.status, 200, JSON.stringify(created.body));
+    t.is(created.body.status, 'validating_files');
+    const stream = await fetch(`${base}/v1/fine_tuning/jobs/${created.body.id}/events?stream=true`);
+    t.is(stream.headers.get('content-type'), 'text/event-stream');
+    const events = await readSse(stream);
+    const metrics = events.filter((e) => e.type === 'metrics');
+    t.deepEqual(
+      metrics.map((e) => e.data.step),
+      [1, 2, 3, 4, 5, 6],
+    );
+    t.true(metrics.every((e) => e.data.total_steps === 6 && Number.isFinite(e.data.train_loss) && e.data.eta_seconds >= 0));
+    t.regex(events.at(-1).message, /successfully completed: ft:tiny-gpt2:reviews:ftjob-/);
+    t.is(events.at(-1).data.validation.examples, 6);
+    t.true(Number.isFinite(events.at(-1).data.validation.loss));
+    const job = (await call(base, 'GET', `/v1/fine_tuning/jobs/${created.body.id}`)).body;
+    t.is(job.status, 'succeeded');
+    t.is(job.fine_tuned_model, `ft:tiny-gpt2:reviews:${job.id}`);
+    // The list (newest first) holds the same events as the stream.
+    const listed = (await call(base, 'GET', `/v1/fine_tuning/jobs/${job.id}/events?limit=100`)).body;
+    t.deepEqual(
+      listed.data.map((e: any) => e.id).reverse(),
+      events.map((e) => e.id),
+    );
+    const ckpts = (await call(base, 'GET', `/v1/fine_tuning/jobs/${job.id}/checkpoints`)).body.data;
+    t.deepEqual(
+      ckpts.map((c: any) => c.step_number),
+      [6, 4],
+    );
+    t.is(ckpts[0].metrics.step, 6);
+    const models = (await call(base, 'GET', '/v1/models')).body.data.map((m: any) => m.id);
+    t.true(models.includes('tiny-gpt2') && models.includes(job.fine_tuned_model));
+
+    // Greedy completion with the job's adapter equals generating with the same adapter directly (both stop at the
+    // end-of-text token).
+    const model = await Model.fromPretrained(GPT2);
+    await model.loadAdapter(path.join(dataDir, 'jobs', job.id, 'out'));
+    const tok = await Tokenizer.fromPretrained(GPT2);
+    for (const prompt of ['Review 3: the film was', 'The President said that']) {
+      const done = await call(base, 'POST', '/v1/completions', { model: job.fine_tuned_model, prompt, max_tokens: 8, temperature: 0 });
+      t.is(done.status, 200, JSON.stringify(done.body));
+      const ids = tok.encode(prompt);
+      const [direct] = await model.generate({ inputIds: [ids] }, { maxNewTokens: 8 });
+      const generated = direct!.slice(ids.length);
+      const kept = generated.includes(tok.eosTokenId!) ? generated.slice(0, generated.indexOf(tok.eosTokenId!)) : generated;
+      t.is(done.body.choices[0].text, tok.decode(kept, { skipSpecialTokens: true }));
+      t.is(done.body.choices[0].finish_reason, kept.length < 8 ? 'stop' : 'length');
+      t.deepEqual(done.body.usage, { prompt_tokens: ids.length, completion_tokens: kept.length, total_tokens: ids.length + kept.length });
+    }
+    model.dispose();
+  } finally {
+    await app.close();
+  }
+});
+
+test.serial('streamed completions equal the unstreamed ones, requests interleave, and embeddings equal Model.embed', async (t) => {
+  const { app, base } = await started();
+  try {
+    const body = { model: 'tiny-gpt2', prompt: ['The President said that', 'In the morning the old man'], max_tokens: 12, temperature: 0 };
+    const [plain, res] = await Promise.all([
+      call(base, 'POST', '/v1/completions', body),
+      fetch(`${base}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, stream: true }) }),
+    ]);
+    t.is(plain.status, 200);
+    const chunks = await readSse(res);
+    for (const i of [0, 1]) {
+      const text = chunks.flatMap((c) => c.choices.filter((ch: any) => ch.index === i).map((ch: any) => ch.text)).join('');
+      t.is(text, plain.body.choices[i].text);
+      t.true(chunks.filter((c) => c.choices[0].index === i && c.choices[0].text !== '').length > 1, 'streamed in pieces');
+    }
+    // Sampling is seeded per request: the same seed gives the same text, alone or beside another request.
+    const sampled = { model: 'tiny-gpt2', prompt: 'The President said that', max_tokens: 10, temperature: 1, seed: 3 };
+    const [a, b] = await Promise.all([call(base, 'POST', '/v1/completions', sampled), call(base, 'POST', '/v1/completions', { ...sampled, seed: 4 })]);
+    const alone = await call(base, 'POST', '/v1/completions', sampled);
+    t.is(alone.body.choices[0].text, a.body.choices[0].text);
+    t.not(a.body.choices[0].text, b.body.choices[0].text);
+
+    const emb = await call(base, 'POST', '/v1/embeddings', { model: 'tiny-distilbert', input: ['a fine film', 'a dull one'] });
+    t.is(emb.status, 200, JSON.stringify(emb.body));
+    const model = await Model.fromPretrained(DISTILBERT, { task: 'feature-extraction' });
+    const tok = await Tokenizer.fromPretrained(DISTILBERT);
+    const direct = await model.embed({ inputIds: [tok.encode('a dull one')] });
+    t.deepEqual(emb.body.data[1].embedding, Array.from(direct.data));
+    model.dispose();
+    const encoder = await call(base, 'POST', '/v1/completions', { model: 'tiny-distilbert', prompt: 'x' });
+    t.is(encoder.status, 400);
+    t.regex(encoder.body.error.message, /not a causal language model/);
+  } finally {
+    await app.close();
+  }
+});
+
+test.serial('a client that disconnects mid-stream stops its generation', async (t) => {
+  const { app, base } = await started();
+  try {
+    const body = { model: 'tiny-gpt2', prompt: 'In the morning the old man', max_tokens: 100, temperature: 0 };
+    const whole = await call(base, 'POST', '/v1/completions', body);
+    t.is(whole.body.usage.completion_tokens, 100, 'left alone, this request runs to its 100 tokens');
+    const before = (await call(base, 'GET', '/health')).body.generatedTokens;
+    const ac = new AbortController();
+    const res = await fetch(`${base}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ ...body, stream: true }),
+      signal: ac.signal,
+    });
+    await res.body!.getReader().read();
+    ac.abort();
+    let health;
+    do {
+      await new Promise((r) => setTimeout(r, 20));
+      health = (await call(base, 'GET', '/health')).body;
+    } while (health.decoding > 0);
+    // Stopped at the step it was in when the connection closed, far short of the 100 tokens asked for.
+    t.true(health.generatedTokens - before < 50, `${health.generatedTokens - before} tokens generated`);
+  } finally {
+    await app.close();
+  }
+});
+
+test.serial('bad requests: 401 without a token, 403 for another tenant, 400 naming the field, 404, and no stack traces', async (t) => {
+  const { app, base } = await started({ tokens: { alice: 'a', bob: 'b' } });
+  try {
+    t.is((await call(base, 'GET', '/v1/fine_tuning/jobs')).status, 401);
+    t.is((await call(base, 'GET', '/v1/fine_tuning/jobs', undefined, 'mallory')).status, 401);
+    const corrupt = await upload(base, '{"prompt": "a", "completion": "b"}\n{not json\n', 'alice');
+    t.is(corrupt.status, 400);
+    t.regex(corrupt.body.error.message, /line 2 is not JSON/);
+    const file = await upload(base, jsonl(ROWS), 'alice');
+    t.is(file.status, 200);
+    t.is((await call(base, 'GET', `/v1/files/${file.body.id}`, undefined, 'bob')).status, 403);
+    t.is((await call(base, 'GET', '/v1/files/..%2F..%2Fetc%2Fpasswd', undefined, 'alice')).status, 400);
+    const unknown = await call(base, 'POST', '/v1/fine_tuning/jobs', { model: 'tiny-gpt2', training_file: file.body.id, epochs: 3 }, 'alice');
+    t.is(unknown.status, 400);
+    t.regex(unknown.body.error.message, /additional propert/);
+    const hyper = await call(base, 'POST', '/v1/fine_tuning/jobs', { model: 'tiny-gpt2', training_file: file.body.id, method: { type: 'lora', hyperparameters: { lora_rank: 4 } } }, 'alice');
+    t.is(hyper.status, 400);
+    t.regex(hyper.body.error.message, /hyperparameters.lora_rank: not a hyperparameter of lora/);
+    const missing = await call(base, 'POST', '/v1/fine_tuning/jobs', { model: 'gpt-5', training_file: file.body.id }, 'alice');
+    t.is(missing.status, 400);
+    t.regex(missing.body.error.message, /model: "gpt-5" is not a base model/);
+    const stolen = await call(base, 'POST', '/v1/fine_tuning/jobs', { model: 'tiny-gpt2', training_file: file.body.id }, 'bob');
+    t.is(stolen.status, 403);
+    t.is((await call(base, 'GET', '/v1/fine_tuning/jobs/ftjob-nothere', undefined, 'alice')).status, 404);
+    t.is((await call(base, 'POST', '/v1/completions', { model: 'tiny-gpt2:nope', prompt: 'x' }, 'alice')).status, 404);
+    for (const r of [corrupt, unknown, hyper, missing, stolen]) t.false(JSON.stringify(r.body).includes('    at '), 'no stack trace');
+  } finally {
+    await app.close();
+  }
+});
+
+test.serial("a job's process killed with SIGKILL fails that job with a clear event, and the server serves on", async (t) => {
+  const dataDir = tmpDir('serve-kill');
+  const { app, base } = await started({ dataDir });
+  try {
+    const file = await upload(base, jsonl(ROWS));
+    const job = (await call(base, 'POST', '/v1/fine_tuning/jobs', { model: 'tiny-gpt2', training_file: file.body.id, method: { type: 'lora', hyperparameters: { n_epochs: 100, batch_size: 4 } } })).body;
+    await waitFor(base, job.id, ['running']);
+    // The first metrics event says the child is training; its command line names the job's folder.
+    for (;;) {
+      const ev = (await call(base, 'GET', `/v1/fine_tuning/jobs/${job.id}/events?limit=1`)).body.data[0];
+      if (ev?.type === 'metrics') break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const pid = childPid(job.id);
+    process.kill(pid, 'SIGKILL');
+    const failed = await waitFor(base, job.id, ['failed']);
+    t.regex(failed.error.message, /killed by SIGKILL/);
+    t.is((await call(base, 'GET', '/v1/models')).status, 200);
+  } finally {
+    await app.close();
+  }
+});
+
+/** The pid of this process's child whose command line mentions `name`. */
+function childPid(name: string): number {
+  for (const p of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const stat = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === process.pid && fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(name)) return Number(p);
+    } catch {
+      continue;
+    }
+  }
+  throw new Error(`no child process running ${name}`);
+}
+
+test.serial('kill -9 of the server mid-job: on restart the job resumes from its checkpoint and finishes every step once', async (t) => {
+  const dataDir = tmpDir('serve-restart');
+  const serve = () => {
+    const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--data-dir', dataDir, '--checkpoint-every', '3'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const base = new Promise<string>((resolve) => child.stdout.on('data', (d: Buffer) => /listening on (\S+)/.test(String(d)) && resolve(String(d).match(/listening on (\S+)/)![1]!)));
+    return { child, base };
+  };
+  const first = serve();
+  const base1 = await first.base;
+  const file = await upload(base1, jsonl(ROWS));
+  const job = (await call(base1, 'POST', '/v1/fine_tuning/jobs', { model: 'tiny-gpt2', training_file: file.body.id, method: { type: 'lora', hyperparameters: { max_steps: 12, batch_size: 4 } } })).body;
+  const ckpt = path.join(dataDir, 'jobs', job.id, 'out', 'checkpoints', 'latest.json');
+  while (!fs.existsSync(ckpt)) await new Promise((r) => setTimeout(r, 20));
+  first.child.kill('SIGKILL');
+  await new Promise((r) => first.child.once('exit', r));
+  const second = serve();
+  try {
+    const base2 = await second.base;
+    const done = await waitFor(base2, job.id, ['succeeded', 'failed']);
+    t.is(done.status, 'succeeded', JSON.stringify(done.error));
+    const events = (await call(base2, 'GET', `/v1/fine_tuning/jobs/${job.id}/events?limit=100`)).body.data.reverse();
+    t.true(events.some((e: any) => /server restarted while the job ran; it resumes from its last checkpoint \(step \d+\)/.test(e.message)));
+    t.true(events.some((e: any) => /started again \(attempt 2\)/.test(e.message)));
+    const steps = events.filter((e: any) => e.type === 'metrics').map((e: any) => e.data.step);
+    t.deepEqual(steps, Array.from({ length: 12 }, (_, i) => i + 1), 'each step reported once');
+  } finally {
+    second.child.kill('SIGTERM');
+    await new Promise((r) => second.child.once('exit', r));
+  }
+});
