@@ -10,7 +10,7 @@ import { TunekitError } from './errors';
 import type { Model } from './model';
 import { addon, serial } from './native';
 import type { Optimizer } from './optim';
-import { writeJsonAtomic } from './safetensors';
+import { readJsonFile, writeJsonAtomic } from './safetensors';
 import { checkNumber, show } from './validate';
 
 const STATE_FILE = 'trainer_state.json';
@@ -50,12 +50,7 @@ export async function loadCheckpoint<S extends LoopState>(
   check: (state: S, file: string) => void = () => {},
 ): Promise<S> {
   const file = path.join(dir, STATE_FILE);
-  let state: S & { rng: string; optimizerSteps: number };
-  try {
-    state = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new TunekitError('E_FORMAT', `${file}: ${(e as Error).message} (not a tunekit checkpoint?)`);
-  }
+  const state = readJsonFile<S & { rng: string; optimizerSteps: number }>(file, 'not a tunekit checkpoint?');
   if (state?.kind !== kind) throw new TunekitError('E_FORMAT', `${file}: a checkpoint of ${JSON.stringify(state?.kind)}, not of ${kind}`);
   checkNumber(state.step, `${file}: step`, { integer: true, min: 0, code: 'E_FORMAT' });
   checkNumber(state.optimizerSteps, `${file}: optimizerSteps`, { integer: true, min: 0, code: 'E_FORMAT' });

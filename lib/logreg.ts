@@ -1,9 +1,8 @@
 /** L2-regularised logistic regression, fitted by L-BFGS in the native core (scikit-learn's objective). */
-import fs from 'node:fs';
 import { TunekitError } from './errors';
 import { addon, serial } from './native';
 import { MAX_CLASSES } from './data/dataset';
-import { writeJsonAtomic } from './safetensors';
+import { readJsonFile, writeJsonAtomic } from './safetensors';
 import { checkNumber, checkOptions, show } from './validate';
 
 export interface LogisticRegressionOptions {
@@ -128,12 +127,7 @@ export class LogisticRegression {
   }
 
   static load(file: string): LogisticRegression {
-    let j: any;
-    try {
-      j = JSON.parse(fs.readFileSync(file, 'utf8'));
-    } catch (e) {
-      throw new TunekitError('E_FORMAT', `${file}: ${(e as Error).message}`);
-    }
+    const j = readJsonFile(file);
     if (j?.type !== 'logistic-regression') throw new TunekitError('E_FORMAT', `${file}: not a saved logistic regression`);
     const lr = new LogisticRegression({ C: j.C });
     Object.assign(lr, { classes: j.classes, dim: j.dim, weights: Float64Array.from(j.weights), bias: Float64Array.from(j.bias) });

@@ -73,6 +73,16 @@ export async function atomicWrite(file: string, write: (tmp: string) => Promise<
   }
 }
 
+/** A JSON file's value: E_FILE when it is missing, E_FORMAT (naming the file, and `hint`) when it does not parse. */
+export function readJsonFile<T = any>(file: string, hint?: string): T {
+  if (!fs.existsSync(file)) throw new TunekitError('E_FILE', `${file} does not exist`);
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new TunekitError('E_FORMAT', `${file}: ${(e as Error).message}${hint ? ` (${hint})` : ''}`);
+  }
+}
+
 export function writeJsonAtomic(file: string, value: unknown): Promise<void> {
   return atomicWrite(file, (tmp) => {
     const fd = fs.openSync(tmp, 'w');

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
 import { padRows } from './batch';
+import { readJsonFile } from './safetensors';
 import { TunekitError } from './errors';
 import { checkOptions, show } from './validate';
 
@@ -39,17 +40,10 @@ export class Tokenizer {
   static async fromPretrained(dir: string): Promise<Tokenizer> {
     const file = path.join(dir, 'tokenizer.json');
     if (!fs.existsSync(file)) throw new TunekitError('E_FILE', `${file} does not exist`);
-    const read = (f: string) => {
-      try {
-        return JSON.parse(fs.readFileSync(f, 'utf8'));
-      } catch (e) {
-        throw new TunekitError('E_FORMAT', `${f}: ${(e as Error).message}`);
-      }
-    };
-    const json = read(file);
+    const json = readJsonFile(file);
     checkVocabularyIds(json, file);
     const cfgFile = path.join(dir, 'tokenizer_config.json');
-    const config = fs.existsSync(cfgFile) ? read(cfgFile) : {};
+    const config = fs.existsSync(cfgFile) ? readJsonFile(cfgFile) : {};
     let tok: Tokenizer;
     try {
       tok = new Tokenizer(new HFTokenizer(json, config), config, file);

@@ -37,7 +37,7 @@ import {
   StrategyResult,
   TrainOptions,
 } from '../strategies';
-import { writeJsonAtomic } from '../safetensors';
+import { readJsonFile, writeJsonAtomic } from '../safetensors';
 import { Tokenizer } from '../tokenizer';
 import { evaluateModel } from '../trainer';
 
@@ -374,7 +374,7 @@ export const COMMANDS: Record<string, Command> = {
       if (!['train', 'validation', 'test'].includes(split)) throw new UsageError(`--split ${split}: expected train, validation or test`);
       const splits = await splitsOf(o);
       const data = splits[split as keyof Splits];
-      const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+      const config = readJsonFile(path.join(dir, 'config.json'));
       const isClassifier =
         Array.isArray(config.architectures) && config.architectures.some((a: string) => a.endsWith('ForSequenceClassification'));
       if (data.kind === 'classification' && !isClassifier && !o.adapter)

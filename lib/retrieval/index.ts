@@ -16,7 +16,7 @@ import { processAlive } from '../checkpoint';
 import { TunekitError } from '../errors';
 import { Model, Pooling } from '../model';
 import { progressBar } from '../progress';
-import { writeJsonAtomic } from '../safetensors';
+import { readJsonFile, writeJsonAtomic } from '../safetensors';
 import { Tokenizer } from '../tokenizer';
 import { checkChoice, checkNumber, checkOptions, show } from '../validate';
 import { Chunk, chunkText, WordCounter } from './chunk';
@@ -534,12 +534,7 @@ function unit(v: Float32Array): Float32Array {
 }
 
 function readMeta(file: string): IndexMeta {
-  let m: IndexMeta;
-  try {
-    m = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new TunekitError('E_FORMAT', `${file}: ${(e as Error).message}`);
-  }
+  const m = readJsonFile<IndexMeta>(file);
   if (m?.format !== 'tunekit-index' || m.version !== 1 || !Array.isArray(m.probe) || !Number.isInteger(m.dimension))
     throw new TunekitError('E_FORMAT', `${file}: not a tunekit index description (format 'tunekit-index', version 1)`);
   return m;
