@@ -1,6 +1,6 @@
 export { TunekitError } from './errors';
 export type { ErrorCode } from './errors';
-export { Model, PRECISIONS } from './model';
+export { DecodeSession, Model, PRECISIONS } from './model';
 export type { Device, DType, ForwardOutput, FromPretrainedOptions, GenerateOptions, Pooling, Precision } from './model';
 export type { Dims, Task, ModelType } from './families';
 export { FAMILIES, MODEL_TYPES } from './families';

@@ -7,8 +7,8 @@ import { defaultTask, Dims, Family, familyOf, firstId, HFConfig, ModelType, numL
 import { FloatArray, Handle, RawObjective, RawParam, RawSpec, addon, serial, sync } from './native';
 import { AdapterConfig, AdapterFile, AdapterRecord, methodForPeftType, PeftMethod, Resolved } from './peft/method';
 import { checkMemory, checkWeights, Job } from './memory';
-import { atomicWrite, entry, readCheckpoint, readHeader, writeJsonAtomic } from './safetensors';
-import { checkBoolean, checkChoice, checkNumber, checkOptions } from './validate';
+import { atomicWrite, entry, readCheckpoint, readHeader, readJsonFile, writeJsonAtomic } from './safetensors';
+import { checkBoolean, checkChoice, checkNumber, checkOptions, show } from './validate';
 
 export type Device = 'cpu' | 'cuda';
 export type DType = 'float32' | 'bfloat16';
@@ -429,6 +429,40 @@ export class Model {
     );
   }
 
+  /**
+   * A decoding session, for serving: its KV cache stays in the core between decodeStep calls, under `adapter` (null:
+   * the base model). Dispose it when its request ends.
+   */
+  async openSession(options: { adapter?: string | null } = {}): Promise<DecodeSession> {
+    checkOptions(options, ['adapter'], 'openSession');
+    const adapter = options.adapter ?? null;
+    if (adapter !== null && !this.adapterInfo.has(adapter)) throw new TunekitError('E_ARG', `the model has no adapter named '${adapter}'`);
+    const h = this.h;
+    return new DecodeSession(await serial(() => addon.decodeOpen(h, adapter ?? '')), adapter);
+  }
+
+  /**
+   * Advances sessions by their new tokens (a session's prompt at first, then one token): sessions given one token run
+   * together in one forward, each at its own position, rows under different LoRA adapters included. Returns each
+   * session's next-token logits, [sessions, vocab].
+   */
+  async decodeStep(sessions: DecodeSession[], tokens: number[][]): Promise<FloatArray> {
+    if (!Array.isArray(sessions) || sessions.length === 0 || sessions.some((x) => !(x instanceof DecodeSession)))
+      throw new TunekitError('E_ARG', 'decodeStep: sessions must be a non-empty array of DecodeSession');
+    if (!Array.isArray(tokens) || tokens.length !== sessions.length)
+      throw new TunekitError('E_SHAPE', `decodeStep: ${sessions.length} sessions need ${sessions.length} token lists, got ${show(tokens)}`);
+    const rows = tokenRows('tokens', tokens, this.vocabSize);
+    const h = this.h;
+    return serial(() =>
+      addon.decodeStep(
+        h,
+        sessions.map((x) => x.handle),
+        Int32Array.from(rows.flat()),
+        rows.map((r) => r.length),
+      ),
+    );
+  }
+
   /** Refuses (E_MEMORY) a CPU job whose activations would not fit; CUDA reports its own out-of-memory as E_MEMORY. */
   private checkMemory(job: Job, batch: number, seq: number, newTokens = 0): void {
     if (this.device === 'cpu') checkMemory(this.dims, job, batch, seq, newTokens);
@@ -682,13 +716,7 @@ function readAdapterFolder(dir: string) {
   if (typeof dir !== 'string' || !fs.existsSync(dir) || !fs.statSync(dir).isDirectory())
     throw new TunekitError('E_FILE', `adapter folder ${dir} does not exist`);
   const cfgFile = path.join(dir, 'adapter_config.json');
-  if (!fs.existsSync(cfgFile)) throw new TunekitError('E_FILE', `${cfgFile} does not exist`);
-  let config: Record<string, unknown>;
-  try {
-    config = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
-  } catch (e) {
-    throw new TunekitError('E_FORMAT', `${cfgFile}: ${(e as Error).message}`);
-  }
+  const config = readJsonFile<Record<string, unknown>>(cfgFile);
   const file = path.join(dir, 'adapter_model.safetensors');
   if (!fs.existsSync(file)) throw new TunekitError('E_FILE', `${file} does not exist (adapter_model.bin is not read: use safetensors)`);
   return { config, header: readHeader(file), file };
@@ -729,12 +757,27 @@ function readConfig(dir: string): HFConfig {
   if (typeof dir !== 'string') throw new TunekitError('E_TYPE', 'model folder must be a string path');
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new TunekitError('E_FILE', `model folder ${dir} does not exist`);
   const file = path.join(dir, 'config.json');
-  if (!fs.existsSync(file)) throw new TunekitError('E_FILE', `${file} does not exist`);
-  try {
-    const c = JSON.parse(fs.readFileSync(file, 'utf8'));
-    if (!c || typeof c !== 'object' || Array.isArray(c)) throw new Error('not a JSON object');
-    return c;
-  } catch (e) {
-    throw new TunekitError('E_FORMAT', `${file}: ${(e as Error).message}`);
+  const c = readJsonFile(file);
+  if (!c || typeof c !== 'object' || Array.isArray(c)) throw new TunekitError('E_FORMAT', `${file}: not a JSON object`);
+  return c;
+}
+
+/** A request's decoding state in the core (Model.openSession): its KV cache and adapter. */
+export class DecodeSession {
+  private h: Handle | null;
+  constructor(
+    handle: Handle,
+    readonly adapter: string | null,
+  ) {
+    this.h = handle;
+  }
+  get handle(): Handle {
+    if (!this.h) throw new TunekitError('E_DISPOSED', 'the decode session was disposed');
+    return this.h;
+  }
+  /** Frees the session's KV cache now rather than when it is garbage-collected. */
+  dispose(): void {
+    if (this.h) addon.dispose(this.h);
+    this.h = null;
   }
 }

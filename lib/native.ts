@@ -121,6 +121,8 @@ export interface Addon {
   embed(m: Handle, b: RawBatch, pooling: string): Promise<FloatArray>;
   generate(m: Handle, b: RawBatch, g: RawGenerate): Promise<number[][]>;
   logLikelihood(m: Handle, prompt: Int32Array, continuations: Int32Array, lengths: number[]): Promise<number[]>;
+  decodeOpen(m: Handle, adapter: string): Promise<Handle>;
+  decodeStep(m: Handle, sessions: Handle[], tokens: Int32Array, lengths: number[]): Promise<FloatArray>;
   zeroGrad(m: Handle): Promise<void>;
   gradNorm(m: Handle): Promise<number>;
   dispose(h: Handle): void;

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { Model } from '../lib/model';
+import { LoRA, Model, SGD } from '../lib';
 import { createServer } from '../lib/server';
 import { Tokenizer } from '../lib/tokenizer';
 import { ROOT, tmpDir } from './helpers';
@@ -133,6 +133,35 @@ test.serial('a LoRA job: upload, create, stream its events to the end, list chec
   }
 });
 
+test.serial('a DPO job on preference pairs runs `tunekit dpo` and reports its held-out pairs before and after; bad pairs fail at validation', async (t) => {
+  const { app, base } = await started();
+  try {
+    const pairs = Array.from({ length: 10 }, (_, i) => ({ prompt: `Review ${i}: the film was`, chosen: ' wonderful.', rejected: ' dull.' }));
+    const file = await upload(base, jsonl(pairs));
+    const created = await call(base, 'POST', '/v1/fine_tuning/jobs', {
+      model: 'tiny-gpt2',
+      training_file: file.body.id,
+      method: { type: 'dpo', hyperparameters: { lora: true, batch_size: 3, learning_rate: 0.01, beta: 0.1 } },
+    });
+    t.is(created.status, 200, JSON.stringify(created.body));
+    const done = await waitFor(base, created.body.id, ['succeeded', 'failed']);
+    t.is(done.status, 'succeeded', JSON.stringify(done.error));
+    const last = (await call(base, 'GET', `/v1/fine_tuning/jobs/${done.id}/events?limit=1`)).body.data[0];
+    t.true(last.data.after.loss < last.data.before.loss, JSON.stringify(last.data));
+    const steps = (await call(base, 'GET', `/v1/fine_tuning/jobs/${done.id}/events?limit=100`)).body.data.filter((e: any) => e.type === 'metrics');
+    t.is(steps.length, 3, '9 training pairs in batches of 3');
+
+    // Text rows are not preference pairs: the job fails while its files are validated, naming the line.
+    const text = await upload(base, jsonl(ROWS));
+    const wrong = await call(base, 'POST', '/v1/fine_tuning/jobs', { model: 'tiny-gpt2', training_file: text.body.id, method: { type: 'dpo' } });
+    const failed = await waitFor(base, wrong.body.id, ['failed', 'queued', 'running', 'succeeded']);
+    t.is(failed.status, 'failed');
+    t.regex(failed.error.message, /:1: expected \{ "prompt"\?, "chosen": string, "rejected": string \}/);
+  } finally {
+    await app.close();
+  }
+});
+
 test.serial('streamed completions equal the unstreamed ones, requests interleave, and embeddings equal Model.embed', async (t) => {
   const { app, base } = await started();
   try {
@@ -165,6 +194,49 @@ test.serial('streamed completions equal the unstreamed ones, requests interleave
     const encoder = await call(base, 'POST', '/v1/completions', { model: 'tiny-distilbert', prompt: 'x' });
     t.is(encoder.status, 400);
     t.regex(encoder.body.error.message, /not a causal language model/);
+  } finally {
+    await app.close();
+  }
+});
+
+test.serial('requests for different adapters of one base decode together and each equals its adapter alone', async (t) => {
+  const dataDir = tmpDir('serve-adapters');
+  const tok = await Tokenizer.fromPretrained(GPT2);
+  const prompts = ['The President said that', 'In the morning the old man', 'Review 1: the film was'];
+  const alone: string[] = [];
+  for (const [i, name] of ['x', 'y', 'z'].entries()) {
+    const model = await Model.fromPretrained(GPT2);
+    await new LoRA({ r: 4, alpha: 16, seed: i + 1 }).apply(model);
+    const opt = new SGD(model, { lr: 0.3 });
+    const ids = tok.encodeBatch(ROWS.slice(i * 4, i * 4 + 4).map((r) => r.prompt + r.completion), { padding: 'longest' });
+    await model.train();
+    await model.backward({ ...ids, labels: ids.inputIds.map((r, j) => r.map((x, k) => (ids.attentionMask[j]![k] ? x : -100))) });
+    await opt.step();
+    await model.eval();
+    await model.saveAdapter(path.join(dataDir, 'adapters', name), { baseModelNameOrPath: GPT2 });
+    const p = tok.encode(prompts[i]!);
+    const [out] = await model.generate({ inputIds: [p] }, { maxNewTokens: 10 });
+    const gen = out!.slice(p.length);
+    alone.push(tok.decode(gen.includes(tok.eosTokenId!) ? gen.slice(0, gen.indexOf(tok.eosTokenId!)) : gen, { skipSpecialTokens: true }));
+    model.dispose();
+  }
+  const { app, base } = await started({ dataDir });
+  try {
+    const models = (await call(base, 'GET', '/v1/models')).body.data.map((m: any) => m.id);
+    t.true(['tiny-gpt2:x', 'tiny-gpt2:y', 'tiny-gpt2:z'].every((m) => models.includes(m)), models.join(', '));
+    const together = await Promise.all(
+      ['x', 'y', 'z'].map((name, i) => call(base, 'POST', '/v1/completions', { model: `tiny-gpt2:${name}`, prompt: prompts[i], max_tokens: 10, temperature: 0 })),
+    );
+    t.deepEqual(
+      together.map((r) => r.body.choices[0].text),
+      alone,
+    );
+    // The adapters change what is generated, so a row decoded through the wrong one (or none) would show.
+    const bare = await Promise.all(prompts.map((prompt) => call(base, 'POST', '/v1/completions', { model: 'tiny-gpt2', prompt, max_tokens: 10, temperature: 0 })));
+    t.true(
+      bare.every((r, i) => r.body.choices[0].text !== alone[i]),
+      JSON.stringify(bare.map((r) => r.body.choices[0].text)),
+    );
   } finally {
     await app.close();
   }

@@ -73,7 +73,8 @@ declare module 'fastify' {
 const Id = (prefix: string) => Type.String({ pattern: `^${prefix}-[A-Za-z0-9]{1,64}$` });
 const JobParams = Type.Object({ id: Id('ftjob') }, { additionalProperties: false });
 const Paging = { after: Type.Optional(Type.String({ maxLength: 100 })), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100 })) };
-const Hyperparameters = Type.Record(Type.String({ pattern: '^[a-z][a-z0-9_]*$' }), Type.Union([Type.Number(), Type.String({ maxLength: 1000 }), Type.Boolean()]));
+// Values are checked against each flag's kind by the job runner: a union here would let the validator coerce true to 1.
+const Hyperparameters = Type.Record(Type.String({ pattern: '^[a-z][a-z0-9_]*$' }), Type.Unknown());
 const CreateJob = Type.Object(
   {
     model: Type.String({ minLength: 1, maxLength: 200 }),

@@ -1,11 +1,11 @@
 /**
  * Completions and embeddings for the server: base models loaded on demand, their adapters kept in a least-recently
- * used set per base, and the decoding of every open request interleaved token by token on each base, so that a new
- * request starts at the next step instead of waiting for running ones to end, and one that is aborted stops there.
+ * used set per base, and the open requests of a base decoded together, one token each per step.
  */
-import fs from 'node:fs';
 import path from 'node:path';
-import { Model } from '../model';
+import { DecodeSession, Model } from '../model';
+import { mulberry32 } from '../random';
+import { readJsonFile } from '../safetensors';
 import { Tokenizer } from '../tokenizer';
 
 /** Where a served model name leads: a model folder, and an adapter folder over it. */
@@ -44,18 +44,52 @@ export class InferenceError extends Error {
 
 interface Sequence {
   adapter: string | null;
-  ids: number[];
+  session?: DecodeSession;
+  /** The tokens the next step feeds: the prompt at first, then the last token drawn. */
+  pending: number[];
+  generated: number[];
   promptTokens: number;
   req: CompletionRequest;
   text: string;
+  rand: () => number;
   onText(delta: string): void;
   signal?: AbortSignal;
   resolve(c: Completion): void;
   reject(e: Error): void;
-  counted(): void;
 }
 
-/** One loaded base: its model, tokenizer, adapters (in least-recently-used order) and open sequences. */
+/** The next token from one row of logits: greedy at temperature 0, else sampled within the top-p mass. */
+export function sampleToken(logits: Float32Array, temperature: number, topP: number, rand: () => number): number {
+  let best = 0;
+  for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
+  if (temperature === 0) return best;
+  const p = new Float64Array(logits.length);
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += p[i] = Math.exp((logits[i]! - logits[best]!) / temperature);
+  let order: number[] = [];
+  let mass = 0;
+  if (topP < 1) {
+    // The smallest set of most likely tokens whose probability reaches top_p (the most likely one always).
+    const sorted = Array.from(p.keys()).sort((a, b) => p[b]! - p[a]!);
+    for (const i of sorted) {
+      if (mass >= topP * sum) break;
+      order.push(i);
+      mass += p[i]!;
+    }
+  } else {
+    order = Array.from(p.keys());
+    mass = sum;
+  }
+  let r = rand() * mass;
+  for (const i of order) if ((r -= p[i]!) < 0) return i;
+  return order[order.length - 1]!;
+}
+
+/**
+ * One loaded base: its model, tokenizer, adapters (in least-recently-used order) and open sequences, which decode
+ * together (continuous batching): every step advances every open sequence by one token in one decodeStep, a new
+ * request joins at the next step and a finished or aborted one leaves.
+ */
 class Served {
   readonly adapters = new Map<string, string>(); // adapter folder -> name on the model
   readonly open: Sequence[] = [];
@@ -68,6 +102,7 @@ class Served {
     readonly tokenizer: Tokenizer,
     readonly causal: boolean,
     private readonly maxAdapters: number,
+    private readonly countToken: () => void,
   ) {}
 
   /** The adapter's name on the model, loading it (and dropping the least recently used idle one) when needed. */
@@ -92,7 +127,7 @@ class Served {
     return name;
   }
 
-  /** Runs `fn` through `adapter` with no other call between choosing the adapter and computing. */
+  /** Runs `fn` through `adapter` with no other call between choosing the adapter and computing (embeddings). */
   exclusive<T>(adapter: string | null, fn: () => Promise<T>): Promise<T> {
     const run = this.turn.then(async () => {
       await this.model.setAdapter(adapter);
@@ -107,56 +142,72 @@ class Served {
     if (!this.looping) void this.loop();
   }
 
-  /** Round-robin over the open sequences, one token each per turn, until none is left. */
   private async loop(): Promise<void> {
     this.looping = true;
     try {
       while (this.open.length > 0) {
-        const s = this.open.shift()!;
-        const done = await this.step(s).catch((e: Error) => {
-          s.reject(e);
-          return true;
-        });
-        if (!done) this.open.push(s);
+        for (const s of [...this.open]) this.finished(s);
+        const batch = [...this.open];
+        if (batch.length === 0) continue;
+        try {
+          for (const s of batch) s.session ??= await this.model.openSession({ adapter: s.adapter });
+          const logits = await this.model.decodeStep(
+            batch.map((s) => s.session!),
+            batch.map((s) => s.pending),
+          );
+          const vocab = logits.shape[1]!;
+          batch.forEach((s, i) => this.advance(s, logits.data.subarray(i * vocab, (i + 1) * vocab)));
+        } catch (e) {
+          for (const s of batch) this.settle(s, () => s.reject(e as Error));
+        }
       }
     } finally {
       this.looping = false;
     }
   }
 
-  /** One token for `s`; true when it is finished (and settled). */
-  private async step(s: Sequence): Promise<boolean> {
-    const generated = s.ids.length - s.promptTokens;
-    const finish = (reason: Completion['finishReason'], text = s.text) => {
-      s.resolve({ text, finishReason: reason, promptTokens: s.promptTokens, completionTokens: generated });
-      return true;
-    };
-    if (s.signal?.aborted) return finish('stop');
-    if (generated >= s.req.maxTokens || s.ids.length >= this.model.dims.maxPositions) return finish('length');
-    // Each step draws from its own seed (the request's and the step's), so a sampled completion is the same whatever
-    // other requests share the turns.
-    const [row] = await this.exclusive(s.adapter, () =>
-      this.model.generate(
-        { inputIds: [s.ids] },
-        { maxNewTokens: 1, temperature: s.req.temperature, topP: s.req.topP, seed: (s.req.seed * 1_000_003 + generated) >>> 0, eosTokenId: -1 },
-      ),
-    );
-    const next = row![s.ids.length]!;
-    s.counted();
-    if (next === this.tokenizer.eosTokenId) return finish('stop');
-    s.ids.push(next);
-    const text = this.tokenizer.decode(s.ids.slice(s.promptTokens), { skipSpecialTokens: true });
+  /** Ends a sequence that is aborted or out of budget before it takes a step; true when it ended. */
+  private finished(s: Sequence): boolean {
+    if (s.signal?.aborted) return this.finish(s, 'stop');
+    if (s.generated.length >= s.req.maxTokens || s.promptTokens + s.generated.length >= this.model.dims.maxPositions)
+      return this.finish(s, 'length');
+    return false;
+  }
+
+  private advance(s: Sequence, logits: Float32Array): void {
+    const next = sampleToken(logits, s.req.temperature, s.req.topP, s.rand);
+    this.countToken();
+    if (next === this.tokenizer.eosTokenId) return void this.finish(s, 'stop');
+    s.generated.push(next);
+    s.pending = [next];
+    const text = this.tokenizer.decode(s.generated, { skipSpecialTokens: true });
     const stopAt = Math.min(...s.req.stop.map((x) => text.indexOf(x)).filter((i) => i >= 0));
     if (Number.isFinite(stopAt)) {
       if (stopAt > s.text.length) s.onText(text.slice(s.text.length, stopAt));
-      return finish('stop', text.slice(0, stopAt));
+      s.text = text.slice(0, stopAt);
+      return void this.finish(s, 'stop');
     }
     // A character split across tokens decodes to U+FFFD until its last byte arrives: hold it back until then.
     if (!text.endsWith('\ufffd') && text.length > s.text.length) {
       s.onText(text.slice(s.text.length));
       s.text = text;
     }
-    return false;
+  }
+
+  private finish(s: Sequence, reason: Completion['finishReason']): true {
+    this.settle(s, () =>
+      s.resolve({ text: s.text, finishReason: reason, promptTokens: s.promptTokens, completionTokens: s.generated.length }),
+    );
+    return true;
+  }
+
+  /** Takes a sequence out of the open set, frees its cache, and answers its request. */
+  private settle(s: Sequence, answer: () => void): void {
+    const i = this.open.indexOf(s);
+    if (i < 0) return;
+    this.open.splice(i, 1);
+    s.session?.dispose();
+    answer();
   }
 }
 
@@ -208,10 +259,10 @@ export class Inference {
     let s = this.served.get(dir);
     if (!s) {
       s = (async () => {
-        const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+        const config = readJsonFile(path.join(dir, 'config.json'));
         const causal = (config.architectures ?? []).some((a: string) => a.endsWith('ForCausalLM') || a.endsWith('LMHeadModel'));
         const model = await Model.fromPretrained(dir, { task: causal ? 'causal-lm' : 'feature-extraction' });
-        return new Served(model, await Tokenizer.fromPretrained(dir), causal, this.o.maxAdapters);
+        return new Served(model, await Tokenizer.fromPretrained(dir), causal, this.o.maxAdapters, () => this.generated++);
       })();
       this.served.set(dir, s);
       s.catch(() => this.served.delete(dir));
@@ -242,7 +293,19 @@ export class Inference {
     this.openNow++;
     try {
       return await new Promise<Completion>((resolve, reject) =>
-        s.submit({ adapter, ids, promptTokens: ids.length, req, text: '', onText, signal, resolve, reject, counted: () => this.generated++ }),
+        s.submit({
+          adapter,
+          pending: ids,
+          generated: [],
+          promptTokens: ids.length,
+          req,
+          text: '',
+          rand: mulberry32(req.seed),
+          onText,
+          signal,
+          resolve,
+          reject,
+        }),
       );
     } finally {
       this.openNow--;
@@ -270,7 +333,7 @@ export class Inference {
 /** The base an adapter folder was trained on, by the name of the matching base folder. */
 export function adapterBase(dir: string, bases: Map<string, string>): string | undefined {
   try {
-    const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8'));
+    const cfg = readJsonFile(path.join(dir, 'adapter_config.json'));
     const wanted = path.resolve(String(cfg.base_model_name_or_path ?? ''));
     for (const [name, d] of bases) if (path.resolve(d) === wanted || name === cfg.base_model_name_or_path) return name;
   } catch {

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { COMMANDS } from '../cli/main';
 import { Dataset } from '../data';
 import { readPairs } from '../rl/pairs';
+import { readJsonFile } from '../safetensors';
 import { STRATEGIES } from '../strategies';
 import { FINISHED, JobMethod, JobRecord, Store } from './store';
 
@@ -41,7 +42,11 @@ export function hyperparameterFlags(method: JobMethod): string[] {
     if (spec.type === 'boolean') {
       if (typeof value !== 'boolean') throw new JobError(`method.hyperparameters.${key}: expected true or false`);
       if (value) flags.push(`--${flag}`);
-    } else flags.push(`--${flag}`, String(value));
+    } else {
+      if (!(typeof value === 'number' && Number.isFinite(value)) && !(typeof value === 'string' && value.length <= 1000))
+        throw new JobError(`method.hyperparameters.${key}: expected a number or a string`);
+      flags.push(`--${flag}`, String(value));
+    }
   }
   return flags;
 }
@@ -320,7 +325,7 @@ function fieldsOf(file: string): Record<string, string> {
 /** The validation (and held-out) scores a finished run wrote to its results.json, for the job's last event. */
 function finalScores(out: string): Record<string, unknown> | null {
   try {
-    const r = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
+    const r = readJsonFile(path.join(out, 'results.json'));
     const scores = Object.fromEntries(['validation', 'test', 'before', 'after'].filter((k) => r[k] !== undefined).map((k) => [k, r[k]]));
     return Object.keys(scores).length > 0 ? scores : null;
   } catch {

@@ -22,7 +22,7 @@ export interface FileRecord {
 /** A job's method, as OpenAI's API nests it: the type and its hyperparameters. */
 export interface JobMethod {
   type: string;
-  hyperparameters: Record<string, number | string | boolean>;
+  hyperparameters: Record<string, unknown>;
 }
 
 export interface JobRecord {

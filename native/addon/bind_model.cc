@@ -227,6 +227,43 @@ Napi::Value LogLikelihood(const Napi::CallbackInfo& info) {
       });
 }
 
+Napi::Value DecodeOpen(const Napi::CallbackInfo& info) {
+  auto m = unwrap<Model>(info, 0, "model");
+  auto adapter = string_arg(info, 1, "adapter");
+  return run<std::shared_ptr<DecodeSession>>(
+      info.Env(), [m, adapter] { return decode_open(*m, adapter); },
+      [](Napi::Env env, std::shared_ptr<DecodeSession>& s) { return wrap(env, s); });
+}
+
+// Sessions as an array of handles; their new tokens as one flat Int32Array and a length per session.
+Napi::Value DecodeStep(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  auto m = unwrap<Model>(info, 0, "model");
+  if (info.Length() < 2 || !info[1].IsArray()) type_error(env, "sessions must be an array of decode session handles");
+  auto list = info[1].As<Napi::Array>();
+  std::vector<std::shared_ptr<DecodeSession>> sessions;
+  for (uint32_t i = 0; i < list.Length(); i++) {
+    auto v = list.Get(i);
+    if (!v.IsExternal()) type_error(env, "sessions must be an array of decode session handles");
+    auto* h = v.As<Napi::External<Holder>>().Data();
+    if (std::string(h->kind) != kind_of<DecodeSession>()) type_error(env, "sessions must be an array of decode session handles");
+    if (!h->ptr) throw make_error(env, "E_DISPOSED", "a decode session was disposed");
+    sessions.push_back(std::static_pointer_cast<DecodeSession>(h->ptr));
+  }
+  auto flat = typed<Napi::Int32Array, int32_t>(env, info[2], napi_int32_array, "tokens");
+  auto lengths = ints(env, info[3], "lengths");
+  std::vector<std::vector<int32_t>> tokens;
+  size_t at = 0;
+  for (auto n : lengths) {
+    if (n < 0 || at + size_t(n) > flat.size()) throw make_error(env, "E_SHAPE", "token lengths do not match the tokens");
+    tokens.emplace_back(flat.begin() + at, flat.begin() + at + n);
+    at += size_t(n);
+  }
+  if (at != flat.size()) throw make_error(env, "E_SHAPE", "token lengths do not match the tokens");
+  return run<FloatArray>(
+      env, [m, sessions, tokens] { return decode_step(*m, sessions, tokens); }, float_array);
+}
+
 Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
   auto m = unwrap<Model>(info, 0, "model");
   return run_void(info.Env(), [m] { zero_grad(*m); });
@@ -292,6 +329,8 @@ void init_model(Napi::Env env, Napi::Object exports) {
   exports.Set("embed", Napi::Function::New(env, Embed));
   exports.Set("generate", Napi::Function::New(env, Generate));
   exports.Set("logLikelihood", Napi::Function::New(env, LogLikelihood));
+  exports.Set("decodeOpen", Napi::Function::New(env, DecodeOpen));
+  exports.Set("decodeStep", Napi::Function::New(env, DecodeStep));
   exports.Set("zeroGrad", Napi::Function::New(env, ZeroGrad));
   exports.Set("gradNorm", Napi::Function::New(env, GradNorm));
   exports.Set("dispose", Napi::Function::New(env, Dispose));

@@ -100,7 +100,9 @@ struct Holder {
 
 template <typename T>
 constexpr const char* kind_of() {
-  return std::is_same_v<T, Model> ? "model" : "optimizer";
+  if constexpr (std::is_same_v<T, Model>) return "model";
+  if constexpr (std::is_same_v<T, DecodeSession>) return "decode session";
+  return "optimizer";
 }
 
 template <typename T>

@@ -105,6 +105,14 @@ std::vector<std::vector<int32_t>> generate(Model& m, const Batch& b, const Gener
 // The log-likelihood of each continuation after one prompt (the sum of its tokens' log-probabilities): the prompt runs
 // once into a KV cache that every continuation then extends, all continuations in one batch.
 std::vector<double> log_likelihood(Model& m, const std::vector<int32_t>& prompt, const std::vector<std::vector<int32_t>>& continuations);
+// Decoding for a server (decode.cpp): a session per request keeps its KV cache in the core between calls, under the
+// adapter it was opened with ("" for none). One step advances many sessions: those given several tokens (a prompt)
+// are prefilled one by one, those given one token step together in one forward, their caches stacked and each row at
+// its own position; rows under different LoRA adapters share that forward. Returns each session's next-token logits,
+// [sessions, vocab].
+class DecodeSession;
+std::shared_ptr<DecodeSession> decode_open(Model& m, const std::string& adapter);
+FloatArray decode_step(Model& m, const std::vector<std::shared_ptr<DecodeSession>>& sessions, const std::vector<std::vector<int32_t>>& tokens);
 // Preference, RLHF and contrastive objectives (rl/objectives.cpp): one generic entry; the objective named in the spec
 // reads its own fields, so that a new objective needs no new entry point.
 //   multiple-negatives-ranking: rows [anchors; positives; hard negatives...] of a feature-extraction model; numbers

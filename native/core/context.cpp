@@ -56,8 +56,25 @@ torch::Tensor ForwardContext::linear(const std::string& module, const torch::Ten
   const auto& W = P(module + ".weight");
   auto bias = m.has(module + ".bias") ? P(module + ".bias") : torch::Tensor();
   bool fifo = m.is_conv1d(module);
+  if (!row_groups.empty()) {
+    // Rows under different adapters in one product, as Punica's gathered LoRA (BGMV): the base product for every row,
+    // then each adapter's term on its own rows, added back in place.
+    auto y = dense(x, W, bias, fifo);
+    for (const auto& [a, rows] : row_groups) {
+      auto d = a->delta(*this, module, x.index_select(0, rows));
+      if (d.defined()) y.index_add_(0, rows, d.to(y.scalar_type()));
+    }
+    return y;
+  }
   if (adapter && !adapter->merged) return adapter->linear(*this, module, x, W, bias, fifo);
   return dense(x, W, bias, fifo);
+}
+
+torch::Tensor ForwardContext::positions(int64_t T, torch::Device device) const {
+  auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  if (row_past.defined()) return row_past.unsqueeze(1) + torch::arange(T, opts);
+  const int64_t start = first_position();
+  return torch::arange(start, start + T, opts);
 }
 
 torch::Tensor ForwardContext::layer_norm(const std::string& module, const torch::Tensor& x, double eps) const {

@@ -102,6 +102,13 @@ class ForwardContext {
   // Index of the token each sequence is classified from (transformers' *ForSequenceClassification rule).
   torch::Tensor last_token_index(const torch::Tensor& ids) const;
 
+  // A stacked decode step (decode.cpp): each row's count of cached positions, where its new token's position is, and
+  // the rows under each adapter when rows do not share one (their LoRA terms gathered per row). Empty otherwise.
+  torch::Tensor row_past;
+  std::vector<std::pair<const AdapterMethod*, torch::Tensor>> row_groups;
+  // Positions of the `T` input tokens: [T] from first_position(), or [batch, T] from row_past.
+  torch::Tensor positions(int64_t T, torch::Device device) const;
+
  private:
   torch::Tensor prefix_;  // [n, layers * 2, kv_heads, head_dim] for this call, undefined without one or with a cache
 };

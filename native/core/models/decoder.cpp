@@ -35,7 +35,7 @@ std::pair<torch::Tensor, torch::Tensor> rotary(const Model& m, const torch::Tens
   int64_t hd = m.spec.head_dim;
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(m.device);
   auto inv_freq = 1.0 / torch::pow(m.spec.rope_theta, torch::arange(0, hd, 2, f32) / double(hd));
-  auto freqs = torch::outer(positions.to(torch::kFloat32), inv_freq);
+  auto freqs = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq;  // [T, hd / 2], or [batch, T, hd / 2]
   auto emb = torch::cat({freqs, freqs}, -1);
   return {emb.cos().to(m.dtype), emb.sin().to(m.dtype)};
 }
@@ -50,9 +50,11 @@ Output decoder_forward(ForwardContext& c, const torch::Tensor& ids, const torch:
   const auto& b = c.m.base;
   auto x = c.token_embeddings(b + "embed_tokens.weight", ids);
   int64_t B = ids.size(0), T = x.size(1), hd = s.head_dim, nh = s.num_heads, nkv = s.num_kv_heads;
-  const int64_t start = c.first_position();
-  auto positions = torch::arange(start, start + T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
-  auto [cos, sin] = rotary(c.m, positions);
+  auto [cos, sin] = rotary(c.m, c.positions(T, ids.device()));
+  if (cos.dim() == 3) {  // a position per row: [batch, 1, T, hd] against the [batch, heads, T, hd] queries and keys
+    cos = cos.unsqueeze(1);
+    sin = sin.unsqueeze(1);
+  }
   auto mask4d = c.mask_4d(mask, B, T, /*causal=*/true);
   const bool causal = c.past() == 0;  // decoding from a cache attends to everything before the new token
   for (int64_t i = 0; i < s.num_layers; i++) {

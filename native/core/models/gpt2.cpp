@@ -35,9 +35,7 @@ Output forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor&
   const auto& b = c.m.base;
   auto tokens = c.token_embeddings(b + "wte.weight", ids);
   int64_t B = ids.size(0), T = tokens.size(1), C = s.hidden_size, nh = s.num_heads, hd = C / nh;
-  const int64_t start = c.first_position();
-  auto pos = torch::arange(start, start + T, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
-  auto x = c.dropout(tokens + torch::embedding(c.P(b + "wpe.weight"), pos), s.embd_dropout);
+  auto x = c.dropout(tokens + torch::embedding(c.P(b + "wpe.weight"), c.positions(T, ids.device())), s.embd_dropout);
   auto mask4d = c.mask_4d(mask, B, T, /*causal=*/true);
   const bool causal = c.past() == 0;  // decoding from a cache attends to everything before the new token
   for (int64_t i = 0; i < s.num_layers; i++) {

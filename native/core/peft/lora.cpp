@@ -78,6 +78,18 @@ struct Lora : AdapterMethod {
     return b.defined() ? y + b.to(y.scalar_type()) : y;
   }
 
+  // Not with modules_to_save copies (a row's head would differ), nor when folded into the base weights.
+  bool gathers() const override { return overrides.empty() && !merged; }
+
+  torch::Tensor delta(const ForwardContext& c, const std::string& module, const torch::Tensor& x) const override {
+    auto l = modules.find(module);
+    if (l == modules.end()) return {};
+    auto dtype = at::autocast::is_autocast_enabled(x.device().type()) ? at::autocast::get_autocast_dtype(x.device().type()) : x.scalar_type();
+    auto x2 = x.reshape({-1, x.size(-1)}).to(dtype);
+    auto xa = torch::mm(x2, c.m.stored(l->second.A).to(dtype).t());
+    return unflatten_rows(torch::mm(xa, c.m.stored(l->second.B).to(dtype).t()).mul_(scaling), x);
+  }
+
   // W += scaling * B A (transposed for Conv1D): the adapted model then runs at the base model's cost.
   Folded folded(const Model& m, double sign) const override {
     Folded out;

@@ -23,6 +23,11 @@ struct AdapterMethod {
                                const torch::Tensor& b, bool fan_in_fan_out) const {
     return dense(x, W, b, fan_in_fan_out);
   }
+  // Whether the adapter's whole effect is an additive term on linear outputs, delta(): then rows under it can share a
+  // forward with rows under other adapters (decode.cpp gathers each adapter's rows).
+  virtual bool gathers() const { return false; }
+  // That term for rows x of `module` (LoRA: scaling * B A x), or undefined where the adapter does not touch it.
+  virtual torch::Tensor delta(const ForwardContext&, const std::string&, const torch::Tensor&) const { return {}; }
   // The input's token embeddings, [batch, seq, hidden] -> [batch, virtual + seq, hidden] (soft prompts).
   virtual torch::Tensor input_embeddings(const ForwardContext&, const torch::Tensor& x) const { return x; }
   virtual int64_t virtual_tokens() const { return 0; }
