@@ -3,6 +3,7 @@
  * its tokenizer, metrics.jsonl, a loss curve and a model card into models/NAME.
  *
  *   npm run pretrain -- --model tiny-gpt2|tiny-distilbert [--steps N] [--lr X] [--out DIR] [--seed N] [--fresh]
+ *                      [--sentence-objective sop|nsp]   (tiny-distilbert's [CLS] objective; default sop, what ships)
  *
  * Before the run, a short sweep trains the model for --sweep-steps at each rate of the recipe's grid (or --sweep
  * a,b,c) and keeps the rate with the lowest held-out loss, unless --lr is given; the card reports the sweep.
@@ -62,7 +63,7 @@ const RECIPES: Record<string, Recipe> = {
     },
     pretrainDropout: { resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0 },
     batchSize: 16,
-    steps: 2500,
+    steps: 7000,
     lrGrid: [5e-4, 1e-3, 2e-3],
     warmupSteps: 100,
     weightDecay: 0.1,
@@ -90,7 +91,7 @@ const RECIPES: Record<string, Recipe> = {
     },
     pretrainDropout: { dropout: 0, attention_dropout: 0 },
     batchSize: 32,
-    steps: 1000,
+    steps: 5000,
     lrGrid: [5e-4, 1e-3, 2e-3],
     warmupSteps: 150,
     weightDecay: 0.01,
@@ -129,24 +130,42 @@ function maskBlock(ids: number[], rand: () => number, special: Set<number>, mask
   return { inputIds: input, labels };
 }
 
-/** BERT's next-sentence prediction on a text span: cut at a random point into A and B, then [CLS] A [SEP] B [SEP]
- * (label 0) or, half the time, B replaced by a stretch of another span of the same length (label 1), with BERT's
- * masking on top. The label rides at position 0 ([CLS], never masked), as the core's 'pretraining' task reads it. */
-function nextSentenceExample(
-  span: number[],
-  other: number[],
-  rand: () => number,
-  t: { cls: number; sep: number; maskId: number; vocab: number; special: Set<number> },
-): Example {
-  const cut = 16 + Math.floor(rand() * (span.length - 31));
-  const a = span.slice(0, cut);
-  const random = rand() < 0.5;
-  const from = random ? Math.floor(rand() * (cut + 1)) : 0;
-  const b = random ? other.slice(from, from + span.length - cut) : span.slice(cut);
-  const masked = maskBlock([t.cls, ...a, t.sep, ...b, t.sep], rand, t.special, t.maskId, t.vocab);
-  masked.labels![0] = random ? 1 : 0;
-  return masked;
-}
+type Tokens = { cls: number; sep: number; maskId: number; vocab: number; special: Set<number> };
+
+/**
+ * The sentence-level objectives on tiny-distilbert's [CLS], each on a text span cut at a random point into A and B,
+ * shown as [CLS] A [SEP] B [SEP] (label 0) or, half the time, changed (label 1), with BERT's masking on top. The label
+ * rides at position 0 ([CLS], never masked), as the core's 'pretraining' task reads it; one head serves both.
+ */
+const SENTENCE_OBJECTIVES = {
+  sop: {
+    name: "ALBERT's sentence-order prediction",
+    change: '`[CLS] B [SEP] A [SEP]`',
+    example(span: number[], _other: number[], rand: () => number, t: Tokens): Example {
+      const cut = 16 + Math.floor(rand() * (span.length - 31));
+      const [a, b] = [span.slice(0, cut), span.slice(cut)];
+      const swapped = rand() < 0.5;
+      const masked = maskBlock(swapped ? [t.cls, ...b, t.sep, ...a, t.sep] : [t.cls, ...a, t.sep, ...b, t.sep], rand, t.special, t.maskId, t.vocab);
+      masked.labels![0] = swapped ? 1 : 0;
+      return masked;
+    },
+  },
+  nsp: {
+    name: "BERT's next-sentence prediction",
+    change: 'with B replaced by a stretch of the same length from another span of the batch',
+    example(span: number[], other: number[], rand: () => number, t: Tokens): Example {
+      const cut = 16 + Math.floor(rand() * (span.length - 31));
+      const a = span.slice(0, cut);
+      const random = rand() < 0.5;
+      const from = random ? Math.floor(rand() * (cut + 1)) : 0;
+      const b = random ? other.slice(from, from + span.length - cut) : span.slice(cut);
+      const masked = maskBlock([t.cls, ...a, t.sep, ...b, t.sep], rand, t.special, t.maskId, t.vocab);
+      masked.labels![0] = random ? 1 : 0;
+      return masked;
+    },
+  },
+};
+type SentenceObjective = keyof typeof SENTENCE_OBJECTIVES;
 
 /** Perplexity of a unigram model (token frequencies in the training stream, add-one smoothed) on the held-out targets. */
 function unigramPerplexity(trainCounts: Float64Array, targets: number[]): number {
@@ -160,6 +179,8 @@ async function main() {
   const name = arg('model') ?? fail('--model tiny-gpt2|tiny-distilbert is required');
   const recipe = RECIPES[name] ?? fail(`unknown model ${JSON.stringify(name)}: expected one of ${Object.keys(RECIPES).join(', ')}`);
   const steps = Number(arg('steps', String(recipe.steps)));
+  const objective = (arg('sentence-objective') ?? 'sop') as SentenceObjective;
+  if (!(objective in SENTENCE_OBJECTIVES)) fail(`--sentence-objective must be sop or nsp, got ${arg('sentence-objective')}`);
   const seed = Number(arg('seed', '0'));
   if (!Number.isInteger(steps) || steps < 1) fail(`--steps must be a positive integer, got ${arg('steps')}`);
   const out = path.resolve(arg('out', path.join(ROOT, 'models', name))!);
@@ -208,7 +229,7 @@ async function main() {
     const stream = (lines: string[]) => lines.flatMap((l) => tok.encode(l, { addSpecialTokens: false }));
     const tr = stream(read('train.txt'));
     for (const t of tr) counts[t]++;
-    // Plain text spans: each batch makes them into next-sentence pairs ([CLS] A [SEP] B [SEP]).
+    // Plain text spans: each batch makes them into sentence pairs ([CLS] A [SEP] B [SEP]).
     trainBlocks = blocks(tr, BLOCK - 3);
     validBlocks = blocks(stream(read('validation.txt')), BLOCK - 3);
   }
@@ -219,7 +240,7 @@ async function main() {
 
   let train: Example[] = trainBlocks.map((b) => ({ inputIds: b }));
   let valid: Example[];
-  let validWithNext: Example[] | undefined;
+  let validWithPairs: Example[] | undefined;
   let transform: ((ex: Example[], s: number) => Example[]) | undefined;
   let targets: number[];
   if (recipe.kind === 'bpe') {
@@ -229,15 +250,15 @@ async function main() {
     const [cls, sep, maskId] = ['[CLS]', '[SEP]', '[MASK]'].map((t) => tok.tokenId(t)!);
     const vocab = Number(recipe.config.vocab_size);
     const example = (span: number[], other: number[], r: () => number) =>
-      nextSentenceExample(span, other, r, { cls, sep, maskId, vocab, special });
+      SENTENCE_OBJECTIVES[objective].example(span, other, r, { cls, sep, maskId, vocab, special });
     const rand = mulberry32(seed + 1000);
-    // Scored twice: with next-sentence labels (the pretraining loss) and without (the masked-LM loss alone).
-    validWithNext = validBlocks.map((b, i) =>
+    // Scored twice: with sentence labels (the pretraining loss) and without (the masked-LM loss alone).
+    validWithPairs = validBlocks.map((b, i) =>
       example(b, validBlocks[(i + 1 + Math.floor(rand() * (validBlocks.length - 1))) % validBlocks.length], rand),
     );
-    valid = validWithNext.map((e) => ({ ...e, labels: [-100, ...e.labels!.slice(1)] }));
+    valid = validWithPairs.map((e) => ({ ...e, labels: [-100, ...e.labels!.slice(1)] }));
     targets = valid.flatMap((e) => e.labels!.filter((l) => l !== -100));
-    // A batch is a random draw of spans, so a span's random B comes from its neighbour in the batch.
+    // A batch is a random draw of spans, so a span's random B (nsp) comes from its neighbour in the batch.
     transform = (ex, s) => {
       const r = mulberry32(s);
       return ex.map((e, i) => example(e.inputIds, ex[(i + 1) % ex.length].inputIds, r));
@@ -246,7 +267,7 @@ async function main() {
   const unigramPpl = unigramPerplexity(counts, targets);
 
   const config = { ...recipe.config, ...recipe.pretrainDropout };
-  const evalSubset = (validWithNext ?? valid).filter((_, i) => i % Math.max(1, Math.floor(valid.length / 64)) === 0).slice(0, 64);
+  const evalSubset = (validWithPairs ?? valid).filter((_, i) => i % Math.max(1, Math.floor(valid.length / 64)) === 0).slice(0, 64);
   /** A fresh model and a Trainer over `runSteps` steps at rate `lr` (cosine schedule, warm-up capped at a tenth). */
   const run = async (lr: number, runSteps: number, extra: Partial<TrainerOptions>) => {
     const model = await Model.fromConfig(config, { seed, precision: PRECISION, task: recipe.kind === 'bpe' ? 'causal-lm' : 'pretraining' });
@@ -311,10 +332,10 @@ async function main() {
   const wallS = (Date.now() - started) / 1000;
   const final = await trainer.evaluate(valid);
   const ppl = Math.exp(final.loss);
-  // The next-sentence loss: the pretraining loss on the same masked pairs, less the masked-LM part (both are means
+  // The sentence loss: the pretraining loss on the same masked pairs, less the masked-LM part (both are means
   // over the same examples).
-  const nextSentenceLoss = validWithNext ? (await trainer.evaluate(validWithNext)).loss - final.loss : undefined;
-  if (nextSentenceLoss !== undefined) console.log(`next-sentence loss ${nextSentenceLoss.toFixed(4)} (chance: ln 2 = 0.693)`);
+  const sentenceLoss = validWithPairs ? (await trainer.evaluate(validWithPairs)).loss - final.loss : undefined;
+  if (sentenceLoss !== undefined) console.log(`${objective} loss ${sentenceLoss.toFixed(4)} (chance: ln 2 = 0.693)`);
   console.log(
     `validation loss ${final.loss.toFixed(4)}, perplexity ${ppl.toFixed(1)} (unigram baseline ${unigramPpl.toFixed(1)}) after ${result.steps} steps, ${wallS.toFixed(0)} s this run`,
   );
@@ -376,7 +397,7 @@ async function main() {
   });
   const summary = {
     model: name,
-    // What ships: the pretraining task's next-sentence head is not in the saved folder.
+    // What ships: the pretraining task's sentence head is not in the saved folder.
     parameters: model
       .baseParameters()
       .filter((p) => !model.family.pretrainingOnly?.test(p.name))
@@ -403,7 +424,7 @@ async function main() {
     },
     pretrainDropout: recipe.pretrainDropout,
     validationLoss: final.loss,
-    nextSentenceLoss,
+    ...(recipe.kind === 'wordpiece' ? { sentenceObjective: objective, sentenceLoss } : {}),
     validationPerplexity: ppl,
     unigramPerplexity: unigramPpl,
     wallTimeS: totalWallS,
@@ -432,7 +453,7 @@ interface Sweep {
 /** Trains briefly at each rate (or reads the sweep a previous run of this work folder saved) and keeps the best. */
 async function sweepRates(work: string, grid: number[], trial: (lr: number, steps: number) => Promise<number>): Promise<Sweep> {
   const file = path.join(work, 'sweep.json');
-  const steps = Number(arg('sweep-steps', '150'));
+  const steps = Number(arg('sweep-steps', '300'));
   if (grid.some((lr) => !(lr > 0))) fail(`--sweep must list positive learning rates, got ${arg('sweep')}`);
   if (fs.existsSync(file)) {
     const saved = JSON.parse(fs.readFileSync(file, 'utf8')) as Sweep;
@@ -456,9 +477,12 @@ function modelCard(s: Summary): string {
   const shape = gpt
     ? `GPT-2 (\`GPT2LMHeadModel\`): ${c.n_layer} layers, width ${c.n_embd}, ${c.n_head} heads, context ${c.n_positions}, vocabulary ${c.vocab_size}, tied input/output embeddings`
     : `DistilBERT (\`DistilBertForMaskedLM\`): ${c.n_layers} layers, width ${c.dim}, ${c.n_heads} heads, feed-forward ${c.hidden_dim}, context ${c.max_position_embeddings}, vocabulary ${c.vocab_size}, tied MLM projection`;
+  const sentence = SENTENCE_OBJECTIVES[(s.sentenceObjective ?? 'sop') as SentenceObjective];
   const objective = gpt
     ? 'causal language modelling on the token stream (paragraphs joined by `<\\|endoftext\\|>`), cut into blocks of 128 tokens'
-    : "masked language modelling as BERT (15% of tokens predicted, of which 80% replaced by `[MASK]`, 10% by a random token, 10% kept) plus BERT's next-sentence prediction on `[CLS]`: each 125-token span of the stream is cut at a random point into A and B and shown as `[CLS] A [SEP] B [SEP]` or, half the time, with B replaced by a stretch of the same length from another span of the batch; a head on `[CLS]` (the sequence classifier's shape) says which, and the loss is the sum of both, as BertForPreTraining's. Cuts, partners and masks are redrawn for every batch (seeded, so a resumed run sees the same ones). The next-sentence head is not in the shipped files (`tunekit`'s `task: 'pretraining'` trains it; `savePretrained` drops it)";
+    : `masked language modelling as BERT (15% of tokens predicted, of which 80% replaced by \`[MASK]\`, 10% by a random token, 10% kept) plus ${sentence.name} on \`[CLS]\`: each 125-token span of the stream is cut at a random point into A and B and shown as \`[CLS] A [SEP] B [SEP]\` or, half the time, ${sentence.change}; a head on \`[CLS]\` (the sequence classifier's shape) says which, and the loss is the sum of both, as BertForPreTraining's. Cuts, changes and masks are redrawn for every batch (seeded, so a resumed run sees the same ones). The sentence head is not in the shipped files (\`tunekit\`'s \`task: 'pretraining'\` trains it; \`savePretrained\` drops it)`;
+  // Cards written before the objective was a choice name the loss sentenceOrderLoss.
+  const sentenceLoss: number | undefined = s.sentenceLoss ?? s.sentenceOrderLoss;
   const tokenizer = gpt
     ? 'byte-level BPE, 8,192 tokens, trained on the training split with Hugging Face `tokenizers` (`<\\|endoftext\\|>` is BOS, EOS and padding)'
     : 'WordPiece, lower-cased, 8,192 tokens, trained on the training split with Hugging Face `tokenizers` (`[PAD]` `[UNK]` `[CLS]` `[SEP]` `[MASK]` are ids 0-4)';
@@ -494,12 +518,12 @@ useful general language model.
 | **${s.model}** | ${s.validationLoss.toFixed(3)} | **${s.validationPerplexity.toFixed(1)}** |
 | unigram baseline (training-split token frequencies, add-one smoothed) | ${Math.log(s.unigramPerplexity).toFixed(3)} | ${s.unigramPerplexity.toFixed(1)} |
 
-Measured on all ${s.validationBlocks} held-out blocks (${s.validationTargets.toLocaleString('en-US')} ${gpt ? 'predicted tokens' : 'masked positions, masks drawn once with a fixed seed'}); the baseline is scored on exactly the same targets: the model's perplexity is **${(s.validationPerplexity / s.unigramPerplexity).toFixed(2)}x** the baseline's.${s.nextSentenceLoss !== undefined ? ` On the same held-out pairs the next-sentence loss is ${s.nextSentenceLoss.toFixed(3)} nats (chance: ln 2 = 0.693)${s.nextSentenceLoss > 0.68 ? ': in this run the model did not learn to tell a continuation from a random segment, so `[CLS]` got no useful sentence-level signal from it' : ''}.` : ''}
+Measured on all ${s.validationBlocks} held-out blocks (${s.validationTargets.toLocaleString('en-US')} ${gpt ? 'predicted tokens' : 'masked positions, masks drawn once with a fixed seed'}); the baseline is scored on exactly the same targets: the model's perplexity is **${(s.validationPerplexity / s.unigramPerplexity).toFixed(2)}x** the baseline's.${sentenceLoss !== undefined ? ` On the same held-out pairs the ${gpt ? '' : sentence.name.split(' ').slice(1).join(' ')} loss is ${sentenceLoss.toFixed(3)} nats (chance: ln 2 = 0.693)${sentenceLoss > 0.68 ? ': in this run `[CLS]` learned nothing from it' : ''}.` : ''}
 
 ## Learning-rate sweep
 
 Before the run, the same model trained for ${s.sweep.steps} steps at each rate (same seed, data, batch and schedule shape),
-scored on a fixed 64-block held-out subset${gpt ? '' : ' (masked LM + next sentence)'}; the lowest loss chose the rate. The shape was not swept: the
+scored on a fixed 64-block held-out subset${gpt ? '' : ' (masked LM + sentence objective)'}; the lowest loss chose the rate. The shape was not swept: the
 session's compute went to more tokens at the earlier shape instead.
 
 | learning rate | held-out loss after ${s.sweep.steps} steps |
@@ -508,7 +532,7 @@ ${s.sweep.results.map((r: Summary) => `| ${r.lr}${r.lr === s.optimizer.lr ? ' (c
 
 ![loss curve](loss.svg)
 
-The curve (\`metrics.jsonl\` holds every step) shows the training loss and, every 250 steps, the loss on a fixed 64-block held-out subset${gpt ? '' : ' (both masked LM + next sentence)'}.
+The curve (\`metrics.jsonl\` holds every step) shows the training loss and, every 250 steps, the loss on a fixed 64-block held-out subset${gpt ? '' : ' (both masked LM + sentence objective)'}.
 
 ## ${gpt ? 'Greedy continuations' : 'Top-5 fills for [MASK]'}
 
