@@ -101,7 +101,10 @@ async function main(): Promise<void> {
   await app.close();
 
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
-  fs.writeFileSync(path.join(ROOT, 'docs', 'serving.json'), JSON.stringify({ cpu, cores: os.cpus().length, seconds, rows }, null, 2) + '\n');
+  fs.writeFileSync(
+    path.join(ROOT, 'docs', 'serving.json'),
+    JSON.stringify({ cpu, cores: os.cpus().length, seconds, rows }, null, 2) + '\n',
+  );
   console.log(`\n${cpu}, ${os.cpus().length} cores; ${seconds} s per row; 16 greedy tokens per request on tiny-gpt2\n`);
   console.log('| clients | adapters | during a job | completions/s | tokens/s | p50 ms | p99 ms | failed |');
   console.log('|---|---|---|---|---|---|---|---|');

@@ -45,7 +45,11 @@ async function main(): Promise<void> {
     buffer += decoder.decode(bytes, { stream: true });
     let cut;
     while ((cut = buffer.indexOf('\n\n')) >= 0) {
-      const data = buffer.slice(0, cut).split('\n').find((l) => l.startsWith('data: '))?.slice(6);
+      const data = buffer
+        .slice(0, cut)
+        .split('\n')
+        .find((l) => l.startsWith('data: '))
+        ?.slice(6);
       buffer = buffer.slice(cut + 2);
       if (data && data !== '[DONE]') {
         const e = JSON.parse(data);

@@ -145,7 +145,13 @@ const SENTENCE_OBJECTIVES = {
       const cut = 16 + Math.floor(rand() * (span.length - 31));
       const [a, b] = [span.slice(0, cut), span.slice(cut)];
       const swapped = rand() < 0.5;
-      const masked = maskBlock(swapped ? [t.cls, ...b, t.sep, ...a, t.sep] : [t.cls, ...a, t.sep, ...b, t.sep], rand, t.special, t.maskId, t.vocab);
+      const masked = maskBlock(
+        swapped ? [t.cls, ...b, t.sep, ...a, t.sep] : [t.cls, ...a, t.sep, ...b, t.sep],
+        rand,
+        t.special,
+        t.maskId,
+        t.vocab,
+      );
       masked.labels![0] = swapped ? 1 : 0;
       return masked;
     },

@@ -28,7 +28,10 @@ async function started(opts: Partial<Parameters<typeof createServer>[0]> = {}) {
 async function call(base: string, method: string, url: string, body?: unknown, token?: string) {
   const res = await fetch(base + url, {
     method,
-    headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    headers: {
+      ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+      ...(token ? { authorization: `Bearer ${token}` } : {}),
+    },
     body: body !== undefined ? JSON.stringify(body) : undefined,
   });
   return { status: res.status, body: (await res.json()) as any };
@@ -47,7 +50,12 @@ async function readSse(res: Response): Promise<any[]> {
   const text = await res.text();
   return text
     .split('\n\n')
-    .map((b) => b.split('\n').find((l) => l.startsWith('data: '))?.slice(6))
+    .map((b) =>
+      b
+        .split('\n')
+        .find((l) => l.startsWith('data: '))
+        ?.slice(6),
+    )
     .filter((d): d is string => d !== undefined && d !== '[DONE]')
     .map((d) => JSON.parse(d));
 }
@@ -64,103 +72,119 @@ async function waitFor(base: string, id: string, statuses: string[], token?: str
 
 const LORA = { type: 'lora', hyperparameters: { max_steps: 6, batch_size: 4, lora_r: 4, learning_rate: 0.01 } };
 
-test.serial('a LoRA job: upload, create, stream its events to the end, list checkpoints, then complete with the adapter it made', async (t) => {
-  const { app, base, dataDir } = await started();
-  try {
-    const file = await upload(base, jsonl(ROWS));
-    t.is(file.status, 200, JSON.stringify(file.body));
-    t.regex(file.body.id, /^file-/);
-    const validation = await upload(base, jsonl(ROWS.slice(0, 6)), undefined, 'valid.jsonl');
-    const created = await call(base, 'POST', '/v1/fine_tuning/jobs', {
-      model: 'tiny-gpt2',
-      training_file: file.body.id,
-      validation_file: validation.body.id,
-      method: LORA,
-      suffix: 'reviews',
-      seed: 7,
-    });
-    t.is(created.status, 200, JSON.stringify(created.body));
-    t.is(created.body.status, 'validating_files');
-    const stream = await fetch(`${base}/v1/fine_tuning/jobs/${created.body.id}/events?stream=true`);
-    t.is(stream.headers.get('content-type'), 'text/event-stream');
-    const events = await readSse(stream);
-    const metrics = events.filter((e) => e.type === 'metrics');
-    t.deepEqual(
-      metrics.map((e) => e.data.step),
-      [1, 2, 3, 4, 5, 6],
-    );
-    t.true(metrics.every((e) => e.data.total_steps === 6 && Number.isFinite(e.data.train_loss) && e.data.eta_seconds >= 0));
-    t.regex(events.at(-1).message, /successfully completed: ft:tiny-gpt2:reviews:ftjob-/);
-    t.is(events.at(-1).data.validation.examples, 6);
-    t.true(Number.isFinite(events.at(-1).data.validation.loss));
-    const job = (await call(base, 'GET', `/v1/fine_tuning/jobs/${created.body.id}`)).body;
-    t.is(job.status, 'succeeded');
-    t.is(job.fine_tuned_model, `ft:tiny-gpt2:reviews:${job.id}`);
-    // The list (newest first) holds the same events as the stream.
-    const listed = (await call(base, 'GET', `/v1/fine_tuning/jobs/${job.id}/events?limit=100`)).body;
-    t.deepEqual(
-      listed.data.map((e: any) => e.id).reverse(),
-      events.map((e) => e.id),
-    );
-    const ckpts = (await call(base, 'GET', `/v1/fine_tuning/jobs/${job.id}/checkpoints`)).body.data;
-    t.deepEqual(
-      ckpts.map((c: any) => c.step_number),
-      [6, 4],
-    );
-    t.is(ckpts[0].metrics.step, 6);
-    const models = (await call(base, 'GET', '/v1/models')).body.data.map((m: any) => m.id);
-    t.true(models.includes('tiny-gpt2') && models.includes(job.fine_tuned_model));
+test.serial(
+  'a LoRA job: upload, create, stream its events to the end, list checkpoints, then complete with the adapter it made',
+  async (t) => {
+    const { app, base, dataDir } = await started();
+    try {
+      const file = await upload(base, jsonl(ROWS));
+      t.is(file.status, 200, JSON.stringify(file.body));
+      t.regex(file.body.id, /^file-/);
+      const validation = await upload(base, jsonl(ROWS.slice(0, 6)), undefined, 'valid.jsonl');
+      const created = await call(base, 'POST', '/v1/fine_tuning/jobs', {
+        model: 'tiny-gpt2',
+        training_file: file.body.id,
+        validation_file: validation.body.id,
+        method: LORA,
+        suffix: 'reviews',
+        seed: 7,
+      });
+      t.is(created.status, 200, JSON.stringify(created.body));
+      t.is(created.body.status, 'validating_files');
+      const stream = await fetch(`${base}/v1/fine_tuning/jobs/${created.body.id}/events?stream=true`);
+      t.is(stream.headers.get('content-type'), 'text/event-stream');
+      const events = await readSse(stream);
+      const metrics = events.filter((e) => e.type === 'metrics');
+      t.deepEqual(
+        metrics.map((e) => e.data.step),
+        [1, 2, 3, 4, 5, 6],
+      );
+      t.true(metrics.every((e) => e.data.total_steps === 6 && Number.isFinite(e.data.train_loss) && e.data.eta_seconds >= 0));
+      t.regex(events.at(-1).message, /successfully completed: ft:tiny-gpt2:reviews:ftjob-/);
+      t.is(events.at(-1).data.validation.examples, 6);
+      t.true(Number.isFinite(events.at(-1).data.validation.loss));
+      const job = (await call(base, 'GET', `/v1/fine_tuning/jobs/${created.body.id}`)).body;
+      t.is(job.status, 'succeeded');
+      t.is(job.fine_tuned_model, `ft:tiny-gpt2:reviews:${job.id}`);
+      // The list (newest first) holds the same events as the stream.
+      const listed = (await call(base, 'GET', `/v1/fine_tuning/jobs/${job.id}/events?limit=100`)).body;
+      t.deepEqual(
+        listed.data.map((e: any) => e.id).reverse(),
+        events.map((e) => e.id),
+      );
+      const ckpts = (await call(base, 'GET', `/v1/fine_tuning/jobs/${job.id}/checkpoints`)).body.data;
+      t.deepEqual(
+        ckpts.map((c: any) => c.step_number),
+        [6, 4],
+      );
+      t.is(ckpts[0].metrics.step, 6);
+      const models = (await call(base, 'GET', '/v1/models')).body.data.map((m: any) => m.id);
+      t.true(models.includes('tiny-gpt2') && models.includes(job.fine_tuned_model));
 
-    // Greedy completion with the job's adapter equals generating with the same adapter directly (both stop at the
-    // end-of-text token).
-    const model = await Model.fromPretrained(GPT2);
-    await model.loadAdapter(path.join(dataDir, 'jobs', job.id, 'out'));
-    const tok = await Tokenizer.fromPretrained(GPT2);
-    for (const prompt of ['Review 3: the film was', 'The President said that']) {
-      const done = await call(base, 'POST', '/v1/completions', { model: job.fine_tuned_model, prompt, max_tokens: 8, temperature: 0 });
-      t.is(done.status, 200, JSON.stringify(done.body));
-      const ids = tok.encode(prompt);
-      const [direct] = await model.generate({ inputIds: [ids] }, { maxNewTokens: 8 });
-      const generated = direct!.slice(ids.length);
-      const kept = generated.includes(tok.eosTokenId!) ? generated.slice(0, generated.indexOf(tok.eosTokenId!)) : generated;
-      t.is(done.body.choices[0].text, tok.decode(kept, { skipSpecialTokens: true }));
-      t.is(done.body.choices[0].finish_reason, kept.length < 8 ? 'stop' : 'length');
-      t.deepEqual(done.body.usage, { prompt_tokens: ids.length, completion_tokens: kept.length, total_tokens: ids.length + kept.length });
+      // Greedy completion with the job's adapter equals generating with the same adapter directly (both stop at the
+      // end-of-text token).
+      const model = await Model.fromPretrained(GPT2);
+      await model.loadAdapter(path.join(dataDir, 'jobs', job.id, 'out'));
+      const tok = await Tokenizer.fromPretrained(GPT2);
+      for (const prompt of ['Review 3: the film was', 'The President said that']) {
+        const done = await call(base, 'POST', '/v1/completions', { model: job.fine_tuned_model, prompt, max_tokens: 8, temperature: 0 });
+        t.is(done.status, 200, JSON.stringify(done.body));
+        const ids = tok.encode(prompt);
+        const [direct] = await model.generate({ inputIds: [ids] }, { maxNewTokens: 8 });
+        const generated = direct!.slice(ids.length);
+        const kept = generated.includes(tok.eosTokenId!) ? generated.slice(0, generated.indexOf(tok.eosTokenId!)) : generated;
+        t.is(done.body.choices[0].text, tok.decode(kept, { skipSpecialTokens: true }));
+        t.is(done.body.choices[0].finish_reason, kept.length < 8 ? 'stop' : 'length');
+        t.deepEqual(done.body.usage, { prompt_tokens: ids.length, completion_tokens: kept.length, total_tokens: ids.length + kept.length });
+      }
+      model.dispose();
+    } finally {
+      await app.close();
     }
-    model.dispose();
-  } finally {
-    await app.close();
-  }
-});
+  },
+);
 
-test.serial('a DPO job on preference pairs runs `tunekit dpo` and reports its held-out pairs before and after; bad pairs fail at validation', async (t) => {
-  const { app, base } = await started();
-  try {
-    const pairs = Array.from({ length: 10 }, (_, i) => ({ prompt: `Review ${i}: the film was`, chosen: ' wonderful.', rejected: ' dull.' }));
-    const file = await upload(base, jsonl(pairs));
-    const created = await call(base, 'POST', '/v1/fine_tuning/jobs', {
-      model: 'tiny-gpt2',
-      training_file: file.body.id,
-      method: { type: 'dpo', hyperparameters: { lora: true, batch_size: 3, learning_rate: 0.01, beta: 0.1 } },
-    });
-    t.is(created.status, 200, JSON.stringify(created.body));
-    const done = await waitFor(base, created.body.id, ['succeeded', 'failed']);
-    t.is(done.status, 'succeeded', JSON.stringify(done.error));
-    const last = (await call(base, 'GET', `/v1/fine_tuning/jobs/${done.id}/events?limit=1`)).body.data[0];
-    t.true(last.data.after.loss < last.data.before.loss, JSON.stringify(last.data));
-    const steps = (await call(base, 'GET', `/v1/fine_tuning/jobs/${done.id}/events?limit=100`)).body.data.filter((e: any) => e.type === 'metrics');
-    t.is(steps.length, 3, '9 training pairs in batches of 3');
+test.serial(
+  'a DPO job on preference pairs runs `tunekit dpo` and reports its held-out pairs before and after; bad pairs fail at validation',
+  async (t) => {
+    const { app, base } = await started();
+    try {
+      const pairs = Array.from({ length: 10 }, (_, i) => ({
+        prompt: `Review ${i}: the film was`,
+        chosen: ' wonderful.',
+        rejected: ' dull.',
+      }));
+      const file = await upload(base, jsonl(pairs));
+      const created = await call(base, 'POST', '/v1/fine_tuning/jobs', {
+        model: 'tiny-gpt2',
+        training_file: file.body.id,
+        method: { type: 'dpo', hyperparameters: { lora: true, batch_size: 3, learning_rate: 0.01, beta: 0.1 } },
+      });
+      t.is(created.status, 200, JSON.stringify(created.body));
+      const done = await waitFor(base, created.body.id, ['succeeded', 'failed']);
+      t.is(done.status, 'succeeded', JSON.stringify(done.error));
+      const last = (await call(base, 'GET', `/v1/fine_tuning/jobs/${done.id}/events?limit=1`)).body.data[0];
+      t.true(last.data.after.loss < last.data.before.loss, JSON.stringify(last.data));
+      const steps = (await call(base, 'GET', `/v1/fine_tuning/jobs/${done.id}/events?limit=100`)).body.data.filter(
+        (e: any) => e.type === 'metrics',
+      );
+      t.is(steps.length, 3, '9 training pairs in batches of 3');
 
-    // Text rows are not preference pairs: the job fails while its files are validated, naming the line.
-    const text = await upload(base, jsonl(ROWS));
-    const wrong = await call(base, 'POST', '/v1/fine_tuning/jobs', { model: 'tiny-gpt2', training_file: text.body.id, method: { type: 'dpo' } });
-    const failed = await waitFor(base, wrong.body.id, ['failed', 'queued', 'running', 'succeeded']);
-    t.is(failed.status, 'failed');
-    t.regex(failed.error.message, /:1: expected \{ "prompt"\?, "chosen": string, "rejected": string \}/);
-  } finally {
-    await app.close();
-  }
-});
+      // Text rows are not preference pairs: the job fails while its files are validated, naming the line.
+      const text = await upload(base, jsonl(ROWS));
+      const wrong = await call(base, 'POST', '/v1/fine_tuning/jobs', {
+        model: 'tiny-gpt2',
+        training_file: text.body.id,
+        method: { type: 'dpo' },
+      });
+      const failed = await waitFor(base, wrong.body.id, ['failed', 'queued', 'running', 'succeeded']);
+      t.is(failed.status, 'failed');
+      t.regex(failed.error.message, /:1: expected \{ "prompt"\?, "chosen": string, "rejected": string \}/);
+    } finally {
+      await app.close();
+    }
+  },
+);
 
 test.serial('streamed completions equal the unstreamed ones, requests interleave, and embeddings equal Model.embed', async (t) => {
   const { app, base } = await started();
@@ -168,7 +192,11 @@ test.serial('streamed completions equal the unstreamed ones, requests interleave
     const body = { model: 'tiny-gpt2', prompt: ['The President said that', 'In the morning the old man'], max_tokens: 12, temperature: 0 };
     const [plain, res] = await Promise.all([
       call(base, 'POST', '/v1/completions', body),
-      fetch(`${base}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, stream: true }) }),
+      fetch(`${base}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ ...body, stream: true }),
+      }),
     ]);
     t.is(plain.status, 200);
     const chunks = await readSse(res);
@@ -179,7 +207,10 @@ test.serial('streamed completions equal the unstreamed ones, requests interleave
     }
     // Sampling is seeded per request: the same seed gives the same text, alone or beside another request.
     const sampled = { model: 'tiny-gpt2', prompt: 'The President said that', max_tokens: 10, temperature: 1, seed: 3 };
-    const [a, b] = await Promise.all([call(base, 'POST', '/v1/completions', sampled), call(base, 'POST', '/v1/completions', { ...sampled, seed: 4 })]);
+    const [a, b] = await Promise.all([
+      call(base, 'POST', '/v1/completions', sampled),
+      call(base, 'POST', '/v1/completions', { ...sampled, seed: 4 }),
+    ]);
     const alone = await call(base, 'POST', '/v1/completions', sampled);
     t.is(alone.body.choices[0].text, a.body.choices[0].text);
     t.not(a.body.choices[0].text, b.body.choices[0].text);
@@ -208,7 +239,10 @@ test.serial('requests for different adapters of one base decode together and eac
     const model = await Model.fromPretrained(GPT2);
     await new LoRA({ r: 4, alpha: 16, seed: i + 1 }).apply(model);
     const opt = new SGD(model, { lr: 0.3 });
-    const ids = tok.encodeBatch(ROWS.slice(i * 4, i * 4 + 4).map((r) => r.prompt + r.completion), { padding: 'longest' });
+    const ids = tok.encodeBatch(
+      ROWS.slice(i * 4, i * 4 + 4).map((r) => r.prompt + r.completion),
+      { padding: 'longest' },
+    );
     await model.train();
     await model.backward({ ...ids, labels: ids.inputIds.map((r, j) => r.map((x, k) => (ids.attentionMask[j]![k] ? x : -100))) });
     await opt.step();
@@ -223,16 +257,23 @@ test.serial('requests for different adapters of one base decode together and eac
   const { app, base } = await started({ dataDir });
   try {
     const models = (await call(base, 'GET', '/v1/models')).body.data.map((m: any) => m.id);
-    t.true(['tiny-gpt2:x', 'tiny-gpt2:y', 'tiny-gpt2:z'].every((m) => models.includes(m)), models.join(', '));
+    t.true(
+      ['tiny-gpt2:x', 'tiny-gpt2:y', 'tiny-gpt2:z'].every((m) => models.includes(m)),
+      models.join(', '),
+    );
     const together = await Promise.all(
-      ['x', 'y', 'z'].map((name, i) => call(base, 'POST', '/v1/completions', { model: `tiny-gpt2:${name}`, prompt: prompts[i], max_tokens: 10, temperature: 0 })),
+      ['x', 'y', 'z'].map((name, i) =>
+        call(base, 'POST', '/v1/completions', { model: `tiny-gpt2:${name}`, prompt: prompts[i], max_tokens: 10, temperature: 0 }),
+      ),
     );
     t.deepEqual(
       together.map((r) => r.body.choices[0].text),
       alone,
     );
     // The adapters change what is generated, so a row decoded through the wrong one (or none) would show.
-    const bare = await Promise.all(prompts.map((prompt) => call(base, 'POST', '/v1/completions', { model: 'tiny-gpt2', prompt, max_tokens: 10, temperature: 0 })));
+    const bare = await Promise.all(
+      prompts.map((prompt) => call(base, 'POST', '/v1/completions', { model: 'tiny-gpt2', prompt, max_tokens: 10, temperature: 0 })),
+    );
     t.true(
       bare.every((r, i) => r.body.choices[0].text !== alone[i]),
       JSON.stringify(bare.map((r) => r.body.choices[0].text)),
@@ -282,10 +323,22 @@ test.serial('bad requests: 401 without a token, 403 for another tenant, 400 nami
     t.is(file.status, 200);
     t.is((await call(base, 'GET', `/v1/files/${file.body.id}`, undefined, 'bob')).status, 403);
     t.is((await call(base, 'GET', '/v1/files/..%2F..%2Fetc%2Fpasswd', undefined, 'alice')).status, 400);
-    const unknown = await call(base, 'POST', '/v1/fine_tuning/jobs', { model: 'tiny-gpt2', training_file: file.body.id, epochs: 3 }, 'alice');
+    const unknown = await call(
+      base,
+      'POST',
+      '/v1/fine_tuning/jobs',
+      { model: 'tiny-gpt2', training_file: file.body.id, epochs: 3 },
+      'alice',
+    );
     t.is(unknown.status, 400);
     t.regex(unknown.body.error.message, /additional propert/);
-    const hyper = await call(base, 'POST', '/v1/fine_tuning/jobs', { model: 'tiny-gpt2', training_file: file.body.id, method: { type: 'lora', hyperparameters: { lora_rank: 4 } } }, 'alice');
+    const hyper = await call(
+      base,
+      'POST',
+      '/v1/fine_tuning/jobs',
+      { model: 'tiny-gpt2', training_file: file.body.id, method: { type: 'lora', hyperparameters: { lora_rank: 4 } } },
+      'alice',
+    );
     t.is(hyper.status, 400);
     t.regex(hyper.body.error.message, /hyperparameters.lora_rank: not a hyperparameter of lora/);
     const missing = await call(base, 'POST', '/v1/fine_tuning/jobs', { model: 'gpt-5', training_file: file.body.id }, 'alice');
@@ -306,7 +359,13 @@ test.serial("a job's process killed with SIGKILL fails that job with a clear eve
   const { app, base } = await started({ dataDir });
   try {
     const file = await upload(base, jsonl(ROWS));
-    const job = (await call(base, 'POST', '/v1/fine_tuning/jobs', { model: 'tiny-gpt2', training_file: file.body.id, method: { type: 'lora', hyperparameters: { n_epochs: 100, batch_size: 4 } } })).body;
+    const job = (
+      await call(base, 'POST', '/v1/fine_tuning/jobs', {
+        model: 'tiny-gpt2',
+        training_file: file.body.id,
+        method: { type: 'lora', hyperparameters: { n_epochs: 100, batch_size: 4 } },
+      })
+    ).body;
     await waitFor(base, job.id, ['running']);
     // The first metrics event says the child is training; its command line names the job's folder.
     for (;;) {
@@ -341,14 +400,24 @@ function childPid(name: string): number {
 test.serial('kill -9 of the server mid-job: on restart the job resumes from its checkpoint and finishes every step once', async (t) => {
   const dataDir = tmpDir('serve-restart');
   const serve = () => {
-    const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--data-dir', dataDir, '--checkpoint-every', '3'], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const base = new Promise<string>((resolve) => child.stdout.on('data', (d: Buffer) => /listening on (\S+)/.test(String(d)) && resolve(String(d).match(/listening on (\S+)/)![1]!)));
+    const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--data-dir', dataDir, '--checkpoint-every', '3'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const base = new Promise<string>((resolve) =>
+      child.stdout.on('data', (d: Buffer) => /listening on (\S+)/.test(String(d)) && resolve(String(d).match(/listening on (\S+)/)![1]!)),
+    );
     return { child, base };
   };
   const first = serve();
   const base1 = await first.base;
   const file = await upload(base1, jsonl(ROWS));
-  const job = (await call(base1, 'POST', '/v1/fine_tuning/jobs', { model: 'tiny-gpt2', training_file: file.body.id, method: { type: 'lora', hyperparameters: { max_steps: 12, batch_size: 4 } } })).body;
+  const job = (
+    await call(base1, 'POST', '/v1/fine_tuning/jobs', {
+      model: 'tiny-gpt2',
+      training_file: file.body.id,
+      method: { type: 'lora', hyperparameters: { max_steps: 12, batch_size: 4 } },
+    })
+  ).body;
   const ckpt = path.join(dataDir, 'jobs', job.id, 'out', 'checkpoints', 'latest.json');
   while (!fs.existsSync(ckpt)) await new Promise((r) => setTimeout(r, 20));
   first.child.kill('SIGKILL');
@@ -362,7 +431,11 @@ test.serial('kill -9 of the server mid-job: on restart the job resumes from its 
     t.true(events.some((e: any) => /server restarted while the job ran; it resumes from its last checkpoint \(step \d+\)/.test(e.message)));
     t.true(events.some((e: any) => /started again \(attempt 2\)/.test(e.message)));
     const steps = events.filter((e: any) => e.type === 'metrics').map((e: any) => e.data.step);
-    t.deepEqual(steps, Array.from({ length: 12 }, (_, i) => i + 1), 'each step reported once');
+    t.deepEqual(
+      steps,
+      Array.from({ length: 12 }, (_, i) => i + 1),
+      'each step reported once',
+    );
   } finally {
     second.child.kill('SIGTERM');
     await new Promise((r) => second.child.once('exit', r));

@@ -81,7 +81,10 @@ const CreateJob = Type.Object(
     training_file: Id('file'),
     validation_file: Type.Optional(Type.Union([Id('file'), Type.Null()])),
     method: Type.Optional(
-      Type.Object({ type: Type.String({ minLength: 1, maxLength: 40 }), hyperparameters: Type.Optional(Hyperparameters) }, { additionalProperties: false }),
+      Type.Object(
+        { type: Type.String({ minLength: 1, maxLength: 40 }), hyperparameters: Type.Optional(Hyperparameters) },
+        { additionalProperties: false },
+      ),
     ),
     suffix: Type.Optional(Type.Union([Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }), Type.Null()])),
     seed: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 2147483647 }), Type.Null()])),
@@ -96,7 +99,9 @@ const Completion = Type.Object(
     temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 2 })),
     top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1 })),
     seed: Type.Optional(Type.Integer({ minimum: 0, maximum: 2147483647 })),
-    stop: Type.Optional(Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { maxItems: 4 }), Type.Null()])),
+    stop: Type.Optional(
+      Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { maxItems: 4 }), Type.Null()]),
+    ),
     stream: Type.Optional(Type.Boolean()),
     user: Type.Optional(Type.String()),
   },
@@ -146,7 +151,15 @@ function eventObject(e: EventRecord) {
 }
 
 function fileObject(f: FileRecord) {
-  return { object: 'file', id: f.id, bytes: f.bytes, created_at: f.created_at, filename: f.filename, purpose: f.purpose, status: 'processed' };
+  return {
+    object: 'file',
+    id: f.id,
+    bytes: f.bytes,
+    created_at: f.created_at,
+    filename: f.filename,
+    purpose: f.purpose,
+    status: 'processed',
+  };
 }
 
 /** Checks every line of an uploaded JSONL file is a JSON object; returns the row count. */
@@ -194,7 +207,8 @@ function abortOnClose(req: FastifyRequest, reply: FastifyReply): AbortSignal {
 
 export async function createServer(options: ServerOptions): Promise<FastifyInstance> {
   for (const k of Object.keys(options))
-    if (!SERVER_OPTIONS.includes(k)) throw new TunekitError('E_ARG', `createServer: unknown option ${JSON.stringify(k)} (expected ${SERVER_OPTIONS.join(', ')})`);
+    if (!SERVER_OPTIONS.includes(k))
+      throw new TunekitError('E_ARG', `createServer: unknown option ${JSON.stringify(k)} (expected ${SERVER_OPTIONS.join(', ')})`);
   const dataDir = path.resolve(options.dataDir);
   for (const d of ['files', 'jobs', 'adapters']) fs.mkdirSync(path.join(dataDir, d), { recursive: true });
   const modelsDir = path.resolve(options.modelsDir ?? path.join(__dirname, '..', '..', 'models'));
@@ -202,8 +216,7 @@ export async function createServer(options: ServerOptions): Promise<FastifyInsta
   const subfolders = (dir: string, marker: string) => {
     const m = new Map<string, string>();
     if (fs.existsSync(dir))
-      for (const name of fs.readdirSync(dir).sort())
-        if (fs.existsSync(path.join(dir, name, marker))) m.set(name, path.join(dir, name));
+      for (const name of fs.readdirSync(dir).sort()) if (fs.existsSync(path.join(dir, name, marker))) m.set(name, path.join(dir, name));
     return m;
   };
   const bases = () => subfolders(modelsDir, 'config.json');
@@ -239,31 +252,47 @@ export async function createServer(options: ServerOptions): Promise<FastifyInsta
     maxEventLoopDelay: options.maxEventLoopDelay ?? 1000,
     retryAfter: 5,
     pressureHandler: (_req, reply) => {
-      void reply.code(503).header('retry-after', '5').send({ error: { message: 'the server is overloaded; retry shortly', type: 'server_overloaded', param: null, code: null } });
+      void reply
+        .code(503)
+        .header('retry-after', '5')
+        .send({ error: { message: 'the server is overloaded; retry shortly', type: 'server_overloaded', param: null, code: null } });
     },
   });
   await app.register(multipart, { limits: { fileSize: options.maxFileBytes ?? 64 * 2 ** 20, files: 1, fields: 4 } });
 
-  app.setErrorHandler((err: Error & { statusCode?: number; validation?: unknown; validationContext?: string; code?: string }, _req, reply) => {
-    let status = 500;
-    let message = 'internal error';
-    let param: string | null = null;
-    if (err instanceof HttpError) [status, message, param] = [err.status, err.message, err.param];
-    else if (err instanceof JobError) [status, message] = [400, err.message];
-    else if (err instanceof InferenceError) [status, message] = [err.status, err.message];
-    else if (err instanceof TunekitError) [status, message] = [400, err.message];
-    else if (err.validation) {
-      status = 400;
-      message = `${err.validationContext ?? 'request'}${err.message.startsWith('/') ? '' : ' '}${err.message.replace(/^(body|querystring|params)\/?/, '')}`;
-      param = (err.message.match(/^(?:body|querystring|params)\/([^ ]+)/)?.[1] ?? '').replace(/\//g, '.') || null;
-    } else if (err.statusCode && err.statusCode < 500) [status, message] = [err.statusCode, err.message];
-    else app.log.error(err);
-    const type = status === 401 ? 'authentication_error' : status === 403 ? 'permission_error' : status === 404 ? 'not_found' : status >= 500 ? 'server_error' : 'invalid_request_error';
-    void reply.code(status).send({ error: { message, type, param, code: null } });
-  });
+  app.setErrorHandler(
+    (err: Error & { statusCode?: number; validation?: unknown; validationContext?: string; code?: string }, _req, reply) => {
+      let status = 500;
+      let message = 'internal error';
+      let param: string | null = null;
+      if (err instanceof HttpError) [status, message, param] = [err.status, err.message, err.param];
+      else if (err instanceof JobError) [status, message] = [400, err.message];
+      else if (err instanceof InferenceError) [status, message] = [err.status, err.message];
+      else if (err instanceof TunekitError) [status, message] = [400, err.message];
+      else if (err.validation) {
+        status = 400;
+        message = `${err.validationContext ?? 'request'}${err.message.startsWith('/') ? '' : ' '}${err.message.replace(/^(body|querystring|params)\/?/, '')}`;
+        param = (err.message.match(/^(?:body|querystring|params)\/([^ ]+)/)?.[1] ?? '').replace(/\//g, '.') || null;
+      } else if (err.statusCode && err.statusCode < 500) [status, message] = [err.statusCode, err.message];
+      else app.log.error(err);
+      const type =
+        status === 401
+          ? 'authentication_error'
+          : status === 403
+            ? 'permission_error'
+            : status === 404
+              ? 'not_found'
+              : status >= 500
+                ? 'server_error'
+                : 'invalid_request_error';
+      void reply.code(status).send({ error: { message, type, param, code: null } });
+    },
+  );
 
   app.setNotFoundHandler((req, reply) => {
-    void reply.code(404).send({ error: { message: `no route ${req.method} ${req.url.split('?')[0]}`, type: 'not_found', param: null, code: null } });
+    void reply
+      .code(404)
+      .send({ error: { message: `no route ${req.method} ${req.url.split('?')[0]}`, type: 'not_found', param: null, code: null } });
   });
 
   const tokens = options.tokens;
@@ -311,13 +340,15 @@ export async function createServer(options: ServerOptions): Promise<FastifyInsta
     try {
       for await (const part of req.parts()) {
         if (part.type === 'field') {
-          if (part.fieldname !== 'purpose') throw new HttpError(400, `unknown form field ${JSON.stringify(part.fieldname)}`, part.fieldname);
+          if (part.fieldname !== 'purpose')
+            throw new HttpError(400, `unknown form field ${JSON.stringify(part.fieldname)}`, part.fieldname);
           purpose = String(part.value);
         } else {
           if (part.fieldname !== 'file') throw new HttpError(400, `the upload must be the form field "file"`, part.fieldname);
           filename = path.basename(part.filename || 'upload.jsonl');
           await pipeline(part.file, fs.createWriteStream(tmp));
-          if (part.file.truncated) throw new HttpError(413, `file: larger than the ${options.maxFileBytes ?? 64 * 2 ** 20} bytes this server accepts`, 'file');
+          if (part.file.truncated)
+            throw new HttpError(413, `file: larger than the ${options.maxFileBytes ?? 64 * 2 ** 20} bytes this server accepts`, 'file');
         }
       }
       if (purpose !== 'fine-tune') throw new HttpError(400, `purpose: expected "fine-tune", got ${JSON.stringify(purpose)}`, 'purpose');
@@ -334,7 +365,9 @@ export async function createServer(options: ServerOptions): Promise<FastifyInsta
 
   app.get('/v1/files', async (req) => ({ object: 'list', data: store.files(req.tenant).map(fileObject), has_more: false }));
 
-  app.get('/v1/files/:id', { schema: { params: Type.Object({ id: Id('file') }) } }, async (req) => fileObject(ownFile(req, req.params.id, 'id')));
+  app.get('/v1/files/:id', { schema: { params: Type.Object({ id: Id('file') }) } }, async (req) =>
+    fileObject(ownFile(req, req.params.id, 'id')),
+  );
 
   // ---- fine-tuning jobs ----------------------------------------------------------------------------------------------
 
@@ -453,7 +486,10 @@ export async function createServer(options: ServerOptions): Promise<FastifyInsta
   app.get('/v1/models', async (req) => {
     const own = store.jobs(req.tenant, 100).data.filter((j) => j.status === 'succeeded' && j.fine_tuned_model);
     const ids = [...inference.models(), ...own.map((j) => j.fine_tuned_model!)];
-    return { object: 'list', data: ids.map((id) => ({ id, object: 'model', created: 0, owned_by: id.startsWith('ft:') ? req.tenant : 'tunekit' })) };
+    return {
+      object: 'list',
+      data: ids.map((id) => ({ id, object: 'model', created: 0, owned_by: id.startsWith('ft:') ? req.tenant : 'tunekit' })),
+    };
   });
 
   app.post('/v1/completions', { schema: { body: Completion } }, async (req, reply) => {
@@ -462,7 +498,13 @@ export async function createServer(options: ServerOptions): Promise<FastifyInsta
     inference.resolve(model); // a 404 before any stream starts
     const prompts = typeof b.prompt === 'string' ? [b.prompt] : b.prompt;
     const stop = b.stop == null ? [] : typeof b.stop === 'string' ? [b.stop] : b.stop;
-    const settings = (i: number) => ({ maxTokens: b.max_tokens ?? 16, temperature: b.temperature ?? 1, topP: b.top_p ?? 1, seed: (b.seed ?? crypto.randomInt(0, 2 ** 31 - 1)) + i, stop });
+    const settings = (i: number) => ({
+      maxTokens: b.max_tokens ?? 16,
+      temperature: b.temperature ?? 1,
+      topP: b.top_p ?? 1,
+      seed: (b.seed ?? crypto.randomInt(0, 2 ** 31 - 1)) + i,
+      stop,
+    });
     const id = `cmpl-${crypto.randomBytes(12).toString('hex')}`;
     const created = Math.floor(Date.now() / 1000);
     const signal = abortOnClose(req, reply);
@@ -472,19 +514,36 @@ export async function createServer(options: ServerOptions): Promise<FastifyInsta
       try {
         await Promise.all(
           prompts.map(async (prompt, index) => {
-            const c = await inference.complete(model, { prompt, ...settings(index) }, (text) => out.send(chunk([{ text, index, logprobs: null, finish_reason: null }])), signal);
+            const c = await inference.complete(
+              model,
+              { prompt, ...settings(index) },
+              (text) => out.send(chunk([{ text, index, logprobs: null, finish_reason: null }])),
+              signal,
+            );
             out.send(chunk([{ text: '', index, logprobs: null, finish_reason: c.finishReason }]));
           }),
         );
       } catch (e) {
         const status = e instanceof InferenceError ? e.status : 500;
-        out.send({ error: { message: status === 500 ? 'internal error' : (e as Error).message, type: status === 500 ? 'server_error' : 'invalid_request_error', param: null, code: null } });
+        out.send({
+          error: {
+            message: status === 500 ? 'internal error' : (e as Error).message,
+            type: status === 500 ? 'server_error' : 'invalid_request_error',
+            param: null,
+            code: null,
+          },
+        });
       }
       out.end();
       return;
     }
-    const done = await Promise.all(prompts.map((prompt, index) => inference.complete(model, { prompt, ...settings(index) }, () => undefined, signal)));
-    const usage = done.reduce((u, c) => ({ prompt_tokens: u.prompt_tokens + c.promptTokens, completion_tokens: u.completion_tokens + c.completionTokens }), { prompt_tokens: 0, completion_tokens: 0 });
+    const done = await Promise.all(
+      prompts.map((prompt, index) => inference.complete(model, { prompt, ...settings(index) }, () => undefined, signal)),
+    );
+    const usage = done.reduce(
+      (u, c) => ({ prompt_tokens: u.prompt_tokens + c.promptTokens, completion_tokens: u.completion_tokens + c.completionTokens }),
+      { prompt_tokens: 0, completion_tokens: 0 },
+    );
     return {
       ...chunk(done.map((c, index) => ({ text: c.text, index, logprobs: null, finish_reason: c.finishReason }))),
       usage: { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens },

@@ -248,7 +248,8 @@ export class Inference {
     }
     const [base, adapter, ...rest] = id.split(':');
     const baseDir = bases.get(base!);
-    if (!baseDir || rest.length > 0) throw new InferenceError(404, `model ${JSON.stringify(id)}: no such model (GET /v1/models lists them)`);
+    if (!baseDir || rest.length > 0)
+      throw new InferenceError(404, `model ${JSON.stringify(id)}: no such model (GET /v1/models lists them)`);
     if (adapter === undefined) return { id, baseDir };
     const adapterDir = this.o.adapters().get(adapter);
     if (!adapterDir) throw new InferenceError(404, `model ${JSON.stringify(id)}: no adapter named ${JSON.stringify(adapter)}`);
@@ -280,7 +281,8 @@ export class Inference {
 
   async complete(id: string, req: CompletionRequest, onText: (delta: string) => void, signal?: AbortSignal): Promise<Completion> {
     const r = this.resolve(id);
-    if (this.openNow >= this.o.maxOpen) throw new InferenceError(503, `the server is decoding ${this.openNow} requests, its limit; retry shortly`);
+    if (this.openNow >= this.o.maxOpen)
+      throw new InferenceError(503, `the server is decoding ${this.openNow} requests, its limit; retry shortly`);
     const s = await this.load(r.baseDir);
     if (!s.causal) throw new InferenceError(400, `model ${JSON.stringify(id)} is not a causal language model: it serves embeddings only`);
     const ids = s.tokenizer.encode(req.prompt);

@@ -19,7 +19,19 @@ import { FINISHED, JobMethod, JobRecord, Store } from './store';
 export const METHOD_TYPES = [...Object.keys(STRATEGIES), 'dpo', 'reward'];
 
 /** Flags the server sets from the job itself, which hyperparameters may not name. */
-const RESERVED = new Set(['model', 'data', 'out', 'strategy', 'validation-data', 'resume', 'overwrite', 'checkpoint-every', 'quiet', 'help', 'seed']);
+const RESERVED = new Set([
+  'model',
+  'data',
+  'out',
+  'strategy',
+  'validation-data',
+  'resume',
+  'overwrite',
+  'checkpoint-every',
+  'quiet',
+  'help',
+  'seed',
+]);
 /** OpenAI's hyperparameter names for the flags they mean. */
 const ALIASES: Record<string, string> = { n_epochs: 'epochs', learning_rate: 'lr' };
 
@@ -101,12 +113,16 @@ export class JobRunner {
   /** After a restart: jobs that were running (their processes ended with the server) and those mid-validation go again. */
   start(): void {
     for (const job of this.store.jobsWithStatus('running'))
-      this.store.updateJob(job.id, { status: 'queued' }, {
-        level: 'warn',
-        type: 'message',
-        message: `The server restarted while the job ran; it resumes from its last checkpoint (step ${this.lastCheckpoint(job.id) ?? 0})`,
-        data: null,
-      });
+      this.store.updateJob(
+        job.id,
+        { status: 'queued' },
+        {
+          level: 'warn',
+          type: 'message',
+          message: `The server restarted while the job ran; it resumes from its last checkpoint (step ${this.lastCheckpoint(job.id) ?? 0})`,
+          data: null,
+        },
+      );
     for (const job of this.store.jobsWithStatus('validating_files')) void this.validate(job);
     this.pump();
   }
@@ -127,13 +143,20 @@ export class JobRunner {
   }
 
   /** Creates a job (400 for bad requests), then validates its files and queues it in the background. */
-  create(req: Omit<JobRecord, 'status' | 'created_at' | 'started_at' | 'finished_at' | 'fine_tuned_model' | 'error' | 'attempts' | 'cancel_requested'>): JobRecord {
+  create(
+    req: Omit<
+      JobRecord,
+      'status' | 'created_at' | 'started_at' | 'finished_at' | 'fine_tuned_model' | 'error' | 'attempts' | 'cancel_requested'
+    >,
+  ): JobRecord {
     if (!METHOD_TYPES.includes(req.method.type))
       throw new JobError(`method.type: ${JSON.stringify(req.method.type)} is not one of ${METHOD_TYPES.join(', ')}`);
     hyperparameterFlags(req.method);
-    if (!this.o.modelDir(req.model)) throw new JobError(`model: ${JSON.stringify(req.model)} is not a base model this server has (GET /v1/models)`);
+    if (!this.o.modelDir(req.model))
+      throw new JobError(`model: ${JSON.stringify(req.model)} is not a base model this server has (GET /v1/models)`);
     if (req.method.type === 'dpo' || req.method.type === 'reward') {
-      if (req.validation_file) throw new JobError(`validation_file: ${req.method.type} jobs hold out a tenth of the training pairs instead`);
+      if (req.validation_file)
+        throw new JobError(`validation_file: ${req.method.type} jobs hold out a tenth of the training pairs instead`);
     }
     const job = this.store.addJob(req);
     this.store.addEvent(job.id, { level: 'info', type: 'message', message: `Created fine-tuning job: ${job.id}`, data: null });
@@ -159,7 +182,11 @@ export class JobRunner {
       return fail((e as Error).message);
     }
     if (this.store.job(job.id)!.status !== 'validating_files') return; // cancelled meanwhile
-    this.store.updateJob(job.id, { status: 'queued' }, { level: 'info', type: 'message', message: 'Files validated; the job is queued', data: null });
+    this.store.updateJob(
+      job.id,
+      { status: 'queued' },
+      { level: 'info', type: 'message', message: 'Files validated; the job is queued', data: null },
+    );
     this.emitLatest(job.id);
     this.pump();
   }
@@ -183,7 +210,11 @@ export class JobRunner {
     return fs
       .readdirSync(dir)
       .filter((f) => /^checkpoint-\d+$/.test(f))
-      .map((f) => ({ step: Number(f.slice('checkpoint-'.length)), dir: path.join(dir, f), createdAt: Math.floor(fs.statSync(path.join(dir, f)).mtimeMs / 1000) }))
+      .map((f) => ({
+        step: Number(f.slice('checkpoint-'.length)),
+        dir: path.join(dir, f),
+        createdAt: Math.floor(fs.statSync(path.join(dir, f)).mtimeMs / 1000),
+      }))
       .sort((a, b) => b.step - a.step);
   }
 
@@ -220,7 +251,11 @@ export class JobRunner {
     try {
       argv = this.argv(job);
     } catch (e) {
-      this.finish(job.id, { status: 'failed', error: { code: 'invalid_training_file', message: (e as Error).message } }, (e as Error).message);
+      this.finish(
+        job.id,
+        { status: 'failed', error: { code: 'invalid_training_file', message: (e as Error).message } },
+        (e as Error).message,
+      );
       return;
     }
     fs.mkdirSync(this.jobDir(job.id), { recursive: true });
@@ -231,12 +266,16 @@ export class JobRunner {
     const lastStep = this.store.lastStep(job.id);
     const entry: Running = { child, startedMs: Date.now(), startStep: lastStep, lastStep };
     this.running.set(job.id, entry);
-    this.store.updateJob(job.id, { status: 'running', started_at: job.started_at ?? Math.floor(Date.now() / 1000), attempts: attempt }, {
-      level: 'info',
-      type: 'message',
-      message: attempt === 1 ? 'Fine-tuning job started' : `Fine-tuning job started again (attempt ${attempt})`,
-      data: null,
-    });
+    this.store.updateJob(
+      job.id,
+      { status: 'running', started_at: job.started_at ?? Math.floor(Date.now() / 1000), attempts: attempt },
+      {
+        level: 'info',
+        type: 'message',
+        message: attempt === 1 ? 'Fine-tuning job started' : `Fine-tuning job started again (attempt ${attempt})`,
+        data: null,
+      },
+    );
     this.emitLatest(job.id);
     child.on('message', (m: { type?: string; row?: Record<string, unknown> }) => {
       if (m?.type === 'metrics' && m.row) this.metrics(job.id, entry, m.row);
@@ -279,12 +318,21 @@ export class JobRunner {
     if (job.cancel_requested) this.finish(id, { status: 'cancelled' }, 'The job was cancelled');
     else if (code === 0) {
       const name = `ft:${job.model}${job.suffix ? `:${job.suffix}` : ''}:${job.id}`;
-      this.finish(id, { status: 'succeeded', fine_tuned_model: name }, `The job has successfully completed: ${name}`, finalScores(this.outDir(id)));
+      this.finish(
+        id,
+        { status: 'succeeded', fine_tuned_model: name },
+        `The job has successfully completed: ${name}`,
+        finalScores(this.outDir(id)),
+      );
     } else {
       const message = signal
         ? `the job's process was killed by ${signal}${signal === 'SIGKILL' ? ' (out of memory, or killed from outside)' : ''}`
         : (lastError(path.join(this.jobDir(id), 'log.txt')) ?? `the job's process exited with code ${code}`);
-      this.finish(id, { status: 'failed', error: { code: signal ? 'process_killed' : 'training_failed', message } }, `The job failed: ${message}`);
+      this.finish(
+        id,
+        { status: 'failed', error: { code: signal ? 'process_killed' : 'training_failed', message } },
+        `The job failed: ${message}`,
+      );
     }
     this.pump();
   }
@@ -312,7 +360,10 @@ function fieldsOf(file: string): Record<string, string> {
   const fd = fs.openSync(file, 'r');
   try {
     const buffer = Buffer.alloc(65536);
-    const first = buffer.subarray(0, fs.readSync(fd, buffer, 0, buffer.length, 0)).toString('utf8').split('\n')[0]!;
+    const first = buffer
+      .subarray(0, fs.readSync(fd, buffer, 0, buffer.length, 0))
+      .toString('utf8')
+      .split('\n')[0]!;
     const row = JSON.parse(first);
     return row && typeof row === 'object' && 'completion' in row && !('response' in row) ? { response: 'completion' } : {};
   } catch {
@@ -336,6 +387,9 @@ function finalScores(out: string): Record<string, unknown> | null {
 /** The CLI's last error line (`tunekit: ...`) in a job's log. */
 function lastError(log: string): string | undefined {
   if (!fs.existsSync(log)) return undefined;
-  const lines = fs.readFileSync(log, 'utf8').split('\n').filter((l) => l.startsWith('tunekit: '));
+  const lines = fs
+    .readFileSync(log, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('tunekit: '));
   return lines.at(-1)?.slice('tunekit: '.length);
 }

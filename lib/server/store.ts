@@ -114,7 +114,9 @@ export class Store {
   addFile(f: Omit<FileRecord, 'created_at'>): FileRecord {
     const rec = { ...f, created_at: now() };
     this.db
-      .prepare('INSERT INTO files (id, tenant, filename, purpose, bytes, rows, created_at) VALUES (@id, @tenant, @filename, @purpose, @bytes, @rows, @created_at)')
+      .prepare(
+        'INSERT INTO files (id, tenant, filename, purpose, bytes, rows, created_at) VALUES (@id, @tenant, @filename, @purpose, @bytes, @rows, @created_at)',
+      )
       .run(rec);
     return rec;
   }
@@ -153,7 +155,9 @@ export class Store {
 
   /** Newest first, `limit` after the job `after` (OpenAI's cursor paging); one more is read to say whether more exist. */
   jobs(tenant: string | null, limit: number, after?: string): { data: JobRecord[]; has_more: boolean } {
-    const where = [tenant === null ? '1' : 'tenant = @tenant', after ? 'seq < (SELECT seq FROM jobs WHERE id = @after)' : '1'].join(' AND ');
+    const where = [tenant === null ? '1' : 'tenant = @tenant', after ? 'seq < (SELECT seq FROM jobs WHERE id = @after)' : '1'].join(
+      ' AND ',
+    );
     const rows = this.db
       .prepare(`SELECT * FROM jobs WHERE ${where} ORDER BY seq DESC LIMIT @n`)
       .all({ tenant, after, n: limit + 1 }) as Row[];

@@ -112,7 +112,8 @@ std::vector<double> log_likelihood(Model& m, const std::vector<int32_t>& prompt,
 // [sessions, vocab].
 class DecodeSession;
 std::shared_ptr<DecodeSession> decode_open(Model& m, const std::string& adapter);
-FloatArray decode_step(Model& m, const std::vector<std::shared_ptr<DecodeSession>>& sessions, const std::vector<std::vector<int32_t>>& tokens);
+FloatArray decode_step(Model& m, const std::vector<std::shared_ptr<DecodeSession>>& sessions,
+                       const std::vector<std::vector<int32_t>>& tokens);
 // Preference, RLHF and contrastive objectives (rl/objectives.cpp): one generic entry; the objective named in the spec
 // reads its own fields, so that a new objective needs no new entry point.
 //   multiple-negatives-ranking: rows [anchors; positives; hard negatives...] of a feature-extraction model; numbers

@@ -35,8 +35,8 @@ torch::Tensor ids_tensor(const Model& m, const std::vector<int32_t>& ids) {
 
 void require_room(const Model& m, const DecodeSession& s, size_t tokens) {
   require(s.kv.len + int64_t(tokens) <= m.spec.max_positions, "E_RANGE",
-          "the session holds " + std::to_string(s.kv.len) + " positions; " + std::to_string(tokens) + " more exceed the model's context of " +
-              std::to_string(m.spec.max_positions));
+          "the session holds " + std::to_string(s.kv.len) + " positions; " + std::to_string(tokens) +
+              " more exceed the model's context of " + std::to_string(m.spec.max_positions));
 }
 
 // Runs a session's new tokens (a prompt, or several at once) through its own cache; returns the last position's logits.
@@ -52,8 +52,8 @@ torch::Tensor prefill(Model& m, DecodeSession& s, const std::vector<int32_t>& to
 
 // One token for each of `rows` (sessions with filled caches) in one forward: their caches padded to the longest and
 // stacked, the padding masked out, each row's token at its own position; the new keys/values go back to each cache.
-torch::Tensor step_together(Model& m, const std::vector<DecodeSession*>& rows, const std::vector<int32_t>& tokens, const AdapterMethod* adapter,
-                            std::vector<std::pair<const AdapterMethod*, torch::Tensor>> groups) {
+torch::Tensor step_together(Model& m, const std::vector<DecodeSession*>& rows, const std::vector<int32_t>& tokens,
+                            const AdapterMethod* adapter, std::vector<std::pair<const AdapterMethod*, torch::Tensor>> groups) {
   const int64_t B = int64_t(rows.size()), layers = m.spec.num_layers;
   int64_t longest = 0;
   std::vector<int64_t> past;
@@ -77,8 +77,9 @@ torch::Tensor step_together(Model& m, const std::vector<DecodeSession*>& rows, c
   }
   auto row_past = torch::tensor(past, torch::kLong).to(m.device);
   // Keys: each row's own cached positions, then the new token; a shorter row's padding in between is masked out.
-  auto mask = torch::cat({torch::arange(longest, lopts).unsqueeze(0) < row_past.unsqueeze(1), torch::ones({B, 1}, lopts.dtype(torch::kBool))}, 1)
-                  .to(torch::kLong);
+  auto mask =
+      torch::cat({torch::arange(longest, lopts).unsqueeze(0) < row_past.unsqueeze(1), torch::ones({B, 1}, lopts.dtype(torch::kBool))}, 1)
+          .to(torch::kLong);
   ForwardContext c(m, adapter, /*training=*/false, &stacked);
   c.row_past = row_past;
   c.row_groups = std::move(groups);
@@ -99,7 +100,8 @@ torch::Tensor step_together(Model& m, const std::vector<DecodeSession*>& rows, c
 
 }  // namespace
 
-FloatArray decode_step(Model& m, const std::vector<std::shared_ptr<DecodeSession>>& sessions, const std::vector<std::vector<int32_t>>& tokens) {
+FloatArray decode_step(Model& m, const std::vector<std::shared_ptr<DecodeSession>>& sessions,
+                       const std::vector<std::vector<int32_t>>& tokens) {
   require(sessions.size() == tokens.size(), "E_SHAPE", "decode step: one token list per session");
   require(!sessions.empty(), "E_ARG", "decode step: no sessions");
   c10::InferenceMode inference;

@@ -84,7 +84,8 @@ struct Lora : AdapterMethod {
   torch::Tensor delta(const ForwardContext& c, const std::string& module, const torch::Tensor& x) const override {
     auto l = modules.find(module);
     if (l == modules.end()) return {};
-    auto dtype = at::autocast::is_autocast_enabled(x.device().type()) ? at::autocast::get_autocast_dtype(x.device().type()) : x.scalar_type();
+    auto dtype =
+        at::autocast::is_autocast_enabled(x.device().type()) ? at::autocast::get_autocast_dtype(x.device().type()) : x.scalar_type();
     auto x2 = x.reshape({-1, x.size(-1)}).to(dtype);
     auto xa = torch::mm(x2, c.m.stored(l->second.A).to(dtype).t());
     return unflatten_rows(torch::mm(xa, c.m.stored(l->second.B).to(dtype).t()).mul_(scaling), x);
