@@ -15,7 +15,8 @@ import { createServer } from '../lib/server';
 
 const ROOT = path.resolve(__dirname, '..');
 const GPT2 = path.join(ROOT, 'models', 'tiny-gpt2');
-const seconds = Number(process.argv[process.argv.indexOf('--seconds') + 1] || 10);
+const seconds = process.argv.includes('--seconds') ? Number(process.argv[process.argv.indexOf('--seconds') + 1]) : 10;
+if (!(seconds > 0)) throw new Error('--seconds must be a positive number');
 const ADAPTERS = 8;
 
 interface Row {

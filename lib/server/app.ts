@@ -25,6 +25,8 @@ export interface ServerOptions {
   tokens?: Record<string, string>;
   /** Fine-tuning jobs that run at once (default 1). */
   concurrency?: number;
+  /** libtorch threads of each job's process (default half the cores; this process's own follow OMP_NUM_THREADS). */
+  jobThreads?: number;
   /** Steps between a job's checkpoints (default 50). */
   checkpointEvery?: number;
   /** Adapters kept loaded per base (default 8). */
@@ -44,6 +46,7 @@ const SERVER_OPTIONS = [
   'modelsDir',
   'tokens',
   'concurrency',
+  'jobThreads',
   'checkpointEvery',
   'maxAdapters',
   'maxOpen',
@@ -226,6 +229,7 @@ export async function createServer(options: ServerOptions): Promise<FastifyInsta
     modelDir: (name) => bases().get(name),
     concurrency: options.concurrency,
     checkpointEvery: options.checkpointEvery,
+    jobThreads: options.jobThreads,
   });
   const inference = new Inference({
     bases,

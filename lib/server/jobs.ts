@@ -7,6 +7,7 @@
 import { ChildProcess, fork } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { COMMANDS } from '../cli/main';
 import { Dataset } from '../data';
@@ -77,6 +78,8 @@ export interface JobRunnerOptions {
   checkpointEvery?: number;
   /** Seconds a cancelled job's process has to stop before it is killed (default 5). */
   killAfter?: number;
+  /** libtorch threads of each job's process (default half the cores, at least 1): the rest stay with inference. */
+  jobThreads?: number;
 }
 
 interface Running {
@@ -261,7 +264,13 @@ export class JobRunner {
     fs.mkdirSync(this.jobDir(job.id), { recursive: true });
     const log = fs.openSync(path.join(this.jobDir(job.id), 'log.txt'), 'a');
     const main = path.join(__dirname, `job-process${path.extname(__filename)}`);
-    const child = fork(main, argv, { stdio: ['ignore', log, log, 'ipc'], execArgv: main.endsWith('.ts') ? ['--require', 'tsx/cjs'] : [] });
+    // Threads beyond the cores make every one of them wait (OpenMP spins): a job takes its share and leaves the rest.
+    const threads = this.o.jobThreads ?? Math.max(1, Math.floor(os.cpus().length / 2));
+    const child = fork(main, argv, {
+      stdio: ['ignore', log, log, 'ipc'],
+      execArgv: main.endsWith('.ts') ? ['--require', 'tsx/cjs'] : [],
+      env: { ...process.env, OMP_NUM_THREADS: String(threads) },
+    });
     fs.closeSync(log);
     const lastStep = this.store.lastStep(job.id);
     const entry: Running = { child, startedMs: Date.now(), startStep: lastStep, lastStep };
