@@ -18,6 +18,24 @@ const ROWS = Array.from({ length: 24 }, (_, i) => ({
 }));
 const jsonl = (rows: unknown[]) => rows.map((r) => JSON.stringify(r)).join('\n') + '\n';
 
+/** A LoRA adapter of tiny-gpt2 moved off its zero start by one SGD step on rows of ROWS, saved to `dir`. */
+async function trainedAdapter(dir: string, i: number): Promise<Model> {
+  const tok = await Tokenizer.fromPretrained(GPT2);
+  const model = await Model.fromPretrained(GPT2);
+  await new LoRA({ r: 4, alpha: 16, seed: i + 1 }).apply(model);
+  const opt = new SGD(model, { lr: 0.3 });
+  const ids = tok.encodeBatch(
+    ROWS.slice(i * 4, i * 4 + 4).map((r) => r.prompt + r.completion),
+    { padding: 'longest' },
+  );
+  await model.train();
+  await model.backward({ ...ids, labels: ids.inputIds.map((r, j) => r.map((x, k) => (ids.attentionMask[j]![k] ? x : -100))) });
+  await opt.step();
+  await model.eval();
+  await model.saveAdapter(dir, { baseModelNameOrPath: GPT2 });
+  return model;
+}
+
 async function started(opts: Partial<Parameters<typeof createServer>[0]> = {}) {
   const dataDir = opts.dataDir ?? tmpDir('serve');
   const app = await createServer({ dataDir, checkpointEvery: 2, ...opts });
@@ -186,7 +204,7 @@ test.serial(
   },
 );
 
-test.serial('streamed completions equal the unstreamed ones, requests interleave, and embeddings equal Model.embed', async (t) => {
+test.serial('streamed completions equal the unstreamed ones, seeded sampling ignores its batch neighbours, and embeddings equal Model.embed', async (t) => {
   const { app, base } = await started();
   try {
     const body = { model: 'tiny-gpt2', prompt: ['The President said that', 'In the morning the old man'], max_tokens: 12, temperature: 0 };
@@ -236,18 +254,7 @@ test.serial('requests for different adapters of one base decode together and eac
   const prompts = ['The President said that', 'In the morning the old man', 'Review 1: the film was'];
   const alone: string[] = [];
   for (const [i, name] of ['x', 'y', 'z'].entries()) {
-    const model = await Model.fromPretrained(GPT2);
-    await new LoRA({ r: 4, alpha: 16, seed: i + 1 }).apply(model);
-    const opt = new SGD(model, { lr: 0.3 });
-    const ids = tok.encodeBatch(
-      ROWS.slice(i * 4, i * 4 + 4).map((r) => r.prompt + r.completion),
-      { padding: 'longest' },
-    );
-    await model.train();
-    await model.backward({ ...ids, labels: ids.inputIds.map((r, j) => r.map((x, k) => (ids.attentionMask[j]![k] ? x : -100))) });
-    await opt.step();
-    await model.eval();
-    await model.saveAdapter(path.join(dataDir, 'adapters', name), { baseModelNameOrPath: GPT2 });
+    const model = await trainedAdapter(path.join(dataDir, 'adapters', name), i);
     const p = tok.encode(prompts[i]!);
     const [out] = await model.generate({ inputIds: [p] }, { maxNewTokens: 10 });
     const gen = out!.slice(p.length);
@@ -353,6 +360,76 @@ test.serial('bad requests: 401 without a token, 403 for another tenant, 400 nami
     await app.close();
   }
 });
+
+test.serial('cancel: a queued job at once, a running one by ending its process; both say so in their events', async (t) => {
+  const { app, base } = await started();
+  try {
+    const file = await upload(base, jsonl(ROWS));
+    const long = { type: 'lora', hyperparameters: { n_epochs: 100, batch_size: 4 } };
+    const running = (await call(base, 'POST', '/v1/fine_tuning/jobs', { model: 'tiny-gpt2', training_file: file.body.id, method: long }))
+      .body;
+    await waitFor(base, running.id, ['running']);
+    const queued = (await call(base, 'POST', '/v1/fine_tuning/jobs', { model: 'tiny-gpt2', training_file: file.body.id, method: long }))
+      .body;
+    t.is((await waitFor(base, queued.id, ['queued'])).status, 'queued', 'one job at a time: the second waits');
+    t.is((await call(base, 'POST', `/v1/fine_tuning/jobs/${queued.id}/cancel`)).body.status, 'cancelled');
+    await call(base, 'POST', `/v1/fine_tuning/jobs/${running.id}/cancel`);
+    const done = await waitFor(base, running.id, ['cancelled', 'failed', 'succeeded']);
+    t.is(done.status, 'cancelled');
+    for (const id of [queued.id, running.id]) {
+      const last = (await call(base, 'GET', `/v1/fine_tuning/jobs/${id}/events?limit=1`)).body.data[0];
+      t.is(last.message, 'The job was cancelled');
+    }
+    // Paging: newest first, `after` continues past the last one seen.
+    const first = (await call(base, 'GET', '/v1/fine_tuning/jobs?limit=1')).body;
+    t.deepEqual([first.data[0].id, first.has_more], [queued.id, true]);
+    const rest = (await call(base, 'GET', `/v1/fine_tuning/jobs?limit=5&after=${queued.id}`)).body;
+    t.deepEqual([rest.data.map((j: any) => j.id), rest.has_more], [[running.id], false]);
+  } finally {
+    await app.close();
+  }
+});
+
+test.serial(
+  'limits: an upload over the size limit is 413, decoding beyond maxOpen is 503, adapters beyond maxAdapters are swapped',
+  async (t) => {
+    const dataDir = tmpDir('serve-limits');
+    for (const [i, name] of ['p', 'q', 'r'].entries()) (await trainedAdapter(path.join(dataDir, 'adapters', name), i)).dispose();
+    const { app, base } = await started({ dataDir, maxFileBytes: 1000, maxOpen: 1, maxAdapters: 2 });
+    try {
+      const big = await upload(base, jsonl(ROWS.concat(ROWS, ROWS)));
+      t.is(big.status, 413);
+      t.regex(big.body.error.message, /larger than the 1000 bytes/);
+      t.deepEqual(fs.readdirSync(path.join(dataDir, 'files')), [], 'nothing half-written is left');
+      const body = (model: string, max_tokens: number) => ({ model, prompt: 'The President said that', max_tokens, temperature: 0 });
+      // The second request arrives while the first is decoding (its first chunk is in): one is the limit.
+      const res = await fetch(`${base}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        // This prompt runs to its 100 tokens (no end-of-text; the disconnect test checks it).
+        body: JSON.stringify({ ...body('tiny-gpt2', 100), prompt: 'In the morning the old man', stream: true }),
+      });
+      const reader = res.body!.getReader();
+      await reader.read();
+      const refused = await call(base, 'POST', '/v1/completions', body('tiny-gpt2', 1));
+      t.is(refused.status, 503);
+      t.regex(refused.body.error.message, /retry shortly/);
+      while (!(await reader.read()).done);
+      // Three adapters through a set of two, twice round: each answer equals the first one for that adapter, and the
+      // adapters differ, so a row run through the wrong one would show.
+      const answers = new Map<string, string>();
+      for (const name of ['p', 'q', 'r', 'p', 'q', 'r']) {
+        const r = await call(base, 'POST', '/v1/completions', body(`tiny-gpt2:${name}`, 6));
+        t.is(r.status, 200);
+        if (!answers.has(name)) answers.set(name, r.body.choices[0].text);
+        t.is(r.body.choices[0].text, answers.get(name));
+      }
+      t.is(new Set(answers.values()).size, 3, JSON.stringify([...answers]));
+    } finally {
+      await app.close();
+    }
+  },
+);
 
 test.serial("a job's process killed with SIGKILL fails that job with a clear event, and the server serves on", async (t) => {
   const dataDir = tmpDir('serve-kill');
