@@ -200,7 +200,7 @@ function sse(req: FastifyRequest, reply: FastifyReply) {
 }
 
 /** An AbortSignal that fires when the client goes away before its answer is sent. */
-function abortOnClose(req: FastifyRequest, reply: FastifyReply): AbortSignal {
+function abortOnClose(reply: FastifyReply): AbortSignal {
   const ac = new AbortController();
   reply.raw.on('close', () => {
     if (!reply.raw.writableFinished) ac.abort();
@@ -511,7 +511,7 @@ export async function createServer(options: ServerOptions): Promise<FastifyInsta
     });
     const id = `cmpl-${crypto.randomBytes(12).toString('hex')}`;
     const created = Math.floor(Date.now() / 1000);
-    const signal = abortOnClose(req, reply);
+    const signal = abortOnClose(reply);
     const chunk = (choices: unknown[]) => ({ id, object: 'text_completion', created, model, choices });
     if (b.stream) {
       const out = sse(req, reply);
