@@ -73,13 +73,14 @@ export async function atomicWrite(file: string, write: (tmp: string) => Promise<
   }
 }
 
-/** A JSON file's value: E_FILE when it is missing, E_FORMAT (naming the file, and `hint`) when it does not parse. */
+/** A JSON file's value: E_FILE when it is missing, E_FORMAT when it does not parse; both name the file, and `hint`. */
 export function readJsonFile<T = any>(file: string, hint?: string): T {
-  if (!fs.existsSync(file)) throw new TunekitError('E_FILE', `${file} does not exist`);
+  const why = hint ? ` (${hint})` : '';
+  if (!fs.existsSync(file)) throw new TunekitError('E_FILE', `${file} does not exist${why}`);
   try {
     return JSON.parse(fs.readFileSync(file, 'utf8'));
   } catch (e) {
-    throw new TunekitError('E_FORMAT', `${file}: ${(e as Error).message}${hint ? ` (${hint})` : ''}`);
+    throw new TunekitError('E_FORMAT', `${file}: ${(e as Error).message}${why}`);
   }
 }
 
