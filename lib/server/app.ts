@@ -439,27 +439,23 @@ export async function createServer(options: ServerOptions): Promise<FastifyInsta
       // The stream: every event after Last-Event-ID (or `after`), oldest first, then live ones until the job ends.
       let last = cursor((req.headers['last-event-id'] as string | undefined) ?? q.after, 'after') ?? 0;
       const out = sse(req, reply);
-      const pending: EventRecord[] = [];
-      const onEvent = (e: EventRecord) => {
-        if (e.job_id === job.id) pending.push(e);
-      };
-      runner.events.on('event', onEvent);
-      const flush = () => {
-        for (const e of store.events(job.id, { afterSeq: last, limit: 10_000, order: 'asc' })) {
-          out.send(eventObject(e), `ftevent-${e.seq}`);
-          last = e.seq;
-        }
-        pending.length = 0;
-      };
+      // Every change is stored before it is announced, so each announcement sends what the store holds past `last`.
+      let onEvent: (e: EventRecord) => void = () => undefined;
       await new Promise<void>((resolve) => {
-        const tick = () => {
+        const flush = () => {
           if (out.closed()) return resolve();
-          flush();
-          if (FINISHED.includes(store.job(job.id)!.status)) return resolve();
-          setTimeout(tick, pending.length ? 0 : 200);
+          for (const e of store.events(job.id, { afterSeq: last, limit: 10_000, order: 'asc' })) {
+            out.send(eventObject(e), `ftevent-${e.seq}`);
+            last = e.seq;
+          }
+          if (FINISHED.includes(store.job(job.id)!.status)) resolve();
         };
-        tick();
+        onEvent = (e) => {
+          if (e.job_id === job.id) flush();
+        };
+        runner.events.on('event', onEvent);
         reply.raw.on('close', () => resolve());
+        flush();
       });
       runner.events.off('event', onEvent);
       out.end();

@@ -203,21 +203,27 @@ Napi::Value Generate(const Napi::CallbackInfo& info) {
       });
 }
 
+// Rows that arrive as one flat Int32Array and a length per row (continuations, a step's tokens per session).
+std::vector<std::vector<int32_t>> flat_rows(Napi::Env env, const Napi::Value& flat_value, const Napi::Value& lengths_value, const char* what) {
+  auto flat = typed<Napi::Int32Array, int32_t>(env, flat_value, napi_int32_array, what);
+  auto lengths = ints(env, lengths_value, "lengths");
+  std::vector<std::vector<int32_t>> rows;
+  size_t at = 0;
+  for (auto n : lengths) {
+    if (n < 0 || at + size_t(n) > flat.size()) throw make_error(env, "E_SHAPE", std::string(what) + ": lengths do not match the tokens");
+    rows.emplace_back(flat.begin() + at, flat.begin() + at + n);
+    at += size_t(n);
+  }
+  if (at != flat.size()) throw make_error(env, "E_SHAPE", std::string(what) + ": lengths do not match the tokens");
+  return rows;
+}
+
 // Continuations arrive as one flat Int32Array and their lengths.
 Napi::Value LogLikelihood(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   auto m = unwrap<Model>(info, 0, "model");
   auto prompt = typed<Napi::Int32Array, int32_t>(env, info[1], napi_int32_array, "prompt");
-  auto flat = typed<Napi::Int32Array, int32_t>(env, info[2], napi_int32_array, "continuations");
-  auto lengths = ints(env, info[3], "lengths");
-  std::vector<std::vector<int32_t>> continuations;
-  size_t at = 0;
-  for (auto n : lengths) {
-    if (n < 0 || at + size_t(n) > flat.size()) throw make_error(env, "E_SHAPE", "continuation lengths do not match the tokens");
-    continuations.emplace_back(flat.begin() + at, flat.begin() + at + n);
-    at += size_t(n);
-  }
-  if (at != flat.size()) throw make_error(env, "E_SHAPE", "continuation lengths do not match the tokens");
+  auto continuations = flat_rows(env, info[2], info[3], "continuations");
   return run<std::vector<double>>(
       env, [m, prompt, continuations] { return log_likelihood(*m, prompt, continuations); },
       [](Napi::Env env, std::vector<double>& scores) {
@@ -250,16 +256,7 @@ Napi::Value DecodeStep(const Napi::CallbackInfo& info) {
     if (!h->ptr) throw make_error(env, "E_DISPOSED", "a decode session was disposed");
     sessions.push_back(std::static_pointer_cast<DecodeSession>(h->ptr));
   }
-  auto flat = typed<Napi::Int32Array, int32_t>(env, info[2], napi_int32_array, "tokens");
-  auto lengths = ints(env, info[3], "lengths");
-  std::vector<std::vector<int32_t>> tokens;
-  size_t at = 0;
-  for (auto n : lengths) {
-    if (n < 0 || at + size_t(n) > flat.size()) throw make_error(env, "E_SHAPE", "token lengths do not match the tokens");
-    tokens.emplace_back(flat.begin() + at, flat.begin() + at + n);
-    at += size_t(n);
-  }
-  if (at != flat.size()) throw make_error(env, "E_SHAPE", "token lengths do not match the tokens");
+  auto tokens = flat_rows(env, info[2], info[3], "tokens");
   return run<FloatArray>(
       env, [m, sessions, tokens] { return decode_step(*m, sessions, tokens); }, float_array);
 }
