@@ -204,7 +204,8 @@ Napi::Value Generate(const Napi::CallbackInfo& info) {
 }
 
 // Rows that arrive as one flat Int32Array and a length per row (continuations, a step's tokens per session).
-std::vector<std::vector<int32_t>> flat_rows(Napi::Env env, const Napi::Value& flat_value, const Napi::Value& lengths_value, const char* what) {
+std::vector<std::vector<int32_t>> flat_rows(Napi::Env env, const Napi::Value& flat_value, const Napi::Value& lengths_value,
+                                            const char* what) {
   auto flat = typed<Napi::Int32Array, int32_t>(env, flat_value, napi_int32_array, what);
   auto lengths = ints(env, lengths_value, "lengths");
   std::vector<std::vector<int32_t>> rows;
