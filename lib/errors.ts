@@ -9,6 +9,7 @@ export type ErrorCode =
   | 'E_ARG'
   | 'E_CONFIG'
   | 'E_DEVICE'
+  | 'E_DIST'
   | 'E_STATE'
   | 'E_DISPOSED'
   | 'E_MEMORY'

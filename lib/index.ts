@@ -44,6 +44,10 @@ export type { PrefixTuningOptions } from './peft/prefix';
 export { IA3 } from './peft/ia3';
 export type { IA3Options } from './peft/ia3';
 export { runtimeInfo, releaseCpuCache } from './runtime';
+export { ProcessGroup, defaultProcessGroup, launchedDistributed, shardOf } from './distributed';
+export type { DistributedOptions, ProcessGroupOptions } from './distributed';
+export { launch } from './launcher';
+export type { LaunchOptions, LaunchResult, WorkerFailure } from './launcher';
 export { DPO, GRPO, PPO, RewardTrainer } from './rl';
 export type {
   DPOEvaluation,

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BatchInput, packBatch, tokenRows } from './batch';
 import { TunekitError } from './errors';
+import type { ProcessGroup } from './distributed';
 import { defaultTask, Dims, Family, familyOf, firstId, HFConfig, ModelType, numLabelsOf, Pooling, Task, toSpec } from './families';
 import { FloatArray, Handle, RawObjective, RawParam, RawSpec, addon, serial, sync } from './native';
 import { AdapterConfig, AdapterFile, AdapterRecord, methodForPeftType, PeftMethod, Resolved } from './peft/method';
@@ -288,6 +289,23 @@ export class Model {
   }
   async eval(): Promise<void> {
     await this.train(false);
+  }
+
+  /**
+   * @internal Data parallelism (lib/distributed.ts): checks that every rank holds the same parameter shapes, copies
+   * rank 0's weights to all, and averages the gradients of the parameters trainable now across ranks in each backward
+   * (DDP's Reducer). `syncGradients(false)` lets backward accumulate locally, as DDP's no_sync.
+   */
+  async attachDistributed(group: ProcessGroup, options: { bucketMb: number; findUnusedParameters: boolean }): Promise<void> {
+    await serial(() => addon.ddpAttach(this.h, group.h, options));
+  }
+  /** @internal */
+  async detachDistributed(): Promise<void> {
+    await serial(() => addon.ddpDetach(this.h));
+  }
+  /** @internal */
+  async syncGradients(on: boolean): Promise<void> {
+    await serial(() => addon.ddpSetSync(this.h, on));
   }
 
   /** `logits: false` returns only the loss: evaluating a language model then copies no [batch, seq, vocab] array. */

@@ -160,6 +160,21 @@ export interface Addon {
     lam: number;
     whitenRewards: boolean;
   }): Promise<{ rewards: Float32Array; advantages: Float32Array; returns: Float32Array; kl: number; nonScoreReward: number }>;
+  initProcessGroup(spec: {
+    masterAddr: string;
+    masterPort: number;
+    rank: number;
+    worldSize: number;
+    timeoutSeconds: number;
+    backend: string;
+    runId: string;
+  }): Promise<Handle>;
+  allReduce(g: Handle, values: Float64Array, op: 'sum' | 'max' | 'min'): Promise<Float64Array>;
+  broadcastBytes(g: Handle, bytes: Uint8Array): Promise<Uint8Array>;
+  barrier(g: Handle): Promise<void>;
+  ddpAttach(m: Handle, g: Handle, spec: { bucketMb: number; findUnusedParameters: boolean }): Promise<void>;
+  ddpDetach(m: Handle): Promise<void>;
+  ddpSetSync(m: Handle, sync: boolean): Promise<void>;
   logRegFit(
     x: Float32Array,
     n: number,

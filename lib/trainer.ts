@@ -3,6 +3,7 @@ import { padRows } from './batch';
 import { TunekitError } from './errors';
 import type { Model, Precision } from './model';
 import { CheckpointDir, checkFolder, loadCheckpoint, LoopState, saveCheckpoint } from './checkpoint';
+import { checkDistributed, DistributedOptions, ProcessGroup, resolveDistributed, shardOf } from './distributed';
 import { addon, serial } from './native';
 import { shuffled } from './random';
 import { GradScaler, type Optimizer } from './optim';
@@ -64,6 +65,13 @@ export interface TrainerOptions {
    * derived from the run's seed, the epoch and the batch index, so a resumed run sees the same batches.
    */
   transform?: (examples: Example[], seed: number) => Example[];
+  /**
+   * Data-parallel training (DistributedDataParallel's semantics) across the processes of a group: `true` joins the
+   * group torchrun's variables describe (`tunekit launch` sets them). Each rank trains on its shard of every epoch's
+   * order (DistributedSampler's), gradients are averaged across ranks during backward, metrics and evaluations are
+   * averaged over all ranks, and rank 0 alone writes checkpoints, which every rank resumes from. batchSize is per rank.
+   */
+  distributed?: boolean | ProcessGroup | DistributedOptions;
 }
 
 export interface EvalResult {
@@ -104,6 +112,7 @@ const TRAINER_OPTIONS = [
   'gradScaler',
   'transform',
   'onTrained',
+  'distributed',
 ];
 
 interface TrainerState {
@@ -118,6 +127,11 @@ interface TrainerState {
 
 function batchSeed(seed: number, epoch: number, batch: number): number {
   return (Math.imul(seed ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(epoch + 1, 0xc2b2ae35) ^ Math.imul(batch + 1, 0x27d4eb2f)) >>> 0;
+}
+
+/** Optimizer steps per epoch when each of worldSize ranks takes its share of n examples in batches. */
+export function stepsPerEpoch(n: number, batchSize: number, gradAccumulation: number, worldSize = 1): number {
+  return Math.ceil(Math.ceil(Math.ceil(n / worldSize) / batchSize) / gradAccumulation);
 }
 
 /** Pads examples into one batch for a model; language-model labels ignore (-100) the padding. */
@@ -197,9 +211,9 @@ function hasTargets(model: Model, labels: number[] | number[][]): boolean {
 export async function evaluateModel(
   model: Model,
   data: Example[],
-  opts: { batchSize?: number; maxLength?: number } = {},
+  opts: { batchSize?: number; maxLength?: number; group?: ProcessGroup } = {},
 ): Promise<EvalResult> {
-  checkOptions(opts, ['batchSize', 'maxLength'], 'evaluate');
+  checkOptions(opts, ['batchSize', 'maxLength', 'group'], 'evaluate');
   checkExamples(model, data, 'evaluation data');
   const bs = checkNumber(opts.batchSize, 'batchSize', { integer: true, min: 1 }, 16);
   if (opts.maxLength !== undefined) checkNumber(opts.maxLength, 'maxLength', { integer: true, min: 1 });
@@ -208,8 +222,10 @@ export async function evaluateModel(
   let correct = 0;
   let scored = 0;
   const classify = model.task === 'sequence-classification';
-  for (let i = 0; i < data.length; i += bs) {
-    const chunk = data.slice(i, i + bs);
+  // With a group, each rank scores every worldSize-th example and the sums are added up over the ranks.
+  const mine = opts.group ? data.filter((_, i) => i % opts.group!.worldSize === opts.group!.rank) : data;
+  for (let i = 0; i < mine.length; i += bs) {
+    const chunk = mine.slice(i, i + bs);
     const batch = collateExamples(model, chunk, opts.maxLength);
     if (!classify) {
       if (!hasTargets(model, batch.labels)) continue;
@@ -229,6 +245,7 @@ export async function evaluateModel(
       if (best === e.label) correct++;
     });
   }
+  if (opts.group) [lossSum, correct, scored] = await opts.group.allReduce([lossSum, correct, scored]);
   if (scored === 0) throw new TunekitError('E_ARG', 'evaluation data has no token to predict (every text is empty or one token long)');
   const loss = lossSum / scored;
   const r: EvalResult = { loss, examples: scored };
@@ -260,6 +277,7 @@ export class Trainer {
       if (o[k] !== undefined && typeof o[k] !== 'function') throw new TunekitError('E_ARG', `${k} must be a function, got ${show(o[k])}`);
     if (o.gradScaler !== undefined && !(o.gradScaler instanceof GradScaler))
       throw new TunekitError('E_ARG', `gradScaler must be a GradScaler, got ${show(o.gradScaler)}`);
+    checkDistributed(o.distributed);
     if (options.maxGradNorm !== undefined) o.optimizer.maxGradNorm = checkNumber(options.maxGradNorm, 'maxGradNorm', { min: 0 });
   }
 
@@ -268,9 +286,14 @@ export class Trainer {
     return collateExamples(this.model, examples, this.options.maxLength);
   }
 
+  /** With distributed training, every rank scores its share and all get the totals. */
   async evaluate(data: Example[]): Promise<EvalResult> {
-    return evaluateModel(this.model, data, { batchSize: this.options.batchSize, maxLength: this.options.maxLength });
+    const { batchSize, maxLength } = this.options;
+    return evaluateModel(this.model, data, { batchSize, maxLength, ...(this.group ? { group: this.group } : {}) });
   }
+
+  /** The process group of a distributed run, once train() has joined it. */
+  private group: ProcessGroup | undefined;
 
   async train(data: Example[], extra: { evalSet?: Example[] } = {}): Promise<TrainResult> {
     checkOptions(extra, ['evalSet'], 'train');
@@ -278,16 +301,22 @@ export class Trainer {
     if (extra.evalSet !== undefined) checkExamples(this.model, extra.evalSet, 'evaluation data');
     const o = this.options;
     const opt = o.optimizer;
-    const batchesPerEpoch = Math.ceil(data.length / o.batchSize);
-    const stepsPerEpoch = Math.ceil(batchesPerEpoch / o.gradAccumulation);
-    const totalSteps = Math.min(o.maxSteps ?? Infinity, o.epochs * stepsPerEpoch);
+    const dist = await resolveDistributed(o.distributed);
+    const group = dist?.group;
+    this.group = group;
+    const rank = group?.rank ?? 0;
+    const worldSize = group?.worldSize ?? 1;
+    const batchesPerEpoch = Math.ceil(Math.ceil(data.length / worldSize) / o.batchSize);
+    const totalSteps = Math.min(o.maxSteps ?? Infinity, o.epochs * stepsPerEpoch(data.length, o.batchSize, o.gradAccumulation, worldSize));
     if (opt.schedule.type !== 'constant' && opt.schedule.totalSteps === undefined) opt.schedule = { ...opt.schedule, totalSteps };
 
     let state: TrainerState = { step: 0, epoch: 0, batchInEpoch: 0, seed: o.seed, tokens: 0, history: [] };
     if (o.precision !== undefined) await this.model.setPrecision(o.precision);
     const scaler = o.gradScaler ?? (this.model.precision === '16-mixed' ? new GradScaler() : undefined);
     let resumedFrom: number | undefined;
-    const latest = o.checkpointDir ? new CheckpointDir(o.checkpointDir).latest(o.resume) : undefined;
+    // Rank 0 picks the checkpoint (and tidies the folder); every rank loads the one it picked.
+    let latest = o.checkpointDir && rank === 0 ? new CheckpointDir(o.checkpointDir).latest(o.resume) : undefined;
+    if (group && o.checkpointDir) latest = (await group.broadcast(latest ?? null)) ?? undefined;
     if (latest) {
       const { kind: _kind, ...saved } = await loadCheckpoint<TrainerState & LoopState>(latest, this.model, o.optimizer, 'trainer');
       state = { ...saved, history: saved.history ?? [] };
@@ -296,42 +325,81 @@ export class Trainer {
     } else {
       await serial(() => addon.manualSeed(o.seed));
     }
+    if (dist) await this.model.attachDistributed(dist.group, dist);
+    try {
+      return await this.loop(data, extra, { state, totalSteps, batchesPerEpoch, scaler, resumedFrom });
+    } finally {
+      if (dist) await this.model.detachDistributed();
+    }
+  }
 
+  private async loop(
+    data: Example[],
+    extra: { evalSet?: Example[] },
+    run: { state: TrainerState; totalSteps: number; batchesPerEpoch: number; scaler?: GradScaler; resumedFrom?: number },
+  ): Promise<TrainResult> {
+    const o = this.options;
+    const opt = o.optimizer;
+    const group = this.group;
+    const { state, totalSteps, batchesPerEpoch, scaler, resumedFrom } = run;
+    const classify = this.model.task === 'sequence-classification';
     await this.model.train();
     await opt.zeroGrad();
     const start = Date.now();
     const tokensAtStart = state.tokens;
-    let windowLoss = 0;
-    let windowBatches = 0;
     let skippedBatches = 0;
+    let syncing = true;
     let last: Progress | undefined;
     while (state.step < totalSteps && state.epoch < o.epochs) {
       const epoch = state.epoch;
-      const order = shuffled(data.length, o.seed + epoch);
+      const order = group
+        ? shardOf(shuffled(data.length, o.seed + epoch), group.rank, group.worldSize)
+        : shuffled(data.length, o.seed + epoch);
       while (state.epoch === epoch && state.step < totalSteps) {
         const groupEnd = Math.min(batchesPerEpoch, state.batchInEpoch + o.gradAccumulation);
         const inGroup = groupEnd - state.batchInEpoch;
-        for (; state.batchInEpoch < groupEnd; state.batchInEpoch++) {
-          const idx = order.slice(state.batchInEpoch * o.batchSize, (state.batchInEpoch + 1) * o.batchSize);
-          let examples = idx.map((i) => data[i]);
-          if (o.transform) examples = o.transform(examples, batchSeed(o.seed, epoch, state.batchInEpoch));
-          const batch = this.collate(examples);
-          if (this.model.task !== 'sequence-classification' && !hasTargets(this.model, batch.labels)) {
+        const batches = [];
+        for (let b = state.batchInEpoch; b < groupEnd; b++) {
+          let examples = order.slice(b * o.batchSize, (b + 1) * o.batchSize).map((i) => data[i]);
+          if (o.transform) examples = o.transform(examples, batchSeed(o.seed, epoch, b));
+          batches.push(this.collate(examples));
+        }
+        // A language-model batch with no token to predict is skipped; across ranks, a batch index any rank skips is
+        // skipped by all, so that every rank runs the same backward passes.
+        let usable = batches.map((b) => classify || hasTargets(this.model, b.labels));
+        if (group && !classify)
+          usable = (
+            await group.allReduce(
+              usable.map((u) => (u ? 0 : 1)),
+              'max',
+            )
+          ).map((f) => f === 0);
+        const lastUsable = usable.lastIndexOf(true);
+        let lossSum = 0;
+        let done = 0;
+        let tokens = 0;
+        for (let k = 0; k < batches.length; k++) {
+          if (!usable[k]) {
             skippedBatches++;
             continue;
           }
-          const { loss } = await this.model.backward(batch, { lossScale: (scaler?.scale ?? 1) / inGroup });
-          windowLoss += loss;
-          windowBatches++;
-          state.tokens += batch.attentionMask.reduce((a, r) => a + r.reduce((x, y) => x + y, 0), 0);
+          // DDP's no_sync: gradients are averaged across ranks only in the group's last backward.
+          if (group && syncing !== (k === lastUsable)) await this.model.syncGradients((syncing = k === lastUsable));
+          const { loss } = await this.model.backward(batches[k], { lossScale: (scaler?.scale ?? 1) / inGroup });
+          lossSum += loss;
+          done++;
+          tokens += batches[k].attentionMask.reduce((a, r) => a + r.reduce((x, y) => x + y, 0), 0);
         }
+        state.batchInEpoch = groupEnd;
+        if (group) [lossSum, done, tokens] = await group.allReduce([lossSum, done, tokens]);
+        state.tokens += tokens;
         const endOfEpoch = () => {
           if (state.batchInEpoch >= batchesPerEpoch) {
             state.epoch++;
             state.batchInEpoch = 0;
           }
         };
-        if (windowBatches === 0) {
+        if (done === 0) {
           endOfEpoch(); // every batch of the group was skipped: no step to take
           continue;
         }
@@ -344,15 +412,13 @@ export class Trainer {
           step: state.step,
           totalSteps,
           epoch,
-          loss: windowLoss / windowBatches,
+          loss: lossSum / done,
           lr,
           gradNorm,
           tokensPerSecond: (state.tokens - tokensAtStart) / Math.max(1e-3, elapsedMs / 1000),
           elapsedMs,
           ...(scaler ? { lossScale: scaler.scale, skipped: Boolean(skipped) } : {}),
         };
-        windowLoss = 0;
-        windowBatches = 0;
         if (extra.evalSet && o.evalEvery && state.step % o.evalEvery === 0) {
           const ev = await this.evaluate(extra.evalSet);
           last.evalLoss = ev.loss;
@@ -370,7 +436,8 @@ export class Trainer {
         'TunekitWarning',
       );
     await this.model.eval();
-    await o.onTrained?.();
+    if (!group || group.rank === 0) await o.onTrained?.();
+    if (group) await group.barrier();
     const wallTimeMs = Date.now() - start;
     const result: TrainResult = {
       steps: state.step,
@@ -386,11 +453,16 @@ export class Trainer {
     return result;
   }
 
-  /** Model, optimizer, RNG and loop position, as checkpoint-<step> in checkpointDir. */
+  /**
+   * Model, optimizer, RNG and loop position, as checkpoint-<step> in checkpointDir: written by rank 0 alone in a
+   * distributed run, the others waiting until it is in place.
+   */
   private async checkpoint(state: TrainerState, scaler: GradScaler | undefined): Promise<void> {
     const { checkpointDir, keepCheckpoints, optimizer } = this.options;
-    await new CheckpointDir(checkpointDir!, keepCheckpoints).write(state.step, (dir) =>
-      saveCheckpoint(dir, this.model, optimizer, { kind: 'trainer', ...state, ...(scaler ? { scaler: scaler.state() } : {}) }),
-    );
+    if (!this.group || this.group.rank === 0)
+      await new CheckpointDir(checkpointDir!, keepCheckpoints).write(state.step, (dir) =>
+        saveCheckpoint(dir, this.model, optimizer, { kind: 'trainer', ...state, ...(scaler ? { scaler: scaler.state() } : {}) }),
+      );
+    if (this.group) await this.group.barrier();
   }
 }

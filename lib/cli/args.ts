@@ -19,7 +19,8 @@ export interface Command {
   help: Record<string, string>;
   /** Whether the command takes operands after its flags (files). */
   positionals?: boolean;
-  run(o: Opts, positionals: string[]): Promise<void>;
+  /** Resolves to the exit status (default 0). */
+  run(o: Opts, positionals: string[]): Promise<void | number>;
 }
 
 export function num(o: Opts, key: string, fallback: number | undefined, kind: 'int' | 'float' = 'float'): number | undefined {

@@ -17,6 +17,8 @@ import {
   UsageError,
 } from './args';
 import { INDEX_COMMANDS } from './index-commands';
+import { LAUNCH_COMMANDS, relaunch } from './launch';
+import { launchedDistributed } from '../distributed';
 import { RL_COMMANDS } from './rl';
 import { SERVE_COMMANDS } from './serve';
 import { Dataset, loadSplits, Splits } from '../data';
@@ -198,6 +200,7 @@ export const COMMANDS: Record<string, Command> = {
       ...ICL_FLAGS.options,
       ...CHECKPOINT_FLAGS.options,
       overwrite: { type: 'boolean' },
+      nproc: { type: 'string' },
     },
     help: {
       ...commonHelp,
@@ -230,8 +233,17 @@ export const COMMANDS: Record<string, Command> = {
       ...ICL_FLAGS.help,
       ...CHECKPOINT_FLAGS.help,
       overwrite: 'replace what --out holds instead of refusing a non-empty folder',
+      nproc: 'train data-parallel in N processes on this machine (tunekit launch; --batch-size is per process)',
     },
     async run(o) {
+      const nproc = num(o, 'nproc', 1, 'int')!;
+      if (nproc > 1) {
+        if (launchedDistributed()) throw new UsageError('--nproc: this process is already a worker of a launched job');
+        return relaunch(nproc);
+      }
+      // Started by tunekit launch or torchrun: every rank trains; rank 0 alone prints and writes --out.
+      const distributed = launchedDistributed();
+      const lead = !distributed || process.env.RANK === '0';
       const strategyName = String(o.strategy ?? 'full');
       const spec = STRATEGIES[strategyName];
       if (strategyName !== 'features' && strategyName !== 'icl' && !spec)
@@ -240,7 +252,9 @@ export const COMMANDS: Record<string, Command> = {
         );
       const dir = modelDir(o);
       const out = path.resolve(String(o.out ?? path.join('runs', `${path.basename(dir)}-${strategyName}`)));
-      prepareOut(out, o, strategyName !== 'features' && strategyName !== 'icl');
+      if (distributed && (strategyName === 'features' || strategyName === 'icl'))
+        throw new UsageError(`--strategy ${strategyName} trains no network: run it in one process`);
+      if (lead) prepareOut(out, o, strategyName !== 'features' && strategyName !== 'icl');
       const splits = await splitsOf(o);
       const tok = await Tokenizer.fromPretrained(dir);
       // In context, demonstrations and the query share the model's context: texts default to a shorter cut.
@@ -290,9 +304,9 @@ export const COMMANDS: Record<string, Command> = {
           `--num-virtual-tokens ${spec.virtualTokens(methodOptions)} leaves no room for the text: the model has ${model.dims.maxPositions} positions`,
         );
       const [train, validation, test] = [splits.train, splits.validation, splits.test].map((d) => d.toExamples(tok, { maxLength: fit }));
-      fs.mkdirSync(out, { recursive: true });
       const resume = Boolean(o.resume);
-      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume });
+      if (lead) fs.mkdirSync(out, { recursive: true });
+      const metrics = lead ? new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume }) : undefined;
       let bar: ProgressBar | undefined;
       const opts: TrainOptions = {
         lr: num(o, 'lr', spec.lr),
@@ -306,7 +320,9 @@ export const COMMANDS: Record<string, Command> = {
         ...checkpointing(o, out),
         // The model is saved as soon as training ends: the evaluations that follow cannot lose it.
         onTrained: () => saveTrained(model, dir, out, Boolean(spec.peft)),
+        ...(distributed ? { distributed: true } : {}),
         onProgress: (p) => {
+          if (!metrics) return;
           bar ??= progressBar(p.totalSteps, strategyName, { silent: Boolean(o.quiet) });
           bar.update(p.step, trainingFields(p));
           metrics.write({
@@ -324,15 +340,17 @@ export const COMMANDS: Record<string, Command> = {
         },
       };
       const strategy = spec.create(opts, methodOptions);
-      console.log(
-        `${strategyName} finetuning of ${dir} on ${splits.train.source}: ${train.length} train / ${validation.length} validation / ${test.length} test examples`,
-      );
+      if (lead)
+        console.log(
+          `${strategyName} finetuning of ${dir} on ${splits.train.source}: ${train.length} train / ${validation.length} validation / ${test.length} test examples`,
+        );
       let result: StrategyResult;
       try {
         result = await strategy.run(model, { train, validation, test });
       } finally {
         bar?.stop();
       }
+      if (!metrics) return model.dispose();
       await writeSvg(
         path.join(out, 'loss.svg'),
         await lineChartSvg(lossSeries(metrics.file), { title: `${path.basename(dir)}, ${strategyName}: loss` }),
@@ -517,6 +535,7 @@ export const COMMANDS: Record<string, Command> = {
   ...RL_COMMANDS,
   ...INDEX_COMMANDS,
   ...SERVE_COMMANDS,
+  ...LAUNCH_COMMANDS,
 };
 
 async function runInContext(dir: string, splits: Splits, tok: Tokenizer, maxLength: number, out: string, o: Opts): Promise<void> {
@@ -641,8 +660,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (values.device !== undefined && values.device !== 'cpu' && values.device !== 'cuda')
       throw new UsageError(`--device must be cpu or cuda, got ${JSON.stringify(values.device)}`);
-    await cmd.run(values, positionals);
-    return 0;
+    return (await cmd.run(values, positionals)) ?? 0;
   } catch (e) {
     if (e instanceof UsageError) {
       process.stderr.write(`tunekit: ${e.message}\n`);

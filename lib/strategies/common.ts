@@ -2,7 +2,8 @@
 import { TunekitError } from '../errors';
 import type { Model, Precision } from '../model';
 import { AdamW } from '../optim';
-import { EvalResult, Example, Progress, Trainer, TrainResult } from '../trainer';
+import { DistributedOptions, ProcessGroup, resolveDistributed } from '../distributed';
+import { EvalResult, Example, Progress, stepsPerEpoch as stepsPerEpochOf, Trainer, TrainResult } from '../trainer';
 import { checkNumber } from '../validate';
 
 export interface StrategyData {
@@ -34,6 +35,8 @@ export interface TrainOptions {
   onProgress?: (p: Progress) => void;
   /** Called when training ends, before the final evaluations: save the model here and no evaluation can lose it. */
   onTrained?: () => Promise<void> | void;
+  /** Data-parallel across the processes of a group (Trainer's `distributed`): batchSize is then per process. */
+  distributed?: boolean | ProcessGroup | DistributedOptions;
 }
 
 /** The names of TrainOptions' fields; each strategy adds its own. */
@@ -54,6 +57,7 @@ export const TRAIN_OPTIONS = [
   'precision',
   'onProgress',
   'onTrained',
+  'distributed',
 ];
 
 export interface StrategyResult {
@@ -95,7 +99,8 @@ export async function trainSupervised(name: string, model: Model, data: Strategy
   for (const k of ['batchSize', 'epochs', 'gradAccumulation'] as const) checkNumber(o[k], k, { integer: true, min: 1 });
   const trainable = model.countParameters({ trainableOnly: true });
   if (trainable === 0) throw new TunekitError('E_STATE', `${name}: the model has no trainable parameters`);
-  const stepsPerEpoch = Math.ceil(Math.ceil(data.train.length / o.batchSize) / o.gradAccumulation);
+  const dist = await resolveDistributed(o.distributed);
+  const stepsPerEpoch = stepsPerEpochOf(data.train.length, o.batchSize, o.gradAccumulation, dist?.group.worldSize);
   const totalSteps = Math.min(o.maxSteps ?? Infinity, o.epochs * stepsPerEpoch);
   const optimizer = new AdamW(model, {
     lr: o.lr,
@@ -117,6 +122,7 @@ export async function trainSupervised(name: string, model: Model, data: Strategy
     resume: o.resume,
     precision: o.precision,
     onTrained: o.onTrained,
+    ...(dist ? { distributed: { ...dist } } : {}),
   });
   const start = Date.now();
   const train = await trainer.train(data.train, data.validation?.length ? { evalSet: data.validation } : {});

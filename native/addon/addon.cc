@@ -58,6 +58,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   init_peft(env, exports);
   init_train(env, exports);
   init_rl(env, exports);
+  init_dist(env, exports);
   return exports;
 }
 

@@ -102,6 +102,7 @@ template <typename T>
 constexpr const char* kind_of() {
   if constexpr (std::is_same_v<T, Model>) return "model";
   if constexpr (std::is_same_v<T, DecodeSession>) return "decode session";
+  if constexpr (std::is_same_v<T, ProcessGroup>) return "process group";
   return "optimizer";
 }
 
@@ -128,5 +129,6 @@ void init_model(Napi::Env env, Napi::Object exports);
 void init_peft(Napi::Env env, Napi::Object exports);
 void init_train(Napi::Env env, Napi::Object exports);
 void init_rl(Napi::Env env, Napi::Object exports);
+void init_dist(Napi::Env env, Napi::Object exports);
 
 }  // namespace tunekit::addon

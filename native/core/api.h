@@ -178,6 +178,31 @@ bool install_cpu_cache();
 CpuCacheStats cpu_cache_stats();
 void empty_cpu_cache();  // returns every idle cached block to the system
 
+// Data-parallel training on c10d (dist/ddp.cpp): a TCPStore rendezvous at master_addr:master_port (rank 0 serves
+// it), a Gloo process group, and DDP's Reducer attached to a model. Every collective that fails (a peer exited, or hung
+// longer than timeout_s) is E_DIST naming this rank.
+struct DistSpec {
+  std::string master_addr = "127.0.0.1", backend = "gloo";
+  std::string run_id;  // keys in the store are prefixed by it, so that a restarted group never reads an old run's
+  int64_t master_port = 29500, rank = 0, world_size = 1;
+  double timeout_s = 300;
+};
+struct DdpSpec {
+  double bucket_mb = 25;  // DDP's bucket_cap_mb (the first bucket is 1 MiB, as DDP's)
+  bool find_unused_parameters = true;
+};
+class ProcessGroup;
+std::shared_ptr<ProcessGroup> init_process_group(const DistSpec& spec);
+void all_reduce(ProcessGroup& g, std::vector<double>& values, const std::string& op);      // sum | max | min, in place
+std::vector<uint8_t> broadcast_bytes(ProcessGroup& g, const std::vector<uint8_t>& bytes);  // rank 0's bytes to every rank
+void barrier(ProcessGroup& g);
+// Checks that every rank has the same parameter shapes, copies rank 0's values of every parameter to all, and hooks a
+// Reducer to the parameters trainable now: each backward then leaves the average of all ranks' gradients, unless
+// sync is off (DDP's no_sync: gradients accumulate locally until a backward that syncs). Replaces an earlier one.
+void ddp_attach(Model& m, std::shared_ptr<ProcessGroup> g, const DdpSpec& spec);
+void ddp_detach(Model& m);
+void ddp_set_sync(Model& m, bool sync);
+
 std::shared_ptr<Optimizer> create_optimizer(Model& m, const OptimizerSpec& spec);
 // Clips (if max_norm > 0) and applies one update; returns the pre-clip gradient norm.
 // Refuses (E_NAN) a non-finite gradient, leaving the weights untouched.

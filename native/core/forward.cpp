@@ -116,7 +116,7 @@ double backward(Model& m, const Batch& b, double loss_scale) {
   // Refuse before autograd runs: a non-finite loss would poison every accumulated gradient.
   require(std::isfinite(value), "E_NAN",
           std::string("loss is ") + (std::isnan(value) ? "NaN" : "infinite") + "; no gradient was accumulated");
-  (loss * loss_scale).backward();
+  run_backward(m, loss, loss_scale);
   return value;
 }
 

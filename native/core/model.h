@@ -15,6 +15,15 @@ namespace tunekit {
 struct Family;
 struct AdapterMethod;
 
+// Data parallelism's hook into backward (dist/ddp.cpp): told of each loss before autograd runs, so that gradients
+// are averaged across processes as they become ready.
+struct GradSync {
+  virtual ~GradSync() = default;
+  virtual void before_backward(const torch::Tensor& loss) = 0;
+  // A failed collective inside backward, rethrown with the rank and what to look for.
+  [[noreturn]] virtual void failed(const std::exception& e) = 0;
+};
+
 struct Output {
   torch::Tensor hidden;           // [batch, seq, hidden], after the final norm
   torch::Tensor logits;           // per-token (causal/masked LM) or per-sequence (classification)
@@ -42,6 +51,8 @@ class Model {
   bool training = false;
   // The dtype autocast runs products and attention in (torch.autocast's op lists), or none: no autocast.
   std::optional<torch::ScalarType> autocast;
+
+  std::shared_ptr<GradSync> grad_sync;  // set while the model trains data-parallel
 
   std::map<std::string, std::unique_ptr<AdapterMethod>> adapters;
   std::string active;  // the adapter calls use unless told otherwise, or "" for the bare base model
@@ -149,5 +160,8 @@ std::string shape_str(c10::IntArrayRef s);
 inline void require(bool ok, const char* code, const std::string& msg) {
   if (!ok) throw Error(code, msg);
 }
+
+// Backpropagates loss * scale into the gradients, through the model's data-parallel sync when it has one.
+void run_backward(Model& m, const torch::Tensor& loss, double scale);
 
 }  // namespace tunekit

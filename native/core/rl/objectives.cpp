@@ -291,7 +291,7 @@ std::map<std::string, double> objective_step(Model& m, const Batch& b, const Obj
   if (!backward) return stats;
   require(std::isfinite(value), "E_NAN",
           s.name + ": loss is " + (std::isnan(value) ? "NaN" : "infinite") + "; no gradient was accumulated");
-  (loss * loss_scale).backward();
+  run_backward(m, loss, loss_scale);
   return stats;
 }
 

@@ -1,0 +1,63 @@
+/** `tunekit launch`: torchrun for tunekit (and for any worker that reads torchrun's variables). */
+import { Command, num, UsageError } from './args';
+import { launch } from '../launcher';
+
+/** Runs this CLI's own command line again under `launch` with nproc workers (what `--nproc N` does). */
+export async function relaunch(nproc: number): Promise<number> {
+  const args = process.argv.slice(2);
+  const own: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--nproc') i++;
+    else if (!args[i].startsWith('--nproc=')) own.push(args[i]);
+  }
+  const result = await launch({ command: [process.execPath, ...process.execArgv, process.argv[1], ...own], nprocPerNode: nproc });
+  return result.ok ? 0 : 1;
+}
+
+export const LAUNCH_COMMANDS: Record<string, Command> = {
+  launch: {
+    summary: "run a command as the workers of a data-parallel job (torchrun's contract)",
+    usage:
+      'tunekit launch --nproc-per-node N [--nnodes M --node-rank R --master-addr A --master-port P] [--max-restarts K] -- <command> [args...]',
+    positionals: true,
+    options: {
+      'nproc-per-node': { type: 'string' },
+      nnodes: { type: 'string' },
+      'node-rank': { type: 'string' },
+      'master-addr': { type: 'string' },
+      'master-port': { type: 'string' },
+      'max-restarts': { type: 'string' },
+      'threads-per-worker': { type: 'string' },
+      'rdzv-id': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    help: {
+      'nproc-per-node': 'workers to start on this node',
+      nnodes: 'nodes in the job (default 1); start one launcher per node, each with its --node-rank',
+      'node-rank': "this node's index, 0 .. nnodes - 1 (default 0)",
+      'master-addr': 'the address of node 0, where rank 0 serves the rendezvous (default 127.0.0.1)',
+      'master-port': 'its TCP port (default 29500)',
+      'max-restarts': 'times to start the whole group again after a worker fails (default 0); workers resume from their last checkpoint',
+      'threads-per-worker': "each worker's OMP_NUM_THREADS (default: cores / workers on this node)",
+      'rdzv-id': 'the run id, the same on every node (TORCHELASTIC_RUN_ID; default none)',
+    },
+    async run(o, command) {
+      if (command.length === 0)
+        throw new UsageError('no command to launch: put it after --, e.g. tunekit launch --nproc-per-node 2 -- tunekit finetune ...');
+      if (o['nproc-per-node'] === undefined) throw new UsageError('--nproc-per-node is required');
+      const int = (key: string) => num(o, key, undefined, 'int');
+      const result = await launch({
+        command: command[0] === 'tunekit' ? [process.execPath, ...process.execArgv, process.argv[1], ...command.slice(1)] : command,
+        nprocPerNode: int('nproc-per-node')!,
+        ...(o.nnodes !== undefined ? { nnodes: int('nnodes') } : {}),
+        ...(o['node-rank'] !== undefined ? { nodeRank: int('node-rank') } : {}),
+        ...(o['master-addr'] !== undefined ? { masterAddr: String(o['master-addr']) } : {}),
+        ...(o['master-port'] !== undefined ? { masterPort: int('master-port') } : {}),
+        ...(o['max-restarts'] !== undefined ? { maxRestarts: int('max-restarts') } : {}),
+        ...(o['threads-per-worker'] !== undefined ? { threadsPerWorker: int('threads-per-worker') } : {}),
+        ...(o['rdzv-id'] !== undefined ? { runId: String(o['rdzv-id']) } : {}),
+      });
+      return result.ok ? 0 : 1;
+    },
+  },
+};

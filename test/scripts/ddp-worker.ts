@@ -1,0 +1,92 @@
+// A worker of test/distributed.test.ts: a few AdamW steps of a seeded gpt2 under the Trainer, writing a checkpoint
+// after every step, alone (the reference) or as one rank of a data-parallel group started by tunekit launch.
+import { AdamW, LoRA, Model, ProcessGroup, Trainer } from '../../lib';
+import type { Example } from '../../lib';
+
+export interface WorkerSpec {
+  /** 'lm': full finetuning of a causal LM; 'lora': LoRA on a sequence classifier. */
+  kind: 'lm' | 'lora';
+  out: string;
+  steps: number;
+  batchSize: number;
+  gradAccumulation: number;
+  /** On the first attempt, this rank kills (SIGKILL) or stops (SIGSTOP) itself after this step. */
+  fault?: { rank: number; step: number; signal: 'SIGKILL' | 'SIGSTOP' };
+}
+
+const CONFIG = {
+  model_type: 'gpt2',
+  vocab_size: 64,
+  n_positions: 32,
+  n_embd: 32,
+  n_layer: 2,
+  n_head: 4,
+  resid_pdrop: 0,
+  embd_pdrop: 0,
+  attn_pdrop: 0,
+  pad_token_id: 0,
+};
+
+/**
+ * 64 examples. Language-model rows all have 12 tokens, so that the mean of the ranks' per-token means is the mean
+ * over the whole batch; classifier rows vary in length (their loss is a mean over rows).
+ */
+export function examples(kind: WorkerSpec['kind']): Example[] {
+  return Array.from({ length: 64 }, (_, i) => {
+    const len = kind === 'lm' ? 12 : 4 + (i % 9);
+    const inputIds = Array.from({ length: len }, (_, j) => ((i * 37 + j * 11 + ((i * j) % 7)) % 63) + 1);
+    return kind === 'lm' ? { inputIds } : { inputIds, label: (i * 5) % 3 === 0 ? 1 : 0 };
+  });
+}
+
+export async function train(spec: WorkerSpec, distributed: boolean): Promise<void> {
+  const model = await Model.fromConfig(CONFIG, {
+    task: spec.kind === 'lm' ? 'causal-lm' : 'sequence-classification',
+    ...(spec.kind === 'lora' ? { numLabels: 2 } : {}),
+    seed: 7,
+  });
+  if (spec.kind === 'lora') await new LoRA({ r: 4, alpha: 8, targetModules: ['c_attn'], seed: 3 }).apply(model);
+  const rank = Number(process.env.RANK ?? 0);
+  const firstAttempt = (process.env.TORCHELASTIC_RESTART_COUNT ?? '0') === '0';
+  const trainer = new Trainer(model, {
+    optimizer: new AdamW(model, { lr: 1e-2, weightDecay: 0.01 }),
+    batchSize: spec.batchSize,
+    gradAccumulation: spec.gradAccumulation,
+    maxGradNorm: 1,
+    epochs: 100,
+    maxSteps: spec.steps,
+    seed: 5,
+    checkpointDir: spec.out,
+    checkpointEvery: 1,
+    keepCheckpoints: 100,
+    distributed,
+    onProgress: (p) => {
+      if (spec.fault && firstAttempt && rank === spec.fault.rank && p.step === spec.fault.step)
+        process.kill(process.pid, spec.fault.signal);
+    },
+  });
+  await trainer.train(examples(spec.kind));
+  model.dispose();
+}
+
+/** Collectives on small values: rank r contributes r + 1. */
+export async function collectives(): Promise<object> {
+  const group = await ProcessGroup.init();
+  const sum = await group.allReduce([group.rank + 1, 0.5 * (group.rank + 1)]);
+  const max = await group.allReduce([group.rank + 1], 'max');
+  const min = await group.allReduce([group.rank + 1], 'min');
+  const from0 = await group.broadcast(group.rank === 0 ? { text: 'from rank 0', n: [1, 2, 3] } : null);
+  await group.barrier();
+  group.destroy();
+  return { rank: group.rank, worldSize: group.worldSize, sum, max, min, from0 };
+}
+
+if (require.main === module) {
+  const [mode, arg] = process.argv.slice(2);
+  const job =
+    mode === 'collectives' ? collectives().then((r) => console.log(JSON.stringify(r))) : train(JSON.parse(arg) as WorkerSpec, true);
+  job.catch((e) => {
+    console.error(`worker failed: ${(e as Error).message}`);
+    process.exitCode = 1;
+  });
+}
