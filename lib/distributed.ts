@@ -139,9 +139,9 @@ export interface DistributedOptions {
   /** DDP's bucket_cap_mb (default 25). */
   bucketMb?: number;
   /**
-   * Trainable parameters a loss may not reach are found by walking its graph each step, as DDP's
-   * find_unused_parameters (default true here: PEFT methods and heads can leave parameters out of a loss; a reducer
-   * that waits for them would never finish).
+   * DDP's find_unused_parameters: walk each loss's graph for trainable parameters it leaves out (a PEFT method or head
+   * can), so that the reduction does not wait for their gradients. Default: on only if the first step's loss leaves
+   * one out on some rank.
    */
   findUnusedParameters?: boolean;
 }
@@ -159,20 +159,20 @@ export function checkDistributed(d: unknown): void {
   if (o.group !== undefined && !(o.group instanceof ProcessGroup))
     throw new TunekitError('E_ARG', `distributed.group must be a ProcessGroup, got ${show(o.group)}`);
   checkNumber(o.bucketMb, 'bucketMb', { min: 0, minExclusive: true }, 25);
-  checkBoolean(o.findUnusedParameters, 'findUnusedParameters', true);
+  if (o.findUnusedParameters !== undefined) checkBoolean(o.findUnusedParameters, 'findUnusedParameters', false);
 }
 
 /** What `distributed` asks for, resolved (joining the default group if need be); undefined when not distributed. */
 export async function resolveDistributed(
   d: boolean | ProcessGroup | DistributedOptions | undefined,
-): Promise<{ group: ProcessGroup; bucketMb: number; findUnusedParameters: boolean } | undefined> {
+): Promise<{ group: ProcessGroup; bucketMb: number; findUnusedParameters?: boolean } | undefined> {
   checkDistributed(d);
   if (d === undefined || d === false) return undefined;
   const o: DistributedOptions = d === true ? {} : d instanceof ProcessGroup ? { group: d } : d;
   return {
     group: o.group ?? (await defaultProcessGroup()),
     bucketMb: o.bucketMb ?? 25,
-    findUnusedParameters: o.findUnusedParameters ?? true,
+    ...(o.findUnusedParameters !== undefined ? { findUnusedParameters: o.findUnusedParameters } : {}),
   };
 }
 

@@ -296,7 +296,7 @@ export class Model {
    * rank 0's weights to all, and averages the gradients of the parameters trainable now across ranks in each backward
    * (DDP's Reducer). `syncGradients(false)` lets backward accumulate locally, as DDP's no_sync.
    */
-  async attachDistributed(group: ProcessGroup, options: { bucketMb: number; findUnusedParameters: boolean }): Promise<void> {
+  async attachDistributed(group: ProcessGroup, options: { bucketMb: number; findUnusedParameters?: boolean }): Promise<void> {
     await serial(() => addon.ddpAttach(this.h, group.h, options));
   }
   /** @internal */

@@ -172,7 +172,7 @@ export interface Addon {
   allReduce(g: Handle, values: Float64Array, op: 'sum' | 'max' | 'min'): Promise<Float64Array>;
   broadcastBytes(g: Handle, bytes: Uint8Array): Promise<Uint8Array>;
   barrier(g: Handle): Promise<void>;
-  ddpAttach(m: Handle, g: Handle, spec: { bucketMb: number; findUnusedParameters: boolean }): Promise<void>;
+  ddpAttach(m: Handle, g: Handle, spec: { bucketMb: number; findUnusedParameters?: boolean }): Promise<void>;
   ddpDetach(m: Handle): Promise<void>;
   ddpSetSync(m: Handle, sync: boolean): Promise<void>;
   logRegFit(

@@ -94,16 +94,19 @@ test.serial('collectives across two processes: rendezvous, allreduce (sum, max, 
 // 1), so the comparison is of whole tensors in the 2-norm: measured, the worst tensor differs by about 3e-6 after
 // step 1; a missed, doubled or unaveraged gradient moves whole tensors by far more than 1e-5.
 for (const c of [
-  { kind: 'lm', gradAccumulation: 2, what: 'full finetuning of a causal LM, 2 batches accumulated per step' },
-  { kind: 'lora', gradAccumulation: 1, what: 'LoRA on a sequence classifier' },
+  { kind: 'lm', gradAccumulation: 2, steps: 5, what: 'full finetuning of a causal LM, 2 batches accumulated per step' },
+  { kind: 'lora', gradAccumulation: 1, steps: 5, what: 'LoRA on a sequence classifier' },
+  { kind: 'unused', gradAccumulation: 1, steps: 3, what: 'LoRA beside a trainable adapter no loss reaches: found, left unreduced' },
+  { kind: 'dpo', gradAccumulation: 1, steps: 2, what: 'DPO of a LoRA policy on 24 pairs' },
 ] as const) {
-  test.serial(`DDP parity: 2 ranks x batch 8 equal 1 process x batch 16 after each of 5 AdamW steps (${c.what})`, async (t) => {
+  const steps = c.steps;
+  test.serial(`DDP parity: 2 ranks x batch 8 equal 1 process x batch 16 after each of ${steps} AdamW steps (${c.what})`, async (t) => {
     const single = tmpDir('ddp-single');
     const ddp = tmpDir('ddp-two');
     const spec = (out: string, batchSize: number): WorkerSpec => ({
       kind: c.kind,
       out,
-      steps: 5,
+      steps,
       batchSize,
       gradAccumulation: c.gradAccumulation,
     });
@@ -114,12 +117,12 @@ for (const c of [
       masterPort: await freePort(),
     });
     t.true(r.ok, r.log);
-    for (let step = 1; step <= 5; step++) {
+    for (let step = 1; step <= steps; step++) {
       const { error, name } = worstError(weights(ddp, step), weights(single, step), keyBias);
       t.true(error < 1e-5, `step ${step}: ${name} differs by ${error.toExponential(2)}`);
     }
     // The weights moved: a run that trained nothing would also "agree".
-    t.true(worstError(weights(single, 5), weights(single, 1)).error > 1e-3);
+    t.true(worstError(weights(single, steps), weights(single, 1)).error > 1e-3);
   });
 }
 
@@ -198,7 +201,7 @@ test.serial('a hung rank: the others fail within the timeout with an error namin
     });
     t.false(r.ok);
     t.is(r.failure?.rank, 0, r.log);
-    t.regex(r.failure?.lastError ?? '', /rank 0 of 2: .* failed: .*timeout of 3 s/s);
+    t.regex(r.failure?.lastError ?? '', /rank 0 of 2: .* failed: .*collectives wait 3 s/s);
   } finally {
     delete process.env.TUNEKIT_DIST_TIMEOUT;
   }

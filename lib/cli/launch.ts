@@ -1,6 +1,25 @@
 /** `tunekit launch`: torchrun for tunekit (and for any worker that reads torchrun's variables). */
-import { Command, num, UsageError } from './args';
+import { Command, num, Opts, UsageError } from './args';
+import { launchedDistributed } from '../distributed';
 import { launch } from '../launcher';
+
+/** The --nproc flag of the commands that train data-parallel. */
+export const NPROC_FLAG = {
+  options: { nproc: { type: 'string' } },
+  help: { nproc: 'train data-parallel in N processes on this machine (tunekit launch; the batch size is per process)' },
+} as const;
+
+/**
+ * A training command's part in a data-parallel job: with --nproc N > 1, `relaunch` runs the command again as N
+ * workers; in a worker that tunekit launch (or torchrun) started, every rank trains and rank 0 (`lead`) alone prints
+ * and writes --out.
+ */
+export function workerRole(o: Opts): { relaunch?: number; distributed: boolean; lead: boolean } {
+  const nproc = num(o, 'nproc', 1, 'int')!;
+  const distributed = launchedDistributed();
+  if (nproc > 1 && distributed) throw new UsageError('--nproc: this process is already a worker of a launched job');
+  return { ...(nproc > 1 ? { relaunch: nproc } : {}), distributed, lead: !distributed || process.env.RANK === '0' };
+}
 
 /** Runs this CLI's own command line again under `launch` with nproc workers (what `--nproc N` does). */
 export async function relaunch(nproc: number): Promise<number> {

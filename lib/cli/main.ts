@@ -17,8 +17,7 @@ import {
   UsageError,
 } from './args';
 import { INDEX_COMMANDS } from './index-commands';
-import { LAUNCH_COMMANDS, relaunch } from './launch';
-import { launchedDistributed } from '../distributed';
+import { LAUNCH_COMMANDS, NPROC_FLAG, relaunch, workerRole } from './launch';
 import { RL_COMMANDS } from './rl';
 import { SERVE_COMMANDS } from './serve';
 import { Dataset, loadSplits, Splits } from '../data';
@@ -200,7 +199,7 @@ export const COMMANDS: Record<string, Command> = {
       ...ICL_FLAGS.options,
       ...CHECKPOINT_FLAGS.options,
       overwrite: { type: 'boolean' },
-      nproc: { type: 'string' },
+      ...NPROC_FLAG.options,
     },
     help: {
       ...commonHelp,
@@ -233,17 +232,11 @@ export const COMMANDS: Record<string, Command> = {
       ...ICL_FLAGS.help,
       ...CHECKPOINT_FLAGS.help,
       overwrite: 'replace what --out holds instead of refusing a non-empty folder',
-      nproc: 'train data-parallel in N processes on this machine (tunekit launch; --batch-size is per process)',
+      ...NPROC_FLAG.help,
     },
     async run(o) {
-      const nproc = num(o, 'nproc', 1, 'int')!;
-      if (nproc > 1) {
-        if (launchedDistributed()) throw new UsageError('--nproc: this process is already a worker of a launched job');
-        return relaunch(nproc);
-      }
-      // Started by tunekit launch or torchrun: every rank trains; rank 0 alone prints and writes --out.
-      const distributed = launchedDistributed();
-      const lead = !distributed || process.env.RANK === '0';
+      const { relaunch: nproc, distributed, lead } = workerRole(o);
+      if (nproc) return relaunch(nproc);
       const strategyName = String(o.strategy ?? 'full');
       const spec = STRATEGIES[strategyName];
       if (strategyName !== 'features' && strategyName !== 'icl' && !spec)

@@ -26,6 +26,7 @@ import {
   saveTrained,
   UsageError,
 } from './args';
+import { NPROC_FLAG, relaunch, workerRole } from './launch';
 import { CheckpointDir } from '../checkpoint';
 
 const BUILTIN_PAIRS = 'builtin:sentiment-pairs';
@@ -134,9 +135,11 @@ async function policyOf(o: Opts, task: 'causal-lm' | 'sequence-classification', 
   return { dir, model, tok: await Tokenizer.fromPretrained(dir) };
 }
 
-function outOf(o: Opts, name: string): string {
+/** The run's --out, prepared by the process that writes it (rank 0 of a data-parallel job). */
+function outOf(o: Opts, name: string, lead = true): string {
   if (o.out === undefined) throw new UsageError(`--out DIR is required (where the ${name} run writes)`);
   const out = path.resolve(String(o.out));
+  if (!lead) return out;
   prepareOut(out, o, true);
   fs.mkdirSync(out, { recursive: true });
   return out;
@@ -146,18 +149,27 @@ export const RL_COMMANDS: Record<string, Command> = {
   reward: {
     summary: 'train a reward model (one-output classifier) on preference pairs, as TRL RewardTrainer',
     usage: 'tunekit reward --model DIR --out DIR [--data SPEC] [--epochs N] [--margin M] [--center-rewards C]',
-    options: { ...shared, epochs: { type: 'string' }, margin: { type: 'string' }, 'center-rewards': { type: 'string' } },
+    options: {
+      ...shared,
+      epochs: { type: 'string' },
+      margin: { type: 'string' },
+      'center-rewards': { type: 'string' },
+      ...NPROC_FLAG.options,
+    },
     help: {
       ...sharedHelp,
+      ...NPROC_FLAG.help,
       epochs: 'passes over the pairs (default 1)',
       margin: 'margin for every pair',
       'center-rewards': "TRL's center_rewards_coefficient",
     },
     async run(o) {
-      const out = outOf(o, 'reward');
+      const { relaunch: nproc, distributed, lead } = workerRole(o);
+      if (nproc) return relaunch(nproc);
+      const out = outOf(o, 'reward', lead);
       const { train, test, source } = await pairsOf(o);
       const { dir, model, tok } = await policyOf(o, 'sequence-classification', { numLabels: 1 });
-      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume: Boolean(o.resume) });
+      const metrics = lead ? new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume: Boolean(o.resume) }) : undefined;
       let bar: ReturnType<typeof progressBar> | undefined;
       const trainer = new RewardTrainer(model, {
         tokenizer: tok,
@@ -168,18 +180,21 @@ export const RL_COMMANDS: Record<string, Command> = {
         margin: num(o, 'margin', undefined),
         centerRewardsCoefficient: num(o, 'center-rewards', undefined),
         ...checkpointing(o, out),
+        ...(distributed ? { distributed: true } : {}),
         onProgress: (p) => {
+          if (!metrics) return;
           bar ??= progressBar(p.totalSteps, 'reward', { silent: Boolean(o.quiet) });
           bar.update(p.step, { loss: p.loss.toFixed(4), acc: p.accuracy.toFixed(2) });
           metrics.write({ step: p.step, loss: p.loss, accuracy: p.accuracy, margin: p.margin, meanReward: p.meanReward, lr: p.lr });
         },
       });
-      const before = await trainer.evaluate(test);
+      const before = metrics ? await trainer.evaluate(test) : undefined;
       try {
         await trainer.train(train);
       } finally {
         bar?.stop();
       }
+      if (!metrics || !before) return model.dispose();
       await saveTrained(model, dir, out, Boolean(o.lora));
       const after = await trainer.evaluate(test);
       await finish(out, metrics, 'reward model: loss and pairwise accuracy', ['loss', 'accuracy'], {
@@ -198,18 +213,21 @@ export const RL_COMMANDS: Record<string, Command> = {
   dpo: {
     summary: 'direct preference optimisation of a causal LM on preference pairs, as TRL DPOTrainer',
     usage: 'tunekit dpo --model DIR --out DIR [--data SPEC] [--beta B] [--loss-type sigmoid|hinge|ipo|robust] [--lora]',
-    options: { ...shared, epochs: { type: 'string' }, beta: { type: 'string' }, 'loss-type': { type: 'string' } },
+    options: { ...shared, epochs: { type: 'string' }, beta: { type: 'string' }, 'loss-type': { type: 'string' }, ...NPROC_FLAG.options },
     help: {
       ...sharedHelp,
+      ...NPROC_FLAG.help,
       epochs: 'passes over the pairs (default 1)',
       beta: 'pull towards the reference (default 0.1)',
       'loss-type': 'sigmoid (default), hinge, ipo, robust',
     },
     async run(o) {
-      const out = outOf(o, 'dpo');
+      const { relaunch: nproc, distributed, lead } = workerRole(o);
+      if (nproc) return relaunch(nproc);
+      const out = outOf(o, 'dpo', lead);
       const { train, test, source } = await pairsOf(o);
       const { dir, model, tok } = await policyOf(o, 'causal-lm');
-      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume: Boolean(o.resume) });
+      const metrics = lead ? new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume: Boolean(o.resume) }) : undefined;
       let bar: ReturnType<typeof progressBar> | undefined;
       const dpo = new DPO(model, {
         tokenizer: tok,
@@ -220,17 +238,23 @@ export const RL_COMMANDS: Record<string, Command> = {
         beta: num(o, 'beta', 0.1),
         lossType: (o['loss-type'] as DPOLossType | undefined) ?? 'sigmoid',
         ...checkpointing(o, out),
+        ...(distributed ? { distributed: true } : {}),
         onProgress: (p) => {
+          if (!metrics) return;
           bar ??= progressBar(p.totalSteps, 'dpo', { silent: Boolean(o.quiet) });
           bar.update(p.step, { loss: p.loss.toFixed(4), margin: p['rewards/margins'].toFixed(3) });
           metrics.write({ ...p });
         },
       });
-      const before = await dpo.evaluate(test);
+      const before = metrics ? await dpo.evaluate(test) : undefined;
       try {
         await dpo.train(train);
       } finally {
         bar?.stop();
+      }
+      if (!metrics || !before) {
+        dpo.dispose();
+        return model.dispose();
       }
       await saveTrained(model, dir, out, Boolean(o.lora));
       const after = await dpo.evaluate(test);

@@ -12,6 +12,7 @@ import { shuffled } from '../random';
 import type { Tokenizer } from '../tokenizer';
 import { CheckpointDir, checkFolder, loadCheckpoint, LoopState, saveCheckpoint } from '../checkpoint';
 import { addon, serial } from '../native';
+import { checkDistributed, DistributedOptions, ProcessGroup, resolveDistributed, shardOf } from '../distributed';
 import { checkBoolean, checkNumber, show } from '../validate';
 
 export interface PreferencePair {
@@ -58,6 +59,11 @@ export interface PairTrainingOptions {
   /** Resume from checkpointDir's latest checkpoint when there is one (default true; false refuses a used folder). */
   resume?: boolean;
   onProgress?: (p: { step: number; totalSteps: number; epoch: number; lr: number; gradNorm: number } & PairStats) => void;
+  /**
+   * Data-parallel across the processes of a group, as the Trainer's `distributed`: each rank takes its share of every
+   * epoch's pairs (batchSize is per rank), gradients and statistics are averaged, rank 0 writes the checkpoints.
+   */
+  distributed?: boolean | ProcessGroup | DistributedOptions;
 }
 
 export const PAIR_TRAINING_OPTIONS = [
@@ -77,6 +83,7 @@ export const PAIR_TRAINING_OPTIONS = [
   'keepCheckpoints',
   'resume',
   'onProgress',
+  'distributed',
 ];
 
 /**
@@ -213,7 +220,10 @@ export async function trainOnPairs<T = TokenizedPair>(
     options.checkpointEvery === undefined ? Infinity : checkNumber(options.checkpointEvery, 'checkpointEvery', { integer: true, min: 1 });
   const checkpoints =
     options.checkpointDir === undefined ? undefined : new CheckpointDir(checkFolder(options.checkpointDir), o.keepCheckpoints);
-  const perEpoch = Math.ceil(pairs.length / o.batchSize);
+  checkDistributed(options.distributed);
+  const dist = await resolveDistributed(options.distributed);
+  const group = dist?.group;
+  const perEpoch = Math.ceil(Math.ceil(pairs.length / (group?.worldSize ?? 1)) / o.batchSize);
   const totalSteps = perEpoch * o.epochs;
   const optimizer = new AdamW(model, {
     lr: o.lr,
@@ -225,7 +235,9 @@ export async function trainOnPairs<T = TokenizedPair>(
   let resumedFrom: number | undefined;
   await applyPrecision(model, options.precision, kind);
   try {
-    const latest = checkpoints?.latest(checkBoolean(options.resume, 'resume', true));
+    // Rank 0 picks the checkpoint; every rank loads the one it picked.
+    let latest = !group || group.rank === 0 ? checkpoints?.latest(checkBoolean(options.resume, 'resume', true)) : undefined;
+    if (group && checkpoints) latest = (await group.broadcast(latest ?? null)) ?? undefined;
     if (latest) {
       const state = await loadCheckpoint<LoopState & { history: PairStats[] }>(latest, model, optimizer, kind, (s, file) => {
         if (!Array.isArray(s.history) || s.history.length !== s.step || s.step > totalSteps)
@@ -236,21 +248,32 @@ export async function trainOnPairs<T = TokenizedPair>(
     } else {
       await serial(() => addon.manualSeed(o.seed));
     }
+    if (dist) await model.attachDistributed(dist.group, dist);
     await model.train(!o.disableDropout);
     await optimizer.zeroGrad();
     for (let at = history.length; at < totalSteps; at++) {
       const epoch = Math.floor(at / perEpoch);
       const b = at % perEpoch;
-      const order = shuffled(pairs.length, o.seed + epoch);
-      const stats = await step(order.slice(b * o.batchSize, (b + 1) * o.batchSize).map((i) => pairs[i]));
+      const all = shuffled(pairs.length, o.seed + epoch);
+      const order = group ? shardOf(all, group.rank, group.worldSize) : all;
+      let stats = await step(order.slice(b * o.batchSize, (b + 1) * o.batchSize).map((i) => pairs[i]));
+      if (group) {
+        const keys = Object.keys(stats).sort();
+        const sums = await group.allReduce(keys.map((k) => stats[k]));
+        stats = Object.fromEntries(keys.map((k, i) => [k, sums[i] / group.worldSize]));
+      }
       const { gradNorm, lr } = await optimizer.step();
       await optimizer.zeroGrad();
       history.push(stats);
       o.onProgress?.({ ...stats, step: history.length, totalSteps, epoch, lr, gradNorm });
-      if (checkpoints && history.length % every === 0)
-        await checkpoints.write(history.length, (dir) => saveCheckpoint(dir, model, optimizer, { kind, step: history.length, history }));
+      if (checkpoints && history.length % every === 0) {
+        if (!group || group.rank === 0)
+          await checkpoints.write(history.length, (dir) => saveCheckpoint(dir, model, optimizer, { kind, step: history.length, history }));
+        if (group) await group.barrier();
+      }
     }
   } finally {
+    if (dist) await model.detachDistributed();
     optimizer.dispose();
     await model.eval();
   }

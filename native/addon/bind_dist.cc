@@ -58,7 +58,8 @@ Napi::Value DdpAttach(const Napi::CallbackInfo& info) {
   auto o = object_arg(info, 2, "spec");
   DdpSpec s;
   s.bucket_mb = num_field(o, "bucketMb", s.bucket_mb);
-  s.find_unused_parameters = bool_field(o, "findUnusedParameters", s.find_unused_parameters);
+  auto unused = o.Get("findUnusedParameters");
+  if (unused.IsBoolean()) s.find_unused_parameters = unused.As<Napi::Boolean>().Value() ? 1 : 0;
   return run_void(info.Env(), [m, g, s] { ddp_attach(*m, g, s); });
 }
 

@@ -189,7 +189,8 @@ struct DistSpec {
 };
 struct DdpSpec {
   double bucket_mb = 25;  // DDP's bucket_cap_mb (the first bucket is 1 MiB, as DDP's)
-  bool find_unused_parameters = true;
+  // DDP's find_unused_parameters: 1 or 0, or -1: on only if the first loss leaves a trainable parameter out (any rank).
+  int find_unused_parameters = -1;
 };
 class ProcessGroup;
 std::shared_ptr<ProcessGroup> init_process_group(const DistSpec& spec);

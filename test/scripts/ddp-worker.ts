@@ -1,11 +1,14 @@
 // A worker of test/distributed.test.ts: a few AdamW steps of a seeded gpt2 under the Trainer, writing a checkpoint
 // after every step, alone (the reference) or as one rank of a data-parallel group started by tunekit launch.
-import { AdamW, LoRA, Model, ProcessGroup, Trainer } from '../../lib';
+import { AdamW, DPO, LoRA, Model, ProcessGroup, Trainer } from '../../lib';
 import type { Example } from '../../lib';
 
 export interface WorkerSpec {
-  /** 'lm': full finetuning of a causal LM; 'lora': LoRA on a sequence classifier. */
-  kind: 'lm' | 'lora';
+  /**
+   * 'lm': full finetuning of a causal LM; 'lora': LoRA on a sequence classifier; 'unused': the same with a second,
+   * inactive adapter left trainable (parameters no loss reaches); 'dpo': DPO of a LoRA policy.
+   */
+  kind: 'lm' | 'lora' | 'unused' | 'dpo';
   out: string;
   steps: number;
   batchSize: number;
@@ -39,13 +42,41 @@ export function examples(kind: WorkerSpec['kind']): Example[] {
   });
 }
 
+/** 24 preference pairs of token ids, completions of different lengths. */
+function pairs() {
+  return Array.from({ length: 24 }, (_, i) => ({
+    promptIds: Array.from({ length: 3 + (i % 4) }, (_, j) => ((i * 13 + j * 5) % 63) + 1),
+    chosenIds: Array.from({ length: 2 + (i % 5) }, (_, j) => ((i * 7 + j * 3) % 31) + 1),
+    rejectedIds: Array.from({ length: 3 + (i % 3) }, (_, j) => ((i * 11 + j * 17) % 31) + 33),
+  }));
+}
+
 export async function train(spec: WorkerSpec, distributed: boolean): Promise<void> {
+  if (spec.kind === 'dpo') {
+    const policy = await Model.fromConfig(CONFIG, { task: 'causal-lm', seed: 7 });
+    await new LoRA({ r: 4, alpha: 8, targetModules: ['c_attn'], seed: 3 }).apply(policy);
+    const dpo = new DPO(policy, {
+      lr: 1e-2,
+      batchSize: spec.batchSize,
+      seed: 5,
+      checkpointDir: spec.out,
+      checkpointEvery: 1,
+      keepCheckpoints: 100,
+      distributed,
+    });
+    await dpo.train(pairs());
+    dpo.dispose();
+    policy.dispose();
+    return;
+  }
   const model = await Model.fromConfig(CONFIG, {
     task: spec.kind === 'lm' ? 'causal-lm' : 'sequence-classification',
-    ...(spec.kind === 'lora' ? { numLabels: 2 } : {}),
+    ...(spec.kind !== 'lm' ? { numLabels: 2 } : {}),
     seed: 7,
   });
-  if (spec.kind === 'lora') await new LoRA({ r: 4, alpha: 8, targetModules: ['c_attn'], seed: 3 }).apply(model);
+  if (spec.kind === 'unused') await new LoRA({ r: 2, targetModules: ['c_attn'], seed: 4 }).apply(model, { adapterName: 'idle' });
+  if (spec.kind !== 'lm') await new LoRA({ r: 4, alpha: 8, targetModules: ['c_attn'], seed: 3 }).apply(model);
+  if (spec.kind === 'unused') await model.setTrainable([/\.idle\./], true);
   const rank = Number(process.env.RANK ?? 0);
   const firstAttempt = (process.env.TORCHELASTIC_RESTART_COUNT ?? '0') === '0';
   const trainer = new Trainer(model, {
