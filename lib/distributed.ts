@@ -87,7 +87,11 @@ export class ProcessGroup {
     const backend = checkChoice(o.backend, ['gloo'] as const, 'backend', 'gloo');
     // A restarted group (torchrun's TORCHELASTIC_RESTART_COUNT) keys its rendezvous apart from the attempt before.
     const runId = `${process.env.TORCHELASTIC_RUN_ID ?? 'none'}/${process.env.TORCHELASTIC_RESTART_COUNT ?? '0'}`;
-    const handle = await serial(() => addon.initProcessGroup({ masterAddr, masterPort, rank, worldSize, timeoutSeconds, backend, runId }));
+    // Under torchrun, its agent serves the store at MASTER_PORT already, as torch.distributed then assumes.
+    const agentStore = process.env.TORCHELASTIC_USE_AGENT_STORE === 'True';
+    const handle = await serial(() =>
+      addon.initProcessGroup({ masterAddr, masterPort, rank, worldSize, timeoutSeconds, backend, runId, agentStore }),
+    );
     return new ProcessGroup(handle, { rank, worldSize, localRank, localWorldSize, timeoutSeconds });
   }
 

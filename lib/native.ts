@@ -168,6 +168,7 @@ export interface Addon {
     timeoutSeconds: number;
     backend: string;
     runId: string;
+    agentStore: boolean;
   }): Promise<Handle>;
   allReduce(g: Handle, values: Float64Array, op: 'sum' | 'max' | 'min'): Promise<Float64Array>;
   broadcastBytes(g: Handle, bytes: Uint8Array): Promise<Uint8Array>;

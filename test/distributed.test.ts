@@ -1,14 +1,16 @@
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import test from 'ava';
 import { launch, ProcessGroup, shardOf, Trainer, AdamW, Model } from '../lib';
 import type { LaunchOptions } from '../lib';
-import { readTensors, relError, tmpDir } from './helpers';
+import { readTensors, relError, ROOT, tmpDir } from './helpers';
 import { train, WorkerSpec } from './scripts/ddp-worker';
 
 const WORKER = path.join(__dirname, 'scripts', 'ddp-worker.ts');
 const NODE = [process.execPath, '--require', 'tsx/cjs', WORKER];
+const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
 
 /** A port nothing listens on now. */
 function freePort(): Promise<number> {
@@ -222,4 +224,46 @@ test('bad input: options, ranks and commands are checked before anything starts'
     message: /bucketMb/,
   } as any);
   model.dispose();
+});
+
+test.serial('tunekit finetune --nproc 2: two workers train, rank 0 alone prints and writes --out', async (t) => {
+  const out = path.join(tmpDir('ddp-cli'), 'run');
+  const r = spawnSync(
+    process.execPath,
+    [CLI, 'finetune', '--nproc', '2', '--strategy', 'lora', '--max-steps', '4', '--epochs', '1', '--batch-size', '8'].concat([
+      '--checkpoint-every',
+      '2',
+      '--out',
+      out,
+      '--quiet',
+    ]),
+    { encoding: 'utf8' },
+  );
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout.match(/trainable parameters/g)?.length, 1, r.stdout);
+  const results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
+  t.is(results.steps, 4);
+  t.true(fs.existsSync(path.join(out, 'adapter_model.safetensors')));
+  t.deepEqual(fs.readdirSync(path.join(out, 'checkpoints')).sort(), ['checkpoint-2', 'checkpoint-4', 'latest.json']);
+  // Four metrics rows, written once (by rank 0).
+  t.is(fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').length, 4);
+});
+
+test.serial("torchrun starts tunekit's workers too (its agent serves the store)", async (t) => {
+  const torchrun = path.join(ROOT, '.venv', 'bin', 'torchrun');
+  const out = tmpDir('ddp-torchrun');
+  const r = spawnSync(
+    torchrun,
+    ['--no-python', '--nproc-per-node', '2', '--master-port', String(await freePort())].concat([
+      'bash',
+      '-c',
+      `"$@" > ${out}/rank$RANK.json`,
+      'worker',
+      ...NODE,
+      'collectives',
+    ]),
+    { encoding: 'utf8', env: { ...process.env, OMP_NUM_THREADS: '1' } },
+  );
+  t.is(r.status, 0, r.stderr);
+  for (const rank of [0, 1]) t.like(JSON.parse(fs.readFileSync(path.join(out, `rank${rank}.json`), 'utf8')), { rank, sum: [3, 1.5] });
 });

@@ -1,4 +1,5 @@
 /** `tunekit launch`: torchrun for tunekit (and for any worker that reads torchrun's variables). */
+import net from 'node:net';
 import { Command, num, Opts, UsageError } from './args';
 import { launchedDistributed } from '../distributed';
 import { launch } from '../launcher';
@@ -29,7 +30,19 @@ export async function relaunch(nproc: number): Promise<number> {
     if (args[i] === '--nproc') i++;
     else if (!args[i].startsWith('--nproc=')) own.push(args[i]);
   }
-  const result = await launch({ command: [process.execPath, ...process.execArgv, process.argv[1], ...own], nprocPerNode: nproc });
+  // One machine, as torchrun --standalone: any free port will do.
+  const masterPort = await new Promise<number>((resolve, reject) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+  const result = await launch({
+    command: [process.execPath, ...process.execArgv, process.argv[1], ...own],
+    nprocPerNode: nproc,
+    masterPort,
+  });
   return result.ok ? 0 : 1;
 }
 

@@ -14,6 +14,7 @@ Napi::Value InitProcessGroup(const Napi::CallbackInfo& info) {
   s.timeout_s = num_field(o, "timeoutSeconds", s.timeout_s);
   s.backend = str_field(o, "backend", s.backend);
   s.run_id = str_field(o, "runId", "");
+  s.agent_store = bool_field(o, "agentStore", false);
   return run<std::shared_ptr<ProcessGroup>>(
       info.Env(), [s] { return init_process_group(s); }, [](Napi::Env env, std::shared_ptr<ProcessGroup>& g) { return wrap(env, g); });
 }

@@ -183,7 +183,8 @@ void empty_cpu_cache();  // returns every idle cached block to the system
 // longer than timeout_s) is E_DIST naming this rank.
 struct DistSpec {
   std::string master_addr = "127.0.0.1", backend = "gloo";
-  std::string run_id;  // keys in the store are prefixed by it, so that a restarted group never reads an old run's
+  std::string run_id;        // keys in the store are prefixed by it, so that a restarted group never reads an old run's
+  bool agent_store = false;  // torchrun's agent already serves the store (TORCHELASTIC_USE_AGENT_STORE): rank 0 joins it
   int64_t master_port = 29500, rank = 0, world_size = 1;
   double timeout_s = 300;
 };
