@@ -96,13 +96,20 @@ test.serial('collectives across two processes: rendezvous, allreduce (sum, max, 
 // 1), so the comparison is of whole tensors in the 2-norm: measured, the worst tensor differs by about 3e-6 after
 // step 1; a missed, doubled or unaveraged gradient moves whole tensors by far more than 1e-5.
 for (const c of [
-  { kind: 'lm', gradAccumulation: 2, steps: 5, what: 'full finetuning of a causal LM, 2 batches accumulated per step' },
-  { kind: 'lora', gradAccumulation: 1, steps: 5, what: 'LoRA on a sequence classifier' },
+  {
+    kind: 'lm',
+    gradAccumulation: 2,
+    steps: 5,
+    what: 'full finetuning of a causal LM, batch 8 per rank against 16, 2 batches accumulated per step',
+  },
+  { kind: 'lora', gradAccumulation: 1, steps: 5, what: 'LoRA on a sequence classifier, batch 8 per rank against 16' },
   { kind: 'unused', gradAccumulation: 1, steps: 3, what: 'LoRA beside a trainable adapter no loss reaches: found, left unreduced' },
   { kind: 'dpo', gradAccumulation: 1, steps: 2, what: 'DPO of a LoRA policy on 24 pairs' },
+  { kind: 'grpo', gradAccumulation: 1, steps: 3, what: "GRPO updates, one prompt's group per rank" },
+  { kind: 'ppo', gradAccumulation: 1, steps: 2, what: 'PPO steps (2 epochs each), the same rollout on both ranks' },
 ] as const) {
   const steps = c.steps;
-  test.serial(`DDP parity: 2 ranks x batch 8 equal 1 process x batch 16 after each of ${steps} AdamW steps (${c.what})`, async (t) => {
+  test.serial(`DDP parity: 2 ranks equal 1 process on both ranks' data after each of ${steps} AdamW steps (${c.what})`, async (t) => {
     const single = tmpDir('ddp-single');
     const ddp = tmpDir('ddp-two');
     const spec = (out: string, batchSize: number): WorkerSpec => ({

@@ -27,6 +27,7 @@ import {
   UsageError,
 } from './args';
 import { NPROC_FLAG, relaunch, workerRole } from './launch';
+import { defaultProcessGroup } from '../distributed';
 import { CheckpointDir } from '../checkpoint';
 
 const BUILTIN_PAIRS = 'builtin:sentiment-pairs';
@@ -276,16 +277,21 @@ export const RL_COMMANDS: Record<string, Command> = {
       steps: { type: 'string' },
       'response-length': { type: 'string' },
       'kl-coef': { type: 'string' },
+      ...NPROC_FLAG.options,
     },
     help: {
       ...sharedHelp,
       ...REWARD_FLAGS.help,
+      ...NPROC_FLAG.help,
       steps: 'PPO iterations (default 20)',
       'response-length': 'tokens per response (default 16)',
       'kl-coef': 'KL penalty coefficient (default 0.05)',
     },
     async run(o) {
-      const out = outOf(o, 'ppo');
+      const { relaunch: nproc, distributed, lead } = workerRole(o);
+      if (nproc) return relaunch(nproc);
+      const group = distributed ? await defaultProcessGroup() : undefined;
+      const out = outOf(o, 'ppo', lead);
       const { dir, model, tok } = await policyOf(o, 'causal-lm');
       const reward = await rewardOf(o, tok);
       const seed = num(o, 'seed', 42, 'int')!;
@@ -300,17 +306,23 @@ export const RL_COMMANDS: Record<string, Command> = {
         klCoef: num(o, 'kl-coef', 0.05),
         temperature: 1,
         seed,
+        ...(group ? { distributed: group } : {}),
       });
       const { checkpointDir, checkpointEvery, resume } = checkpointing(o, out);
       const checkpoints = checkpointDir === undefined ? undefined : new CheckpointDir(checkpointDir);
-      const latest = checkpoints?.latest(Boolean(resume));
+      // Rank 0 picks the checkpoint; every rank loads the one it picked.
+      let latest = lead ? checkpoints?.latest(Boolean(resume)) : undefined;
+      if (group && checkpoints) latest = (await group.broadcast(latest ?? null)) ?? undefined;
       if (latest) await ppo.load(latest);
-      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume });
-      const bar = progressBar(steps, 'ppo', { silent: Boolean(o.quiet) });
+      const metrics = lead ? new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume }) : undefined;
+      const bar = progressBar(steps, 'ppo', { silent: Boolean(o.quiet) || !lead });
+      const world = group?.worldSize ?? 1;
       const samples: Record<string, string[]> = {};
       try {
         for (let s = ppo.stepCount; s < steps; s++) {
-          const queries = Array.from({ length: bs }, (_, i) => prompts[(s * bs + i) % prompts.length]);
+          // Each rank samples from its own bs prompts of the step's bs * world.
+          const first = (s * world + (group?.rank ?? 0)) * bs;
+          const queries = Array.from({ length: bs }, (_, i) => prompts[(first + i) % prompts.length]);
           const rollout = await ppo.rollout(queries);
           if (s === 0 || s === steps - 1)
             samples[s === 0 ? 'first' : 'last'] = rollout.queries
@@ -322,11 +334,19 @@ export const RL_COMMANDS: Record<string, Command> = {
             kl: stats['objective/kl'].toFixed(3),
             len: stats['response/length'].toFixed(1),
           });
-          metrics.write({ ...stats, step: s + 1 });
-          if (checkpoints && checkpointEvery && (s + 1) % checkpointEvery === 0) await checkpoints.write(s + 1, (d) => ppo.save(d));
+          metrics?.write({ ...stats, step: s + 1 });
+          if (checkpoints && checkpointEvery && (s + 1) % checkpointEvery === 0) {
+            if (lead) await checkpoints.write(s + 1, (d) => ppo.save(d));
+            if (group) await group.barrier();
+          }
         }
       } finally {
         bar.stop();
+      }
+      if (!metrics) {
+        ppo.dispose();
+        reward.model.dispose();
+        return model.dispose();
       }
       await saveTrained(model, dir, out, Boolean(o.lora));
       await finish(out, metrics, 'PPO: reward and KL', ['objective/scores', 'objective/kl'], {
@@ -352,17 +372,21 @@ export const RL_COMMANDS: Record<string, Command> = {
       'num-generations': { type: 'string' },
       'response-length': { type: 'string' },
       beta: { type: 'string' },
+      ...NPROC_FLAG.options,
     },
     help: {
       ...sharedHelp,
       ...REWARD_FLAGS.help,
+      ...NPROC_FLAG.help,
       steps: 'GRPO iterations (default 20)',
       'num-generations': 'completions per prompt (default 8)',
       'response-length': 'tokens per completion (default 16)',
       beta: 'KL weight (default 0)',
     },
     async run(o) {
-      const out = outOf(o, 'grpo');
+      const { relaunch: nproc, distributed, lead } = workerRole(o);
+      if (nproc) return relaunch(nproc);
+      const out = outOf(o, 'grpo', lead);
       const { dir, model, tok } = await policyOf(o, 'causal-lm');
       const reward = await rewardOf(o, tok);
       const seed = num(o, 'seed', 42, 'int')!;
@@ -375,9 +399,10 @@ export const RL_COMMANDS: Record<string, Command> = {
         beta: num(o, 'beta', 0),
         lr: num(o, 'lr', o.lora ? 1e-4 : 1e-5),
         seed,
+        ...(distributed ? { distributed: true } : {}),
       });
-      const metrics = new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume: Boolean(o.resume) });
-      const bar = progressBar(steps, 'grpo', { silent: Boolean(o.quiet) });
+      const metrics = lead ? new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume: Boolean(o.resume) }) : undefined;
+      const bar = progressBar(steps, 'grpo', { silent: Boolean(o.quiet) || !lead });
       try {
         await grpo.train(reviewPrompts(tok, 512, seed), {
           steps,
@@ -385,11 +410,16 @@ export const RL_COMMANDS: Record<string, Command> = {
           ...checkpointing(o, out),
           onStep: (st) => {
             bar.update(grpo.stepCount, { reward: st.reward.toFixed(3), len: st['completions/mean_length'].toFixed(1) });
-            metrics.write({ step: grpo.stepCount, ...st });
+            metrics?.write({ step: grpo.stepCount, ...st });
           },
         });
       } finally {
         bar.stop();
+      }
+      if (!metrics) {
+        grpo.dispose();
+        reward.model.dispose();
+        return model.dispose();
       }
       await saveTrained(model, dir, out, Boolean(o.lora));
       await finish(out, metrics, 'GRPO: reward and loss', ['reward', 'loss'], { model: dir, rewardModel: o['reward-model'], steps });

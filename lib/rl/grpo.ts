@@ -8,6 +8,7 @@ import { AdamW } from '../optim';
 import { shuffled } from '../random';
 import { CheckpointDir, checkFolder, loadCheckpoint, LoopState, saveCheckpoint } from '../checkpoint';
 import { addon, serial } from '../native';
+import { checkDistributed, DistributedOptions, ProcessGroup, resolveDistributed, shardOf } from '../distributed';
 import { checkBoolean, checkChoice, checkNumber, checkOptions } from '../validate';
 import { applyPrecision, completionRows } from './pairs';
 import { Reference } from './reference';
@@ -44,6 +45,12 @@ export interface GRPOOptions extends Scoring {
   seed?: number;
   /** Sets the policy's precision (Model.setPrecision) for rollouts and updates; default: the precision it has. */
   precision?: Precision;
+  /**
+   * Data-parallel across the processes of a group (as the Trainer's): each round's prompts are split over the ranks
+   * (train's batchSize is per rank), every group of completions stays on one rank, 'batch' reward scaling uses the
+   * whole batch's spread, gradients are averaged across ranks, and rank 0 writes the checkpoints.
+   */
+  distributed?: boolean | ProcessGroup | DistributedOptions;
 }
 
 const GRPO_OPTIONS = [
@@ -68,6 +75,7 @@ const GRPO_OPTIONS = [
   'stopTokenId',
   'seed',
   'precision',
+  'distributed',
 ];
 
 export interface GRPOTrainOptions {
@@ -103,6 +111,7 @@ export class GRPO {
     readonly options: Readonly<GRPOOptions>,
     private readonly reference: Reference | undefined,
     private readonly optimizer: AdamW,
+    private readonly group: ProcessGroup | undefined,
   ) {}
 
   static async create(policy: Model, options: GRPOOptions): Promise<GRPO> {
@@ -121,14 +130,20 @@ export class GRPO {
     checkBoolean(o.biasCorrectionKl, 'biasCorrectionKl', true);
     if (o.stopTokenId !== undefined)
       checkNumber(o.stopTokenId, 'stopTokenId', { integer: true, min: 0, max: policy.vocabSize, maxExclusive: true });
+    checkDistributed(o.distributed);
     await applyPrecision(policy, o.precision, 'GRPO');
     const reference = (o.beta ?? 0) > 0 ? await Reference.of(policy, o.reference) : undefined;
     const optimizer = new AdamW(policy, { lr: o.lr ?? 1e-6, weightDecay: 0, maxGradNorm: o.maxGradNorm ?? 1 });
-    return new GRPO(policy, { ...o }, reference, optimizer);
+    const dist = await resolveDistributed(o.distributed);
+    if (dist) await policy.attachDistributed(dist.group, dist);
+    return new GRPO(policy, { ...o }, reference, optimizer, dist?.group);
   }
 
-  /** Group-normalised advantages of rewards laid out as consecutive groups of numGenerations (TRL's formula). */
-  advantages(rewards: number[]): number[] {
+  /**
+   * Group-normalised advantages of rewards laid out as consecutive groups of numGenerations (TRL's formula).
+   * `batchStd` ('batch' scaling): the spread of the whole batch when it spans ranks; default these rewards' own.
+   */
+  advantages(rewards: number[], batchStd?: number): number[] {
     const G = this.options.numGenerations ?? 8;
     if (rewards.length % G !== 0) throw new TunekitError('E_ARG', `rewards must come in groups of ${G}`);
     const std = (xs: number[]) => {
@@ -136,7 +151,7 @@ export class GRPO {
       return Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / Math.max(1, xs.length - 1));
     };
     const scale = this.options.scaleRewards ?? 'group';
-    const batchStd = std(rewards);
+    batchStd ??= std(rewards);
     return rewards.map((r, i) => {
       const group = rewards.slice(i - (i % G), i - (i % G) + G);
       const mean = group.reduce((a, b) => a + b, 0) / G;
@@ -160,14 +175,23 @@ export class GRPO {
         {
           maxNewTokens: o.maxCompletionLength,
           temperature: o.temperature ?? 1,
-          seed: (o.seed ?? 0) + this.steps * 7919 + i,
+          seed: (o.seed ?? 0) + this.steps * 7919 + i + (this.group?.rank ?? 0) * 1000003,
           eosTokenId: o.stopTokenId ?? -1,
         },
       );
       out.forEach((row, k) => completions.push(truncateAtStop(row.slice(repeated[i + k].length), o.stopTokenId)));
     }
     const rewards = await scoreResponses(o, repeated, completions);
-    const gen: Generation = { prompts: repeated, completions, rewards, advantages: this.advantages(rewards) };
+    let batchStd: number | undefined;
+    if (this.group && (o.scaleRewards ?? 'group') === 'batch') {
+      const [n, sum, sumSq] = await this.group.allReduce([
+        rewards.length,
+        rewards.reduce((a, b) => a + b, 0),
+        rewards.reduce((a, b) => a + b * b, 0),
+      ]);
+      batchStd = Math.sqrt(Math.max(0, sumSq - (sum * sum) / n) / Math.max(1, n - 1));
+    }
+    const gen: Generation = { prompts: repeated, completions, rewards, advantages: this.advantages(rewards, batchStd) };
     if ((o.numIterations ?? 1) > 1)
       gen.oldLogps = (await this.policy.tokenLogprobs(this.rows(gen), { temperature: o.temperature ?? 1 })).data;
     return gen;
@@ -234,7 +258,10 @@ export class GRPO {
     const checkpoints = opts.checkpointDir === undefined ? undefined : new CheckpointDir(checkFolder(opts.checkpointDir), keep);
     let runStart = this.steps;
     let history: Record<string, number>[] = [];
-    const latest = checkpoints?.latest(checkBoolean(opts.resume, 'resume', true));
+    const group = this.group;
+    // Rank 0 picks the checkpoint; every rank loads the one it picked.
+    let latest = !group || group.rank === 0 ? checkpoints?.latest(checkBoolean(opts.resume, 'resume', true)) : undefined;
+    if (group && checkpoints) latest = (await group.broadcast(latest ?? null)) ?? undefined;
     if (latest) {
       const state = await this.load(latest);
       runStart = state.runStart;
@@ -245,20 +272,29 @@ export class GRPO {
     }
     while (this.steps < runStart + steps) {
       const order = shuffled(prompts.length, (this.options.seed ?? 0) + this.steps);
-      const gen = await this.generate(order.slice(0, bs).map((i) => prompts[i]));
+      const world = group?.worldSize ?? 1;
+      const round = order.slice(0, Math.min(prompts.length, bs * world));
+      const gen = await this.generate((group ? shardOf(round, group.rank, world) : round).map((i) => prompts[i]));
       let stats: Record<string, number> = {};
       for (let it = 0; it < (this.options.numIterations ?? 1); it++) stats = await this.step(gen);
       const meanReward = gen.rewards.reduce((a, b) => a + b, 0) / gen.rewards.length;
-      const row = {
+      let row: Record<string, number> = {
         ...stats,
         reward: meanReward,
         'completions/mean_length': gen.completions.reduce((a, c) => a + c.length, 0) / gen.completions.length,
       };
+      if (group) {
+        const keys = Object.keys(row);
+        const sums = await group.allReduce(keys.map((k) => row[k]));
+        row = Object.fromEntries(keys.map((k, i) => [k, sums[i] / world]));
+      }
       history.push(row);
       this.steps++;
       opts.onStep?.(row);
-      if (checkpoints && history.length % every === 0)
-        await checkpoints.write(history.length, (dir) => this.save(dir, { runStart, history }));
+      if (checkpoints && history.length % every === 0) {
+        if (!group || group.rank === 0) await checkpoints.write(history.length, (dir) => this.save(dir, { runStart, history }));
+        if (group) await group.barrier();
+      }
     }
     return { steps, history };
   }
@@ -286,8 +322,10 @@ export class GRPO {
     return this.steps;
   }
 
+  /** Frees the optimizer's state and the reference copy (if GRPO made one), and detaches the policy from its group. */
   dispose(): void {
     this.optimizer.dispose();
     this.reference?.dispose();
+    if (this.group) void this.policy.detachDistributed().catch(() => undefined);
   }
 }

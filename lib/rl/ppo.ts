@@ -12,6 +12,7 @@ import { shuffled } from '../random';
 import { checkBoolean, checkNumber, checkOptions } from '../validate';
 import { addon } from '../native';
 import { loadCheckpoint, LoopState, saveCheckpoint } from '../checkpoint';
+import { checkDistributed, DistributedOptions, ProcessGroup, resolveDistributed } from '../distributed';
 import { applyPrecision } from './pairs';
 import { Reference } from './reference';
 import { checkScoring, RewardFn, scoreResponses, Scoring, truncateAtStop } from './score';
@@ -44,6 +45,12 @@ export interface PPOOptions extends Scoring {
   seed?: number;
   /** Sets the policy's precision (Model.setPrecision) for rollouts and updates; default: the precision it has. */
   precision?: Precision;
+  /**
+   * Data-parallel across the processes of a group (as the Trainer's): each rank samples and steps on its own queries,
+   * the minibatch gradients are averaged across ranks (advantages are whitened per rank, as TRL's PPOv2 under
+   * accelerate), and the statistics (and with it the adaptive KL coefficient) are averaged.
+   */
+  distributed?: boolean | ProcessGroup | DistributedOptions;
 }
 
 const PPO_OPTIONS = [
@@ -71,6 +78,7 @@ const PPO_OPTIONS = [
   'disableDropout',
   'seed',
   'precision',
+  'distributed',
 ];
 
 export interface Rollout {
@@ -92,6 +100,7 @@ export class PPO {
     readonly options: Readonly<PPOOptions>,
     private readonly reference: Reference,
     private readonly optimizer: AdamW,
+    private readonly group: ProcessGroup | undefined,
   ) {
     this.klCoef = options.klCoef ?? 0.05;
   }
@@ -128,6 +137,7 @@ export class PPO {
       checkNumber(o.adaptiveKl.horizon, 'adaptiveKl.horizon', { min: 0, minExclusive: true });
     }
     checkScoring(o);
+    checkDistributed(o.distributed);
     await policy.addValueHead();
     await applyPrecision(policy, o.precision, 'PPO');
     const reference = await Reference.of(policy, o.reference);
@@ -138,7 +148,10 @@ export class PPO {
       eps: 1e-8,
       maxGradNorm: o.maxGradNorm === null ? 0 : (o.maxGradNorm ?? 1),
     });
-    return new PPO(policy, { ...o }, reference, optimizer);
+    // Attached after the value head exists, so that its gradients are averaged too.
+    const dist = await resolveDistributed(o.distributed);
+    if (dist) await policy.attachDistributed(dist.group, dist);
+    return new PPO(policy, { ...o }, reference, optimizer, dist?.group);
   }
 
   /** The KL coefficient now (adaptiveKl moves it after every step). */
@@ -161,7 +174,7 @@ export class PPO {
         {
           maxNewTokens: o.responseLength,
           temperature: o.temperature ?? 0.7,
-          seed: (o.seed ?? 0) + this.steps * 7919 + rows[0],
+          seed: (o.seed ?? 0) + this.steps * 7919 + rows[0] + (this.group?.rank ?? 0) * 1000003,
           eosTokenId: -1,
         },
       );
@@ -280,7 +293,7 @@ export class PPO {
     const meanScore = scores.reduce((a, b) => a + b, 0) / B;
     let entropy = 0;
     for (let i = 0; i < B * R; i++) entropy -= oldLogprobs[i] * mask[i];
-    const stats: PPOStats = {
+    let stats: PPOStats = {
       'objective/kl': gae.kl,
       'objective/entropy': entropy / B,
       'objective/non_score_reward': gae.nonScoreReward,
@@ -297,15 +310,22 @@ export class PPO {
       'objective/kl_coef': this.klCoef,
       'response/length': responses.reduce((a, r) => a + r.length, 0) / B,
     };
+    if (this.group) {
+      const keys = Object.keys(stats);
+      const sums = await this.group.allReduce(keys.map((k) => stats[k]));
+      stats = Object.fromEntries(keys.map((k, i) => [k, sums[i] / this.group!.worldSize]));
+    }
     // A negative KL estimate means the sampling and the scoring disagree (e.g. another temperature): TRL's users ask.
-    if (gae.kl < -0.05)
+    const kl = stats['objective/kl'];
+    if (kl < -0.05)
       process.emitWarning(
-        `PPO: the KL to the reference is negative (${gae.kl.toFixed(4)}); are the rollouts sampled at this temperature?`,
+        `PPO: the KL to the reference is negative (${kl.toFixed(4)}); are the rollouts sampled at this temperature?`,
         'TunekitWarning',
       );
     if (o.adaptiveKl) {
-      const error = Math.max(-0.2, Math.min(0.2, gae.kl / o.adaptiveKl.target - 1));
-      this.klCoef *= 1 + (error * B) / o.adaptiveKl.horizon;
+      // TRL's controller sees the whole batch: every rank's mean KL, and the samples of all ranks.
+      const error = Math.max(-0.2, Math.min(0.2, kl / o.adaptiveKl.target - 1));
+      this.klCoef *= 1 + (error * B * (this.group?.worldSize ?? 1)) / o.adaptiveKl.horizon;
     }
     return stats;
   }
@@ -333,10 +353,14 @@ export class PPO {
     return this.steps;
   }
 
-  /** Frees the optimizer's state and the reference copy (if PPO made one); the policy keeps its value head. */
+  /**
+   * Frees the optimizer's state and the reference copy (if PPO made one), and detaches the policy from its process
+   * group; the policy keeps its value head.
+   */
   dispose(): void {
     this.optimizer.dispose();
     this.reference.dispose();
+    if (this.group) void this.policy.detachDistributed().catch(() => undefined);
   }
 }
 

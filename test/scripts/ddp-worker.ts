@@ -1,14 +1,16 @@
 // A worker of test/distributed.test.ts: a few AdamW steps of a seeded gpt2 under the Trainer, writing a checkpoint
 // after every step, alone (the reference) or as one rank of a data-parallel group started by tunekit launch.
-import { AdamW, DPO, LoRA, Model, ProcessGroup, Trainer } from '../../lib';
+import path from 'node:path';
+import { AdamW, DPO, GRPO, LoRA, Model, PPO, ProcessGroup, Trainer } from '../../lib';
 import type { Example } from '../../lib';
 
 export interface WorkerSpec {
   /**
    * 'lm': full finetuning of a causal LM; 'lora': LoRA on a sequence classifier; 'unused': the same with a second,
-   * inactive adapter left trainable (parameters no loss reaches); 'dpo': DPO of a LoRA policy.
+   * inactive adapter left trainable (parameters no loss reaches); 'dpo': DPO of a LoRA policy; 'grpo', 'ppo': updates
+   * on fixed generations (see rlSteps).
    */
-  kind: 'lm' | 'lora' | 'unused' | 'dpo';
+  kind: 'lm' | 'lora' | 'unused' | 'dpo' | 'grpo' | 'ppo';
   out: string;
   steps: number;
   batchSize: number;
@@ -51,7 +53,67 @@ function pairs() {
   }));
 }
 
+const PROMPTS = [
+  [5, 9, 13, 2],
+  [7, 3, 11, 4],
+  [21, 8, 30, 6],
+  [17, 12, 25, 9],
+];
+const COMPLETIONS = [
+  [40, 41, 7, 9, 3],
+  [12, 50, 33, 1, 8],
+  [22, 3, 61, 17, 5],
+  [8, 8, 19, 44, 2],
+];
+
+/**
+ * GRPO and PPO updates on fixed samples, `steps` times, saving the policy after each into out/checkpoint-<step>.
+ * GRPO: two prompts with two completions each, one group per rank when distributed (loss type 'grpo': a mean over
+ * sequences, so two ranks' means average to the batch's). PPO: the same four query-response pairs on every rank
+ * (PPO whitens advantages per rank, as TRL's PPOv2), so that averaged gradients equal one process's on them.
+ */
+async function rlSteps(spec: WorkerSpec, distributed: boolean): Promise<void> {
+  const policy = await Model.fromConfig(CONFIG, { task: 'causal-lm', seed: 7 });
+  await new LoRA({ r: 4, alpha: 8, targetModules: ['c_attn'], seed: 3 }).apply(policy);
+  const rank = distributed ? Number(process.env.RANK) : 0;
+  const save = async (trainer: { save(dir: string): Promise<void> }, step: number) => {
+    if (rank === 0) await trainer.save(path.join(spec.out, `checkpoint-${step}`));
+  };
+  if (spec.kind === 'grpo') {
+    const grpo = await GRPO.create(policy, {
+      rewardFn: () => [],
+      numGenerations: 2,
+      maxCompletionLength: 5,
+      lossType: 'grpo',
+      lr: 1e-2,
+      seed: 5,
+      distributed,
+    });
+    const groups = distributed ? [rank] : [0, 1];
+    const gen = {
+      prompts: groups.flatMap((g) => [PROMPTS[g], PROMPTS[g]]),
+      completions: groups.flatMap((g) => [COMPLETIONS[2 * g], COMPLETIONS[2 * g + 1]]),
+      advantages: groups.flatMap((g) => [g ? 0.7 : 1, g ? -0.7 : -1]),
+      rewards: groups.flatMap(() => [1, 0]),
+    };
+    for (let step = 1; step <= spec.steps; step++) {
+      await grpo.step(gen);
+      await save(grpo, step);
+    }
+    grpo.dispose();
+  } else {
+    const ppo = await PPO.create(policy, { rewardFn: () => [], responseLength: 5, lr: 1e-2, ppoEpochs: 2, seed: 5, distributed });
+    for (let step = 1; step <= spec.steps; step++) {
+      await ppo.step({ queries: PROMPTS, responses: COMPLETIONS, scores: [1, -0.5, 0.25, 0.8] });
+      await save(ppo, step);
+    }
+    ppo.dispose();
+  }
+  policy.dispose();
+}
+
 export async function train(spec: WorkerSpec, distributed: boolean): Promise<void> {
+  if (spec.kind === 'grpo' || spec.kind === 'ppo') return rlSteps(spec, distributed);
   if (spec.kind === 'dpo') {
     const policy = await Model.fromConfig(CONFIG, { task: 'causal-lm', seed: 7 });
     await new LoRA({ r: 4, alpha: 8, targetModules: ['c_attn'], seed: 3 }).apply(policy);
