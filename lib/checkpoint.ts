@@ -7,6 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { TunekitError } from './errors';
+import type { ProcessGroup } from './distributed';
 import type { Model } from './model';
 import { addon, serial } from './native';
 import type { Optimizer } from './optim';
@@ -113,10 +114,24 @@ export class CheckpointDir {
   }
 
   /**
-   * Writes checkpoint-<step> through `save` (saveCheckpoint, or a trainer's save method built on it), points
-   * latest.json at it, then prunes to the newest `keep`.
+   * latest(), for every rank of a data-parallel group: rank 0 picks (and tidies the folder), every rank gets its pick.
    */
-  async write(step: number, save: (dir: string) => Promise<void>): Promise<void> {
+  async resumeFrom(resume: boolean, group?: ProcessGroup): Promise<string | undefined> {
+    if (!group) return this.latest(resume);
+    const picked = group.rank === 0 ? this.latest(resume) : undefined;
+    return (await group.broadcast(picked ?? null)) ?? undefined;
+  }
+
+  /**
+   * Writes checkpoint-<step> through `save` (saveCheckpoint, or a trainer's save method built on it), points
+   * latest.json at it, then prunes to the newest `keep`. In a data-parallel group rank 0 alone writes, and every rank
+   * returns once the checkpoint is in place.
+   */
+  async write(step: number, save: (dir: string) => Promise<void>, group?: ProcessGroup): Promise<void> {
+    if (group) {
+      if (group.rank === 0) await this.write(step, save);
+      return group.barrier();
+    }
     const dir = this.dir;
     fs.mkdirSync(dir, { recursive: true });
     const name = `checkpoint-${step}`;

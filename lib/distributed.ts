@@ -114,6 +114,13 @@ export class ProcessGroup {
     return JSON.parse(new TextDecoder().decode(out)) as T;
   }
 
+  /** Each field's mean over the ranks (every rank must pass the same fields). */
+  async average(values: Record<string, number>): Promise<Record<string, number>> {
+    const keys = Object.keys(values).sort();
+    const sums = await this.allReduce(keys.map((k) => values[k]));
+    return Object.fromEntries(keys.map((k, i) => [k, sums[i] / this.worldSize]));
+  }
+
   barrier(): Promise<void> {
     return serial(() => addon.barrier(this.h));
   }

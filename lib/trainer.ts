@@ -304,7 +304,6 @@ export class Trainer {
     const dist = await resolveDistributed(o.distributed);
     const group = dist?.group;
     this.group = group;
-    const rank = group?.rank ?? 0;
     const worldSize = group?.worldSize ?? 1;
     const batchesPerEpoch = Math.ceil(Math.ceil(data.length / worldSize) / o.batchSize);
     const totalSteps = Math.min(o.maxSteps ?? Infinity, o.epochs * stepsPerEpoch(data.length, o.batchSize, o.gradAccumulation, worldSize));
@@ -314,9 +313,7 @@ export class Trainer {
     if (o.precision !== undefined) await this.model.setPrecision(o.precision);
     const scaler = o.gradScaler ?? (this.model.precision === '16-mixed' ? new GradScaler() : undefined);
     let resumedFrom: number | undefined;
-    // Rank 0 picks the checkpoint (and tidies the folder); every rank loads the one it picked.
-    let latest = o.checkpointDir && rank === 0 ? new CheckpointDir(o.checkpointDir).latest(o.resume) : undefined;
-    if (group && o.checkpointDir) latest = (await group.broadcast(latest ?? null)) ?? undefined;
+    const latest = o.checkpointDir ? await new CheckpointDir(o.checkpointDir).resumeFrom(o.resume, group) : undefined;
     if (latest) {
       const { kind: _kind, ...saved } = await loadCheckpoint<TrainerState & LoopState>(latest, this.model, o.optimizer, 'trainer');
       state = { ...saved, history: saved.history ?? [] };
@@ -459,10 +456,10 @@ export class Trainer {
    */
   private async checkpoint(state: TrainerState, scaler: GradScaler | undefined): Promise<void> {
     const { checkpointDir, keepCheckpoints, optimizer } = this.options;
-    if (!this.group || this.group.rank === 0)
-      await new CheckpointDir(checkpointDir!, keepCheckpoints).write(state.step, (dir) =>
-        saveCheckpoint(dir, this.model, optimizer, { kind: 'trainer', ...state, ...(scaler ? { scaler: scaler.state() } : {}) }),
-      );
-    if (this.group) await this.group.barrier();
+    await new CheckpointDir(checkpointDir!, keepCheckpoints).write(
+      state.step,
+      (dir) => saveCheckpoint(dir, this.model, optimizer, { kind: 'trainer', ...state, ...(scaler ? { scaler: scaler.state() } : {}) }),
+      this.group,
+    );
   }
 }

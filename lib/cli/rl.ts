@@ -310,9 +310,7 @@ export const RL_COMMANDS: Record<string, Command> = {
       });
       const { checkpointDir, checkpointEvery, resume } = checkpointing(o, out);
       const checkpoints = checkpointDir === undefined ? undefined : new CheckpointDir(checkpointDir);
-      // Rank 0 picks the checkpoint; every rank loads the one it picked.
-      let latest = lead ? checkpoints?.latest(Boolean(resume)) : undefined;
-      if (group && checkpoints) latest = (await group.broadcast(latest ?? null)) ?? undefined;
+      const latest = await checkpoints?.resumeFrom(Boolean(resume), group);
       if (latest) await ppo.load(latest);
       const metrics = lead ? new MetricsWriter(path.join(out, 'metrics.jsonl'), { resume }) : undefined;
       const bar = progressBar(steps, 'ppo', { silent: Boolean(o.quiet) || !lead });
@@ -335,10 +333,7 @@ export const RL_COMMANDS: Record<string, Command> = {
             len: stats['response/length'].toFixed(1),
           });
           metrics?.write({ ...stats, step: s + 1 });
-          if (checkpoints && checkpointEvery && (s + 1) % checkpointEvery === 0) {
-            if (lead) await checkpoints.write(s + 1, (d) => ppo.save(d));
-            if (group) await group.barrier();
-          }
+          if (checkpoints && checkpointEvery && (s + 1) % checkpointEvery === 0) await checkpoints.write(s + 1, (d) => ppo.save(d), group);
         }
       } finally {
         bar.stop();

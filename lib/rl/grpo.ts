@@ -259,9 +259,7 @@ export class GRPO {
     let runStart = this.steps;
     let history: Record<string, number>[] = [];
     const group = this.group;
-    // Rank 0 picks the checkpoint; every rank loads the one it picked.
-    let latest = !group || group.rank === 0 ? checkpoints?.latest(checkBoolean(opts.resume, 'resume', true)) : undefined;
-    if (group && checkpoints) latest = (await group.broadcast(latest ?? null)) ?? undefined;
+    const latest = await checkpoints?.resumeFrom(checkBoolean(opts.resume, 'resume', true), group);
     if (latest) {
       const state = await this.load(latest);
       runStart = state.runStart;
@@ -283,18 +281,12 @@ export class GRPO {
         reward: meanReward,
         'completions/mean_length': gen.completions.reduce((a, c) => a + c.length, 0) / gen.completions.length,
       };
-      if (group) {
-        const keys = Object.keys(row);
-        const sums = await group.allReduce(keys.map((k) => row[k]));
-        row = Object.fromEntries(keys.map((k, i) => [k, sums[i] / world]));
-      }
+      if (group) row = await group.average(row);
       history.push(row);
       this.steps++;
       opts.onStep?.(row);
-      if (checkpoints && history.length % every === 0) {
-        if (!group || group.rank === 0) await checkpoints.write(history.length, (dir) => this.save(dir, { runStart, history }));
-        if (group) await group.barrier();
-      }
+      if (checkpoints && history.length % every === 0)
+        await checkpoints.write(history.length, (dir) => this.save(dir, { runStart, history }), group);
     }
     return { steps, history };
   }

@@ -235,9 +235,7 @@ export async function trainOnPairs<T = TokenizedPair>(
   let resumedFrom: number | undefined;
   await applyPrecision(model, options.precision, kind);
   try {
-    // Rank 0 picks the checkpoint; every rank loads the one it picked.
-    let latest = !group || group.rank === 0 ? checkpoints?.latest(checkBoolean(options.resume, 'resume', true)) : undefined;
-    if (group && checkpoints) latest = (await group.broadcast(latest ?? null)) ?? undefined;
+    const latest = await checkpoints?.resumeFrom(checkBoolean(options.resume, 'resume', true), group);
     if (latest) {
       const state = await loadCheckpoint<LoopState & { history: PairStats[] }>(latest, model, optimizer, kind, (s, file) => {
         if (!Array.isArray(s.history) || s.history.length !== s.step || s.step > totalSteps)
@@ -257,20 +255,17 @@ export async function trainOnPairs<T = TokenizedPair>(
       const all = shuffled(pairs.length, o.seed + epoch);
       const order = group ? shardOf(all, group.rank, group.worldSize) : all;
       let stats = await step(order.slice(b * o.batchSize, (b + 1) * o.batchSize).map((i) => pairs[i]));
-      if (group) {
-        const keys = Object.keys(stats).sort();
-        const sums = await group.allReduce(keys.map((k) => stats[k]));
-        stats = Object.fromEntries(keys.map((k, i) => [k, sums[i] / group.worldSize]));
-      }
+      if (group) stats = await group.average(stats);
       const { gradNorm, lr } = await optimizer.step();
       await optimizer.zeroGrad();
       history.push(stats);
       o.onProgress?.({ ...stats, step: history.length, totalSteps, epoch, lr, gradNorm });
-      if (checkpoints && history.length % every === 0) {
-        if (!group || group.rank === 0)
-          await checkpoints.write(history.length, (dir) => saveCheckpoint(dir, model, optimizer, { kind, step: history.length, history }));
-        if (group) await group.barrier();
-      }
+      if (checkpoints && history.length % every === 0)
+        await checkpoints.write(
+          history.length,
+          (dir) => saveCheckpoint(dir, model, optimizer, { kind, step: history.length, history }),
+          group,
+        );
     }
   } finally {
     if (dist) await model.detachDistributed();

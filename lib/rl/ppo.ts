@@ -310,11 +310,7 @@ export class PPO {
       'objective/kl_coef': this.klCoef,
       'response/length': responses.reduce((a, r) => a + r.length, 0) / B,
     };
-    if (this.group) {
-      const keys = Object.keys(stats);
-      const sums = await this.group.allReduce(keys.map((k) => stats[k]));
-      stats = Object.fromEntries(keys.map((k, i) => [k, sums[i] / this.group!.worldSize]));
-    }
+    if (this.group) stats = await this.group.average(stats);
     // A negative KL estimate means the sampling and the scoring disagree (e.g. another temperature): TRL's users ask.
     const kl = stats['objective/kl'];
     if (kl < -0.05)
