@@ -178,7 +178,7 @@ bool install_cpu_cache();
 CpuCacheStats cpu_cache_stats();
 void empty_cpu_cache();  // returns every idle cached block to the system
 
-// Data-parallel training on c10d (dist/ddp.cpp): a TCPStore rendezvous at master_addr:master_port (rank 0 serves
+// Data-parallel training on c10d (distributed/ddp.cpp): a TCPStore rendezvous at master_addr:master_port (rank 0 serves
 // it), a Gloo process group, and DDP's Reducer attached to a model. Every collective that fails (a peer exited, or hung
 // longer than timeout_s) is E_DIST naming this rank.
 struct DistSpec {

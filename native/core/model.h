@@ -15,7 +15,7 @@ namespace tunekit {
 struct Family;
 struct AdapterMethod;
 
-// Data parallelism's hook into backward (dist/ddp.cpp): told of each loss before autograd runs, so that gradients
+// Data parallelism's hook into backward (distributed/ddp.cpp): told of each loss before autograd runs, so that gradients
 // are averaged across processes as they become ready.
 struct GradSync {
   virtual ~GradSync() = default;
