@@ -12,7 +12,7 @@
     "libraries": [
       "-L<!(node scripts/torch-paths.js lib)",
       "-ltorch", "-ltorch_cpu", "-lc10",
-      "-Wl,-rpath,<!(node scripts/torch-paths.js lib)"
+      "-Wl,-rpath,'$$ORIGIN/../../libtorch/lib'"
     ],
     "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "_GLIBCXX_USE_CXX11_ABI=1", "USE_C10D_GLOO"],
     "cflags!": ["-fno-exceptions", "-fno-rtti"],

@@ -1,10 +1,15 @@
 #!/usr/bin/env node
-// `npm install` entry point: make sure a libtorch exists, then build (or load a prebuild of) the addon.
-//   1. $LIBTORCH set: use that unpacked libtorch, no Python needed.
-//   2. otherwise: create .venv (git-ignored) and pip-install requirements.txt into it. In a git checkout that is
-//      everything (torch==2.13.0+cpu plus the reference stack the tests use); as a dependency, torch alone.
-//      TUNEKIT_USE_SYSTEM_TORCH=1 skips this and uses the torch of python3 on PATH (e.g. a CUDA torch).
-//   3. node-gyp-build: loads prebuilds/ if one matches, else runs node-gyp rebuild with all cores.
+// `npm install` entry point: find or fetch a libtorch, link it as ./libtorch, then load a prebuild or build the addon.
+//   1. $LIBTORCH set: that unpacked libtorch.
+//   2. TUNEKIT_USE_SYSTEM_TORCH=1: the torch of python3 on PATH (e.g. a CUDA torch).
+//   3. a git checkout (development): .venv (git-ignored) with requirements.txt, i.e. torch==2.13.0+cpu and the reference
+//      stack the tests compare against.
+//   4. a dependency in someone's project: the shared per-user cache of the official prebuilt libtorch
+//      (scripts/libtorch.js: $TUNEKIT_HOME/libtorch/<version>-<variant>, fetched once, checked by SHA-256); if that
+//      cannot be had, .venv with torch alone from the PyTorch CPU wheel index ($TUNEKIT_TORCH_INDEX overrides it).
+// ./libtorch is a symlink to the chosen libtorch: the addon's rpath ($ORIGIN/../../libtorch/lib) reaches it from
+// build/Release/ and from prebuilds/<platform>/ alike, so a prebuild works on any machine that has the libtorch.
+// node-gyp-build then loads prebuilds/ if one matches, else runs node-gyp rebuild with all cores.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -13,6 +18,8 @@ const { spawnSync } = require('child_process');
 const repo = path.resolve(__dirname, '..');
 const venv = path.join(repo, '.venv');
 const py = path.join(venv, 'bin', 'python');
+const link = path.join(repo, 'libtorch');
+const TORCH_INDEX = process.env.TUNEKIT_TORCH_INDEX || 'https://download.pytorch.org/whl/cpu';
 
 function run(cmd, args, opts = {}) {
   console.log(`tunekit install: ${cmd} ${args.join(' ')}`);
@@ -23,36 +30,68 @@ function run(cmd, args, opts = {}) {
   }
 }
 
-function hasTorch(python) {
-  return spawnSync(python, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0;
+function torchRoot(python) {
+  const r = spawnSync(python, ['-c', 'import os, torch; print(os.path.dirname(torch.__file__))'], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : null;
 }
 
-function ensureVenv() {
+/** requirements.txt into .venv: all of it for development, the torch line alone for a consumer. */
+function venvTorch(dev) {
+  if (!fs.existsSync(py)) run('python3', ['-m', 'venv', venv]);
+  const reqs = fs
+    .readFileSync(path.join(repo, 'requirements.txt'), 'utf8')
+    .split('\n')
+    .map((l) => l.replace(/#.*/, '').trim())
+    .filter(Boolean)
+    .filter((l) => dev || l.startsWith('torch'));
+  const stamp = path.join(venv, '.tunekit-requirements');
+  const root = torchRoot(py);
+  if (!(fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === reqs.join('\n') && root)) {
+    // `+cpu` wheels live on PyTorch's index, not PyPI. Few retries: without a network pip then falls through to the
+    // indexes it is configured with quickly.
+    const index = dev ? [] : ['--extra-index-url', TORCH_INDEX];
+    run(py, ['-m', 'pip', 'install', '--retries', '1', '--timeout', '15', '--disable-pip-version-check', ...index, ...reqs]);
+    fs.writeFileSync(stamp, reqs.join('\n'));
+  }
+  return torchRoot(py);
+}
+
+async function resolveLibtorch() {
   if (process.env.LIBTORCH) {
     console.log(`tunekit install: using LIBTORCH=${process.env.LIBTORCH}`);
-    return;
+    return path.resolve(process.env.LIBTORCH);
   }
   if (process.env.TUNEKIT_USE_SYSTEM_TORCH === '1') {
-    if (!hasTorch('python3')) {
-      console.error('tunekit install: TUNEKIT_USE_SYSTEM_TORCH=1 but python3 on PATH has no torch');
-      process.exit(1);
-    }
-    return;
+    const root = torchRoot('python3');
+    if (!root) throw new Error('TUNEKIT_USE_SYSTEM_TORCH=1 but python3 on PATH has no torch');
+    return root;
   }
-  if (!fs.existsSync(py)) run('python3', ['-m', 'venv', venv]);
   const dev = fs.existsSync(path.join(repo, '.git')) || fs.existsSync(path.join(repo, 'test', 'reference'));
-  const reqs = fs.readFileSync(path.join(repo, 'requirements.txt'), 'utf8').split('\n')
-    .map((l) => l.replace(/#.*/, '').trim()).filter(Boolean).filter((l) => dev || l.startsWith('torch'));
-  const stamp = path.join(venv, '.tunekit-requirements');
-  if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === reqs.join('\n') && hasTorch(py)) return;
-  // Few retries: on a machine without PyPI, pip then falls through to its configured local indexes quickly.
-  run(py, ['-m', 'pip', 'install', '--retries', '1', '--timeout', '15', '--disable-pip-version-check', ...reqs]);
-  fs.writeFileSync(stamp, reqs.join('\n'));
+  if (dev) return venvTorch(true);
+  try {
+    return await require('./libtorch').fetchLibtorch();
+  } catch (e) {
+    console.warn(`tunekit install: no prebuilt libtorch (${e.message}); installing the torch wheel into .venv instead`);
+    return venvTorch(false);
+  }
+}
+
+function linkLibtorch(root) {
+  if (!root || !fs.existsSync(path.join(root, 'include', 'torch')) || !fs.existsSync(path.join(root, 'lib')))
+    throw new Error(`${root} is not a libtorch (it needs include/torch and lib)`);
+  const tmp = `${link}.tmp-${process.pid}`;
+  fs.rmSync(tmp, { force: true });
+  fs.symlinkSync(root, tmp);
+  fs.renameSync(tmp, link);
+  console.log(`tunekit install: libtorch -> ${root}`);
 }
 
 function build() {
   const force = process.argv.includes('--force');
   const env = { ...process.env, JOBS: process.env.JOBS || 'max' };
+  // Without a network node-gyp needs Node's headers from disk: this Node's own install has them when it was built so.
+  const prefix = path.resolve(path.dirname(process.execPath), '..');
+  if (!env.npm_config_nodedir && fs.existsSync(path.join(prefix, 'include', 'node', 'node_api.h'))) env.npm_config_nodedir = prefix;
   if (force) {
     run(process.execPath, [require.resolve('node-gyp/bin/node-gyp.js'), 'rebuild', '--jobs', 'max'], { env });
   } else {
@@ -60,5 +99,12 @@ function build() {
   }
 }
 
-ensureVenv();
-build();
+resolveLibtorch()
+  .then((root) => {
+    linkLibtorch(root);
+    build();
+  })
+  .catch((e) => {
+    console.error(`tunekit install: ${e.message}`);
+    process.exit(1);
+  });

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
-// Makes a prebuildify prebuild (prebuilds/<platform>-<arch>/tunekit.node) that node-gyp-build loads before building.
-// The prebuild links libtorch through an rpath to the libtorch it was built against (.venv or $LIBTORCH), so it is
-// for machines with the same layout (CI caches, a fleet built from one image), not for publishing to npm.
+// Makes a prebuildify prebuild (prebuilds/<platform>-<arch>/node.napi.node) that node-gyp-build loads before building.
+// The addon finds libtorch only through its rpath $ORIGIN/../../libtorch/lib, i.e. the package's ./libtorch link that
+// scripts/install.js makes to the libtorch it resolved, so a prebuild works on any machine with the same libtorch
+// version and variant (in the shared cache, in LIBTORCH, or in .venv).
 'use strict';
 const { spawnSync } = require('child_process');
 const path = require('path');

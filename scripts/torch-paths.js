@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// Finds the libtorch tunekit builds against, in this order: $LIBTORCH (an unpacked official libtorch),
-// the project's .venv torch, then the torch of the python3 on PATH (e.g. a CUDA torch).
+// Finds the libtorch tunekit builds against, in this order: $LIBTORCH (an unpacked official libtorch), ./libtorch
+// (the link scripts/install.js makes to the libtorch it chose), the project's .venv torch, then the torch of the
+// python3 on PATH (e.g. a CUDA torch).
 // Usage: node scripts/torch-paths.js <root|include|lib|cmake|json>
 'use strict';
 const fs = require('fs');
@@ -28,6 +29,8 @@ function findTorch() {
     }
     return { root, source: 'LIBTORCH' };
   }
+  const link = path.join(repo, 'libtorch');
+  if (fs.existsSync(path.join(link, 'include', 'torch'))) return { root: fs.realpathSync(link), source: './libtorch' };
   const venvPython = path.join(repo, '.venv', 'bin', 'python');
   if (fs.existsSync(venvPython)) {
     const t = fromPython(venvPython);
