@@ -132,7 +132,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
           child,
           tail: [],
           exited: new Promise((resolve) => {
-            child.on('exit', (code, signal) => resolve({ code, signal }));
+            child.on('close', (code, signal) => resolve({ code, signal }));
             child.on('error', (e) => {
               w.tail.push(e.message);
               resolve({ code: 127, signal: null });
@@ -140,15 +140,19 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
           }),
         };
         let partial = '';
-        child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
-          const lines = (partial + chunk).split('\n');
-          partial = lines.pop()!;
-          for (const line of lines) {
-            log(`[rank ${rank}] ${line}`);
-            w.tail.push(line);
-            if (w.tail.length > TAIL_LINES) w.tail.shift();
-          }
-        });
+        const keep = (line: string) => {
+          log(`[rank ${rank}] ${line}`);
+          w.tail.push(line);
+          if (w.tail.length > TAIL_LINES) w.tail.shift();
+        };
+        child
+          .stderr!.setEncoding('utf8')
+          .on('data', (chunk: string) => {
+            const lines = (partial + chunk).split('\n');
+            partial = lines.pop()!;
+            lines.forEach(keep);
+          })
+          .on('end', () => partial && keep(partial));
         return w;
       });
       const failure = await watch(current, grace);

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
-import test from 'ava';
+import test, { ExecutionContext } from 'ava';
 import { ROOT, tmpDir } from './helpers';
 
 // The consumer's path, end to end: the packed tarball installed into a new project, with libtorch fetched from a
@@ -24,17 +24,15 @@ function packTarball(out: string): string {
   }
 }
 
-async function serveFile(urlPath: string, file: string): Promise<{ url: string; close: () => Promise<void> }> {
+async function serveFile(t: ExecutionContext, urlPath: string, file: string): Promise<string> {
   const server = http.createServer((req, res) => {
     if (req.url !== urlPath) return res.writeHead(404).end();
     res.writeHead(200, { 'content-length': fs.statSync(file).size });
     fs.createReadStream(file).pipe(res);
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
-    close: () => new Promise((r) => server.close(() => r())),
-  };
+  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+  return `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
 }
 
 test('npm install of the packed tarball: libtorch from the mirror into the shared cache, the prebuild loaded, nothing compiled, a LoRA step trains', async (t) => {
@@ -54,20 +52,17 @@ test('npm install of the packed tarball: libtorch from the mirror into the share
   const packed = JSON.parse(
     execFileSync(process.execPath, [path.join(ROOT, 'scripts', 'pack-libtorch.js'), archive], { encoding: 'utf8' }),
   );
-  const mirror = await serveFile('/' + PIN.archives.cpu.path, archive);
+  const mirror = await serveFile(t, '/' + PIN.archives.cpu.path, archive);
   const project = path.join(work, 'consumer');
   fs.mkdirSync(project);
   fs.writeFileSync(path.join(project, 'package.json'), JSON.stringify({ name: 'consumer', private: true }));
   const home = path.join(work, 'tunekit-home');
-  const env: NodeJS.ProcessEnv = {
+  const env = {
     ...process.env,
     TUNEKIT_HOME: home,
-    TUNEKIT_LIBTORCH_MIRROR: mirror.url,
+    TUNEKIT_LIBTORCH_MIRROR: mirror,
     TUNEKIT_LIBTORCH_SHA256: packed.sha256,
   };
-  // Dependencies that compile (better-sqlite3 without a network) find Node's headers where this Node has them.
-  const prefix = path.resolve(path.dirname(process.execPath), '..');
-  if (fs.existsSync(path.join(prefix, 'include', 'node', 'node_api.h'))) env.npm_config_nodedir ??= prefix;
   // Not spawnSync: the mirror is served from this process's event loop.
   const start = Date.now();
   const cold = await new Promise<{ status: number | null; output: string }>((resolve) => {
@@ -75,7 +70,7 @@ test('npm install of the packed tarball: libtorch from the mirror into the share
     let output = '';
     child.stdout.on('data', (d) => (output += d));
     child.stderr.on('data', (d) => (output += d));
-    child.on('exit', (status) => resolve({ status, output }));
+    child.on('close', (status) => resolve({ status, output }));
   });
   const seconds = (Date.now() - start) / 1000;
   t.is(cold.status, 0, cold.output);
@@ -83,7 +78,6 @@ test('npm install of the packed tarball: libtorch from the mirror into the share
   t.false(fs.existsSync(path.join(pkg, 'build')), 'the addon was compiled despite the prebuild');
   t.false(fs.existsSync(path.join(pkg, '.venv')), 'a .venv was made inside node_modules');
   t.is(fs.realpathSync(path.join(pkg, 'libtorch')), fs.realpathSync(path.join(home, 'libtorch', `${PIN.version}-cpu`)));
-  await mirror.close();
   t.log(`npm install of the tarball: ${seconds.toFixed(0)} s, the libtorch download and unpacking included`);
 
   const script = `
@@ -102,4 +96,9 @@ test('npm install of the packed tarball: libtorch from the mirror into the share
   t.is(run.status, 0, run.stderr);
   const out = JSON.parse(run.stdout.trim());
   t.true(Number.isFinite(out.before) && out.trainable > 0);
+  // The HTTP stack is an optional peer: not installed, and asked for by name.
+  t.false(fs.existsSync(path.join(project, 'node_modules', 'fastify')));
+  const serve = spawnSync(process.execPath, [path.join(pkg, 'dist', 'cli', 'main.js'), 'serve'], { cwd: project, encoding: 'utf8' });
+  t.is(serve.status, 2);
+  t.regex(serve.stderr, /serve needs fastify, .*better-sqlite3: npm install fastify/);
 });

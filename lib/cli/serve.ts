@@ -2,6 +2,16 @@
 import fs from 'node:fs';
 import { Command, num, UsageError } from './args';
 
+/** What the server needs besides tunekit: package.json's optional peer dependencies. */
+const SERVER_PACKAGES = [
+  'fastify',
+  '@fastify/multipart',
+  '@fastify/under-pressure',
+  '@fastify/type-provider-typebox',
+  'typebox',
+  'better-sqlite3',
+];
+
 export const SERVE_COMMANDS: Record<string, Command> = {
   serve: {
     summary: 'serve fine-tuning jobs and OpenAI-compatible completions and embeddings over HTTP',
@@ -46,7 +56,16 @@ export const SERVE_COMMANDS: Record<string, Command> = {
         if (!tokens || typeof tokens !== 'object' || Array.isArray(tokens) || Object.values(tokens).some((t) => typeof t !== 'string'))
           throw new UsageError(`--token-file ${file}: expected an object of token -> tenant name`);
       }
-      // Loaded here, not at the top: the other commands have no use for the HTTP stack.
+      // The HTTP stack is an optional peer dependency (training alone installs no web server or SQLite), loaded here.
+      const missing = SERVER_PACKAGES.filter((p) => {
+        try {
+          require.resolve(p);
+          return false;
+        } catch {
+          return true;
+        }
+      });
+      if (missing.length) throw new UsageError(`serve needs ${missing.join(', ')}: npm install ${missing.join(' ')}`);
       const { createServer } = await import('../server/app');
       const app = await createServer({
         dataDir: String(o['data-dir'] ?? 'tunekit-data'),
