@@ -13,14 +13,10 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { AdamW, launch, Model, ProcessGroup } from '../lib';
 import { addon } from '../lib/native';
+import { median } from './stats';
 
 const WORKLOAD = JSON.parse(fs.readFileSync(path.join(__dirname, 'workloads.json'), 'utf8'))['train-gpt2'];
 const GLOBAL_BATCH = 16;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
 
 function batchOf(rows: number, offset: number) {
   const inputIds = Array.from({ length: rows }, (_, i) =>

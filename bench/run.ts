@@ -13,6 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { defaultTask, familyOf, HFConfig, toSpec } from '../lib/families';
 import { addon } from '../lib/native';
+import { median } from './stats';
 
 const ROOT = path.resolve(__dirname, '..');
 const PY = path.join(ROOT, '.venv', 'bin', 'python');
@@ -51,10 +52,6 @@ interface Side {
   params: number;
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const quantile = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))];
 
 function plan(w: Workload): { steps: number; warmup: number } {

@@ -4,6 +4,7 @@
  * group starts again (each worker resumes from the run's last checkpoint).
  */
 import { ChildProcess, spawn } from 'node:child_process';
+import net from 'node:net';
 import os from 'node:os';
 import { TunekitError } from './errors';
 import { checkNumber, checkOptions, show } from './validate';
@@ -107,54 +108,20 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
   try {
     for (let attempt = 0; ; attempt++) {
-      current = Array.from({ length: nproc }, (_, localRank) => {
-        const rank = nodeRank * nproc + localRank;
-        const child = spawn(o.command[0], o.command.slice(1), {
-          stdio: ['ignore', 'inherit', 'pipe'],
-          env: {
-            OMP_NUM_THREADS: String(threads),
-            ...process.env,
-            RANK: String(rank),
-            LOCAL_RANK: String(localRank),
-            GROUP_RANK: String(nodeRank),
-            WORLD_SIZE: String(worldSize),
-            LOCAL_WORLD_SIZE: String(nproc),
-            MASTER_ADDR: masterAddr,
-            MASTER_PORT: String(masterPort),
-            TORCHELASTIC_RESTART_COUNT: String(attempt),
-            TORCHELASTIC_MAX_RESTARTS: String(maxRestarts),
-            TORCHELASTIC_RUN_ID: o.runId ?? 'none',
-          },
-        });
-        const w: Worker = {
-          rank,
-          localRank,
-          child,
-          tail: [],
-          exited: new Promise((resolve) => {
-            child.on('close', (code, signal) => resolve({ code, signal }));
-            child.on('error', (e) => {
-              w.tail.push(e.message);
-              resolve({ code: 127, signal: null });
-            });
-          }),
-        };
-        let partial = '';
-        const keep = (line: string) => {
-          log(`[rank ${rank}] ${line}`);
-          w.tail.push(line);
-          if (w.tail.length > TAIL_LINES) w.tail.shift();
-        };
-        child
-          .stderr!.setEncoding('utf8')
-          .on('data', (chunk: string) => {
-            const lines = (partial + chunk).split('\n');
-            partial = lines.pop()!;
-            lines.forEach(keep);
-          })
-          .on('end', () => partial && keep(partial));
-        return w;
-      });
+      // What every worker of this attempt shares; each adds its RANK and LOCAL_RANK.
+      const env: NodeJS.ProcessEnv = {
+        OMP_NUM_THREADS: String(threads),
+        ...process.env,
+        GROUP_RANK: String(nodeRank),
+        WORLD_SIZE: String(worldSize),
+        LOCAL_WORLD_SIZE: String(nproc),
+        MASTER_ADDR: masterAddr,
+        MASTER_PORT: String(masterPort),
+        TORCHELASTIC_RESTART_COUNT: String(attempt),
+        TORCHELASTIC_MAX_RESTARTS: String(maxRestarts),
+        TORCHELASTIC_RUN_ID: o.runId ?? 'none',
+      };
+      current = Array.from({ length: nproc }, (_, localRank) => startWorker(o.command, nodeRank * nproc + localRank, localRank, env, log));
       const failure = await watch(current, grace);
       if (!failure) return { ok: true, restarts: attempt };
       log(`tunekit launch: ${describeFailure(failure)}`);
@@ -164,6 +131,49 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   } finally {
     process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
   }
+}
+
+/** A TCP port on the loopback address that nothing listens on now (a one-machine job's MASTER_PORT). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
+
+/** Starts one worker; its stderr goes to `log` line by line, prefixed by its rank, and its last lines are kept. */
+function startWorker(command: string[], rank: number, localRank: number, env: NodeJS.ProcessEnv, log: (line: string) => void): Worker {
+  const child = spawn(command[0], command.slice(1), {
+    stdio: ['ignore', 'inherit', 'pipe'],
+    env: { ...env, RANK: String(rank), LOCAL_RANK: String(localRank) },
+  });
+  const tail: string[] = [];
+  const keep = (line: string) => {
+    log(`[rank ${rank}] ${line}`);
+    tail.push(line);
+    if (tail.length > TAIL_LINES) tail.shift();
+  };
+  let partial = '';
+  child
+    .stderr!.setEncoding('utf8')
+    .on('data', (chunk: string) => {
+      const lines = (partial + chunk).split('\n');
+      partial = lines.pop()!;
+      lines.forEach(keep);
+    })
+    .on('end', () => partial && keep(partial));
+  // 'close', not 'exit': by then every line the worker wrote is in `tail`.
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.on('close', (code, signal) => resolve({ code, signal }));
+    child.on('error', (e) => {
+      tail.push(e.message);
+      resolve({ code: 127, signal: null });
+    });
+  });
+  return { rank, localRank, child, tail, exited };
 }
 
 /** Waits for every worker; at the first failure, stops the rest. Resolves to that failure, or undefined. */

@@ -129,9 +129,14 @@ function batchSeed(seed: number, epoch: number, batch: number): number {
   return (Math.imul(seed ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(epoch + 1, 0xc2b2ae35) ^ Math.imul(batch + 1, 0x27d4eb2f)) >>> 0;
 }
 
-/** Optimizer steps per epoch when each of worldSize ranks takes its share of n examples in batches. */
+/** Batches per epoch when each of worldSize ranks takes its share of n examples (DistributedSampler's, padded). */
+export function batchesPerEpoch(n: number, batchSize: number, worldSize = 1): number {
+  return Math.ceil(Math.ceil(n / worldSize) / batchSize);
+}
+
+/** Optimizer steps per epoch: batchesPerEpoch, gradAccumulation batches to a step. */
 export function stepsPerEpoch(n: number, batchSize: number, gradAccumulation: number, worldSize = 1): number {
-  return Math.ceil(Math.ceil(Math.ceil(n / worldSize) / batchSize) / gradAccumulation);
+  return Math.ceil(batchesPerEpoch(n, batchSize, worldSize) / gradAccumulation);
 }
 
 /** Pads examples into one batch for a model; language-model labels ignore (-100) the padding. */
@@ -305,7 +310,7 @@ export class Trainer {
     const group = dist?.group;
     this.group = group;
     const worldSize = group?.worldSize ?? 1;
-    const batchesPerEpoch = Math.ceil(Math.ceil(data.length / worldSize) / o.batchSize);
+    const batches = batchesPerEpoch(data.length, o.batchSize, worldSize);
     const totalSteps = Math.min(o.maxSteps ?? Infinity, o.epochs * stepsPerEpoch(data.length, o.batchSize, o.gradAccumulation, worldSize));
     if (opt.schedule.type !== 'constant' && opt.schedule.totalSteps === undefined) opt.schedule = { ...opt.schedule, totalSteps };
 
@@ -324,7 +329,7 @@ export class Trainer {
     }
     if (dist) await this.model.attachDistributed(dist.group, dist);
     try {
-      return await this.loop(data, extra, { state, totalSteps, batchesPerEpoch, scaler, resumedFrom });
+      return await this.loop(data, extra, { state, totalSteps, batchesPerEpoch: batches, scaler, resumedFrom });
     } finally {
       if (dist) await this.model.detachDistributed();
     }

@@ -1,9 +1,9 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import test from 'ava';
 import { launch, ProcessGroup, shardOf, Trainer, AdamW, Model } from '../lib';
+import { freePort } from '../lib/launcher';
 import type { LaunchOptions } from '../lib';
 import { readTensors, relError, ROOT, tmpDir } from './helpers';
 import { train, WorkerSpec } from './scripts/ddp-worker';
@@ -11,17 +11,6 @@ import { train, WorkerSpec } from './scripts/ddp-worker';
 const WORKER = path.join(__dirname, 'scripts', 'ddp-worker.ts');
 const NODE = [process.execPath, '--require', 'tsx/cjs', WORKER];
 const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
-
-/** A port nothing listens on now. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-    s.on('error', reject);
-  });
-}
 
 /** Runs the workers quietly, keeping their stderr for the assertion messages. */
 async function launchWorkers(o: Omit<LaunchOptions, 'log'>) {

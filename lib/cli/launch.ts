@@ -1,8 +1,7 @@
 /** `tunekit launch`: torchrun for tunekit (and for any worker that reads torchrun's variables). */
-import net from 'node:net';
 import { Command, num, Opts, UsageError } from './args';
 import { launchedDistributed } from '../distributed';
-import { launch } from '../launcher';
+import { freePort, launch } from '../launcher';
 
 /** The --nproc flag of the commands that train data-parallel. */
 export const NPROC_FLAG = {
@@ -22,6 +21,11 @@ export function workerRole(o: Opts): { relaunch?: number; distributed: boolean; 
   return { ...(nproc > 1 ? { relaunch: nproc } : {}), distributed, lead: !distributed || process.env.RANK === '0' };
 }
 
+/** This CLI's own command line with other arguments: how a worker runs tunekit without it on PATH. */
+function thisCli(args: string[]): string[] {
+  return [process.execPath, ...process.execArgv, process.argv[1], ...args];
+}
+
 /** Runs this CLI's own command line again under `launch` with nproc workers (what `--nproc N` does). */
 export async function relaunch(nproc: number): Promise<number> {
   const args = process.argv.slice(2);
@@ -31,18 +35,7 @@ export async function relaunch(nproc: number): Promise<number> {
     else if (!args[i].startsWith('--nproc=')) own.push(args[i]);
   }
   // One machine, as torchrun --standalone: any free port will do.
-  const masterPort = await new Promise<number>((resolve, reject) => {
-    const server = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
-  const result = await launch({
-    command: [process.execPath, ...process.execArgv, process.argv[1], ...own],
-    nprocPerNode: nproc,
-    masterPort,
-  });
+  const result = await launch({ command: thisCli(own), nprocPerNode: nproc, masterPort: await freePort() });
   return result.ok ? 0 : 1;
 }
 
@@ -79,15 +72,16 @@ export const LAUNCH_COMMANDS: Record<string, Command> = {
       if (o['nproc-per-node'] === undefined) throw new UsageError('--nproc-per-node is required');
       const int = (key: string) => num(o, key, undefined, 'int');
       const result = await launch({
-        command: command[0] === 'tunekit' ? [process.execPath, ...process.execArgv, process.argv[1], ...command.slice(1)] : command,
+        command: command[0] === 'tunekit' ? thisCli(command.slice(1)) : command,
+        // An absent flag is undefined, which launch() reads as its default.
         nprocPerNode: int('nproc-per-node')!,
-        ...(o.nnodes !== undefined ? { nnodes: int('nnodes') } : {}),
-        ...(o['node-rank'] !== undefined ? { nodeRank: int('node-rank') } : {}),
-        ...(o['master-addr'] !== undefined ? { masterAddr: String(o['master-addr']) } : {}),
-        ...(o['master-port'] !== undefined ? { masterPort: int('master-port') } : {}),
-        ...(o['max-restarts'] !== undefined ? { maxRestarts: int('max-restarts') } : {}),
-        ...(o['threads-per-worker'] !== undefined ? { threadsPerWorker: int('threads-per-worker') } : {}),
-        ...(o['rdzv-id'] !== undefined ? { runId: String(o['rdzv-id']) } : {}),
+        nnodes: int('nnodes'),
+        nodeRank: int('node-rank'),
+        masterAddr: o['master-addr'] as string | undefined,
+        masterPort: int('master-port'),
+        maxRestarts: int('max-restarts'),
+        threadsPerWorker: int('threads-per-worker'),
+        runId: o['rdzv-id'] as string | undefined,
       });
       return result.ok ? 0 : 1;
     },

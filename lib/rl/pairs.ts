@@ -12,7 +12,8 @@ import { shuffled } from '../random';
 import type { Tokenizer } from '../tokenizer';
 import { CheckpointDir, checkFolder, loadCheckpoint, LoopState, saveCheckpoint } from '../checkpoint';
 import { addon, serial } from '../native';
-import { checkDistributed, DistributedOptions, ProcessGroup, resolveDistributed, shardOf } from '../distributed';
+import { DistributedOptions, ProcessGroup, resolveDistributed, shardOf } from '../distributed';
+import { batchesPerEpoch } from '../trainer';
 import { checkBoolean, checkNumber, show } from '../validate';
 
 export interface PreferencePair {
@@ -220,10 +221,9 @@ export async function trainOnPairs<T = TokenizedPair>(
     options.checkpointEvery === undefined ? Infinity : checkNumber(options.checkpointEvery, 'checkpointEvery', { integer: true, min: 1 });
   const checkpoints =
     options.checkpointDir === undefined ? undefined : new CheckpointDir(checkFolder(options.checkpointDir), o.keepCheckpoints);
-  checkDistributed(options.distributed);
   const dist = await resolveDistributed(options.distributed);
   const group = dist?.group;
-  const perEpoch = Math.ceil(Math.ceil(pairs.length / (group?.worldSize ?? 1)) / o.batchSize);
+  const perEpoch = batchesPerEpoch(pairs.length, o.batchSize, group?.worldSize);
   const totalSteps = perEpoch * o.epochs;
   const optimizer = new AdamW(model, {
     lr: o.lr,

@@ -122,7 +122,7 @@ export async function trainSupervised(name: string, model: Model, data: Strategy
     resume: o.resume,
     precision: o.precision,
     onTrained: o.onTrained,
-    ...(dist ? { distributed: { ...dist } } : {}),
+    ...(dist ? { distributed: dist } : {}),
   });
   const start = Date.now();
   const train = await trainer.train(data.train, data.validation?.length ? { evalSet: data.validation } : {});

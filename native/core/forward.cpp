@@ -107,6 +107,21 @@ ForwardResult forward(Model& m, const Batch& b, bool want_logits) {
   return r;
 }
 
+void run_backward(Model& m, const torch::Tensor& loss, double scale) {
+  if (!m.grad_sync) {
+    (loss * scale).backward();
+    return;
+  }
+  m.grad_sync->before_backward(loss);
+  try {
+    (loss * scale).backward();
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    m.grad_sync->failed(e);
+  }
+}
+
 double backward(Model& m, const Batch& b, double loss_scale) {
   auto c = call_context(m);
   auto t = to_tensors(c, b);

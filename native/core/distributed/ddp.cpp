@@ -238,19 +238,4 @@ void ddp_set_sync(Model& m, bool sync) {
   ddp->sync = sync;
 }
 
-void run_backward(Model& m, const torch::Tensor& loss, double scale) {
-  if (!m.grad_sync) {
-    (loss * scale).backward();
-    return;
-  }
-  m.grad_sync->before_backward(loss);
-  try {
-    (loss * scale).backward();
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    m.grad_sync->failed(e);
-  }
-}
-
 }  // namespace tunekit
