@@ -204,49 +204,57 @@ test.serial(
   },
 );
 
-test.serial('streamed completions equal the unstreamed ones, seeded sampling ignores its batch neighbours, and embeddings equal Model.embed', async (t) => {
-  const { app, base } = await started();
-  try {
-    const body = { model: 'tiny-gpt2', prompt: ['The President said that', 'In the morning the old man'], max_tokens: 12, temperature: 0 };
-    const [plain, res] = await Promise.all([
-      call(base, 'POST', '/v1/completions', body),
-      fetch(`${base}/v1/completions`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ ...body, stream: true }),
-      }),
-    ]);
-    t.is(plain.status, 200);
-    const chunks = await readSse(res);
-    for (const i of [0, 1]) {
-      const text = chunks.flatMap((c) => c.choices.filter((ch: any) => ch.index === i).map((ch: any) => ch.text)).join('');
-      t.is(text, plain.body.choices[i].text);
-      t.true(chunks.filter((c) => c.choices[0].index === i && c.choices[0].text !== '').length > 1, 'streamed in pieces');
-    }
-    // Sampling is seeded per request: the same seed gives the same text, alone or beside another request.
-    const sampled = { model: 'tiny-gpt2', prompt: 'The President said that', max_tokens: 10, temperature: 1, seed: 3 };
-    const [a, b] = await Promise.all([
-      call(base, 'POST', '/v1/completions', sampled),
-      call(base, 'POST', '/v1/completions', { ...sampled, seed: 4 }),
-    ]);
-    const alone = await call(base, 'POST', '/v1/completions', sampled);
-    t.is(alone.body.choices[0].text, a.body.choices[0].text);
-    t.not(a.body.choices[0].text, b.body.choices[0].text);
+test.serial(
+  'streamed completions equal the unstreamed ones, seeded sampling ignores its batch neighbours, and embeddings equal Model.embed',
+  async (t) => {
+    const { app, base } = await started();
+    try {
+      const body = {
+        model: 'tiny-gpt2',
+        prompt: ['The President said that', 'In the morning the old man'],
+        max_tokens: 12,
+        temperature: 0,
+      };
+      const [plain, res] = await Promise.all([
+        call(base, 'POST', '/v1/completions', body),
+        fetch(`${base}/v1/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ ...body, stream: true }),
+        }),
+      ]);
+      t.is(plain.status, 200);
+      const chunks = await readSse(res);
+      for (const i of [0, 1]) {
+        const text = chunks.flatMap((c) => c.choices.filter((ch: any) => ch.index === i).map((ch: any) => ch.text)).join('');
+        t.is(text, plain.body.choices[i].text);
+        t.true(chunks.filter((c) => c.choices[0].index === i && c.choices[0].text !== '').length > 1, 'streamed in pieces');
+      }
+      // Sampling is seeded per request: the same seed gives the same text, alone or beside another request.
+      const sampled = { model: 'tiny-gpt2', prompt: 'The President said that', max_tokens: 10, temperature: 1, seed: 3 };
+      const [a, b] = await Promise.all([
+        call(base, 'POST', '/v1/completions', sampled),
+        call(base, 'POST', '/v1/completions', { ...sampled, seed: 4 }),
+      ]);
+      const alone = await call(base, 'POST', '/v1/completions', sampled);
+      t.is(alone.body.choices[0].text, a.body.choices[0].text);
+      t.not(a.body.choices[0].text, b.body.choices[0].text);
 
-    const emb = await call(base, 'POST', '/v1/embeddings', { model: 'tiny-distilbert', input: ['a fine film', 'a dull one'] });
-    t.is(emb.status, 200, JSON.stringify(emb.body));
-    const model = await Model.fromPretrained(DISTILBERT, { task: 'feature-extraction' });
-    const tok = await Tokenizer.fromPretrained(DISTILBERT);
-    const direct = await model.embed({ inputIds: [tok.encode('a dull one')] });
-    t.deepEqual(emb.body.data[1].embedding, Array.from(direct.data));
-    model.dispose();
-    const encoder = await call(base, 'POST', '/v1/completions', { model: 'tiny-distilbert', prompt: 'x' });
-    t.is(encoder.status, 400);
-    t.regex(encoder.body.error.message, /not a causal language model/);
-  } finally {
-    await app.close();
-  }
-});
+      const emb = await call(base, 'POST', '/v1/embeddings', { model: 'tiny-distilbert', input: ['a fine film', 'a dull one'] });
+      t.is(emb.status, 200, JSON.stringify(emb.body));
+      const model = await Model.fromPretrained(DISTILBERT, { task: 'feature-extraction' });
+      const tok = await Tokenizer.fromPretrained(DISTILBERT);
+      const direct = await model.embed({ inputIds: [tok.encode('a dull one')] });
+      t.deepEqual(emb.body.data[1].embedding, Array.from(direct.data));
+      model.dispose();
+      const encoder = await call(base, 'POST', '/v1/completions', { model: 'tiny-distilbert', prompt: 'x' });
+      t.is(encoder.status, 400);
+      t.regex(encoder.body.error.message, /not a causal language model/);
+    } finally {
+      await app.close();
+    }
+  },
+);
 
 test.serial('requests for different adapters of one base decode together and each equals its adapter alone', async (t) => {
   const dataDir = tmpDir('serve-adapters');
