@@ -20,6 +20,10 @@ const venv = path.join(repo, '.venv');
 const py = path.join(venv, 'bin', 'python');
 const link = path.join(repo, 'libtorch');
 const TORCH_INDEX = process.env.TUNEKIT_TORCH_INDEX || 'https://download.pytorch.org/whl/cpu';
+/** A checkout being developed (tests, reference stack, rebuilds), not a dependency in someone's project. */
+const DEVELOPMENT = fs.existsSync(path.join(repo, '.git')) || fs.existsSync(path.join(repo, 'test', 'reference'));
+/** binding.gyp's precompiled libtorch header: about 500 MB that only a rebuild reads. */
+const PCH_DIR = path.join(repo, 'build', 'Release', 'obj.target', 'tunekit', 'geni', 'pch');
 
 function run(cmd, args, opts = {}) {
   console.log(`tunekit install: ${cmd} ${args.join(' ')}`);
@@ -66,8 +70,7 @@ async function resolveLibtorch() {
     if (!root) throw new Error('TUNEKIT_USE_SYSTEM_TORCH=1 but python3 on PATH has no torch');
     return root;
   }
-  const dev = fs.existsSync(path.join(repo, '.git')) || fs.existsSync(path.join(repo, 'test', 'reference'));
-  if (dev) return venvTorch(true);
+  if (DEVELOPMENT) return venvTorch(true);
   try {
     return await require('./libtorch').fetchLibtorch();
   } catch (e) {
@@ -97,6 +100,7 @@ function build() {
   } else {
     run(process.execPath, [require.resolve('node-gyp-build/bin.js')], { env });
   }
+  if (!DEVELOPMENT) fs.rmSync(PCH_DIR, { recursive: true, force: true });
 }
 
 resolveLibtorch()

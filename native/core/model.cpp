@@ -1,4 +1,6 @@
 // Model lifetime: the family registry, creating a model from its spec, parameters and their trainability.
+#include <torch/cuda.h>
+
 #include "models/family.h"
 #include "peft/method.h"
 

@@ -1,14 +1,13 @@
 // The model as the core sees it: Hugging Face-named tensors, the family that runs them, and the per-call context
 // every forward receives.
 #pragma once
-#include <torch/torch.h>
-
 #include <map>
 #include <memory>
 #include <optional>
 #include <unordered_map>
 
 #include "api.h"
+#include "torch_headers.h"
 
 namespace tunekit {
 

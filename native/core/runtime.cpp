@@ -1,4 +1,7 @@
 // Process-wide state and facts: the RNG, the device, the matmul ceiling, what this libtorch is.
+#include <torch/cuda.h>
+#include <torch/version.h>
+
 #include <chrono>
 #include <functional>
 

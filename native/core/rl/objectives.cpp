@@ -2,6 +2,8 @@
 // sentence-transformers) trainer, and the per-token log-probabilities every such method starts from. An objective is
 // a function of the model's output on a batch and of the spec's numbers, strings and arrays; adding one is adding a
 // function to the table at the end.
+#include <torch/nn/functional/normalization.h>
+
 #include <cmath>
 #include <functional>
 #include <optional>

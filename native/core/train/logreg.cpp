@@ -1,4 +1,8 @@
 // Logistic regression for the feature-based strategy: frozen-model embeddings in, a linear classifier out.
+#include <torch/nn/functional/activation.h>
+#include <torch/nn/functional/loss.h>
+#include <torch/optim/lbfgs.h>
+
 #include "../model.h"
 
 namespace tunekit {
