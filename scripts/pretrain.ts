@@ -4,6 +4,7 @@
  *
  *   npm run pretrain -- --model tiny-gpt2|tiny-distilbert [--steps N] [--lr X] [--out DIR] [--seed N] [--fresh]
  *                      [--sentence-objective sop|nsp]   (tiny-distilbert's [CLS] objective; default sop, what ships)
+ *                      [--cut random|sentence]          (where a span splits into A and B; default random, what ships)
  *
  * Before the run, a short sweep trains the model for --sweep-steps at each rate of the recipe's grid (or --sweep
  * a,b,c) and keeps the rate with the lowest held-out loss, unless --lr is given; the card reports the sweep.
@@ -130,19 +131,29 @@ function maskBlock(ids: number[], rand: () => number, special: Set<number>, mask
   return { inputIds: input, labels };
 }
 
-type Tokens = { cls: number; sep: number; maskId: number; vocab: number; special: Set<number> };
+/** `sentenceEnds`: the tokens a span may be cut after (`--cut sentence`); empty: a random point (`--cut random`). */
+type Tokens = { cls: number; sep: number; maskId: number; vocab: number; special: Set<number>; sentenceEnds: Set<number> };
+
+/** Where a span splits into A and B, leaving both at least 16 tokens: after a random sentence end, as BERT and ALBERT
+ * make their segments of whole sentences (a cut inside a sentence hides the order under broken syntax: the shipped
+ * run's sentence-order loss stayed at chance, a sentence-cut run learned it), else at a random point. */
+function cutPoint(span: number[], rand: () => number, t: Tokens): number {
+  const ends: number[] = [];
+  for (let i = 16; i <= span.length - 16; i++) if (t.sentenceEnds.has(span[i - 1])) ends.push(i);
+  return ends.length ? ends[Math.floor(rand() * ends.length)] : 16 + Math.floor(rand() * (span.length - 31));
+}
 
 /**
- * The sentence-level objectives on tiny-distilbert's [CLS], each on a text span cut at a random point into A and B,
- * shown as [CLS] A [SEP] B [SEP] (label 0) or, half the time, changed (label 1), with BERT's masking on top. The label
- * rides at position 0 ([CLS], never masked), as the core's 'pretraining' task reads it; one head serves both.
+ * The sentence-level objectives on tiny-distilbert's [CLS], each on a text span cut into A and B, shown as
+ * [CLS] A [SEP] B [SEP] (label 0) or, half the time, changed (label 1), with BERT's masking on top. The label rides at
+ * position 0 ([CLS], never masked), as the core's 'pretraining' task reads it; one head serves both.
  */
 const SENTENCE_OBJECTIVES = {
   sop: {
     name: "ALBERT's sentence-order prediction",
     change: '`[CLS] B [SEP] A [SEP]`',
     example(span: number[], _other: number[], rand: () => number, t: Tokens): Example {
-      const cut = 16 + Math.floor(rand() * (span.length - 31));
+      const cut = cutPoint(span, rand, t);
       const [a, b] = [span.slice(0, cut), span.slice(cut)];
       const swapped = rand() < 0.5;
       const masked = maskBlock(
@@ -160,7 +171,7 @@ const SENTENCE_OBJECTIVES = {
     name: "BERT's next-sentence prediction",
     change: 'with B replaced by a stretch of the same length from another span of the batch',
     example(span: number[], other: number[], rand: () => number, t: Tokens): Example {
-      const cut = 16 + Math.floor(rand() * (span.length - 31));
+      const cut = cutPoint(span, rand, t);
       const a = span.slice(0, cut);
       const random = rand() < 0.5;
       const from = random ? Math.floor(rand() * (cut + 1)) : 0;
@@ -187,6 +198,8 @@ async function main() {
   const steps = Number(arg('steps', String(recipe.steps)));
   const objective = (arg('sentence-objective') ?? 'sop') as SentenceObjective;
   if (!(objective in SENTENCE_OBJECTIVES)) fail(`--sentence-objective must be sop or nsp, got ${arg('sentence-objective')}`);
+  const cut = arg('cut') ?? 'random';
+  if (cut !== 'random' && cut !== 'sentence') fail(`--cut must be random or sentence, got ${cut}`);
   const seed = Number(arg('seed', '0'));
   if (!Number.isInteger(steps) || steps < 1) fail(`--steps must be a positive integer, got ${arg('steps')}`);
   const out = path.resolve(arg('out', path.join(ROOT, 'models', name))!);
@@ -255,8 +268,9 @@ async function main() {
   } else {
     const [cls, sep, maskId] = ['[CLS]', '[SEP]', '[MASK]'].map((t) => tok.tokenId(t)!);
     const vocab = Number(recipe.config.vocab_size);
+    const sentenceEnds = new Set(cut === 'sentence' ? ['.', '!', '?'].map((t) => tok.tokenId(t)).filter((t) => t !== undefined) : []);
     const example = (span: number[], other: number[], r: () => number) =>
-      SENTENCE_OBJECTIVES[objective].example(span, other, r, { cls, sep, maskId, vocab, special });
+      SENTENCE_OBJECTIVES[objective].example(span, other, r, { cls, sep, maskId, vocab, special, sentenceEnds });
     const rand = mulberry32(seed + 1000);
     // Scored twice: with sentence labels (the pretraining loss) and without (the masked-LM loss alone).
     validWithPairs = validBlocks.map((b, i) =>
@@ -430,7 +444,7 @@ async function main() {
     },
     pretrainDropout: recipe.pretrainDropout,
     validationLoss: final.loss,
-    ...(recipe.kind === 'wordpiece' ? { sentenceObjective: objective, sentenceLoss } : {}),
+    ...(recipe.kind === 'wordpiece' ? { sentenceObjective: objective, cut, sentenceLoss } : {}),
     validationPerplexity: ppl,
     unigramPerplexity: unigramPpl,
     wallTimeS: totalWallS,
@@ -486,7 +500,7 @@ function modelCard(s: Summary): string {
   const sentence = SENTENCE_OBJECTIVES[(s.sentenceObjective ?? 'sop') as SentenceObjective];
   const objective = gpt
     ? 'causal language modelling on the token stream (paragraphs joined by `<\\|endoftext\\|>`), cut into blocks of 128 tokens'
-    : `masked language modelling as BERT (15% of tokens predicted, of which 80% replaced by \`[MASK]\`, 10% by a random token, 10% kept) plus ${sentence.name} on \`[CLS]\`: each 125-token span of the stream is cut at a random point into A and B and shown as \`[CLS] A [SEP] B [SEP]\` or, half the time, ${sentence.change}; a head on \`[CLS]\` (the sequence classifier's shape) says which, and the loss is the sum of both, as BertForPreTraining's. Cuts, changes and masks are redrawn for every batch (seeded, so a resumed run sees the same ones). The sentence head is not in the shipped files (\`tunekit\`'s \`task: 'pretraining'\` trains it; \`savePretrained\` drops it)`;
+    : `masked language modelling as BERT (15% of tokens predicted, of which 80% replaced by \`[MASK]\`, 10% by a random token, 10% kept) plus ${sentence.name} on \`[CLS]\`: each 125-token span of the stream is cut ${s.cut === 'sentence' ? "after a random sentence end into A and B (whole sentences, as BERT's segments; at a random point in the few spans without one)" : 'at a random point into A and B'} and shown as \`[CLS] A [SEP] B [SEP]\` or, half the time, ${sentence.change}; a head on \`[CLS]\` (the sequence classifier's shape) says which, and the loss is the sum of both, as BertForPreTraining's. Cuts, changes and masks are redrawn for every batch (seeded, so a resumed run sees the same ones). The sentence head is not in the shipped files (\`tunekit\`'s \`task: 'pretraining'\` trains it; \`savePretrained\` drops it)`;
   // Cards written before the objective was a choice name the loss sentenceOrderLoss.
   const sentenceLoss: number | undefined = s.sentenceLoss ?? s.sentenceOrderLoss;
   const tokenizer = gpt
