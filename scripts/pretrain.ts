@@ -5,6 +5,7 @@
  *   npm run pretrain -- --model tiny-gpt2|tiny-distilbert [--steps N] [--lr X] [--out DIR] [--seed N] [--fresh]
  *                      [--sentence-objective sop|nsp]   (tiny-distilbert's [CLS] objective; default sop, what ships)
  *                      [--cut random|sentence]          (where a span splits into A and B; default random, what ships)
+ *                      [--single-segment F]             (this fraction of inputs is one segment, no sentence label; default 0)
  *
  * Before the run, a short sweep trains the model for --sweep-steps at each rate of the recipe's grid (or --sweep
  * a,b,c) and keeps the rate with the lowest held-out loss, unless --lr is given; the card reports the sweep.
@@ -200,6 +201,8 @@ async function main() {
   if (!(objective in SENTENCE_OBJECTIVES)) fail(`--sentence-objective must be sop or nsp, got ${arg('sentence-objective')}`);
   const cut = arg('cut') ?? 'random';
   if (cut !== 'random' && cut !== 'sentence') fail(`--cut must be random or sentence, got ${cut}`);
+  const singleSegment = Number(arg('single-segment', '0'));
+  if (!(singleSegment >= 0 && singleSegment < 1)) fail(`--single-segment must be a fraction in [0, 1), got ${arg('single-segment')}`);
   const seed = Number(arg('seed', '0'));
   if (!Number.isInteger(steps) || steps < 1) fail(`--steps must be a positive integer, got ${arg('steps')}`);
   const out = path.resolve(arg('out', path.join(ROOT, 'models', name))!);
@@ -278,10 +281,15 @@ async function main() {
     );
     valid = validWithPairs.map((e) => ({ ...e, labels: [-100, ...e.labels!.slice(1)] }));
     targets = valid.flatMap((e) => e.labels!.filter((l) => l !== -100));
-    // A batch is a random draw of spans, so a span's random B (nsp) comes from its neighbour in the batch.
+    // A batch is a random draw of spans, so a span's random B (nsp) comes from its neighbour in the batch. A single
+    // segment is shaped as a finetuning input is ([CLS] text [SEP]); [CLS] is never masked, so it has no sentence label.
     transform = (ex, s) => {
       const r = mulberry32(s);
-      return ex.map((e, i) => example(e.inputIds, ex[(i + 1) % ex.length].inputIds, r));
+      return ex.map((e, i) =>
+        singleSegment > 0 && r() < singleSegment
+          ? maskBlock([cls, ...e.inputIds, sep], r, special, maskId, vocab)
+          : example(e.inputIds, ex[(i + 1) % ex.length].inputIds, r),
+      );
     };
   }
   const unigramPpl = unigramPerplexity(counts, targets);
@@ -310,18 +318,22 @@ async function main() {
     return { model, trainer };
   };
 
-  const sweep = await sweepRates(work, arg('sweep')?.split(',').map(Number) ?? recipe.lrGrid, async (lr, sweepSteps) => {
-    const bar = progressBar(sweepSteps, `${name} sweep lr ${lr}`);
-    const { model, trainer } = await run(lr, sweepSteps, { onProgress: (p) => bar.update(p.step, trainingFields(p)) });
-    await trainer.train(train);
-    bar.stop();
-    const { loss } = await trainer.evaluate(evalSubset);
-    model.dispose();
-    return loss;
-  });
-  const lr = arg('lr') !== undefined ? Number(arg('lr')) : sweep.best;
-  if (!(lr > 0)) fail(`--lr must be a positive number, got ${arg('lr')}`);
-  console.log(`learning rate ${lr} (${arg('lr') !== undefined ? '--lr' : "the sweep's best"})`);
+  const givenLr = arg('lr');
+  if (givenLr !== undefined && !(Number(givenLr) > 0)) fail(`--lr must be a positive number, got ${givenLr}`);
+  const sweep =
+    givenLr !== undefined
+      ? undefined
+      : await sweepRates(work, arg('sweep')?.split(',').map(Number) ?? recipe.lrGrid, async (lr, sweepSteps) => {
+          const bar = progressBar(sweepSteps, `${name} sweep lr ${lr}`);
+          const { model, trainer } = await run(lr, sweepSteps, { onProgress: (p) => bar.update(p.step, trainingFields(p)) });
+          await trainer.train(train);
+          bar.stop();
+          const { loss } = await trainer.evaluate(evalSubset);
+          model.dispose();
+          return loss;
+        });
+  const lr = sweep?.best ?? Number(givenLr);
+  console.log(`learning rate ${lr} (${sweep ? "the sweep's best" : '--lr'})`);
 
   // A resumed run rewrites the rows after its checkpoint.
   const metrics = new MetricsWriter(path.join(work, 'metrics.jsonl'), { resume: true });
@@ -444,7 +456,7 @@ async function main() {
     },
     pretrainDropout: recipe.pretrainDropout,
     validationLoss: final.loss,
-    ...(recipe.kind === 'wordpiece' ? { sentenceObjective: objective, cut, sentenceLoss } : {}),
+    ...(recipe.kind === 'wordpiece' ? { sentenceObjective: objective, cut, singleSegment, sentenceLoss } : {}),
     validationPerplexity: ppl,
     unigramPerplexity: unigramPpl,
     wallTimeS: totalWallS,
@@ -500,7 +512,7 @@ function modelCard(s: Summary): string {
   const sentence = SENTENCE_OBJECTIVES[(s.sentenceObjective ?? 'sop') as SentenceObjective];
   const objective = gpt
     ? 'causal language modelling on the token stream (paragraphs joined by `<\\|endoftext\\|>`), cut into blocks of 128 tokens'
-    : `masked language modelling as BERT (15% of tokens predicted, of which 80% replaced by \`[MASK]\`, 10% by a random token, 10% kept) plus ${sentence.name} on \`[CLS]\`: each 125-token span of the stream is cut ${s.cut === 'sentence' ? "after a random sentence end into A and B (whole sentences, as BERT's segments; at a random point in the few spans without one)" : 'at a random point into A and B'} and shown as \`[CLS] A [SEP] B [SEP]\` or, half the time, ${sentence.change}; a head on \`[CLS]\` (the sequence classifier's shape) says which, and the loss is the sum of both, as BertForPreTraining's. Cuts, changes and masks are redrawn for every batch (seeded, so a resumed run sees the same ones). The sentence head is not in the shipped files (\`tunekit\`'s \`task: 'pretraining'\` trains it; \`savePretrained\` drops it)`;
+    : `masked language modelling as BERT (15% of tokens predicted, of which 80% replaced by \`[MASK]\`, 10% by a random token, 10% kept) plus ${sentence.name} on \`[CLS]\`: each 125-token span of the stream is cut ${s.cut === 'sentence' ? "after a random sentence end into A and B (whole sentences, as BERT's segments; at a random point in the few spans without one)" : 'at a random point into A and B'} and shown as \`[CLS] A [SEP] B [SEP]\` or, half the time, ${sentence.change}${s.singleSegment ? `; ${Math.round(s.singleSegment * 100)}% of the training inputs are instead one span alone, \`[CLS] span [SEP]\` as a finetuning input is, with no sentence label` : ''}; a head on \`[CLS]\` (the sequence classifier's shape) says which, and the loss is the sum of both, as BertForPreTraining's. Cuts, changes and masks are redrawn for every batch (seeded, so a resumed run sees the same ones). The sentence head is not in the shipped files (\`tunekit\`'s \`task: 'pretraining'\` trains it; \`savePretrained\` drops it)`;
   // Cards written before the objective was a choice name the loss sentenceOrderLoss.
   const sentenceLoss: number | undefined = s.sentenceLoss ?? s.sentenceOrderLoss;
   const tokenizer = gpt
@@ -527,7 +539,7 @@ useful general language model.
 | tokenizer | ${tokenizer} |
 | objective | ${objective} |
 | corpus | ${s.corpus.train.words.toLocaleString('en-US')} words / ${s.trainTokens.toLocaleString('en-US')} tokens for training, ${s.corpus.validation.words.toLocaleString('en-US')} words held out (2% of paragraphs) |
-| training | ${s.steps} steps of ${s.batchSize} x ${s.blockSize} tokens (${s.tokensSeen.toLocaleString('en-US')} tokens, ${(s.tokensSeen / s.trainTokens).toFixed(2)} epochs) under \`${s.precision}\` (float32 weights and optimizer state, bfloat16 products); AdamW lr ${s.optimizer.lr} (from the sweep below), betas (0.9, 0.98), weight decay ${s.optimizer.weightDecay}, cosine schedule with ${s.optimizer.warmupSteps} warm-up steps, clipping at 1.0; seed ${s.seed} |
+| training | ${s.steps} steps of ${s.batchSize} x ${s.blockSize} tokens (${s.tokensSeen.toLocaleString('en-US')} tokens, ${(s.tokensSeen / s.trainTokens).toFixed(2)} epochs) under \`${s.precision}\` (float32 weights and optimizer state, bfloat16 products); AdamW lr ${s.optimizer.lr} (${s.sweep ? 'from the sweep below' : 'given, no sweep'}), betas (0.9, 0.98), weight decay ${s.optimizer.weightDecay}, cosine schedule with ${s.optimizer.warmupSteps} warm-up steps, clipping at 1.0; seed ${s.seed} |
 | dropout | none while pretraining (a few epochs of a small model: it underfits); the shipped config sets the usual finetuning dropout |
 | wall time | ${(s.wallTimeS / 60).toFixed(1)} min on ${s.machine} (${Math.round(s.tokensPerSecond).toLocaleString('en-US')} tokens/s on average, sharing the 2 cores with other work at times) |
 
@@ -540,7 +552,9 @@ useful general language model.
 
 Measured on all ${s.validationBlocks} held-out blocks (${s.validationTargets.toLocaleString('en-US')} ${gpt ? 'predicted tokens' : 'masked positions, masks drawn once with a fixed seed'}); the baseline is scored on exactly the same targets: the model's perplexity is **${(s.validationPerplexity / s.unigramPerplexity).toFixed(2)}x** the baseline's.${sentenceLoss !== undefined ? ` On the same held-out pairs the ${gpt ? '' : sentence.name.split(' ').slice(1).join(' ')} loss is ${sentenceLoss.toFixed(3)} nats (chance: ln 2 = 0.693)${sentenceLoss > 0.68 ? ': in this run `[CLS]` learned nothing from it' : ''}.` : ''}
 
-## Learning-rate sweep
+${
+  s.sweep
+    ? `## Learning-rate sweep
 
 Before the run, the same model trained for ${s.sweep.steps} steps at each rate (same seed, data, batch and schedule shape),
 scored on a fixed 64-block held-out subset${gpt ? '' : ' (masked LM + sentence objective)'}; the lowest loss chose the rate. The shape was not swept: the
@@ -549,7 +563,9 @@ session's compute went to more tokens at the earlier shape instead.
 | learning rate | held-out loss after ${s.sweep.steps} steps |
 |---|---|
 ${s.sweep.results.map((r: Summary) => `| ${r.lr}${r.lr === s.optimizer.lr ? ' (chosen)' : ''} | ${r.evalLoss.toFixed(3)} |`).join('\n')}
-
+`
+    : ''
+}
 ![loss curve](loss.svg)
 
 The curve (\`metrics.jsonl\` holds every step) shows the training loss and, every 250 steps, the loss on a fixed 64-block held-out subset${gpt ? '' : ' (both masked LM + sentence objective)'}.
