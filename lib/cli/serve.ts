@@ -1,16 +1,15 @@
 /** `tunekit serve`: the HTTP server of ../server, for other services to start jobs and call models over HTTP. */
 import fs from 'node:fs';
+import path from 'node:path';
 import { Command, num, UsageError } from './args';
 
-/** What the server needs besides tunekit: package.json's optional peer dependencies. */
-const SERVER_PACKAGES = [
-  'fastify',
-  '@fastify/multipart',
-  '@fastify/under-pressure',
-  '@fastify/type-provider-typebox',
-  'typebox',
-  'better-sqlite3',
-];
+/** What the server needs besides tunekit: package.json's optional peer dependencies (lib/cli and dist/cli are both
+ * two levels below it). */
+function serverPackages(): string[] {
+  const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8'));
+  const meta: Record<string, { optional?: boolean }> = pkg.peerDependenciesMeta ?? {};
+  return Object.keys(pkg.peerDependencies ?? {}).filter((p) => meta[p]?.optional);
+}
 
 export const SERVE_COMMANDS: Record<string, Command> = {
   serve: {
@@ -57,7 +56,7 @@ export const SERVE_COMMANDS: Record<string, Command> = {
           throw new UsageError(`--token-file ${file}: expected an object of token -> tenant name`);
       }
       // The HTTP stack is an optional peer dependency (training alone installs no web server or SQLite), loaded here.
-      const missing = SERVER_PACKAGES.filter((p) => {
+      const missing = serverPackages().filter((p) => {
         try {
           require.resolve(p);
           return false;
