@@ -55,9 +55,10 @@ torch::Tensor ForwardContext::mask_4d(const torch::Tensor& mask, int64_t batch, 
 
 namespace {
 
-// The dtype attention runs in: autocast's for scaled_dot_product_attention (a lower-precision op), else the inputs'.
+// The dtype attention runs in: autocast's for scaled_dot_product_attention (a lower-precision op, which autocast
+// applies to every floating input but float64), else the inputs'.
 torch::ScalarType attention_dtype(const torch::Tensor& q) {
-  if (q.is_floating_point() && at::autocast::is_autocast_enabled(q.device().type()))
+  if (q.is_floating_point() && q.scalar_type() != torch::kFloat64 && at::autocast::is_autocast_enabled(q.device().type()))
     return at::autocast::get_autocast_dtype(q.device().type());
   return q.scalar_type();
 }
