@@ -2,8 +2,8 @@
 
 docs/results-notes.md asks this of the head < features rows: the [CLS] vectors of a model are computed once with
 transformers, then scikit-learn's logistic regression (the C grid of the experiment) and DistilBERT's classification
-head (pre_classifier, ReLU, classifier; normal(0, 0.02) init; AdamW, 10% warm-up, linear decay, clipping at 1, batch
-16, the experiment's recipe) are fitted on growing parts of the training split, at 3 seeds each.
+head (pre_classifier, ReLU, classifier; normal(0, 0.02) init; the optimizer, schedule, clipping and batch size of
+classic.py, the experiment's twin) are fitted on growing parts of the training split, at 3 seeds each.
 
     .venv/bin/python scripts/experiment/head_vs_features.py MODEL_DIR DATA_JSON
 
@@ -14,23 +14,16 @@ import sys
 
 import numpy as np
 import torch
+import transformers
 from sklearn.linear_model import LogisticRegression
-from transformers import AutoModel
+
+from classic import embed
 
 
 def cls_vectors(model, examples):
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(examples), 64):
-            batch = examples[i : i + 64]
-            width = max(len(ids) for ids, _ in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for j, (seq, _) in enumerate(batch):
-                ids[j, : len(seq)] = torch.tensor(seq)
-                mask[j, : len(seq)] = 1
-            out.append(model(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0])
-    return torch.cat(out), torch.tensor([label for _, label in examples])
+    """The [CLS] vectors and labels of [ids, label] pairs, embedded as the feature-based twin embeds them."""
+    x = torch.from_numpy(embed(model, [ids for ids, _ in examples], "cls")).float()
+    return x, torch.tensor([label for _, label in examples])
 
 
 def train_head(x, y, lr, epochs, seed):
@@ -39,10 +32,12 @@ def train_head(x, y, lr, epochs, seed):
     head = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.ReLU(), torch.nn.Linear(dim, 2))
     for p in head.parameters():
         torch.nn.init.normal_(p, std=0.02) if p.dim() == 2 else torch.nn.init.zeros_(p)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
+    # The optimizer and schedule of the experiment's twin (classic.py): no weight decay on biases, linear warm-up.
+    groups = [{"params": [p for p in head.parameters() if p.dim() >= 2], "weight_decay": 0.01},
+              {"params": [p for p in head.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr)
     steps = epochs * ((len(y) + 15) // 16)
-    warm = max(1, int(0.1 * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / warm if s < warm else max(0.0, (steps - s) / (steps - warm)))
+    sched = transformers.get_linear_schedule_with_warmup(opt, round(0.1 * steps), steps)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=gen)
@@ -59,7 +54,7 @@ def train_head(x, y, lr, epochs, seed):
 
 def main():
     torch.set_num_threads(1)
-    model = AutoModel.from_pretrained(sys.argv[1]).eval()
+    model = transformers.AutoModel.from_pretrained(sys.argv[1]).eval()
     data = json.load(open(sys.argv[2]))
     x, y = {}, {}
     for split in ("train", "validation", "test"):
