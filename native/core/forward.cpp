@@ -52,10 +52,9 @@ static torch::Tensor loss_of(const ForwardContext& c, const Output& out, const t
     auto tokens = l.slice(1, 1), next = l.select(1, 0);
     check_range(tokens, m.spec.vocab_size, "masked-LM positions");
     check_range(next, 2, "the next-sentence label at position 0");
-    auto logits = out.logits.slice(1, 1).to(torch::kFloat32);
-    auto loss = torch::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), tokens.reshape({-1}), {}, at::Reduction::Mean, -100);
-    if ((next != -100).any().item<bool>())
-      loss = loss + torch::cross_entropy_loss(out.sentence_logits.to(torch::kFloat32), next, {}, at::Reduction::Mean, -100);
+    auto logits = out.logits.slice(1, 1);
+    auto loss = cross_entropy(logits.reshape({-1, logits.size(-1)}), tokens.reshape({-1}));
+    if ((next != -100).any().item<bool>()) loss = loss + cross_entropy(out.sentence_logits, next);
     return loss;
   }
   if (task == "causal-lm" || task == "masked-lm") {
@@ -68,18 +67,18 @@ static torch::Tensor loss_of(const ForwardContext& c, const Output& out, const t
             "labels for a language model must have the shape of inputIds");
     auto l = labels.to(torch::kLong);
     check_range(l, m.spec.vocab_size, "a language model");
-    auto logits = out.logits.to(torch::kFloat32);
+    const auto& logits = out.logits;
     if (task == "causal-lm") {  // predict token t+1 from position t: shift the labels, not the (large) logits
       l = torch::cat({l.slice(1, 1), torch::full({l.size(0), 1}, -100, l.options())}, 1);
     }
-    return torch::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), l.reshape({-1}), {}, at::Reduction::Mean, -100);
+    return cross_entropy(logits.reshape({-1, logits.size(-1)}), l.reshape({-1}));
   }
   require(task == "sequence-classification", "E_STATE", "a " + task + " model computes no loss");
   require(labels.dim() == 1 && labels.size(0) == out.logits.size(0), "E_SHAPE", "classification labels must be [batch]");
   if (m.spec.num_labels == 1) return torch::mse_loss(out.logits.to(torch::kFloat32).squeeze(-1), labels);
   auto l = labels.to(torch::kLong);
   check_range(l, m.spec.num_labels, "classification");
-  return torch::cross_entropy_loss(out.logits.to(torch::kFloat32), l, {}, at::Reduction::Mean, -100);
+  return cross_entropy(out.logits, l);
 }
 
 FloatArray to_floats(const torch::Tensor& t) {

@@ -1,0 +1,67 @@
+// Log-probabilities of target classes, and the cross-entropy built on them, without a float32 copy of all the logits.
+// torch's cross_entropy widens bfloat16 logits to float32 first (autocast's float32 list), keeps the float32
+// log-softmax for backward and builds the gradient in full-size passes (zeros, scatter, softmax backward, cast back);
+// for a language model's [tokens, vocabulary] logits these are the largest tensors of a step. Here the logits stay in
+// their dtype and are widened a block of rows at a time, in cache; backward recomputes the softmax from them and the
+// saved log-sum-exp and writes the gradient in the logits' dtype, which is what autocast's cast hands back. The
+// arithmetic is log_softmax + gather in float32, the same as torch's.
+#include "../model.h"
+
+namespace tunekit {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Rows per block: about 2 MiB of float32, which stays in a core's L2 cache while each pass reads it.
+int64_t block_rows(int64_t classes) { return std::max<int64_t>(1, (int64_t(1) << 19) / std::max<int64_t>(classes, 1)); }
+
+struct TargetLogprobFn : public torch::autograd::Function<TargetLogprobFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& targets) {
+    int64_t rows = logits.size(0), step = block_rows(logits.size(1));
+    auto lse = torch::empty({rows}, logits.options().dtype(torch::kFloat32));
+    for (int64_t a = 0; a < rows; a += step) {
+      int64_t b = std::min(rows, a + step);
+      lse.slice(0, a, b).copy_(torch::logsumexp(logits.slice(0, a, b).to(torch::kFloat32), {1}));
+    }
+    auto picked = logits.gather(1, targets.unsqueeze(1)).squeeze(1).to(torch::kFloat32);
+    ctx->save_for_backward({logits, targets, lse});
+    return picked - lse;
+  }
+
+  // d(x_t - logsumexp x)/dx = onehot(t) - softmax(x), times each row's incoming gradient.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    auto logits = s[0], targets = s[1], lse = s[2];
+    auto g = grads[0].to(torch::kFloat32).unsqueeze(1);  // [rows, 1]
+    int64_t rows = logits.size(0), step = block_rows(logits.size(1));
+    auto dlogits = torch::empty(logits.sizes(), logits.options());
+    for (int64_t a = 0; a < rows; a += step) {
+      int64_t b = std::min(rows, a + step);
+      auto gb = g.slice(0, a, b);
+      auto p = (logits.slice(0, a, b).to(torch::kFloat32) - lse.slice(0, a, b).unsqueeze(1)).exp_().mul_(-gb);
+      p.scatter_add_(1, targets.slice(0, a, b).unsqueeze(1), gb);
+      dlogits.slice(0, a, b).copy_(p);
+    }
+    return {dlogits, torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor target_logprobs(const torch::Tensor& logits, const torch::Tensor& targets) {
+  require(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0), "E_SHAPE",
+          "target_logprobs takes [rows, classes] logits and [rows] targets, got " + shape_str(logits.sizes()) + " and " +
+              shape_str(targets.sizes()));
+  return TargetLogprobFn::apply(logits, targets.to(torch::kLong));
+}
+
+torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets, int64_t ignore_index) {
+  auto t = targets.to(torch::kLong);
+  auto kept = t != ignore_index;
+  // Ignored rows gather class 0 and are weighted 0; with none kept the mean is 0/0, NaN, as torch's.
+  auto logprobs = target_logprobs(logits, t.masked_fill(~kept, 0));
+  return -(logprobs * kept).sum() / kept.sum();
+}
+
+}  // namespace tunekit
