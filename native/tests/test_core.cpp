@@ -1,6 +1,7 @@
 // The core without Node: build a tiny model of each family, check training reduces the loss (bare, under each PEFT
 // method, and under autocast: bfloat16, and float16 with loss scaling on CUDA), that an overflowing scaled step is
-// skipped, that a bad token id and a bad config are refused, and that the device works. Run by ctest (CPU, and CUDA
+// skipped, that a bad token id and a bad config are refused, that the blocked cross-entropy equals torch's, and that
+// the device works. Run by ctest (CPU, and CUDA
 // where the libtorch has it).
 #include <algorithm>
 #include <cmath>
@@ -8,11 +9,12 @@
 #include <string>
 
 #include "../core/api.h"
+#include "../core/model.h"
 
 using namespace tunekit;
 
 static int failures = 0;
-#define CHECK(cond, msg)                                    \
+#define EXPECT(cond, msg)                                   \
   do {                                                      \
     if (!(cond)) {                                          \
       std::fprintf(stderr, "FAIL %s: %s\n", __func__, msg); \
@@ -67,7 +69,7 @@ static void trains(const std::string& family, const std::string& task, const std
       family + " " + task + (peft ? " + " + peft->method : "") + (autocast != "float32" ? " under " + autocast + " autocast" : "");
   if (peft) {
     auto created = add_adapter(*m, *peft);
-    CHECK(!created.empty(), (label + ": the adapter created no parameters").c_str());
+    EXPECT(!created.empty(), (label + ": the adapter created no parameters").c_str());
     std::vector<std::string> base;
     for (const auto& p : parameters(*m))
       if (std::find(created.begin(), created.end(), p.name) == created.end()) base.push_back(p.name);
@@ -91,7 +93,7 @@ static void trains(const std::string& family, const std::string& task, const std
     last = loss;
   }
   std::printf("%s on %s: loss %.4f -> %.4f\n", label.c_str(), device.c_str(), first, last);
-  CHECK(std::isfinite(last) && last < first * (peft ? 0.98 : 0.7), (label + " did not learn").c_str());
+  EXPECT(std::isfinite(last) && last < first * (peft ? 0.98 : 0.7), (label + " did not learn").c_str());
 }
 
 // A step whose scaled gradients overflow is skipped (nothing changes) when asked, and refused as E_NAN otherwise.
@@ -104,15 +106,15 @@ static void skips_overflowing_step(const std::string& device) {
   auto before = forward(*m, b, false).loss;
   backward(*m, b, 1e39);  // beyond float32's range: infinite gradients
   double norm = optimizer_step(*opt, 1e-2, 1.0, 1e39, true);
-  CHECK(!std::isfinite(norm), "an overflowing step reported a finite norm");
-  CHECK(forward(*m, b, false).loss == before, "a skipped step changed the weights");
+  EXPECT(!std::isfinite(norm), "an overflowing step reported a finite norm");
+  EXPECT(forward(*m, b, false).loss == before, "a skipped step changed the weights");
   zero_grad(*m);
   backward(*m, b, 1e39);
   try {
     optimizer_step(*opt, 1e-2, 1.0, 1e39, false);
-    CHECK(false, "an overflowing step without skipping accepted");
+    EXPECT(false, "an overflowing step without skipping accepted");
   } catch (const Error& e) {
-    CHECK(e.code == "E_NAN", "wrong error code for an overflowing step");
+    EXPECT(e.code == "E_NAN", "wrong error code for an overflowing step");
   }
 }
 
@@ -122,9 +124,9 @@ static void refuses_bad_ids(const std::string& device) {
   b.input_ids[3] = 64;
   try {
     forward(*m, b, true);
-    CHECK(false, "out-of-range id accepted");
+    EXPECT(false, "out-of-range id accepted");
   } catch (const Error& e) {
-    CHECK(e.code == "E_RANGE", "wrong error code");
+    EXPECT(e.code == "E_RANGE", "wrong error code");
   }
 }
 
@@ -133,17 +135,48 @@ static void refuses_bad_config(const std::string& device) {
   s.num_kv_heads = 3;  // does not divide the 4 heads
   try {
     create_model(s);
-    CHECK(false, "num_key_value_heads that does not divide the heads accepted");
+    EXPECT(false, "num_key_value_heads that does not divide the heads accepted");
   } catch (const Error& e) {
-    CHECK(e.code == "E_CONFIG", "wrong error code for a bad config");
+    EXPECT(e.code == "E_CONFIG", "wrong error code for a bad config");
   }
   s = tiny("mamba", "causal-lm", device);
   try {
     create_model(s);
-    CHECK(false, "unknown family accepted");
+    EXPECT(false, "unknown family accepted");
   } catch (const Error& e) {
-    CHECK(e.code == "E_CONFIG" && std::string(e.what()).find("bert") != std::string::npos, "unknown family error lists the families");
+    EXPECT(e.code == "E_CONFIG" && std::string(e.what()).find("bert") != std::string::npos, "unknown family error lists the families");
   }
+}
+
+// Loss and gradient against torch's cross_entropy on the float32-widened logits (what autocast runs), with ignored rows
+// and more rows than one block, in float32 and bfloat16. Both sides compute in float32 from the same inputs, so they
+// agree to float32 rounding of sums over the classes.
+static void cross_entropy_equals_torch(const std::string& device) {
+  torch::manual_seed(0);
+  auto opts = torch::TensorOptions().device(device == "cuda" ? torch::kCUDA : torch::kCPU);
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    auto logits = (torch::randn({300, 4000}, opts) * 3).to(dtype);  // 131 rows per block: three blocks
+    auto targets = torch::randint(0, 4000, {300}, opts.dtype(torch::kLong));
+    targets.slice(0, 0, 300, 7).fill_(-100);
+    auto ours_in = logits.detach().requires_grad_(), ref_in = logits.detach().requires_grad_();
+    auto ours = cross_entropy(ours_in, targets);
+    auto ref = torch::cross_entropy_loss(ref_in.to(torch::kFloat32), targets, {}, at::Reduction::Mean, -100);
+    ours.backward();
+    ref.backward();
+    double loss_err = std::abs(ours.item<double>() - ref.item<double>()) / std::abs(ref.item<double>());
+    double grad_err = (ours_in.grad().to(torch::kFloat32) - ref_in.grad().to(torch::kFloat32)).abs().max().item<double>() /
+                      ref_in.grad().to(torch::kFloat32).abs().max().item<double>();
+    // bfloat16 gradients are rounded to 8 significant bits on both sides, so float32 rounding can flip a last bit: at
+    // most one bfloat16 step of the largest gradient, 2^-7 of it.
+    double grad_tol = dtype == torch::kBFloat16 ? 1.0 / 128 : 1e-5;
+    std::printf("cross_entropy %s on %s: loss rel. %.1e, gradient rel. %.1e\n", scalar_name(dtype).c_str(), device.c_str(), loss_err,
+                grad_err);
+    EXPECT(loss_err < 1e-5, "cross_entropy's loss differs from torch's");
+    EXPECT(grad_err < grad_tol, "cross_entropy's gradient differs from torch's");
+    EXPECT(ours_in.grad().scalar_type() == dtype, "cross_entropy's gradient is not in the logits' dtype");
+  }
+  auto none = cross_entropy(torch::randn({2, 5}, opts), torch::full({2}, -100, opts.dtype(torch::kLong)));
+  EXPECT(std::isnan(none.item<double>()), "cross_entropy over ignored rows only is not NaN, as torch's mean");
 }
 
 static AdapterSpec peft(const std::string& method, std::vector<std::string> modules) {
@@ -182,6 +215,7 @@ int main(int argc, char** argv) {
   trains("llama", "causal-lm", device, &lora, "bfloat16");
   if (device == "cuda") trains("llama", "causal-lm", device, nullptr, "float16");
   skips_overflowing_step(device);
+  cross_entropy_equals_torch(device);
   refuses_bad_ids(device);
   refuses_bad_config(device);
   std::printf("%s\n", failures ? "FAILED" : "all core tests passed");
