@@ -151,10 +151,10 @@ bool onednn_gemm();  // whether dense() and matmul_nt() can use oneDNN in this p
 torch::Tensor matmul_nt(const torch::Tensor& x2, const torch::Tensor& w_oi, const torch::Tensor& bias);
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d, bool causal,
                         double dropout, double scale, bool training);
-// Log-probability of each row's target class, [rows] float32, from [rows, classes] logits of any floating dtype, and the
-// mean cross-entropy over rows whose target is not ignore_index; both in float32 without widening all the logits at
-// once (ops/cross_entropy.cpp).
-torch::Tensor target_logprobs(const torch::Tensor& logits, const torch::Tensor& targets);
+// Log-probability of each row's target class under softmax(logits / temperature), [rows] float32, from [rows, classes]
+// logits of any floating dtype, and the mean cross-entropy over rows whose target is not ignore_index; both in float32
+// without widening all the logits at once (ops/cross_entropy.cpp).
+torch::Tensor target_logprobs(const torch::Tensor& logits, const torch::Tensor& targets, double temperature = 1.0);
 torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets, int64_t ignore_index = -100);
 
 std::string scalar_name(torch::ScalarType t);

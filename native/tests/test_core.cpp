@@ -175,6 +175,19 @@ static void cross_entropy_equals_torch(const std::string& device) {
     EXPECT(grad_err < grad_tol, "cross_entropy's gradient differs from torch's");
     EXPECT(ours_in.grad().scalar_type() == dtype, "cross_entropy's gradient is not in the logits' dtype");
   }
+  // A sampling temperature divides the widened logits, as torch's log_softmax(logits.float() / temperature) does.
+  auto logits = torch::randn({50, 300}, opts).to(torch::kBFloat16);
+  auto targets = torch::randint(0, 300, {50}, opts.dtype(torch::kLong));
+  auto ours_in = logits.detach().requires_grad_(), ref_in = logits.detach().requires_grad_();
+  auto ours = target_logprobs(ours_in, targets, 0.7);
+  auto ref = (ref_in.to(torch::kFloat32) / 0.7).log_softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1);
+  (ours * torch::arange(50, opts)).sum().backward();
+  (ref * torch::arange(50, opts)).sum().backward();
+  EXPECT((ours - ref).abs().max().item<double>() < 1e-5 * ref.abs().max().item<double>(),
+         "target_logprobs at a temperature differs from torch's");
+  EXPECT((ours_in.grad().to(torch::kFloat32) - ref_in.grad().to(torch::kFloat32)).abs().max().item<double>() <=
+             ref_in.grad().to(torch::kFloat32).abs().max().item<double>() / 128,
+         "target_logprobs' gradient at a temperature differs from torch's");
   auto none = cross_entropy(torch::randn({2, 5}, opts), torch::full({2}, -100, opts.dtype(torch::kLong)));
   EXPECT(std::isnan(none.item<double>()), "cross_entropy over ignored rows only is not NaN, as torch's mean");
 }

@@ -16,44 +16,56 @@ using torch::autograd::variable_list;
 // Rows per block: about 2 MiB of float32, which stays in a core's L2 cache while each pass reads it.
 int64_t block_rows(int64_t classes) { return std::max<int64_t>(1, (int64_t(1) << 19) / std::max<int64_t>(classes, 1)); }
 
+// Rows a..b of the logits in float32, divided by the temperature as a float32 division (torch's order: widen, then
+// divide).
+torch::Tensor widened(const torch::Tensor& logits, int64_t a, int64_t b, double temperature) {
+  auto x = logits.slice(0, a, b).to(torch::kFloat32);
+  return temperature == 1.0 ? x : x / temperature;
+}
+
 struct TargetLogprobFn : public torch::autograd::Function<TargetLogprobFn> {
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& targets) {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& targets, double temperature) {
     int64_t rows = logits.size(0), step = block_rows(logits.size(1));
     auto lse = torch::empty({rows}, logits.options().dtype(torch::kFloat32));
     for (int64_t a = 0; a < rows; a += step) {
       int64_t b = std::min(rows, a + step);
-      lse.slice(0, a, b).copy_(torch::logsumexp(logits.slice(0, a, b).to(torch::kFloat32), {1}));
+      lse.slice(0, a, b).copy_(torch::logsumexp(widened(logits, a, b, temperature), {1}));
     }
     auto picked = logits.gather(1, targets.unsqueeze(1)).squeeze(1).to(torch::kFloat32);
+    if (temperature != 1.0) picked = picked / temperature;
     ctx->save_for_backward({logits, targets, lse});
+    ctx->saved_data["temperature"] = temperature;
     return picked - lse;
   }
 
-  // d(x_t - logsumexp x)/dx = onehot(t) - softmax(x), times each row's incoming gradient.
+  // With z = x / temperature: d(z_t - logsumexp z)/dx = (onehot(t) - softmax(z)) / temperature, times each row's
+  // incoming gradient.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto s = ctx->get_saved_variables();
     auto logits = s[0], targets = s[1], lse = s[2];
+    double temperature = ctx->saved_data["temperature"].toDouble();
     auto g = grads[0].to(torch::kFloat32).unsqueeze(1);  // [rows, 1]
+    if (temperature != 1.0) g = g / temperature;
     int64_t rows = logits.size(0), step = block_rows(logits.size(1));
     auto dlogits = torch::empty(logits.sizes(), logits.options());
     for (int64_t a = 0; a < rows; a += step) {
       int64_t b = std::min(rows, a + step);
       auto gb = g.slice(0, a, b);
-      auto p = (logits.slice(0, a, b).to(torch::kFloat32) - lse.slice(0, a, b).unsqueeze(1)).exp_().mul_(-gb);
+      auto p = (widened(logits, a, b, temperature) - lse.slice(0, a, b).unsqueeze(1)).exp_().mul_(-gb);
       p.scatter_add_(1, targets.slice(0, a, b).unsqueeze(1), gb);
       dlogits.slice(0, a, b).copy_(p);
     }
-    return {dlogits, torch::Tensor()};
+    return {dlogits, torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
-torch::Tensor target_logprobs(const torch::Tensor& logits, const torch::Tensor& targets) {
+torch::Tensor target_logprobs(const torch::Tensor& logits, const torch::Tensor& targets, double temperature) {
   require(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0), "E_SHAPE",
           "target_logprobs takes [rows, classes] logits and [rows] targets, got " + shape_str(logits.sizes()) + " and " +
               shape_str(targets.sizes()));
-  return TargetLogprobFn::apply(logits, targets.to(torch::kLong));
+  return TargetLogprobFn::apply(logits, targets.to(torch::kLong), temperature);
 }
 
 torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets, int64_t ignore_index) {

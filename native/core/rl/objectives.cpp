@@ -60,10 +60,9 @@ torch::Tensor next_token_logprobs(const ForwardContext& c, const Tensors& t, con
   auto logits = out.logits;
   // Virtual tokens of a soft prompt come first and predict nothing of the text.
   if (int64_t n = c.virtual_tokens(); n > 0) logits = logits.slice(1, n);
-  logits = logits.slice(1, 0, -1).to(torch::kFloat32);
-  if (temperature != 1.0) logits = logits / temperature;
-  auto targets = t.ids.slice(1, 1).unsqueeze(-1);
-  return logits.log_softmax(-1).gather(-1, targets).squeeze(-1);
+  logits = logits.slice(1, 0, -1);
+  auto targets = t.ids.slice(1, 1);
+  return target_logprobs(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}), temperature).view(targets.sizes());
 }
 
 torch::Tensor pairwise_reward(ForwardContext& c, const Tensors& t, const ObjectiveSpec& s, Stats& st) {
@@ -173,7 +172,7 @@ torch::Tensor ppo(ForwardContext& c, const Tensors& t, const ObjectiveSpec& s, S
   logits = logits.slice(1, 0, -1).to(torch::kFloat32) / temperature;
   auto resp_logits = logits.gather(1, idx.unsqueeze(-1).expand({rows, R, logits.size(-1)}));
   auto targets = t.ids.slice(1, 1).gather(1, idx);
-  auto logprobs = resp_logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1);
+  auto logprobs = target_logprobs(resp_logits.reshape({-1, resp_logits.size(-1)}), targets.reshape({-1})).view(targets.sizes());
   auto vpred = values_of(c, out).slice(1, 0, -1).gather(1, idx);
 
   auto vclipped = old_values + (vpred - old_values).clamp(-clip_v, clip_v);
