@@ -1,4 +1,5 @@
-// Log-probabilities of target classes, and the cross-entropy built on them, without a float32 copy of all the logits.
+// Log-probabilities of target classes (the losses, RLHF's token log-probabilities, scoring continuations), and the
+// cross-entropy built on them, without a float32 copy of all the logits.
 // torch's cross_entropy widens bfloat16 logits to float32 first (autocast's float32 list), keeps the float32
 // log-softmax for backward and builds the gradient in full-size passes (zeros, scatter, softmax backward, cast back);
 // for a language model's [tokens, vocabulary] logits these are the largest tensors of a step. Here the logits stay in
