@@ -149,6 +149,8 @@ torch::Tensor unflatten_rows(const torch::Tensor& y2, const torch::Tensor& like)
 bool onednn_gemm();  // whether dense() and matmul_nt() can use oneDNN in this process
 // x2 [n, in] times w_oi^T ([out, in], any strides) plus bias, not differentiable: the products inside backward passes.
 torch::Tensor matmul_nt(const torch::Tensor& x2, const torch::Tensor& w_oi, const torch::Tensor& bias);
+// q [batch, heads, seq, head_dim]; k and v [batch, kv_heads, keys, head_dim], where kv_heads divides heads
+// (grouped-query attention).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d, bool causal,
                         double dropout, double scale, bool training);
 // Log-probability of each row's target class under softmax(logits / temperature), [rows] float32, from [rows, classes]

@@ -66,10 +66,6 @@ Output decoder_forward(ForwardContext& c, const torch::Tensor& ids, const torch:
     q = q * cos + rotate_half(q) * sin;
     k = k * cos + rotate_half(k) * sin;
     std::tie(k, v) = c.keys_values(i, k, v);
-    if (nkv != nh) {
-      k = k.repeat_interleave(nh / nkv, 1);
-      v = v.repeat_interleave(nh / nkv, 1);
-    }
     auto y = attention(q, k, v, mask4d, causal, s.attn_dropout, 1.0 / std::sqrt(double(hd)), c.training);
     x = x + c.linear(l + "self_attn.o_proj", y.transpose(1, 2).reshape({B, T, nh * hd}));
     h = c.rms_norm(l + "post_attention_layernorm", x);

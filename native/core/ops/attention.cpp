@@ -80,9 +80,12 @@ bool attend_in_float32(const torch::Tensor& q, const torch::Tensor& k, const tor
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d, bool causal,
                         double dropout, double scale, bool training) {
   double p = training ? dropout : 0.0;
+  // Grouped-query attention (fewer key/value heads than query heads) shares each key/value head in the kernel rather
+  // than copying it per query head, which a decoding step would otherwise do to the whole cache at every token.
+  bool gqa = k.size(1) != q.size(1);
   auto attend = [&](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-    if (mask4d.defined()) return at::scaled_dot_product_attention(q, k, v, mask4d, p, false, scale);
-    return at::scaled_dot_product_attention(q, k, v, {}, p, causal, scale);
+    if (mask4d.defined()) return at::scaled_dot_product_attention(q, k, v, mask4d, p, false, scale, gqa);
+    return at::scaled_dot_product_attention(q, k, v, {}, p, causal, scale, gqa);
   };
   auto dtype = attention_dtype(q);
   if (!attend_in_float32(q, k, v, dtype)) return attend(q, k, v);
