@@ -80,10 +80,14 @@ test.serial('collectives across two processes: rendezvous, allreduce (sum, max, 
 });
 
 // PyTorch's DDP test: the same model trained by 2 ranks at batch 8 each and by 1 process at batch 16 must agree.
-// Averaged gradients differ from the single process's only by float32 summation order (~1e-7 relative). Adam divides
-// by sqrt(v) + eps, which magnifies that rounding in entries whose gradient is near zero (by up to eps / g^2 at step
-// 1), so the comparison is of whole tensors in the 2-norm: measured, the worst tensor differs by about 3e-6 after
-// step 1; a missed, doubled or unaveraged gradient moves whole tensors by far more than 1e-5.
+// Averaged gradients differ from the single process's only by float32 summation order (~1e-7 relative). Adam's first
+// update, lr * g / (|g| + eps), is +-lr in every entry whose gradient stands well above eps, whatever the rounding;
+// only entries whose gradient is within rounding of zero can move differently (by up to lr), so the comparison is of
+// whole tensors in the 2-norm, and how far they differ depends on how many such entries a summation order meets:
+// measured, the worst tensor differs by 2.5e-6 to 1.2e-5 over 5 steps, across builds whose loss kernels round
+// differently. A rank's data missing changes the update of every entry instead: the control (batch 8 alone against
+// 16) differs by 0.8-1.4. The bound sits between them with a wide margin on both sides.
+const DDP_BOUND = 1e-4;
 for (const c of [
   {
     kind: 'lm',
@@ -109,6 +113,15 @@ for (const c of [
       gradAccumulation: c.gradAccumulation,
     });
     await train(spec(single, 16), false);
+    if (c.kind !== 'grpo' && c.kind !== 'ppo') {
+      // RL updates here see the same samples at any batch size; elsewhere half the batch is half the data.
+      const half = tmpDir('ddp-half');
+      await train(spec(half, 8), false);
+      t.true(
+        worstError(weights(half, 1), weights(single, 1), keyBias).error > 0.1,
+        "the control (one rank's data alone) is not told apart",
+      );
+    }
     const r = await launchWorkers({
       command: [...NODE, 'train', JSON.stringify(spec(ddp, 8))],
       nprocPerNode: 2,
@@ -117,7 +130,7 @@ for (const c of [
     t.true(r.ok, r.log);
     for (let step = 1; step <= steps; step++) {
       const { error, name } = worstError(weights(ddp, step), weights(single, step), keyBias);
-      t.true(error < 1e-5, `step ${step}: ${name} differs by ${error.toExponential(2)}`);
+      t.true(error < DDP_BOUND, `step ${step}: ${name} differs by ${error.toExponential(2)}`);
     }
     // The weights moved: a run that trained nothing would also "agree".
     t.true(worstError(weights(single, steps), weights(single, 1)).error > 1e-3);
@@ -137,7 +150,7 @@ test.serial('two nodes on the loopback address: two launchers with --nnodes 2 tr
   );
   t.true(a.ok && b.ok, `${a.log}\n${b.log}`);
   const { error, name } = worstError(weights(ddp, 3), weights(single, 3), keyBias);
-  t.true(error < 1e-5, `${name} differs by ${error.toExponential(2)}`);
+  t.true(error < DDP_BOUND, `${name} differs by ${error.toExponential(2)}`);
 });
 
 test.serial(
