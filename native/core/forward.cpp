@@ -52,8 +52,7 @@ static torch::Tensor loss_of(const ForwardContext& c, const Output& out, const t
     auto tokens = l.slice(1, 1), next = l.select(1, 0);
     check_range(tokens, m.spec.vocab_size, "masked-LM positions");
     check_range(next, 2, "the next-sentence label at position 0");
-    auto logits = out.logits.slice(1, 1);
-    auto loss = cross_entropy(logits.reshape({-1, logits.size(-1)}), tokens.reshape({-1}));
+    auto loss = cross_entropy(out.logits.slice(1, 1), tokens);
     if ((next != -100).any().item<bool>()) loss = loss + cross_entropy(out.sentence_logits, next);
     return loss;
   }
@@ -67,11 +66,10 @@ static torch::Tensor loss_of(const ForwardContext& c, const Output& out, const t
             "labels for a language model must have the shape of inputIds");
     auto l = labels.to(torch::kLong);
     check_range(l, m.spec.vocab_size, "a language model");
-    const auto& logits = out.logits;
     if (task == "causal-lm") {  // predict token t+1 from position t: shift the labels, not the (large) logits
       l = torch::cat({l.slice(1, 1), torch::full({l.size(0), 1}, -100, l.options())}, 1);
     }
-    return cross_entropy(logits.reshape({-1, logits.size(-1)}), l.reshape({-1}));
+    return cross_entropy(out.logits, l);
   }
   require(task == "sequence-classification", "E_STATE", "a " + task + " model computes no loss");
   require(labels.dim() == 1 && labels.size(0) == out.logits.size(0), "E_SHAPE", "classification labels must be [batch]");

@@ -123,9 +123,7 @@ std::vector<double> log_likelihood(Model& m, const std::vector<int32_t>& prompt,
       kv.v[i] = kv.v[i].expand({L, -1, -1, -1});
     }
     auto keys = torch::cat({torch::ones({L, kv.len}, mask.options()), mask.slice(1, 0, n - 1)}, 1);
-    auto logits = c.run(ids.slice(1, 0, n - 1), keys).logits;
-    auto targets = ids.slice(1, 1);
-    auto next = target_logprobs(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1})).view(targets.sizes());
+    auto next = target_logprobs(c.run(ids.slice(1, 0, n - 1), keys).logits, ids.slice(1, 1));
     total = total + (next * mask.slice(1, 1).to(next.scalar_type())).sum(1);
   }
   auto out = total.to(torch::kCPU, torch::kDouble).contiguous();

@@ -153,9 +153,9 @@ torch::Tensor matmul_nt(const torch::Tensor& x2, const torch::Tensor& w_oi, cons
 // (grouped-query attention).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d, bool causal,
                         double dropout, double scale, bool training);
-// Log-probability of each row's target class under softmax(logits / temperature), [rows] float32, from [rows, classes]
-// logits of any floating dtype, and the mean cross-entropy over rows whose target is not ignore_index; both in float32
-// without widening all the logits at once (ops/cross_entropy.cpp).
+// Log-probability of each target class under softmax(logits / temperature), float32 in the targets' shape, from
+// [..., classes] logits of any floating dtype and [...] targets, and the mean cross-entropy over targets that are not
+// ignore_index; both in float32 without widening all the logits at once (ops/cross_entropy.cpp).
 torch::Tensor target_logprobs(const torch::Tensor& logits, const torch::Tensor& targets, double temperature = 1.0);
 torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets, int64_t ignore_index = -100);
 

@@ -1,8 +1,7 @@
 // The core without Node: build a tiny model of each family, check training reduces the loss (bare, under each PEFT
 // method, and under autocast: bfloat16, and float16 with loss scaling on CUDA), that an overflowing scaled step is
 // skipped, that a bad token id and a bad config are refused, that the blocked cross-entropy equals torch's, and that
-// the device works. Run by ctest (CPU, and CUDA
-// where the libtorch has it).
+// the device works. Run by ctest (CPU, and CUDA where the libtorch has it).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -148,10 +147,18 @@ static void refuses_bad_config(const std::string& device) {
   }
 }
 
+// The largest difference between two tensors, relative to the largest entry of the second.
+static double worst_rel(const torch::Tensor& got, const torch::Tensor& want) {
+  auto w = want.to(torch::kFloat32);
+  return (got.to(torch::kFloat32) - w).abs().max().item<double>() / w.abs().max().item<double>();
+}
+
 // Loss and gradient against torch's cross_entropy on the float32-widened logits (what autocast runs), with ignored rows
 // and more rows than one block, in float32 and bfloat16. Both sides compute in float32 from the same inputs, so they
-// agree to float32 rounding of sums over the classes.
+// agree to float32 rounding of sums over the classes. bfloat16 gradients are rounded to 8 significant bits on both
+// sides, so that rounding can flip a last bit: at most one bfloat16 step of the largest gradient, 2^-7 of it.
 static void cross_entropy_equals_torch(const std::string& device) {
+  constexpr double kBFloat16Step = 1.0 / 128;
   torch::manual_seed(0);
   auto opts = torch::TensorOptions().device(device == "cuda" ? torch::kCUDA : torch::kCPU);
   for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
@@ -164,11 +171,8 @@ static void cross_entropy_equals_torch(const std::string& device) {
     ours.backward();
     ref.backward();
     double loss_err = std::abs(ours.item<double>() - ref.item<double>()) / std::abs(ref.item<double>());
-    double grad_err = (ours_in.grad().to(torch::kFloat32) - ref_in.grad().to(torch::kFloat32)).abs().max().item<double>() /
-                      ref_in.grad().to(torch::kFloat32).abs().max().item<double>();
-    // bfloat16 gradients are rounded to 8 significant bits on both sides, so float32 rounding can flip a last bit: at
-    // most one bfloat16 step of the largest gradient, 2^-7 of it.
-    double grad_tol = dtype == torch::kBFloat16 ? 1.0 / 128 : 1e-5;
+    double grad_err = worst_rel(ours_in.grad(), ref_in.grad());
+    double grad_tol = dtype == torch::kBFloat16 ? kBFloat16Step : 1e-5;
     std::printf("cross_entropy %s on %s: loss rel. %.1e, gradient rel. %.1e\n", scalar_name(dtype).c_str(), device.c_str(), loss_err,
                 grad_err);
     EXPECT(loss_err < 1e-5, "cross_entropy's loss differs from torch's");
@@ -183,11 +187,8 @@ static void cross_entropy_equals_torch(const std::string& device) {
   auto ref = (ref_in.to(torch::kFloat32) / 0.7).log_softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1);
   (ours * torch::arange(50, opts)).sum().backward();
   (ref * torch::arange(50, opts)).sum().backward();
-  EXPECT((ours - ref).abs().max().item<double>() < 1e-5 * ref.abs().max().item<double>(),
-         "target_logprobs at a temperature differs from torch's");
-  EXPECT((ours_in.grad().to(torch::kFloat32) - ref_in.grad().to(torch::kFloat32)).abs().max().item<double>() <=
-             ref_in.grad().to(torch::kFloat32).abs().max().item<double>() / 128,
-         "target_logprobs' gradient at a temperature differs from torch's");
+  EXPECT(worst_rel(ours, ref) < 1e-5, "target_logprobs at a temperature differs from torch's");
+  EXPECT(worst_rel(ours_in.grad(), ref_in.grad()) <= kBFloat16Step, "target_logprobs' gradient at a temperature differs from torch's");
   auto none = cross_entropy(torch::randn({2, 5}, opts), torch::full({2}, -100, opts.dtype(torch::kLong)));
   EXPECT(std::isnan(none.item<double>()), "cross_entropy over ignored rows only is not NaN, as torch's mean");
 }

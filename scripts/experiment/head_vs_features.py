@@ -70,20 +70,20 @@ def main():
             xs, ys = x["train"][pick], y["train"][pick]
             best = None
             for C in (0.1, 1, 10):
-                lr = LogisticRegression(C=C, max_iter=5000).fit(xs.numpy(), ys.numpy())
-                val = acc(lambda a: lr.predict(a.numpy()), "validation")
+                clf = LogisticRegression(C=C, max_iter=5000).fit(xs.numpy(), ys.numpy())
+                val = acc(lambda a: clf.predict(a.numpy()), "validation")
                 if best is None or val > best[0]:
-                    best = (val, f"C {C}", acc(lambda a: lr.predict(a.numpy()), "test"))
+                    best = (val, f"C {C}", acc(lambda a: clf.predict(a.numpy()), "test"))
             rows["logistic regression"].append(best)
             best = None
-            for lr_ in (1e-3, 3e-3, 1e-2):
+            for lr in (1e-3, 3e-3, 1e-2):
                 for epochs in (3, 10, 30):
-                    head = train_head(xs, ys, lr_, epochs, seed)
+                    head = train_head(xs, ys, lr, epochs, seed)
                     with torch.no_grad():
                         predict = lambda a: head(a).argmax(1).numpy()
                         val = acc(predict, "validation")
                         if best is None or val > best[0]:
-                            best = (val, f"lr {lr_}, {epochs} epochs", acc(predict, "test"))
+                            best = (val, f"lr {lr}, {epochs} epochs", acc(predict, "test"))
             rows["head"].append(best)
         for method, runs in rows.items():
             tests = [100 * t for _, _, t in runs]

@@ -63,10 +63,11 @@ struct TargetLogprobFn : public torch::autograd::Function<TargetLogprobFn> {
 }  // namespace
 
 torch::Tensor target_logprobs(const torch::Tensor& logits, const torch::Tensor& targets, double temperature) {
-  require(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0), "E_SHAPE",
-          "target_logprobs takes [rows, classes] logits and [rows] targets, got " + shape_str(logits.sizes()) + " and " +
+  require(logits.dim() >= 1 && targets.sizes() == logits.sizes().slice(0, logits.dim() - 1), "E_SHAPE",
+          "target_logprobs takes [..., classes] logits and [...] targets, got " + shape_str(logits.sizes()) + " and " +
               shape_str(targets.sizes()));
-  return TargetLogprobFn::apply(logits, targets.to(torch::kLong), temperature);
+  auto rows = TargetLogprobFn::apply(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}).to(torch::kLong), temperature);
+  return rows.view(targets.sizes());
 }
 
 torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets, int64_t ignore_index) {

@@ -60,9 +60,7 @@ torch::Tensor next_token_logprobs(const ForwardContext& c, const Tensors& t, con
   auto logits = out.logits;
   // Virtual tokens of a soft prompt come first and predict nothing of the text.
   if (int64_t n = c.virtual_tokens(); n > 0) logits = logits.slice(1, n);
-  logits = logits.slice(1, 0, -1);
-  auto targets = t.ids.slice(1, 1);
-  return target_logprobs(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}), temperature).view(targets.sizes());
+  return target_logprobs(logits.slice(1, 0, -1), t.ids.slice(1, 1), temperature);
 }
 
 torch::Tensor pairwise_reward(ForwardContext& c, const Tensors& t, const ObjectiveSpec& s, Stats& st) {
@@ -172,7 +170,7 @@ torch::Tensor ppo(ForwardContext& c, const Tensors& t, const ObjectiveSpec& s, S
   logits = logits.slice(1, 0, -1).to(torch::kFloat32) / temperature;
   auto resp_logits = logits.gather(1, idx.unsqueeze(-1).expand({rows, R, logits.size(-1)}));
   auto targets = t.ids.slice(1, 1).gather(1, idx);
-  auto logprobs = target_logprobs(resp_logits.reshape({-1, resp_logits.size(-1)}), targets.reshape({-1})).view(targets.sizes());
+  auto logprobs = target_logprobs(resp_logits, targets);
   auto vpred = values_of(c, out).slice(1, 0, -1).gather(1, idx);
 
   auto vclipped = old_values + (vpred - old_values).clamp(-clip_v, clip_v);
