@@ -81,11 +81,8 @@ torch::Tensor ForwardContext::layer_norm(const std::string& module, const torch:
   return torch::layer_norm(x, {x.size(-1)}, P(module + ".weight"), P(module + ".bias"), eps);
 }
 
-// As LlamaRMSNorm: normalise in float32, scale in the model's dtype.
 torch::Tensor ForwardContext::rms_norm(const std::string& module, const torch::Tensor& x) const {
-  auto h = x.to(torch::kFloat32);
-  h = h * torch::rsqrt(h.pow(2).mean(-1, true) + m.spec.norm_eps);
-  return P(module + ".weight") * h.to(x.scalar_type());
+  return tunekit::rms_norm(x, P(module + ".weight"), m.spec.norm_eps);
 }
 
 torch::Tensor ForwardContext::dropout(const torch::Tensor& x, double p) const {

@@ -144,11 +144,23 @@ torch::Tensor activation(const std::string& name, const torch::Tensor& x);
 // A dense layer, y = x W^T + b (fan_in_fan_out: W stored [in, out], as GPT-2's Conv1D), differentiable, through
 // oneDNN or aten, whichever is faster for the shape (ops/gemm.cpp). bias may be undefined.
 torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool fan_in_fan_out = false);
+// The input for each of n products that read the same activation x. Under autocast, which casts a float32 activation
+// again for every product (it caches casts of weights only), they share one lower-precision copy; each product's
+// gradient still comes back to float32 on its own and autograd sums them there, so the arithmetic is autocast's.
+// Otherwise x itself, n times.
+std::vector<torch::Tensor> product_inputs(const torch::Tensor& x, size_t n);
 // A [rows, out] product viewed back with the leading dimensions of `like` (the [..., in] input it came from).
 torch::Tensor unflatten_rows(const torch::Tensor& y2, const torch::Tensor& like);
 bool onednn_gemm();  // whether dense() and matmul_nt() can use oneDNN in this process
 // x2 [n, in] times w_oi^T ([out, in], any strides) plus bias, not differentiable: the products inside backward passes.
 torch::Tensor matmul_nt(const torch::Tensor& x2, const torch::Tensor& w_oi, const torch::Tensor& bias);
+// RMSNorm as LlamaRMSNorm: normalised in float32, then scaled by weight in x's dtype; one pass each way for float32 on
+// the CPU (ops/rms_norm.cpp).
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+// Rotary position embedding as transformers' apply_rotary_pos_emb, x * cos + rotate_half(x) * sin, for x
+// [batch, heads, seq, head_dim] and cos/sin broadcastable to it; the same result, one pass each way on the CPU
+// (ops/rotary.cpp). Under autocast it returns the lower precision, which attention, its reader, computes in.
+torch::Tensor apply_rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 // q [batch, heads, seq, head_dim]; k and v [batch, kv_heads, keys, head_dim], where kv_heads divides heads
 // (grouped-query attention).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask4d, bool causal,

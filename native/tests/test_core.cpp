@@ -1,10 +1,12 @@
 // The core without Node: build a tiny model of each family, check training reduces the loss (bare, under each PEFT
 // method, and under autocast: bfloat16, and float16 with loss scaling on CUDA), that an overflowing scaled step is
-// skipped, that a bad token id and a bad config are refused, that the blocked cross-entropy equals torch's, and that
-// the device works. Run by ctest (CPU, and CUDA where the libtorch has it).
+// skipped, that a bad token id and a bad config are refused, that the blocked cross-entropy, the RMSNorm and rotary kernels
+// and the shared cast of a product input equal what they replace, and that the device works. Run by ctest (CPU, and CUDA where the libtorch
+// has it).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include "../core/api.h"
@@ -193,6 +195,99 @@ static void cross_entropy_equals_torch(const std::string& device) {
   EXPECT(std::isnan(none.item<double>()), "cross_entropy over ignored rows only is not NaN, as torch's mean");
 }
 
+// apply_rotary against transformers' composite (x * cos + rotate_half(x) * sin, then the dtype attention reads) on a
+// strided x, with [seq, dim] and per-row [batch, 1, seq, dim] tables, in float32, bfloat16 with float32 tables (as under
+// autocast and bf16-true generation) and bfloat16 throughout. The kernel performs the composite's operations in its
+// order and rounds where torch's kernels round, so outputs and gradients must be equal bit for bit: a tolerance would
+// hide a missed or extra rounding, which shows as a last-bit difference.
+static void rotary_equals_composite(const std::string& device) {
+  torch::manual_seed(0);
+  auto opts = torch::TensorOptions().device(device == "cuda" ? torch::kCUDA : torch::kCPU);
+  auto rotate_half = [](const torch::Tensor& x) {
+    auto h = x.chunk(2, -1);
+    return torch::cat({-h[1], h[0]}, -1);
+  };
+  struct Case {
+    torch::ScalarType x, table;
+    bool autocast;
+  };
+  for (auto c : {Case{torch::kFloat32, torch::kFloat32, false}, Case{torch::kBFloat16, torch::kFloat32, false},
+                 Case{torch::kBFloat16, torch::kBFloat16, false}, Case{torch::kBFloat16, torch::kFloat32, true},
+                 Case{torch::kFloat32, torch::kFloat32, true}}) {
+    for (bool per_row : {false, true}) {
+      auto x = torch::randn({2, 5, 3, 8}, opts).to(c.x).transpose(1, 2);  // [batch, heads, seq, dim], strided as q is
+      auto angles = torch::randn(per_row ? std::vector<int64_t>{2, 1, 5, 8} : std::vector<int64_t>{5, 8}, opts) * 3;
+      auto cos = angles.cos().to(c.table), sin = angles.sin().to(c.table);
+      auto ours_in = x.detach().requires_grad_(), ref_in = x.detach().requires_grad_();
+      torch::Tensor ours, ref;
+      {
+        std::optional<AutocastScope> scope;
+        if (c.autocast) scope.emplace(ours_in.device().type(), torch::kBFloat16);
+        ours = apply_rotary(ours_in, cos, sin);
+      }
+      ref = ref_in * cos + rotate_half(ref_in) * sin;
+      if (c.autocast) ref = ref.to(torch::kBFloat16);
+      auto grad = torch::randn(ref.sizes(), opts).to(ref.scalar_type());
+      ours.backward(grad);
+      ref.backward(grad);
+      auto label =
+          scalar_name(c.x) + " x, " + scalar_name(c.table) + " tables" + (c.autocast ? ", autocast" : "") + (per_row ? ", per row" : "");
+      EXPECT(ours.scalar_type() == ref.scalar_type(), (label + ": wrong output dtype").c_str());
+      EXPECT(torch::equal(ours, ref), (label + ": output differs from the composite").c_str());
+      EXPECT(torch::equal(ours_in.grad(), ref_in.grad()), (label + ": gradient differs from the composite").c_str());
+    }
+  }
+}
+
+// rms_norm against LlamaRMSNorm's composite in float32, forward and both gradients. The kernel sums squares, row
+// products and the weight's gradient over rows in another order than torch's reductions; over n <= 64 terms the
+// difference is at most n * 2^-24 (4e-6) of the sum of their magnitudes, which the bound below covers.
+static void rms_norm_equals_composite(const std::string& device) {
+  torch::manual_seed(0);
+  auto opts = torch::TensorOptions().device(device == "cuda" ? torch::kCUDA : torch::kCPU);
+  auto x = torch::randn({3, 10, 64}, opts) * 2;
+  auto w = torch::randn({64}, opts);
+  auto ours_x = x.detach().requires_grad_(), ref_x = x.detach().requires_grad_();
+  auto ours_w = w.detach().requires_grad_(), ref_w = w.detach().requires_grad_();
+  auto ours = rms_norm(ours_x, ours_w, 1e-5);
+  auto ref = ref_w * (ref_x * torch::rsqrt(ref_x.pow(2).mean(-1, true) + 1e-5));
+  auto grad = torch::randn(ref.sizes(), opts);
+  ours.backward(grad);
+  ref.backward(grad);
+  EXPECT(worst_rel(ours, ref) < 1e-5, "rms_norm differs from the composite");
+  EXPECT(worst_rel(ours_x.grad(), ref_x.grad()) < 1e-5, "rms_norm's input gradient differs from the composite");
+  EXPECT(worst_rel(ours_w.grad(), ref_w.grad()) < 1e-5, "rms_norm's weight gradient differs from the composite");
+}
+
+// product_inputs under autocast: the products see one bfloat16 copy, and the float32 gradient equals that of separate
+// casts (autograd sums the widened gradients in float32 either way).
+static void shared_product_input(const std::string& device) {
+  torch::manual_seed(0);
+  auto opts = torch::TensorOptions().device(device == "cuda" ? torch::kCUDA : torch::kCPU);
+  auto x = torch::randn({6, 16}, opts);
+  std::vector<torch::Tensor> w = {torch::randn({8, 16}, opts), torch::randn({4, 16}, opts), torch::randn({4, 16}, opts)};
+  auto ours_in = x.detach().requires_grad_(), ref_in = x.detach().requires_grad_();
+  torch::Tensor ours, ref;
+  {
+    AutocastScope scope(x.device().type(), torch::kBFloat16);
+    // Activations, not leaves: autocast caches its cast of a leaf that requires grad (a weight) and would share it.
+    auto inputs = product_inputs(ours_in * 1.0, 3);
+    auto ref_x = ref_in * 1.0;
+    EXPECT(inputs[0].scalar_type() == torch::kBFloat16, "product_inputs did not narrow under autocast");
+    EXPECT(inputs[0].data_ptr() == inputs[2].data_ptr(), "product_inputs made more than one copy");
+    for (size_t i = 0; i < 3; i++) {
+      auto y = torch::linear(inputs[i], w[i]).to(torch::kFloat32).square().sum();
+      auto r = torch::linear(ref_x, w[i]).to(torch::kFloat32).square().sum();
+      ours = ours.defined() ? ours + y : y;
+      ref = ref.defined() ? ref + r : r;
+    }
+  }
+  ours.backward();
+  ref.backward();
+  EXPECT(ours_in.grad().scalar_type() == torch::kFloat32, "product_inputs' gradient is not float32");
+  EXPECT(torch::equal(ours, ref) && torch::equal(ours_in.grad(), ref_in.grad()), "product_inputs differs from separate casts");
+}
+
 static AdapterSpec peft(const std::string& method, std::vector<std::string> modules) {
   AdapterSpec a;
   a.method = method;
@@ -230,6 +325,9 @@ int main(int argc, char** argv) {
   if (device == "cuda") trains("llama", "causal-lm", device, nullptr, "float16");
   skips_overflowing_step(device);
   cross_entropy_equals_torch(device);
+  rotary_equals_composite(device);
+  rms_norm_equals_composite(device);
+  shared_product_input(device);
   refuses_bad_ids(device);
   refuses_bad_config(device);
   std::printf("%s\n", failures ? "FAILED" : "all core tests passed");

@@ -50,9 +50,10 @@ Output forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor&
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, nh, hd}).transpose(1, 2); };
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto l = b + "encoder.layer." + std::to_string(i) + ".";
-    auto q = heads(c.linear(l + "attention.self.query", x));
-    auto k = heads(c.linear(l + "attention.self.key", x));
-    auto v = heads(c.linear(l + "attention.self.value", x));
+    auto in = product_inputs(x, 3);
+    auto q = heads(c.linear(l + "attention.self.query", in[0]));
+    auto k = heads(c.linear(l + "attention.self.key", in[1]));
+    auto v = heads(c.linear(l + "attention.self.value", in[2]));
     std::tie(k, v) = c.keys_values(i, k, v);
     auto y = attention(q, k, v, mask4d, false, s.attn_dropout, 1.0 / std::sqrt(double(hd)), c.training);
     y = c.dropout(c.linear(l + "attention.output.dense", y.transpose(1, 2).reshape({B, T, C})), s.resid_dropout);

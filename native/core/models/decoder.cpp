@@ -40,11 +40,6 @@ std::pair<torch::Tensor, torch::Tensor> rotary(const Model& m, const torch::Tens
   return {emb.cos().to(m.dtype), emb.sin().to(m.dtype)};
 }
 
-torch::Tensor rotate_half(const torch::Tensor& x) {
-  auto halves = x.chunk(2, -1);
-  return torch::cat({-halves[1], halves[0]}, -1);
-}
-
 Output decoder_forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor& mask) {
   const auto& s = c.m.spec;
   const auto& b = c.m.base;
@@ -59,17 +54,17 @@ Output decoder_forward(ForwardContext& c, const torch::Tensor& ids, const torch:
   const bool causal = c.past() == 0;  // decoding from a cache attends to everything before the new token
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto l = b + "layers." + std::to_string(i) + ".";
-    auto h = c.rms_norm(l + "input_layernorm", x);
-    auto q = c.linear(l + "self_attn.q_proj", h).view({B, T, nh, hd}).transpose(1, 2);
-    auto k = c.linear(l + "self_attn.k_proj", h).view({B, T, nkv, hd}).transpose(1, 2);
-    auto v = c.linear(l + "self_attn.v_proj", h).view({B, T, nkv, hd}).transpose(1, 2);
-    q = q * cos + rotate_half(q) * sin;
-    k = k * cos + rotate_half(k) * sin;
+    auto h = product_inputs(c.rms_norm(l + "input_layernorm", x), 3);
+    auto q = c.linear(l + "self_attn.q_proj", h[0]).view({B, T, nh, hd}).transpose(1, 2);
+    auto k = c.linear(l + "self_attn.k_proj", h[1]).view({B, T, nkv, hd}).transpose(1, 2);
+    auto v = c.linear(l + "self_attn.v_proj", h[2]).view({B, T, nkv, hd}).transpose(1, 2);
+    q = apply_rotary(q, cos, sin);
+    k = apply_rotary(k, cos, sin);
     std::tie(k, v) = c.keys_values(i, k, v);
     auto y = attention(q, k, v, mask4d, causal, s.attn_dropout, 1.0 / std::sqrt(double(hd)), c.training);
     x = x + c.linear(l + "self_attn.o_proj", y.transpose(1, 2).reshape({B, T, nh * hd}));
-    h = c.rms_norm(l + "post_attention_layernorm", x);
-    auto gated = activation(s.activation, c.linear(l + "mlp.gate_proj", h)) * c.linear(l + "mlp.up_proj", h);
+    h = product_inputs(c.rms_norm(l + "post_attention_layernorm", x), 2);
+    auto gated = activation(s.activation, c.linear(l + "mlp.gate_proj", h[0])) * c.linear(l + "mlp.up_proj", h[1]);
     x = x + c.linear(l + "mlp.down_proj", gated);
   }
   Output out;

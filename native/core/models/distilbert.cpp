@@ -54,9 +54,10 @@ Output forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor&
   for (int64_t i = 0; i < s.num_layers; i++) {
     auto l = b + "transformer.layer." + std::to_string(i) + ".";
     auto heads = [&](const torch::Tensor& t) { return t.view({B, T, nh, hd}).transpose(1, 2); };
-    auto q = heads(c.linear(l + "attention.q_lin", x));
-    auto k = heads(c.linear(l + "attention.k_lin", x));
-    auto v = heads(c.linear(l + "attention.v_lin", x));
+    auto in = product_inputs(x, 3);
+    auto q = heads(c.linear(l + "attention.q_lin", in[0]));
+    auto k = heads(c.linear(l + "attention.k_lin", in[1]));
+    auto v = heads(c.linear(l + "attention.v_lin", in[2]));
     std::tie(k, v) = c.keys_values(i, k, v);
     auto y = attention(q, k, v, mask4d, false, s.attn_dropout, 1.0 / std::sqrt(double(hd)), c.training);
     y = c.linear(l + "attention.out_lin", y.transpose(1, 2).reshape({B, T, C}));

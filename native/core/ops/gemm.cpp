@@ -72,7 +72,29 @@ struct DenseFn : public torch::autograd::Function<DenseFn<kBias>> {
   }
 };
 
+// A lower-precision copy of an activation, standing in for autocast's cast of it before one product: the gradient
+// comes back widened to the activation's dtype, as autocast's cast gives it back.
+struct CastFor : public torch::autograd::Function<CastFor> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& copy) {
+    ctx->saved_data["dtype"] = x.scalar_type();
+    return copy;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {grads[0].to(ctx->saved_data["dtype"].toScalarType()), torch::Tensor()};
+  }
+};
+
 }  // namespace
+
+std::vector<torch::Tensor> product_inputs(const torch::Tensor& x, size_t n) {
+  auto device = x.device().type();
+  if (!at::autocast::is_autocast_enabled(device) || x.scalar_type() != torch::kFloat32) return std::vector<torch::Tensor>(n, x);
+  auto copy = x.detach().to(at::autocast::get_autocast_dtype(device));
+  if (!x.requires_grad() || !at::GradMode::is_enabled()) return std::vector<torch::Tensor>(n, copy);
+  std::vector<torch::Tensor> inputs;
+  for (size_t i = 0; i < n; i++) inputs.push_back(CastFor::apply(x, copy));
+  return inputs;
+}
 
 torch::Tensor unflatten_rows(const torch::Tensor& y2, const torch::Tensor& like) {
   auto sizes = like.sizes().vec();

@@ -1,0 +1,234 @@
+// Rotary position embedding, x * cos + rotate_half(x) * sin, in one pass each way.
+//
+// transformers writes it as five elementwise operations (two products, a negation, a concatenation, a sum) and autograd
+// runs about as many backward; under autocast the bfloat16 queries and keys also meet float32 cos/sin tables, so each
+// product first widens its bfloat16 operand in a copy, and attention then narrows the float32 result again. Here every
+// element is computed with the same operations in the same order, each result rounded where torch's kernels round it:
+// products and sum in the promoted dtype, the gradient of each product narrowed to the input's dtype before the two are
+// summed, as autograd sums them. The outputs are the composite's, bit for bit.
+#include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+
+#include <cstring>
+
+#include "../model.h"
+
+namespace tunekit {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using BF16 = c10::BFloat16;
+
+// The row loops below are plain C++ that the vectoriser turns into SIMD code; -O2's cheap cost model would leave them
+// scalar (their trip count, head_dim, is not known here).
+#pragma GCC push_options
+#pragma GCC optimize("O3")
+
+// Conversions written on the bits, as c10::BFloat16's (round to nearest even, NaN kept), in a form the compiler
+// vectorises: the kernels below are memory-bound loops over rows of head_dim elements.
+inline float widen(float v) { return v; }
+inline float widen(BF16 v) {
+  uint32_t bits = uint32_t(v.x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline float round_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  bits = f != f ? 0x7fc00000u : (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+// v rounded to T's precision, kept in float.
+template <typename T>
+inline float round_to(float v) {
+  if constexpr (std::is_same_v<T, BF16>) return round_bf16(v);
+  return v;
+}
+template <typename T>
+inline T narrow(float v) {
+  if constexpr (std::is_same_v<T, BF16>) {
+    uint32_t bits;
+    float r = round_bf16(v);
+    std::memcpy(&bits, &r, sizeof bits);
+    return BF16(uint16_t(bits >> 16), BF16::from_bits());
+  } else {
+    return v;
+  }
+}
+
+// Rows of `head_dim` contiguous elements over the leading [batch, heads, seq] dimensions, each tensor with its own
+// strides (zero where cos/sin broadcast).
+struct Rows {
+  int64_t heads, seq;
+  std::array<std::array<int64_t, 3>, 3> strides;  // per tensor: batch, heads, seq
+
+  Rows(c10::IntArrayRef shape, std::initializer_list<const torch::Tensor*> ts) : heads(shape[1]), seq(shape[2]) {
+    size_t i = 0;
+    for (const auto* t : ts) strides[i++] = {t->stride(0), t->stride(1), t->stride(2)};
+  }
+  int64_t offset(size_t tensor, int64_t row) const {
+    const auto& s = strides[tensor];
+    int64_t t = row % seq, h = (row / seq) % heads, b = row / (seq * heads);
+    return b * s[0] + h * s[1] + t * s[2];
+  }
+};
+
+// One row of out = x * cos + rotate_half(x) * sin, where rotate_half(x) = cat(-x2, x1): P is the dtype torch computes
+// the composite in (the promotion of x's and the tables'), O the dtype returned.
+template <typename TX, typename TC, typename P, typename O>
+__attribute__((always_inline)) inline void forward_row(const TX* __restrict x, const TC* __restrict c, const TC* __restrict s,
+                                                       O* __restrict out, int64_t D) {
+  const int64_t half = D / 2;
+  for (int64_t i = 0; i < half; i++)
+    out[i] = narrow<O>(round_to<P>(round_to<P>(widen(x[i]) * widen(c[i])) + round_to<P>(-widen(x[i + half]) * widen(s[i]))));
+  for (int64_t i = half; i < D; i++)
+    out[i] = narrow<O>(round_to<P>(round_to<P>(widen(x[i]) * widen(c[i])) + round_to<P>(widen(x[i - half]) * widen(s[i]))));
+}
+
+// One row of dx from d(out): each product's gradient in P, narrowed to x's dtype; rotate_half's gradient moves and
+// negates that of the second product; the two summed in x's dtype. `moved` is scratch for head_dim floats.
+template <typename TX, typename TC, typename P, typename O>
+__attribute__((always_inline)) inline void backward_row(const O* __restrict g, const TC* __restrict c, const TC* __restrict s,
+                                                        TX* __restrict dx, float* __restrict moved, int64_t D) {
+  const int64_t half = D / 2;
+  for (int64_t i = 0; i < D; i++) moved[i] = round_to<TX>(round_to<P>(widen(g[i]) * widen(s[i])));
+  for (int64_t i = 0; i < half; i++) dx[i] = narrow<TX>(round_to<TX>(round_to<P>(widen(g[i]) * widen(c[i]))) + moved[i + half]);
+  for (int64_t i = half; i < D; i++) dx[i] = narrow<TX>(round_to<TX>(round_to<P>(widen(g[i]) * widen(c[i]))) - moved[i - half]);
+}
+
+// The row loops, compiled twice: for AVX2 and for any x86-64 (or the build's own target elsewhere).
+template <typename TX, typename TC, typename P, typename O>
+void forward_rows(const TX* x, const TC* c, const TC* s, O* out, const Rows& r, int64_t begin, int64_t end, int64_t D) {
+  for (int64_t row = begin; row < end; row++)
+    forward_row<TX, TC, P, O>(x + r.offset(0, row), c + r.offset(1, row), s + r.offset(1, row), out + r.offset(2, row), D);
+}
+template <typename TX, typename TC, typename P, typename O>
+void backward_rows(const O* g, const TC* c, const TC* s, TX* dx, const Rows& r, int64_t begin, int64_t end, int64_t D) {
+  std::vector<float> moved(D);
+  for (int64_t row = begin; row < end; row++)
+    backward_row<TX, TC, P, O>(g + r.offset(0, row), c + r.offset(1, row), s + r.offset(1, row), dx + r.offset(2, row), moved.data(), D);
+}
+#if defined(__x86_64__)
+template <typename TX, typename TC, typename P, typename O>
+__attribute__((target("avx2"))) void forward_rows_avx2(const TX* x, const TC* c, const TC* s, O* out, const Rows& r, int64_t begin,
+                                                       int64_t end, int64_t D) {
+  for (int64_t row = begin; row < end; row++)
+    forward_row<TX, TC, P, O>(x + r.offset(0, row), c + r.offset(1, row), s + r.offset(1, row), out + r.offset(2, row), D);
+}
+template <typename TX, typename TC, typename P, typename O>
+__attribute__((target("avx2"))) void backward_rows_avx2(const O* g, const TC* c, const TC* s, TX* dx, const Rows& r, int64_t begin,
+                                                        int64_t end, int64_t D) {
+  std::vector<float> moved(D);
+  for (int64_t row = begin; row < end; row++)
+    backward_row<TX, TC, P, O>(g + r.offset(0, row), c + r.offset(1, row), s + r.offset(1, row), dx + r.offset(2, row), moved.data(), D);
+}
+const bool kAvx2 = __builtin_cpu_supports("avx2");
+#endif
+#pragma GCC pop_options
+
+template <typename TX, typename TC, typename P, typename O>
+void rotary_forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor& out) {
+  const int64_t D = x.size(3), rows = x.size(0) * x.size(1) * x.size(2);
+  Rows r(x.sizes(), {&x, &cos, &out});
+  const TX* xp = x.data_ptr<TX>();
+  const TC *cp = cos.data_ptr<TC>(), *sp = sin.data_ptr<TC>();
+  O* op = out.data_ptr<O>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / D), [&](int64_t begin, int64_t end) {
+#if defined(__x86_64__)
+    if (kAvx2) return forward_rows_avx2<TX, TC, P, O>(xp, cp, sp, op, r, begin, end, D);
+#endif
+    forward_rows<TX, TC, P, O>(xp, cp, sp, op, r, begin, end, D);
+  });
+}
+
+template <typename TX, typename TC, typename P, typename O>
+void rotary_backward(const torch::Tensor& dout, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor& dx) {
+  const int64_t D = dout.size(3), rows = dout.size(0) * dout.size(1) * dout.size(2);
+  Rows r(dout.sizes(), {&dout, &cos, &dx});
+  const O* gp = dout.data_ptr<O>();
+  const TC *cp = cos.data_ptr<TC>(), *sp = sin.data_ptr<TC>();
+  TX* dp = dx.data_ptr<TX>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / D), [&](int64_t begin, int64_t end) {
+#if defined(__x86_64__)
+    if (kAvx2) return backward_rows_avx2<TX, TC, P, O>(gp, cp, sp, dp, r, begin, end, D);
+#endif
+    backward_rows<TX, TC, P, O>(gp, cp, sp, dp, r, begin, end, D);
+  });
+}
+
+bool is_float_or_bf16(torch::ScalarType t) { return t == torch::kFloat32 || t == torch::kBFloat16; }
+
+// Calls f<TX, TC, P, O>() for the dtypes of x, the tables and the output.
+template <template <typename, typename, typename, typename> class F, typename... Args>
+void dispatch(torch::ScalarType tx, torch::ScalarType tc, torch::ScalarType to, Args&&... args) {
+  auto with_o = [&]<typename TX, typename TC, typename P>() {
+    if (to == torch::kFloat32)
+      F<TX, TC, P, float>::run(args...);
+    else
+      F<TX, TC, P, BF16>::run(args...);
+  };
+  if (tx == torch::kFloat32 && tc == torch::kFloat32) with_o.template operator()<float, float, float>();
+  if (tx == torch::kFloat32 && tc == torch::kBFloat16) with_o.template operator()<float, BF16, float>();
+  if (tx == torch::kBFloat16 && tc == torch::kFloat32) with_o.template operator()<BF16, float, float>();
+  if (tx == torch::kBFloat16 && tc == torch::kBFloat16) with_o.template operator()<BF16, BF16, BF16>();
+}
+
+template <typename TX, typename TC, typename P, typename O>
+struct Forward {
+  static void run(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor& out) {
+    rotary_forward<TX, TC, P, O>(x, cos, sin, out);
+  }
+};
+template <typename TX, typename TC, typename P, typename O>
+struct Backward {
+  static void run(const torch::Tensor& dout, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor& dx) {
+    rotary_backward<TX, TC, P, O>(dout, cos, sin, dx);
+  }
+};
+
+struct RotaryFn : public torch::autograd::Function<RotaryFn> {
+  // cos and sin arrive expanded to x's shape, their last dimension contiguous.
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x_in, const torch::Tensor& cos, const torch::Tensor& sin,
+                               torch::ScalarType out_dtype) {
+    auto x = x_in.stride(3) == 1 ? x_in : x_in.contiguous();
+    auto out = torch::empty_like(x, x.options().dtype(out_dtype));
+    dispatch<Forward>(x.scalar_type(), cos.scalar_type(), out_dtype, x, cos, sin, out);
+    ctx->save_for_backward({cos, sin});
+    ctx->saved_data["x_dtype"] = x.scalar_type();
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    auto x_dtype = ctx->saved_data["x_dtype"].toScalarType();
+    auto dout = grads[0].stride(3) == 1 ? grads[0] : grads[0].contiguous();
+    auto dx = torch::empty_like(dout, dout.options().dtype(x_dtype));
+    dispatch<Backward>(x_dtype, s[0].scalar_type(), dout.scalar_type(), dout, s[0], s[1], dx);
+    return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+torch::Tensor rotate_half(const torch::Tensor& x) {
+  auto halves = x.chunk(2, -1);
+  return torch::cat({-halves[1], halves[0]}, -1);
+}
+
+}  // namespace
+
+torch::Tensor apply_rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  // Under autocast the result is narrowed to the lower precision at once: attention, which reads it, would cast it there.
+  auto out_dtype = torch::result_type(x, cos);
+  if (at::autocast::is_autocast_enabled(x.device().type()) && is_float_or_bf16(out_dtype))
+    out_dtype = at::autocast::get_autocast_dtype(x.device().type());
+  bool kernel = x.device().is_cpu() && x.dim() == 4 && x.size(3) % 2 == 0 && is_float_or_bf16(x.scalar_type()) &&
+                is_float_or_bf16(cos.scalar_type()) && cos.scalar_type() == sin.scalar_type() && is_float_or_bf16(out_dtype) &&
+                !cos.requires_grad() && !sin.requires_grad();
+  if (!kernel) return (x * cos + rotate_half(x) * sin).to(out_dtype);
+  auto table = [&](const torch::Tensor& t) { return t.contiguous().expand(x.sizes()); };
+  return RotaryFn::apply(x, table(cos), table(sin), out_dtype);
+}
+
+}  // namespace tunekit
