@@ -237,6 +237,8 @@ static void rotary_equals_composite(const std::string& device) {
       EXPECT(torch::equal(ours_in.grad(), ref_in.grad()), (label + ": gradient differs from the composite").c_str());
     }
   }
+  auto empty = apply_rotary(torch::randn({1, 2, 0, 8}, opts), torch::randn({0, 8}, opts), torch::randn({0, 8}, opts));
+  EXPECT(empty.sizes() == c10::IntArrayRef({1, 2, 0, 8}), "apply_rotary of an empty sequence has the wrong shape");
 }
 
 // rms_norm against LlamaRMSNorm's composite in float32, forward and both gradients. The kernel sums squares, row

@@ -223,7 +223,7 @@ torch::Tensor apply_rotary(const torch::Tensor& x, const torch::Tensor& cos, con
   auto out_dtype = torch::result_type(x, cos);
   if (at::autocast::is_autocast_enabled(x.device().type()) && is_float_or_bf16(out_dtype))
     out_dtype = at::autocast::get_autocast_dtype(x.device().type());
-  bool kernel = x.device().is_cpu() && x.dim() == 4 && x.size(3) % 2 == 0 && is_float_or_bf16(x.scalar_type()) &&
+  bool kernel = x.device().is_cpu() && x.dim() == 4 && x.numel() > 0 && x.size(3) % 2 == 0 && is_float_or_bf16(x.scalar_type()) &&
                 is_float_or_bf16(cos.scalar_type()) && cos.scalar_type() == sin.scalar_type() && is_float_or_bf16(out_dtype) &&
                 !cos.requires_grad() && !sin.requires_grad();
   if (!kernel) return (x * cos + rotate_half(x) * sin).to(out_dtype);
