@@ -85,8 +85,8 @@ test.serial('collectives across two processes: rendezvous, allreduce (sum, max, 
 // only entries whose gradient is within rounding of zero can move differently (by up to lr), so the comparison is of
 // whole tensors in the 2-norm, and how far they differ depends on how many such entries a summation order meets and
 // how the later steps carry the difference on: measured, the worst tensor differs by 2.5e-6 to 1.2e-5 over 5 steps on
-// an idle machine, and by 1.15e-4 in one run on a loaded one (a zero-initialised bias, whose small norm makes a few
-// moved entries a large relative change; the libraries' thread use, and so their summation order, follows the load).
+// an idle machine, and by 1.15e-4 in one run on a busy one (same code and data: a zero-initialised bias, whose small
+// norm makes a few moved entries a large relative change).
 // A rank's data missing changes the update of every entry instead: the control (batch 8 alone against 16) differs by
 // 0.8-1.4. The bound is the geometric middle of the two, two orders of magnitude from each.
 const DDP_BOUND = 1e-2;
