@@ -1,8 +1,8 @@
 // The core without Node: build a tiny model of each family, check training reduces the loss (bare, under each PEFT
 // method, and under autocast: bfloat16, and float16 with loss scaling on CUDA), that an overflowing scaled step is
-// skipped, that a bad token id and a bad config are refused, that the blocked cross-entropy, the RMSNorm and rotary kernels
-// and the shared cast of a product input equal what they replace, and that the device works. Run by ctest (CPU, and CUDA where the libtorch
-// has it).
+// skipped, that a bad token id and a bad config are refused, that the blocked cross-entropy, the RMSNorm and rotary
+// kernels and the shared cast of a product input equal what they replace, and that the device works. Run by ctest
+// (CPU, and CUDA where the libtorch has it).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
