@@ -125,7 +125,8 @@ __attribute__((target("avx2"))) void backward_rows_avx2(const O* g, const TC* c,
   for (int64_t row = begin; row < end; row++)
     backward_row<TX, TC, P, O>(g + r.offset(0, row), c + r.offset(1, row), s + r.offset(1, row), dx + r.offset(2, row), moved.data(), D);
 }
-const bool kAvx2 = __builtin_cpu_supports("avx2");
+// Read at load time, possibly before libgcc's own constructor has filled in the CPU model: hence the explicit init.
+const bool kAvx2 = (__builtin_cpu_init(), __builtin_cpu_supports("avx2"));
 #endif
 #pragma GCC pop_options
 
