@@ -76,119 +76,91 @@ struct Rows {
   }
 };
 
-// One row of out = x * cos + rotate_half(x) * sin, where rotate_half(x) = cat(-x2, x1): P is the dtype torch computes
-// the composite in (the promotion of x's and the tables'), O the dtype returned.
+// The two directions, one row each: `in` to `out`, both [head_dim], under tables c and s of the same row. P is the
+// dtype torch computes the composite in (the promotion of x's and the tables'), O the dtype returned.
+//
+// Forward: out = x * cos + rotate_half(x) * sin, where rotate_half(x) = cat(-x2, x1).
 template <typename TX, typename TC, typename P, typename O>
-__attribute__((always_inline)) inline void forward_row(const TX* __restrict x, const TC* __restrict c, const TC* __restrict s,
-                                                       O* __restrict out, int64_t D) {
-  const int64_t half = D / 2;
-  for (int64_t i = 0; i < half; i++)
-    out[i] = narrow<O>(round_to<P>(round_to<P>(widen(x[i]) * widen(c[i])) + round_to<P>(-widen(x[i + half]) * widen(s[i]))));
-  for (int64_t i = half; i < D; i++)
-    out[i] = narrow<O>(round_to<P>(round_to<P>(widen(x[i]) * widen(c[i])) + round_to<P>(widen(x[i - half]) * widen(s[i]))));
-}
+struct Forward {
+  using In = TX;
+  using Out = O;
+  __attribute__((always_inline)) static void row(const TX* __restrict x, const TC* __restrict c, const TC* __restrict s, O* __restrict out,
+                                                 int64_t D) {
+    const int64_t half = D / 2;
+    for (int64_t i = 0; i < half; i++)
+      out[i] = narrow<O>(round_to<P>(round_to<P>(widen(x[i]) * widen(c[i])) + round_to<P>(-widen(x[i + half]) * widen(s[i]))));
+    for (int64_t i = half; i < D; i++)
+      out[i] = narrow<O>(round_to<P>(round_to<P>(widen(x[i]) * widen(c[i])) + round_to<P>(widen(x[i - half]) * widen(s[i]))));
+  }
+};
 
-// One row of dx from d(out): each product's gradient in P, narrowed to x's dtype; rotate_half's gradient moves and
-// negates that of the second product; the two summed in x's dtype. `moved` is scratch for head_dim floats.
+// Backward, dx from d(out): each product's gradient in P, narrowed to x's dtype; rotate_half's gradient moves and negates
+// that of the second product; the two summed in x's dtype.
 template <typename TX, typename TC, typename P, typename O>
-__attribute__((always_inline)) inline void backward_row(const O* __restrict g, const TC* __restrict c, const TC* __restrict s,
-                                                        TX* __restrict dx, float* __restrict moved, int64_t D) {
-  const int64_t half = D / 2;
-  for (int64_t i = 0; i < D; i++) moved[i] = round_to<TX>(round_to<P>(widen(g[i]) * widen(s[i])));
-  for (int64_t i = 0; i < half; i++) dx[i] = narrow<TX>(round_to<TX>(round_to<P>(widen(g[i]) * widen(c[i]))) + moved[i + half]);
-  for (int64_t i = half; i < D; i++) dx[i] = narrow<TX>(round_to<TX>(round_to<P>(widen(g[i]) * widen(c[i]))) - moved[i - half]);
-}
+struct Backward {
+  using In = O;
+  using Out = TX;
+  __attribute__((always_inline)) static float product_grad(O g, TC t) { return round_to<TX>(round_to<P>(widen(g) * widen(t))); }
+  __attribute__((always_inline)) static void row(const O* __restrict g, const TC* __restrict c, const TC* __restrict s, TX* __restrict dx,
+                                                 int64_t D) {
+    const int64_t half = D / 2;
+    for (int64_t i = 0; i < half; i++) dx[i] = narrow<TX>(product_grad(g[i], c[i]) + product_grad(g[i + half], s[i + half]));
+    for (int64_t i = half; i < D; i++) dx[i] = narrow<TX>(product_grad(g[i], c[i]) - product_grad(g[i - half], s[i - half]));
+  }
+};
 
-// The row loops, compiled twice: for AVX2 and for any x86-64 (or the build's own target elsewhere).
-template <typename TX, typename TC, typename P, typename O>
-void forward_rows(const TX* x, const TC* c, const TC* s, O* out, const Rows& r, int64_t begin, int64_t end, int64_t D) {
+// The row loop, compiled twice: for AVX2 and for any x86-64 (or the build's own target elsewhere).
+template <typename K, typename TC>
+void rows(const typename K::In* in, const TC* c, const TC* s, typename K::Out* out, const Rows& r, int64_t begin, int64_t end, int64_t D) {
   for (int64_t row = begin; row < end; row++)
-    forward_row<TX, TC, P, O>(x + r.offset(0, row), c + r.offset(1, row), s + r.offset(1, row), out + r.offset(2, row), D);
-}
-template <typename TX, typename TC, typename P, typename O>
-void backward_rows(const O* g, const TC* c, const TC* s, TX* dx, const Rows& r, int64_t begin, int64_t end, int64_t D) {
-  std::vector<float> moved(D);
-  for (int64_t row = begin; row < end; row++)
-    backward_row<TX, TC, P, O>(g + r.offset(0, row), c + r.offset(1, row), s + r.offset(1, row), dx + r.offset(2, row), moved.data(), D);
+    K::row(in + r.offset(0, row), c + r.offset(1, row), s + r.offset(1, row), out + r.offset(2, row), D);
 }
 #if defined(__x86_64__)
-template <typename TX, typename TC, typename P, typename O>
-__attribute__((target("avx2"))) void forward_rows_avx2(const TX* x, const TC* c, const TC* s, O* out, const Rows& r, int64_t begin,
-                                                       int64_t end, int64_t D) {
+template <typename K, typename TC>
+__attribute__((target("avx2"))) void rows_avx2(const typename K::In* in, const TC* c, const TC* s, typename K::Out* out, const Rows& r,
+                                               int64_t begin, int64_t end, int64_t D) {
   for (int64_t row = begin; row < end; row++)
-    forward_row<TX, TC, P, O>(x + r.offset(0, row), c + r.offset(1, row), s + r.offset(1, row), out + r.offset(2, row), D);
-}
-template <typename TX, typename TC, typename P, typename O>
-__attribute__((target("avx2"))) void backward_rows_avx2(const O* g, const TC* c, const TC* s, TX* dx, const Rows& r, int64_t begin,
-                                                        int64_t end, int64_t D) {
-  std::vector<float> moved(D);
-  for (int64_t row = begin; row < end; row++)
-    backward_row<TX, TC, P, O>(g + r.offset(0, row), c + r.offset(1, row), s + r.offset(1, row), dx + r.offset(2, row), moved.data(), D);
+    K::row(in + r.offset(0, row), c + r.offset(1, row), s + r.offset(1, row), out + r.offset(2, row), D);
 }
 // Read at load time, possibly before libgcc's own constructor has filled in the CPU model: hence the explicit init.
 const bool kAvx2 = (__builtin_cpu_init(), __builtin_cpu_supports("avx2"));
 #endif
 #pragma GCC pop_options
 
-template <typename TX, typename TC, typename P, typename O>
-void rotary_forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor& out) {
-  const int64_t D = x.size(3), rows = x.size(0) * x.size(1) * x.size(2);
-  Rows r(x.sizes(), {&x, &cos, &out});
-  const TX* xp = x.data_ptr<TX>();
+// Runs kernel K over every row of `in` ([batch, heads, seq, head_dim], last dimension contiguous) into `out`, with
+// cos/sin expanded to the same shape.
+template <typename K, typename TC>
+void run_rows(const torch::Tensor& in, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor& out) {
+  const int64_t D = in.size(3), count = in.size(0) * in.size(1) * in.size(2);
+  Rows r(in.sizes(), {&in, &cos, &out});
+  const auto* ip = in.data_ptr<typename K::In>();
   const TC *cp = cos.data_ptr<TC>(), *sp = sin.data_ptr<TC>();
-  O* op = out.data_ptr<O>();
-  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / D), [&](int64_t begin, int64_t end) {
+  auto* op = out.data_ptr<typename K::Out>();
+  at::parallel_for(0, count, std::max<int64_t>(1, 32768 / D), [&](int64_t begin, int64_t end) {
 #if defined(__x86_64__)
-    if (kAvx2) return forward_rows_avx2<TX, TC, P, O>(xp, cp, sp, op, r, begin, end, D);
+    if (kAvx2) return rows_avx2<K>(ip, cp, sp, op, r, begin, end, D);
 #endif
-    forward_rows<TX, TC, P, O>(xp, cp, sp, op, r, begin, end, D);
-  });
-}
-
-template <typename TX, typename TC, typename P, typename O>
-void rotary_backward(const torch::Tensor& dout, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor& dx) {
-  const int64_t D = dout.size(3), rows = dout.size(0) * dout.size(1) * dout.size(2);
-  Rows r(dout.sizes(), {&dout, &cos, &dx});
-  const O* gp = dout.data_ptr<O>();
-  const TC *cp = cos.data_ptr<TC>(), *sp = sin.data_ptr<TC>();
-  TX* dp = dx.data_ptr<TX>();
-  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / D), [&](int64_t begin, int64_t end) {
-#if defined(__x86_64__)
-    if (kAvx2) return backward_rows_avx2<TX, TC, P, O>(gp, cp, sp, dp, r, begin, end, D);
-#endif
-    backward_rows<TX, TC, P, O>(gp, cp, sp, dp, r, begin, end, D);
+    rows<K>(ip, cp, sp, op, r, begin, end, D);
   });
 }
 
 bool is_float_or_bf16(torch::ScalarType t) { return t == torch::kFloat32 || t == torch::kBFloat16; }
 
-// Calls f<TX, TC, P, O>() for the dtypes of x, the tables and the output.
-template <template <typename, typename, typename, typename> class F, typename... Args>
-void dispatch(torch::ScalarType tx, torch::ScalarType tc, torch::ScalarType to, Args&&... args) {
+// Runs Dir<TX, TC, P, O> over the rows for the dtypes of x, the tables and the output.
+template <template <typename, typename, typename, typename> class Dir>
+void dispatch(torch::ScalarType tx, torch::ScalarType tc, torch::ScalarType to, const torch::Tensor& in, const torch::Tensor& cos,
+              const torch::Tensor& sin, torch::Tensor& out) {
   auto with_o = [&]<typename TX, typename TC, typename P>() {
     if (to == torch::kFloat32)
-      F<TX, TC, P, float>::run(args...);
+      run_rows<Dir<TX, TC, P, float>, TC>(in, cos, sin, out);
     else
-      F<TX, TC, P, BF16>::run(args...);
+      run_rows<Dir<TX, TC, P, BF16>, TC>(in, cos, sin, out);
   };
   if (tx == torch::kFloat32 && tc == torch::kFloat32) with_o.template operator()<float, float, float>();
   if (tx == torch::kFloat32 && tc == torch::kBFloat16) with_o.template operator()<float, BF16, float>();
   if (tx == torch::kBFloat16 && tc == torch::kFloat32) with_o.template operator()<BF16, float, float>();
   if (tx == torch::kBFloat16 && tc == torch::kBFloat16) with_o.template operator()<BF16, BF16, BF16>();
 }
-
-template <typename TX, typename TC, typename P, typename O>
-struct Forward {
-  static void run(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor& out) {
-    rotary_forward<TX, TC, P, O>(x, cos, sin, out);
-  }
-};
-template <typename TX, typename TC, typename P, typename O>
-struct Backward {
-  static void run(const torch::Tensor& dout, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor& dx) {
-    rotary_backward<TX, TC, P, O>(dout, cos, sin, dx);
-  }
-};
 
 struct RotaryFn : public torch::autograd::Function<RotaryFn> {
   // cos and sin arrive expanded to x's shape, their last dimension contiguous.
