@@ -149,6 +149,10 @@ static void refuses_bad_config(const std::string& device) {
   }
 }
 
+static torch::TensorOptions options_on(const std::string& device) {
+  return torch::TensorOptions().device(device == "cuda" ? torch::kCUDA : torch::kCPU);
+}
+
 // The largest difference between two tensors, relative to the largest entry of the second.
 static double worst_rel(const torch::Tensor& got, const torch::Tensor& want) {
   auto w = want.to(torch::kFloat32);
@@ -162,7 +166,7 @@ static double worst_rel(const torch::Tensor& got, const torch::Tensor& want) {
 static void cross_entropy_equals_torch(const std::string& device) {
   constexpr double kBFloat16Step = 1.0 / 128;
   torch::manual_seed(0);
-  auto opts = torch::TensorOptions().device(device == "cuda" ? torch::kCUDA : torch::kCPU);
+  auto opts = options_on(device);
   for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
     auto logits = (torch::randn({300, 4000}, opts) * 3).to(dtype);  // 131 rows per block: three blocks
     auto targets = torch::randint(0, 4000, {300}, opts.dtype(torch::kLong));
@@ -202,7 +206,7 @@ static void cross_entropy_equals_torch(const std::string& device) {
 // hide a missed or extra rounding, which shows as a last-bit difference.
 static void rotary_equals_composite(const std::string& device) {
   torch::manual_seed(0);
-  auto opts = torch::TensorOptions().device(device == "cuda" ? torch::kCUDA : torch::kCPU);
+  auto opts = options_on(device);
   auto rotate_half = [](const torch::Tensor& x) {
     auto h = x.chunk(2, -1);
     return torch::cat({-h[1], h[0]}, -1);
@@ -246,7 +250,7 @@ static void rotary_equals_composite(const std::string& device) {
 // difference is at most n * 2^-24 (4e-6) of the sum of their magnitudes, which the bound below covers.
 static void rms_norm_equals_composite(const std::string& device) {
   torch::manual_seed(0);
-  auto opts = torch::TensorOptions().device(device == "cuda" ? torch::kCUDA : torch::kCPU);
+  auto opts = options_on(device);
   auto x = torch::randn({3, 10, 64}, opts) * 2;
   auto w = torch::randn({64}, opts);
   auto ours_x = x.detach().requires_grad_(), ref_x = x.detach().requires_grad_();
@@ -265,7 +269,7 @@ static void rms_norm_equals_composite(const std::string& device) {
 // casts (autograd sums the widened gradients in float32 either way).
 static void shared_product_input(const std::string& device) {
   torch::manual_seed(0);
-  auto opts = torch::TensorOptions().device(device == "cuda" ? torch::kCUDA : torch::kCPU);
+  auto opts = options_on(device);
   auto x = torch::randn({6, 16}, opts);
   std::vector<torch::Tensor> w = {torch::randn({8, 16}, opts), torch::randn({4, 16}, opts), torch::randn({4, 16}, opts)};
   auto ours_in = x.detach().requires_grad_(), ref_in = x.detach().requires_grad_();
