@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { LoRA, Model, SGD } from '../lib';
+import { AdamW, LoRA, Model } from '../lib';
 import { createServer } from '../lib/server';
 import { Tokenizer } from '../lib/tokenizer';
 import { ROOT, tmpDir } from './helpers';
@@ -18,19 +18,31 @@ const ROWS = Array.from({ length: 24 }, (_, i) => ({
 }));
 const jsonl = (rows: unknown[]) => rows.map((r) => JSON.stringify(r)).join('\n') + '\n';
 
-/** A LoRA adapter of tiny-gpt2 moved off its zero start by one SGD step on rows of ROWS, saved to `dir`. */
+/** Prompts the adapter tests decode; each adapter is taught its own ending for all of them. */
+const ADAPTER_PROMPTS = ['The President said that', 'In the morning the old man', 'Review 1: the film was'];
+const ADAPTER_ENDINGS = [' apples and pears.', ' rivers and lakes.', ' music and dance.'];
+
+/**
+ * A LoRA adapter of tiny-gpt2 trained to continue ADAPTER_PROMPTS with ADAPTER_ENDINGS[i], saved to `dir`. Taught
+ * endings give each adapter a greedy continuation far from the base's and from the other adapters', on any machine's
+ * rounding; a single small step (as before) left two adapters decoding the same words on one CI machine.
+ */
 async function trainedAdapter(dir: string, i: number): Promise<Model> {
   const tok = await Tokenizer.fromPretrained(GPT2);
   const model = await Model.fromPretrained(GPT2);
   await new LoRA({ r: 4, alpha: 16, seed: i + 1 }).apply(model);
-  const opt = new SGD(model, { lr: 0.3 });
+  const opt = new AdamW(model, { lr: 5e-3 });
   const ids = tok.encodeBatch(
-    ROWS.slice(i * 4, i * 4 + 4).map((r) => r.prompt + r.completion),
+    ADAPTER_PROMPTS.map((p) => p + ADAPTER_ENDINGS[i]),
     { padding: 'longest' },
   );
+  const labels = ids.inputIds.map((r, j) => r.map((x, k) => (ids.attentionMask[j]![k] ? x : -100)));
   await model.train();
-  await model.backward({ ...ids, labels: ids.inputIds.map((r, j) => r.map((x, k) => (ids.attentionMask[j]![k] ? x : -100))) });
-  await opt.step();
+  for (let step = 0; step < 30; step++) {
+    await model.backward({ ...ids, labels });
+    await opt.step();
+    await model.zeroGrad();
+  }
   await model.eval();
   await model.saveAdapter(dir, { baseModelNameOrPath: GPT2 });
   return model;
@@ -259,7 +271,7 @@ test.serial(
 test.serial('requests for different adapters of one base decode together and each equals its adapter alone', async (t) => {
   const dataDir = tmpDir('serve-adapters');
   const tok = await Tokenizer.fromPretrained(GPT2);
-  const prompts = ['The President said that', 'In the morning the old man', 'Review 1: the film was'];
+  const prompts = ADAPTER_PROMPTS;
   const alone: string[] = [];
   for (const [i, name] of ['x', 'y', 'z'].entries()) {
     const model = await trainedAdapter(path.join(dataDir, 'adapters', name), i);
@@ -409,7 +421,7 @@ test.serial(
       t.is(big.status, 413);
       t.regex(big.body.error.message, /larger than the 1000 bytes/);
       t.deepEqual(fs.readdirSync(path.join(dataDir, 'files')), [], 'nothing half-written is left');
-      const body = (model: string, max_tokens: number) => ({ model, prompt: 'The President said that', max_tokens, temperature: 0 });
+      const body = (model: string, max_tokens: number) => ({ model, prompt: ADAPTER_PROMPTS[0], max_tokens, temperature: 0 });
       // The second request arrives while the first is decoding (its first chunk is in): one is the limit.
       const res = await fetch(`${base}/v1/completions`, {
         method: 'POST',
