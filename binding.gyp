@@ -11,16 +11,19 @@
     ],
     "libraries": [
       "-L<!(node scripts/torch-paths.js lib)",
-      "-ltorch", "-ltorch_cpu", "-lc10",
+      "-ltorch", "-ltorch_cpu", "-lc10", "-fopenmp",
       "-Wl,-rpath,'$$ORIGIN/../../libtorch/lib'"
     ],
     "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "_GLIBCXX_USE_CXX11_ABI=1", "USE_C10D_GLOO"],
     "cflags!": ["-fno-exceptions", "-fno-rtti"],
     "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++20"],
     "cflags_cc": [
-      "-std=c++20", "-fexceptions", "-frtti", "-O2", "-Wno-unused-parameter", "-Wno-deprecated-declarations",
+      "-std=c++20", "-fexceptions", "-frtti", "-fopenmp", "-O2", "-Wno-unused-parameter", "-Wno-deprecated-declarations",
       "-Winvalid-pch", "-include", "<(INTERMEDIATE_DIR)/pch/torch_headers.h"
     ],
+    # -fopenmp: at::parallel_for is a header template that splits work over libtorch's threads only where it is compiled
+    # with OpenMP (libtorch's own backend; the addon then shares libtorch's libgomp). Without it every kernel in
+    # native/core/ops/ ran on one thread. runtimeInfo().kernelThreads reports what the kernels get.
     # Every core file starts by parsing libtorch's headers (native/core/torch_headers.h), which was most of the
     # compile: they are precompiled once, with the very flags the sources get (gcc ignores a header precompiled with
     # others, and -Winvalid-pch says so), and -include'd ahead of each file. The glue files get it too; they stay free

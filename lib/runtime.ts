@@ -11,6 +11,8 @@ export interface RuntimeInfo {
   torch: string;
   /** Intra-op threads libtorch uses. */
   threads: number;
+  /** Threads tunekit's own kernels (RMSNorm, rotary embedding) spread their work over: `threads` in a correct build. */
+  kernelThreads: number;
   cpuAllocator: 'caching' | 'system';
   /** Large blocks (64 KiB and more) only; all zero with the system allocator. */
   cpuCache: { inUseMiB: number; cachedMiB: number; peakMiB: number; hits: number; misses: number };

@@ -19,6 +19,7 @@ function child(env: Record<string, string>, steps = 4) {
 test.serial('a steady training loop takes every large block from the cache after its first steps', async (t) => {
   const r = await trainSteps(6);
   t.is(r.info.cpuAllocator, 'caching');
+  t.is(r.info.kernelThreads, r.info.threads, "tunekit's own kernels run on every intra-op thread");
   t.true(r.info.cpuCache.hits > 0, 'no large block was ever reused');
   // Steps 3 to 6 allocate exactly what steps 1 and 2 freed: no new block.
   t.log(`misses after each step: ${r.misses.join(', ')}; hits ${r.info.cpuCache.hits}`);

@@ -2,6 +2,8 @@
 #include <torch/cuda.h>
 #include <torch/version.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <functional>
 
@@ -50,13 +52,21 @@ double bench_matmul(int64_t n, int64_t iters, const std::string& dtype) {
   return std::max(aten, onednn);
 }
 
+// How many threads at::parallel_for, as compiled into tunekit's own kernels, actually spreads work over.
+int kernel_threads() {
+  std::vector<std::atomic<bool>> seen(at::get_num_threads());
+  at::parallel_for(0, int64_t(seen.size()), 1, [&](int64_t, int64_t) { seen[at::get_thread_num()] = true; });
+  return int(std::count_if(seen.begin(), seen.end(), [](const std::atomic<bool>& s) { return s.load(); }));
+}
+
 std::string torch_info() {
   auto c = cpu_cache_stats();
   auto mib = [](size_t b) { return std::to_string(double(b) / (1 << 20)); };
-  return std::string("{\"torch\":\"") + TORCH_VERSION + "\",\"threads\":" + std::to_string(at::get_num_threads()) + ",\"cpuAllocator\":\"" +
-         (c.active ? "caching" : "system") + "\",\"cpuCache\":{\"inUseMiB\":" + mib(c.in_use) + ",\"cachedMiB\":" + mib(c.cached) +
-         ",\"peakMiB\":" + mib(c.peak) + ",\"hits\":" + std::to_string(c.hits) + ",\"misses\":" + std::to_string(c.misses) +
-         "},\"gemm\":\"" + (onednn_gemm() ? "onednn+mkl" : "aten") + "\"}";
+  return std::string("{\"torch\":\"") + TORCH_VERSION + "\",\"threads\":" + std::to_string(at::get_num_threads()) +
+         ",\"kernelThreads\":" + std::to_string(kernel_threads()) + ",\"cpuAllocator\":\"" + (c.active ? "caching" : "system") +
+         "\",\"cpuCache\":{\"inUseMiB\":" + mib(c.in_use) + ",\"cachedMiB\":" + mib(c.cached) + ",\"peakMiB\":" + mib(c.peak) +
+         ",\"hits\":" + std::to_string(c.hits) + ",\"misses\":" + std::to_string(c.misses) + "},\"gemm\":\"" +
+         (onednn_gemm() ? "onednn+mkl" : "aten") + "\"}";
 }
 
 }  // namespace tunekit
