@@ -265,6 +265,40 @@ static void rms_norm_equals_composite(const std::string& device) {
   EXPECT(worst_rel(ours_w.grad(), ref_w.grad()) < 1e-5, "rms_norm's weight gradient differs from the composite");
 }
 
+// gelu_tanh's kernel and torch's own, forward and backward, each against the exact function (torch's formula in
+// float64 on the same inputs), over ordinary activations, the tails and NaN. A float32 kernel is off by the rounding of
+// u = sqrt(2/pi)(x + 0.044715 x^3) (a few 2^-24 of u, times x sigmoid'(2u) 2u <= 0.5 |x|) and of a few operations
+// more; 1e-6 (|x| + 1) is ten times that (the gradient's bound grows with u' ~ x^2). A bfloat16 result is that float32
+// value rounded once, one bfloat16 step (2^-7 relative) more. torch's kernel must meet the same bounds, which checks them.
+static void gelu_tanh_matches_torch(const std::string& device) {
+  torch::manual_seed(0);
+  auto opts = options_on(device);
+  auto x = torch::cat({torch::randn({4096}, opts) * 3, torch::tensor({0.0f, -10.5f, -30.0f, 12.0f, 1e4f, -1e4f, NAN}, opts)});
+  auto g = torch::randn(x.sizes(), opts);
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    auto xd = x.to(dtype), gd = g.to(dtype);
+    auto x64 = xd.to(torch::kFloat64).requires_grad_();
+    auto exact = torch::gelu(x64, "tanh");
+    auto exact_dx = torch::autograd::grad({exact}, {x64}, {gd.to(torch::kFloat64)})[0];
+    auto step = [&](const torch::Tensor& t) { return dtype == torch::kBFloat16 ? t.abs() * std::ldexp(1.0, -7) : torch::zeros_like(t); };
+    auto fwd_tol = 1e-6 * (x64.detach().abs() + 1) + step(exact.detach());
+    auto bwd_tol = 1e-6 * (x64.detach().square() + 1) * gd.to(torch::kFloat64).abs() + step(exact_dx);
+    auto within = [](const torch::Tensor& got, const torch::Tensor& want, const torch::Tensor& tol) {
+      auto ok = (got.to(torch::kFloat64) - want).abs() <= tol;
+      return (ok | (got.isnan() & want.isnan())).all().item<bool>();
+    };
+    for (bool ours : {true, false}) {
+      auto xi = xd.detach().requires_grad_();
+      auto y = ours ? gelu_tanh(xi) : torch::gelu(xi, "tanh");
+      y.backward(gd);
+      std::string who = std::string(ours ? "gelu_tanh" : "torch's gelu") + " in " + scalar_name(dtype);
+      EXPECT(y.scalar_type() == dtype && xi.grad().scalar_type() == dtype, who + " changed the dtype");
+      EXPECT(within(y, exact.detach(), fwd_tol), who + " differs from the exact function by more than its rounding");
+      EXPECT(within(xi.grad(), exact_dx, bwd_tol), who + ": the gradient differs from the exact one by more than its rounding");
+    }
+  }
+}
+
 // product_inputs under autocast: the products see one bfloat16 copy, and the float32 gradient equals that of separate
 // casts (autograd sums the widened gradients in float32 either way).
 static void shared_product_input(const std::string& device) {
@@ -333,6 +367,7 @@ int main(int argc, char** argv) {
   cross_entropy_equals_torch(device);
   rotary_equals_composite(device);
   rms_norm_equals_composite(device);
+  gelu_tanh_matches_torch(device);
   shared_product_input(device);
   refuses_bad_ids(device);
   refuses_bad_config(device);

@@ -6,7 +6,7 @@
 namespace tunekit {
 
 torch::Tensor activation(const std::string& name, const torch::Tensor& x) {
-  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") return torch::gelu(x, "tanh");
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") return gelu_tanh(x);
   if (name == "gelu") return torch::gelu(x);
   if (name == "relu") return torch::relu(x);
   if (name == "silu" || name == "swish") return torch::silu(x);

@@ -9,55 +9,23 @@
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 
-#include <cstring>
-
 #include "../model.h"
+#include "vec.h"
 
 namespace tunekit {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-using BF16 = c10::BFloat16;
+using vec::BF16;
+using vec::narrow;
+using vec::round_to;
+using vec::widen;
 
 // The row loops below are plain C++ that the vectoriser turns into SIMD code; -O2's cheap cost model would leave them
 // scalar (their trip count, head_dim, is not known here).
 #pragma GCC push_options
 #pragma GCC optimize("O3")
-
-// Conversions written on the bits, as c10::BFloat16's (round to nearest even, NaN kept), in a form the compiler
-// vectorises: the kernels below are memory-bound loops over rows of head_dim elements.
-inline float widen(float v) { return v; }
-inline float widen(BF16 v) {
-  uint32_t bits = uint32_t(v.x) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-inline float round_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  bits = f != f ? 0x7fc00000u : (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-// v rounded to T's precision, kept in float.
-template <typename T>
-inline float round_to(float v) {
-  if constexpr (std::is_same_v<T, BF16>) return round_bf16(v);
-  return v;
-}
-template <typename T>
-inline T narrow(float v) {
-  if constexpr (std::is_same_v<T, BF16>) {
-    uint32_t bits;
-    float r = round_bf16(v);
-    std::memcpy(&bits, &r, sizeof bits);
-    return BF16(uint16_t(bits >> 16), BF16::from_bits());
-  } else {
-    return v;
-  }
-}
 
 // Rows of `head_dim` contiguous elements over the leading [batch, heads, seq] dimensions, each tensor with its own
 // strides (zero where cos/sin broadcast).
@@ -122,8 +90,6 @@ __attribute__((target("avx2"))) void rows_avx2(const typename K::In* in, const T
   for (int64_t row = begin; row < end; row++)
     K::row(in + r.offset(0, row), c + r.offset(1, row), s + r.offset(1, row), out + r.offset(2, row), D);
 }
-// Read at load time, possibly before libgcc's own constructor has filled in the CPU model: hence the explicit init.
-const bool kAvx2 = (__builtin_cpu_init(), __builtin_cpu_supports("avx2"));
 #endif
 #pragma GCC pop_options
 
@@ -138,7 +104,7 @@ void run_rows(const torch::Tensor& in, const torch::Tensor& cos, const torch::Te
   auto* op = out.data_ptr<typename K::Out>();
   at::parallel_for(0, count, std::max<int64_t>(1, 32768 / D), [&](int64_t begin, int64_t end) {
 #if defined(__x86_64__)
-    if (kAvx2) return rows_avx2<K>(ip, cp, sp, op, r, begin, end, D);
+    if (vec::kAvx2) return rows_avx2<K>(ip, cp, sp, op, r, begin, end, D);
 #endif
     rows<K>(ip, cp, sp, op, r, begin, end, D);
   });
