@@ -140,9 +140,12 @@ class AutocastScope {
 
 // Shared blocks (ops/). Attention masks are boolean [batch, 1, seq, keys] of allowed (query, key) pairs, or undefined
 // where plain causal/full attention needs none (see ForwardContext::mask_4d).
+// An activation by its transformers name (ops/activations.cpp); GELU's tanh approximation runs as one pass each way on
+// CPUs with AVX-512.
 torch::Tensor activation(const std::string& name, const torch::Tensor& x);
-// GELU's tanh approximation (GPT-2's gelu_new): one pass each way on CPUs with AVX-512 (ops/gelu.cpp), else torch's.
-torch::Tensor gelu_tanh(const torch::Tensor& x);
+// activation(gate) * up, as a gated feed-forward (Llama's SwiGLU) computes it; for silu one pass each way on CPUs with
+// AVX-512, with the composite's roundings.
+torch::Tensor gated_activation(const std::string& name, const torch::Tensor& gate, const torch::Tensor& up);
 // A dense layer, y = x W^T + b (fan_in_fan_out: W stored [in, out], as GPT-2's Conv1D), differentiable, through
 // oneDNN or aten, whichever is faster for the shape (ops/gemm.cpp). bias may be undefined.
 torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool fan_in_fan_out = false);

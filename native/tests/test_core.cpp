@@ -265,36 +265,57 @@ static void rms_norm_equals_composite(const std::string& device) {
   EXPECT(worst_rel(ours_w.grad(), ref_w.grad()) < 1e-5, "rms_norm's weight gradient differs from the composite");
 }
 
-// gelu_tanh's kernel and torch's own, forward and backward, each against the exact function (torch's formula in
-// float64 on the same inputs), over ordinary activations, the tails and NaN. A float32 kernel is off by the rounding of
-// u = sqrt(2/pi)(x + 0.044715 x^3) (a few 2^-24 of u, times x sigmoid'(2u) 2u <= 0.5 |x|) and of a few operations
-// more; 1e-6 (|x| + 1) is ten times that (the gradient's bound grows with u' ~ x^2). A bfloat16 result is that float32
-// value rounded once, one bfloat16 step (2^-7 relative) more. torch's kernel must meet the same bounds, which checks them.
-static void gelu_tanh_matches_torch(const std::string& device) {
+// The activation kernels (ops/activations.cpp) and torch's own, forward and backward, each against the exact function
+// (torch's formula in float64 on the same inputs), over ordinary activations, the tails and NaN. A float32 kernel is
+// off by the rounding of its argument (GELU's u = sqrt(2/pi)(x + 0.044715 x^3): a few 2^-24 of u, times
+// x sigmoid'(2u) 2u <= 0.5 |x|) and of a few operations more; 1e-6 (|x| + 1) is ten times that, the gradient's bound
+// growing with GELU's u' ~ x^2, and SwiGLU's scaled by |up|. Each bfloat16 rounding (SwiGLU rounds silu's output, then
+// the product; the backward two gradients) adds one bfloat16 step, 2^-7 relative. torch's kernels meet the same
+// bounds, which checks them.
+static void activations_match_exact(const std::string& device) {
   torch::manual_seed(0);
   auto opts = options_on(device);
-  auto x = torch::cat({torch::randn({4096}, opts) * 3, torch::tensor({0.0f, -10.5f, -30.0f, 12.0f, 1e4f, -1e4f, NAN}, opts)});
+  auto tails = torch::tensor({0.0f, -10.5f, -30.0f, 12.0f, 100.0f, -100.0f, 1e4f, -1e4f, NAN}, opts);
+  auto x = torch::cat({torch::randn({4096}, opts) * 3, tails}), up = torch::cat({torch::randn({4096}, opts) * 2, tails.flip(0)});
   auto g = torch::randn(x.sizes(), opts);
+  auto within = [](const torch::Tensor& got, const torch::Tensor& want, const torch::Tensor& tol) {
+    auto ok = (got.to(torch::kFloat64) - want).abs() <= tol;
+    return (ok | (got.isnan() & want.isnan())).all().item<bool>();
+  };
   for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
-    auto xd = x.to(dtype), gd = g.to(dtype);
-    auto x64 = xd.to(torch::kFloat64).requires_grad_();
-    auto exact = torch::gelu(x64, "tanh");
-    auto exact_dx = torch::autograd::grad({exact}, {x64}, {gd.to(torch::kFloat64)})[0];
-    auto step = [&](const torch::Tensor& t) { return dtype == torch::kBFloat16 ? t.abs() * std::ldexp(1.0, -7) : torch::zeros_like(t); };
-    auto fwd_tol = 1e-6 * (x64.detach().abs() + 1) + step(exact.detach());
-    auto bwd_tol = 1e-6 * (x64.detach().square() + 1) * gd.to(torch::kFloat64).abs() + step(exact_dx);
-    auto within = [](const torch::Tensor& got, const torch::Tensor& want, const torch::Tensor& tol) {
-      auto ok = (got.to(torch::kFloat64) - want).abs() <= tol;
-      return (ok | (got.isnan() & want.isnan())).all().item<bool>();
+    auto xd = x.to(dtype), ud = up.to(dtype), gd = g.to(dtype);
+    auto steps = [&](const torch::Tensor& t, double n) {
+      return dtype == torch::kBFloat16 ? t.abs() * (n * std::ldexp(1.0, -7)) : torch::zeros_like(t);
     };
+    auto x64 = xd.to(torch::kFloat64).requires_grad_(), u64 = ud.to(torch::kFloat64).requires_grad_();
+    auto a64 = x64.detach().abs(), g64 = gd.to(torch::kFloat64).abs();
+    // GELU (tanh approximation)
+    auto gelu = torch::gelu(x64, "tanh");
+    auto gelu_dx = torch::autograd::grad({gelu}, {x64}, {gd.to(torch::kFloat64)})[0];
+    auto gelu_tol = 1e-6 * (a64 + 1) + steps(gelu.detach(), 1), gelu_dx_tol = 1e-6 * (a64.square() + 1) * g64 + steps(gelu_dx, 1);
+    // SwiGLU: silu(gate) * up
+    auto swiglu = torch::silu(x64) * u64;
+    auto swiglu_d = torch::autograd::grad({swiglu}, {x64, u64}, {gd.to(torch::kFloat64)});
+    auto u_abs = u64.detach().abs(), s_abs = torch::silu(x64.detach()).abs();
+    auto swiglu_tol = 1e-6 * (a64 + 1) * (u_abs + 1) + steps(swiglu.detach(), 2);
+    auto dgate_tol = 1e-6 * (a64 + 1) * u_abs * g64 + steps(swiglu_d[0], 2), dup_tol = 1e-6 * (a64 + 1) * g64 + steps(swiglu_d[1], 2);
     for (bool ours : {true, false}) {
-      auto xi = xd.detach().requires_grad_();
-      auto y = ours ? gelu_tanh(xi) : torch::gelu(xi, "tanh");
+      std::string who = std::string(ours ? "tunekit's" : "torch's") + " kernels in " + scalar_name(dtype) + ": ";
+      auto xi = xd.detach().requires_grad_(), ui = ud.detach().requires_grad_();
+      auto y = ours ? activation("gelu_new", xi) : torch::gelu(xi, "tanh");
       y.backward(gd);
-      std::string who = std::string(ours ? "gelu_tanh" : "torch's gelu") + " in " + scalar_name(dtype);
-      EXPECT(y.scalar_type() == dtype && xi.grad().scalar_type() == dtype, who + " changed the dtype");
-      EXPECT(within(y, exact.detach(), fwd_tol), who + " differs from the exact function by more than its rounding");
-      EXPECT(within(xi.grad(), exact_dx, bwd_tol), who + ": the gradient differs from the exact one by more than its rounding");
+      EXPECT(y.scalar_type() == dtype && xi.grad().scalar_type() == dtype, who + "GELU changed the dtype");
+      EXPECT(within(y, gelu.detach(), gelu_tol), who + "GELU differs from the exact function by more than its rounding");
+      EXPECT(within(xi.grad(), gelu_dx, gelu_dx_tol), who + "GELU's gradient differs from the exact one by more than its rounding");
+      xi.mutable_grad().reset();
+      auto z = ours ? gated_activation("silu", xi, ui) : torch::silu(xi) * ui;
+      z.backward(gd);
+      EXPECT(z.scalar_type() == dtype && xi.grad().scalar_type() == dtype && ui.grad().scalar_type() == dtype,
+             who + "SwiGLU changed the dtype");
+      EXPECT(within(z, swiglu.detach(), swiglu_tol), who + "SwiGLU differs from the exact function by more than its rounding");
+      EXPECT(within(xi.grad(), swiglu_d[0], dgate_tol),
+             who + "SwiGLU's gate gradient differs from the exact one by more than its rounding");
+      EXPECT(within(ui.grad(), swiglu_d[1], dup_tol), who + "SwiGLU's up gradient differs from the exact one by more than its rounding");
     }
   }
 }
@@ -367,7 +388,7 @@ int main(int argc, char** argv) {
   cross_entropy_equals_torch(device);
   rotary_equals_composite(device);
   rms_norm_equals_composite(device);
-  gelu_tanh_matches_torch(device);
+  activations_match_exact(device);
   shared_product_input(device);
   refuses_bad_ids(device);
   refuses_bad_config(device);

@@ -64,7 +64,7 @@ Output decoder_forward(ForwardContext& c, const torch::Tensor& ids, const torch:
     auto y = attention(q, k, v, mask4d, causal, s.attn_dropout, 1.0 / std::sqrt(double(hd)), c.training);
     x = x + c.linear(l + "self_attn.o_proj", y.transpose(1, 2).reshape({B, T, nh * hd}));
     h = product_inputs(c.rms_norm(l + "post_attention_layernorm", x), 2);
-    auto gated = activation(s.activation, c.linear(l + "mlp.gate_proj", h[0])) * c.linear(l + "mlp.up_proj", h[1]);
+    auto gated = gated_activation(s.activation, c.linear(l + "mlp.gate_proj", h[0]), c.linear(l + "mlp.up_proj", h[1]));
     x = x + c.linear(l + "mlp.down_proj", gated);
   }
   Output out;

@@ -1,18 +1,9 @@
-// Blocks every family shares: activations, attention masks, scaled-dot-product attention, dtype names.
+// Blocks every family shares: attention masks, scaled-dot-product attention, dtype names.
 #include <ATen/autocast_mode.h>
 
 #include "../model.h"
 
 namespace tunekit {
-
-torch::Tensor activation(const std::string& name, const torch::Tensor& x) {
-  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") return gelu_tanh(x);
-  if (name == "gelu") return torch::gelu(x);
-  if (name == "relu") return torch::relu(x);
-  if (name == "silu" || name == "swish") return torch::silu(x);
-  if (name == "tanh") return torch::tanh(x);
-  throw Error("E_CONFIG", "unsupported activation '" + name + "'");
-}
 
 namespace {
 
