@@ -11,7 +11,7 @@ export interface RuntimeInfo {
   torch: string;
   /** Intra-op threads libtorch uses. */
   threads: number;
-  /** Threads tunekit's own kernels (RMSNorm, rotary embedding) spread their work over: `threads` in a correct build. */
+  /** Threads tunekit's own CPU kernels (native/core/ops/) spread their work over: `threads` in a correct build. */
   kernelThreads: number;
   cpuAllocator: 'caching' | 'system';
   /** Large blocks (64 KiB and more) only; all zero with the system allocator. */

@@ -8,7 +8,8 @@
 // - SwiGLU, silu(gate) * up: torch runs silu, the product and their backward as five passes over the [tokens, ffn]
 //   activations and keeps silu's output for backward; here one pass each way reads gate and up (and the gradient) and
 //   keeps nothing more. Every intermediate is rounded where torch's kernels round it (silu's output, each product's
-//   gradient), so bfloat16 results differ from the composite's only where an exp's last bit tips a rounding.
+//   gradient), so bfloat16 results differ from the composite's only where a last float32 bit (of exp, or of a product
+//   taken in another order) tips a rounding.
 // Elsewhere (other processors, dtypes or devices) torch's kernels run. test_core holds both against the float64
 // functions with the bounds torch's own kernels meet.
 #include <ATen/Parallel.h>
@@ -30,7 +31,6 @@ using vec::widen;
 #pragma GCC push_options
 TUNEKIT_VECTORISE
 
-// Each kernel maps up to three inputs (a, b, c) to up to two outputs (y, z), element by element; unused ones are null.
 // e^(-a), the argument capped at 80 so that 1 / (1 + e) and e / (1 + e)^2 stay normal floats (a denormal costs a
 // microcode assist); the cap moves sigmoid(a) only where it is below 1.8e-35.
 TUNEKIT_INLINE float exp_minus(float a) {
@@ -40,6 +40,8 @@ TUNEKIT_INLINE float exp_minus(float a) {
 
 constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float kKappa = 0.044715f;
+
+// Each kernel maps up to three inputs (a, b, c) to up to two outputs (y, z), element by element; unused ones are null.
 
 // y = gelu(a)
 template <typename T>
