@@ -15,12 +15,12 @@
 using namespace tunekit;
 
 static int failures = 0;
-#define EXPECT(cond, msg)                                   \
-  do {                                                      \
-    if (!(cond)) {                                          \
-      std::fprintf(stderr, "FAIL %s: %s\n", __func__, msg); \
-      failures++;                                           \
-    }                                                       \
+#define EXPECT(cond, msg)                                                        \
+  do {                                                                           \
+    if (!(cond)) {                                                               \
+      std::fprintf(stderr, "FAIL %s: %s\n", __func__, std::string(msg).c_str()); \
+      failures++;                                                                \
+    }                                                                            \
   } while (0)
 
 static ModelSpec tiny(const std::string& family, const std::string& task, const std::string& device) {
@@ -320,6 +320,88 @@ static void activations_match_exact(const std::string& device) {
   }
 }
 
+// Short-sequence bfloat16 training attention (ops/attention.cpp) against the exact composite (scores, softmax that
+// gives a query seeing no key zeros, products; float64 on the same bfloat16 inputs), forward and the three gradients,
+// causal with grouped-query heads, with a padding mask that hides a whole sequence, and with dropout (the composite
+// given the same keep mask, drawn from the same seed). Each result is a product Y = A B rounded to bfloat16 whose
+// A (probabilities, score gradients) was rounded to bfloat16 first: off by at most bfloat16's unit roundoff (2^-8) of
+// |Y| plus 2^-8 of |A| |B|; the bound is twice that. libtorch's bfloat16 flash attention rounds at the same places
+// going forward, so its output meets the same bound, which checks it (not its gradients: it takes each query's
+// sum of dP * P as dO . O from the rounded output, an error the kernel here avoids by summing the float32 terms).
+static void short_attention_matches_exact(const std::string& device) {
+  torch::manual_seed(0);
+  auto opts = options_on(device);
+  struct Case {
+    const char* name;
+    int64_t kv_heads;
+    bool causal, pad;
+    double dropout;
+  };
+  for (auto c : {Case{"causal, grouped heads", 2, true, false, 0.0}, Case{"padding mask", 4, false, true, 0.0},
+                 Case{"no mask", 4, false, false, 0.0}, Case{"causal with dropout", 4, true, false, 0.3}}) {
+    int64_t batch = 3, heads = 4, seq = 24, dim = 16;
+    double scale = 1.0 / std::sqrt(double(dim));
+    auto q = (torch::randn({batch, seq, heads, dim}, opts) * 2).to(torch::kBFloat16).transpose(1, 2);  // strided as the models' q
+    auto k = (torch::randn({batch, c.kv_heads, seq, dim}, opts) * 2).to(torch::kBFloat16);
+    auto v = torch::randn({batch, c.kv_heads, seq, dim}, opts).to(torch::kBFloat16);
+    auto g = torch::randn({batch, heads, seq, dim}, opts).to(torch::kBFloat16);
+    torch::Tensor mask4d;
+    if (c.pad) {
+      auto keys = torch::ones({batch, seq}, opts.dtype(torch::kBool));
+      keys[0].slice(0, 17).fill_(false);
+      keys[2].fill_(false);  // a sequence of padding only: every query sees no key
+      mask4d = keys.view({batch, 1, 1, seq}).expand({batch, 1, seq, seq});
+    }
+    for (bool ours : {true, false}) {
+      if (!ours && c.dropout > 0) continue;  // libtorch draws its dropout mask its own way
+      auto qi = q.detach().requires_grad_(), ki = k.detach().requires_grad_(), vi = v.detach().requires_grad_();
+      torch::manual_seed(7);
+      auto y = ours ? attention(qi, ki, vi, mask4d, c.causal, c.dropout, scale, true)
+                    : at::scaled_dot_product_attention(qi, ki, vi, mask4d.defined() ? std::optional<at::Tensor>(mask4d) : std::nullopt, 0.0,
+                                                       c.causal && !c.pad, scale, c.kv_heads != heads);
+      y.backward(g);
+      // The exact composite, with the keep mask the kernel drew: [batch * kv heads, group * queries, keys].
+      auto q64 = q.to(torch::kFloat64).requires_grad_(), k64 = k.to(torch::kFloat64).requires_grad_(),
+           v64 = v.to(torch::kFloat64).requires_grad_();
+      auto group = heads / c.kv_heads;
+      auto k_rep = k64.repeat_interleave(group, 1), v_rep = v64.repeat_interleave(group, 1);
+      auto scores = torch::matmul(q64, k_rep.transpose(-1, -2)) * scale;
+      auto hidden = torch::zeros({seq, seq}, opts.dtype(torch::kBool));
+      if (c.causal) hidden = torch::ones({seq, seq}, opts.dtype(torch::kBool)).triu(1);
+      if (mask4d.defined()) hidden = hidden | mask4d.logical_not();
+      auto probs = at::_safe_softmax(scores.masked_fill(hidden, -INFINITY), -1);
+      auto keep_scaled = torch::ones({}, opts.dtype(torch::kFloat64));
+      if (c.dropout > 0) {
+        torch::manual_seed(7);
+        auto keep = torch::empty({batch * c.kv_heads, group * seq, seq}, opts.dtype(torch::kBool)).bernoulli_(1 - c.dropout);
+        keep_scaled = keep.view({batch, heads, seq, seq}) / (1 - c.dropout);
+      }
+      auto kept = probs * keep_scaled;
+      auto exact = torch::matmul(kept, v_rep);
+      auto d = torch::autograd::grad({exact}, {q64, k64, v64}, {g.to(torch::kFloat64)});
+      // |A| |B| of each product, on the exact operands.
+      auto d_probs = torch::matmul(g.to(torch::kFloat64), v_rep.transpose(-1, -2)) * keep_scaled;
+      auto d_scores = (probs * (d_probs - (d_probs * probs).sum(-1, true))).abs() * scale;
+      auto sum_groups = [&](const torch::Tensor& t) { return t.view({batch, c.kv_heads, group, seq, dim}).sum(2); };
+      auto bound = [](const torch::Tensor& y, const torch::Tensor& a_b) { return (y.abs() + a_b) * std::ldexp(1.0, -7) + 1e-6; };
+      auto within = [](const torch::Tensor& got, const torch::Tensor& want, const torch::Tensor& tol) {
+        return ((got.to(torch::kFloat64) - want).abs() <= tol).all().item<bool>();
+      };
+      auto y_tol = bound(exact.detach(), torch::matmul(kept.detach().abs(), v_rep.detach().abs()));
+      auto dq_tol = bound(d[0], torch::matmul(d_scores.detach(), k_rep.detach().abs()));
+      auto dk_tol = bound(d[1], sum_groups(torch::matmul(d_scores.detach().transpose(-1, -2), q64.detach().abs())));
+      auto dv_tol = bound(d[2], sum_groups(torch::matmul(kept.detach().abs().transpose(-1, -2), g.to(torch::kFloat64).abs())));
+      std::string who = std::string(ours ? "tunekit's" : "libtorch's flash") + " attention, " + c.name + ": ";
+      EXPECT(y.scalar_type() == torch::kBFloat16 && qi.grad().scalar_type() == torch::kBFloat16, who + "changed the dtype");
+      EXPECT(within(y, exact.detach(), y_tol), who + "output differs from the exact one by more than its rounding");
+      if (!ours) continue;
+      EXPECT(within(qi.grad(), d[0], dq_tol), who + "query gradient differs from the exact one by more than its rounding");
+      EXPECT(within(ki.grad(), d[1], dk_tol), who + "key gradient differs from the exact one by more than its rounding");
+      EXPECT(within(vi.grad(), d[2], dv_tol), who + "value gradient differs from the exact one by more than its rounding");
+    }
+  }
+}
+
 // product_inputs under autocast: the products see one bfloat16 copy, and the float32 gradient equals that of separate
 // casts (autograd sums the widened gradients in float32 either way).
 static void shared_product_input(const std::string& device) {
@@ -383,12 +465,14 @@ int main(int argc, char** argv) {
   trains("llama", "causal-lm", device, &prompt);
   trains("gpt2", "causal-lm", device, nullptr, "bfloat16");
   trains("llama", "causal-lm", device, &lora, "bfloat16");
+  trains("distilbert", "sequence-classification", device, nullptr, "bfloat16");
   if (device == "cuda") trains("llama", "causal-lm", device, nullptr, "float16");
   skips_overflowing_step(device);
   cross_entropy_equals_torch(device);
   rotary_equals_composite(device);
   rms_norm_equals_composite(device);
   activations_match_exact(device);
+  short_attention_matches_exact(device);
   shared_product_input(device);
   refuses_bad_ids(device);
   refuses_bad_config(device);
