@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "../model.h"
+#include "vec.h"
 
 namespace tunekit {
 namespace {
@@ -23,7 +24,7 @@ using torch::autograd::variable_list;
 constexpr int64_t kLanes = 16;
 
 #pragma GCC push_options
-#pragma GCC optimize("O3")
+TUNEKIT_VECTORISE
 
 template <typename F>
 inline float lane_sum(int64_t n, F term) {

@@ -22,10 +22,10 @@ using vec::narrow;
 using vec::round_to;
 using vec::widen;
 
-// The row loops below are plain C++ that the vectoriser turns into SIMD code; -O2's cheap cost model would leave them
-// scalar (their trip count, head_dim, is not known here).
+// The row loops below are plain C++ that the vectoriser turns into SIMD code (their trip count, head_dim, is not known
+// here: vec.h's TUNEKIT_VECTORISE says why that needs its flags).
 #pragma GCC push_options
-#pragma GCC optimize("O3")
+TUNEKIT_VECTORISE
 
 // Rows of `head_dim` contiguous elements over the leading [batch, heads, seq] dimensions, each tensor with its own
 // strides (zero where cos/sin broadcast).
