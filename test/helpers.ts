@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -48,16 +48,88 @@ export function tmpDir(prefix: string): string {
  */
 const REFERENCE_ENV = { ...process.env, MKL_CBWR: 'COMPATIBLE' };
 
+const REFERENCE_DIR = path.join(ROOT, 'test', 'reference');
+
+/**
+ * The reference server of this test process (test/reference/zygote.py: the reference stack imported once, each script
+ * run in a fork of it), started at the first reference run; null where it could not start, and scripts then run as
+ * plain processes.
+ */
+let zygote: { dir: string; pid: number } | null | undefined;
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+const sleep = (ms: number) => Atomics.wait(sleeper, 0, 0, ms);
+
+function startZygote(): { dir: string; pid: number } | null {
+  const dir = tmpDir('zygote');
+  // Its stdin is a pipe from this process: when this process ends, the pipe closes and the server exits.
+  const server = spawn(PYTHON, [path.join(REFERENCE_DIR, 'zygote.py'), dir], { stdio: ['pipe', 'ignore', 'ignore'], env: REFERENCE_ENV });
+  server.unref();
+  (server.stdin as unknown as { unref(): void }).unref();
+  for (const deadline = Date.now() + 120_000; !fs.existsSync(path.join(dir, 'ready')); sleep(50)) {
+    if (Date.now() > deadline || fs.existsSync(path.join(dir, 'failed'))) {
+      server.kill();
+      return null;
+    }
+  }
+  return { dir, pid: server.pid! };
+}
+
+/** Whether a process runs (not ended, nor a zombie waiting for this process to reap it). */
+function running(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) [ZX]/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+/** The script's exit status, run by the server; null if the server is gone before taking the request. */
+function runOnZygote(server: { dir: string; pid: number }, file: string, args: string[], stdout: string, stderr: string): number | null {
+  const reply = path.join(server.dir, 'reply');
+  fs.rmSync(reply, { force: true });
+  // Non-blocking, so that a server that has died cannot leave this process waiting for a reader forever; between two
+  // requests the server may not be reading yet (ENXIO), so it is retried while the server runs.
+  let fd: number | undefined;
+  while (fd === undefined) {
+    try {
+      fd = fs.openSync(path.join(server.dir, 'request'), fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+    } catch (e: any) {
+      if (e.code !== 'ENXIO' || !running(server.pid)) return null;
+      sleep(1);
+    }
+  }
+  fs.writeSync(fd, JSON.stringify({ script: file, args, stdout, stderr }));
+  fs.closeSync(fd);
+  while (!fs.existsSync(reply)) {
+    if (!running(server.pid)) throw new Error(`the reference server died running ${path.basename(file)}`);
+    sleep(2);
+  }
+  return Number(fs.readFileSync(reply, 'utf8'));
+}
+
 /** Runs a reference script in .venv and returns its JSON output. */
 export function python(script: string, args: string[]): any {
-  const out = execFileSync(PYTHON, [path.join(ROOT, 'test', 'reference', script), ...args], {
+  const file = path.join(REFERENCE_DIR, script);
+  // The server tells a dead process from a live one through /proc.
+  if (zygote === undefined) zygote = process.platform === 'linux' ? startZygote() : null;
+  if (zygote) {
+    const stdout = path.join(zygote.dir, 'stdout'),
+      stderr = path.join(zygote.dir, 'stderr');
+    const status = runOnZygote(zygote, file, args, stdout, stderr);
+    if (status === 0) return lastJsonLine(fs.readFileSync(stdout, 'utf8'));
+    if (status !== null) throw new Error(`${script} ${args.join(' ')} exited with ${status}:\n${fs.readFileSync(stderr, 'utf8')}`);
+    zygote = null;
+  }
+  const out = execFileSync(PYTHON, [file, ...args], {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'pipe'],
     maxBuffer: 1 << 28,
     env: REFERENCE_ENV,
   });
-  return JSON.parse(out.trim().split('\n').pop()!);
+  return lastJsonLine(out);
 }
+
+const lastJsonLine = (out: string) => JSON.parse(out.trim().split('\n').pop()!);
 
 export const INPUT_IDS = [
   [5, 17, 33, 2, 90, 41, 7],
