@@ -54,8 +54,8 @@ torch::ScalarType attention_dtype(const torch::Tensor& q) {
   return q.scalar_type();
 }
 
-// libtorch's bfloat16 flash attention on CPU has a slow backward at short sequences: forward and backward of one 8 x 6
-// x 128 x 64 causal layer take 9.7 ms against 4.6 ms in float32 on the same bfloat16 inputs (256 keys: even; 384:
+// libtorch's bfloat16 flash attention on CPU has a slow backward at short sequences: forward and backward of one
+// 8 x 6 x 128 x 64 causal layer take 9.7 ms against 4.6 ms in float32 on the same bfloat16 inputs (256 keys: even; 384:
 // bfloat16 is faster; without gradients bfloat16 is always faster). There, training computes attention from its batched
 // products instead (3.4-4.4 ms for that layer), in flash attention's precisions: the scores and their gradient in
 // float32 (products of bfloat16 values are exact in float32, so a float32 product of the rounded inputs is what a
