@@ -55,19 +55,22 @@ const REFERENCE_DIR = path.join(ROOT, 'test', 'reference');
  * run in a fork of it), started at the first reference run; null where it could not start, and scripts then run as
  * plain processes.
  */
-let zygote: { dir: string; pid: number } | null | undefined;
+type Zygote = { dir: string; pid: number };
+let zygote: Zygote | null | undefined;
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 const sleep = (ms: number) => Atomics.wait(sleeper, 0, 0, ms);
 
-function startZygote(): { dir: string; pid: number } | null {
+function startZygote(): Zygote | null {
   const dir = tmpDir('zygote');
   // Its stdin is a pipe from this process: when this process ends, the pipe closes and the server exits.
   const server = spawn(PYTHON, [path.join(REFERENCE_DIR, 'zygote.py'), dir], { stdio: ['pipe', 'ignore', 'ignore'], env: REFERENCE_ENV });
   server.unref();
   (server.stdin as unknown as { unref(): void }).unref();
   for (const deadline = Date.now() + 120_000; !fs.existsSync(path.join(dir, 'ready')); sleep(50)) {
-    if (Date.now() > deadline || fs.existsSync(path.join(dir, 'failed'))) {
+    // A server that cannot start (no python, an import error) has ended, or is a zombie, before it is ready.
+    if (Date.now() > deadline || !running(server.pid)) {
       server.kill();
+      fs.rmSync(dir, { recursive: true, force: true });
       return null;
     }
   }
@@ -75,7 +78,7 @@ function startZygote(): { dir: string; pid: number } | null {
 }
 
 /** Whether a process runs (not ended, nor a zombie waiting for this process to reap it). */
-function running(pid: number): boolean {
+function running(pid: number | undefined): boolean {
   try {
     return !/^\d+ \(.*\) [ZX]/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
   } catch {
@@ -84,7 +87,7 @@ function running(pid: number): boolean {
 }
 
 /** The script's exit status, run by the server; null if the server is gone before taking the request. */
-function runOnZygote(server: { dir: string; pid: number }, file: string, args: string[], stdout: string, stderr: string): number | null {
+function runOnZygote(server: Zygote, file: string, args: string[], stdout: string, stderr: string): number | null {
   const reply = path.join(server.dir, 'reply');
   fs.rmSync(reply, { force: true });
   // Non-blocking, so that a server that has died cannot leave this process waiting for a reader forever; between two
@@ -110,7 +113,7 @@ function runOnZygote(server: { dir: string; pid: number }, file: string, args: s
 /** Runs a reference script in .venv and returns its JSON output. */
 export function python(script: string, args: string[]): any {
   const file = path.join(REFERENCE_DIR, script);
-  // The server tells a dead process from a live one through /proc.
+  // Telling a dead server from a live one reads /proc: Linux only.
   if (zygote === undefined) zygote = process.platform === 'linux' ? startZygote() : null;
   if (zygote) {
     const stdout = path.join(zygote.dir, 'stdout'),

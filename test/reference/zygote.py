@@ -7,7 +7,7 @@ seeds and torch settings are the child's own and die with it), as `python script
 
     python zygote.py DIR
 
-It makes a named pipe, DIR/request, then the file DIR/ready (or DIR/failed, holding the error, if the imports fail).
+It makes a named pipe, DIR/request, then the file DIR/ready.
 A request, written to the pipe, is one JSON object {"script", "args", "stdout", "stderr"} (the last two: files for
 the script's output); the reply is the script's exit status, in the file DIR/reply (written whole, then renamed).
 The server ends, removing DIR, when its standard input closes: when the test process that started it ends.
@@ -53,14 +53,10 @@ def end_with_stdin(directory):
 
 def main():
     directory = sys.argv[1]
-    try:
-        import peft  # noqa: F401
-        import torch  # noqa: F401
-        from transformers import BertModel, DistilBertModel, GPT2Model, LlamaModel, Qwen2Model  # noqa: F401
-    except BaseException:
-        with open(os.path.join(directory, "failed"), "w") as f:
-            traceback.print_exc(file=f)
-        raise
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    from transformers import BertModel, DistilBertModel, GPT2Model, LlamaModel, Qwen2Model  # noqa: F401
+
     requests, reply = os.path.join(directory, "request"), os.path.join(directory, "reply")
     os.mkfifo(requests)
     threading.Thread(target=end_with_stdin, args=(directory,), daemon=True).start()
