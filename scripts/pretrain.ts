@@ -3,7 +3,8 @@
  * its tokenizer, metrics.jsonl, a loss curve and a model card into models/NAME.
  *
  *   npm run pretrain -- --model tiny-gpt2|tiny-distilbert [--steps N] [--lr X] [--out DIR] [--seed N] [--fresh]
- *                      [--sentence-objective sop|nsp]   (tiny-distilbert's [CLS] objective; default sop, what ships)
+ *                      [--sentence-objective sop|nsp|none] (tiny-distilbert's [CLS] objective; none: masked LM alone,
+ *                                                        every input one span as finetuning inputs are; default sop)
  *                      [--cut random|sentence]          (where a span splits into A and B; default random, what ships)
  *                      [--single-segment F]             (this fraction of inputs is one segment, no sentence label; default 0)
  *
@@ -197,8 +198,11 @@ async function main() {
   const name = arg('model') ?? fail('--model tiny-gpt2|tiny-distilbert is required');
   const recipe = RECIPES[name] ?? fail(`unknown model ${JSON.stringify(name)}: expected one of ${Object.keys(RECIPES).join(', ')}`);
   const steps = Number(arg('steps', String(recipe.steps)));
-  const objective = (arg('sentence-objective') ?? 'sop') as SentenceObjective;
-  if (!(objective in SENTENCE_OBJECTIVES)) fail(`--sentence-objective must be sop or nsp, got ${arg('sentence-objective')}`);
+  const objective = (arg('sentence-objective') ?? 'sop') as SentenceObjective | 'none';
+  if (!(objective in SENTENCE_OBJECTIVES) && objective !== 'none')
+    fail(`--sentence-objective must be sop, nsp or none, got ${arg('sentence-objective')}`);
+  if (objective === 'none' && (arg('cut') !== undefined || arg('single-segment') !== undefined))
+    fail('--cut and --single-segment shape sentence pairs: with --sentence-objective none every input is one span');
   const cut = arg('cut') ?? 'random';
   if (cut !== 'random' && cut !== 'sentence') fail(`--cut must be random or sentence, got ${cut}`);
   const singleSegment = Number(arg('single-segment', '0'));
@@ -272,25 +276,32 @@ async function main() {
     const [cls, sep, maskId] = ['[CLS]', '[SEP]', '[MASK]'].map((t) => tok.tokenId(t)!);
     const vocab = Number(recipe.config.vocab_size);
     const sentenceEnds = new Set(cut === 'sentence' ? ['.', '!', '?'].map((t) => tok.tokenId(t)).filter((t) => t !== undefined) : []);
-    const example = (span: number[], other: number[], r: () => number) =>
-      SENTENCE_OBJECTIVES[objective].example(span, other, r, { cls, sep, maskId, vocab, special, sentenceEnds });
     const rand = mulberry32(seed + 1000);
-    // Scored twice: with sentence labels (the pretraining loss) and without (the masked-LM loss alone).
-    validWithPairs = validBlocks.map((b, i) =>
-      example(b, validBlocks[(i + 1 + Math.floor(rand() * (validBlocks.length - 1))) % validBlocks.length], rand),
-    );
-    valid = validWithPairs.map((e) => ({ ...e, labels: [-100, ...e.labels!.slice(1)] }));
-    targets = valid.flatMap((e) => e.labels!.filter((l) => l !== -100));
-    // A batch is a random draw of spans, so a span's random B (nsp) comes from its neighbour in the batch. A single
-    // segment is shaped as a finetuning input is ([CLS] text [SEP]); [CLS] is never masked, so it has no sentence label.
-    transform = (ex, s) => {
-      const r = mulberry32(s);
-      return ex.map((e, i) =>
-        singleSegment > 0 && r() < singleSegment
-          ? maskBlock([cls, ...e.inputIds, sep], r, special, maskId, vocab)
-          : example(e.inputIds, ex[(i + 1) % ex.length].inputIds, r),
+    const single = (span: number[], r: () => number) => maskBlock([cls, ...span, sep], r, special, maskId, vocab);
+    if (objective === 'none') {
+      valid = validBlocks.map((b) => single(b, rand));
+      transform = (ex, s) => {
+        const r = mulberry32(s);
+        return ex.map((e) => single(e.inputIds, r));
+      };
+    } else {
+      const example = (span: number[], other: number[], r: () => number) =>
+        SENTENCE_OBJECTIVES[objective].example(span, other, r, { cls, sep, maskId, vocab, special, sentenceEnds });
+      // Scored twice: with sentence labels (the pretraining loss) and without (the masked-LM loss alone).
+      validWithPairs = validBlocks.map((b, i) =>
+        example(b, validBlocks[(i + 1 + Math.floor(rand() * (validBlocks.length - 1))) % validBlocks.length], rand),
       );
-    };
+      valid = validWithPairs.map((e) => ({ ...e, labels: [-100, ...e.labels!.slice(1)] }));
+      // A batch is a random draw of spans, so a span's random B (nsp) comes from its neighbour in the batch. A single
+      // segment is shaped as a finetuning input is ([CLS] text [SEP]); [CLS] is never masked, so it has no sentence label.
+      transform = (ex, s) => {
+        const r = mulberry32(s);
+        return ex.map((e, i) =>
+          singleSegment > 0 && r() < singleSegment ? single(e.inputIds, r) : example(e.inputIds, ex[(i + 1) % ex.length].inputIds, r),
+        );
+      };
+    }
+    targets = valid.flatMap((e) => e.labels!.filter((l) => l !== -100));
   }
   const unigramPpl = unigramPerplexity(counts, targets);
 
@@ -298,7 +309,11 @@ async function main() {
   const evalSubset = (validWithPairs ?? valid).filter((_, i) => i % Math.max(1, Math.floor(valid.length / 64)) === 0).slice(0, 64);
   /** A fresh model and a Trainer over `runSteps` steps at rate `lr` (cosine schedule, warm-up capped at a tenth). */
   const run = async (lr: number, runSteps: number, extra: Partial<TrainerOptions>) => {
-    const model = await Model.fromConfig(config, { seed, precision: PRECISION, task: recipe.kind === 'bpe' ? 'causal-lm' : 'pretraining' });
+    const model = await Model.fromConfig(config, {
+      seed,
+      precision: PRECISION,
+      task: recipe.kind === 'bpe' ? 'causal-lm' : objective === 'none' ? 'masked-lm' : 'pretraining',
+    });
     const optimizer = new AdamW(model, {
       lr,
       weightDecay: recipe.weightDecay,
@@ -510,9 +525,14 @@ function modelCard(s: Summary): string {
     ? `GPT-2 (\`GPT2LMHeadModel\`): ${c.n_layer} layers, width ${c.n_embd}, ${c.n_head} heads, context ${c.n_positions}, vocabulary ${c.vocab_size}, tied input/output embeddings`
     : `DistilBERT (\`DistilBertForMaskedLM\`): ${c.n_layers} layers, width ${c.dim}, ${c.n_heads} heads, feed-forward ${c.hidden_dim}, context ${c.max_position_embeddings}, vocabulary ${c.vocab_size}, tied MLM projection`;
   const sentence = SENTENCE_OBJECTIVES[(s.sentenceObjective ?? 'sop') as SentenceObjective];
+  const bertMasking =
+    'masked language modelling as BERT (15% of tokens predicted, of which 80% replaced by `[MASK]`, 10% by a random token, 10% kept)';
+  const mlmOnly = s.sentenceObjective === 'none';
   const objective = gpt
     ? 'causal language modelling on the token stream (paragraphs joined by `<\\|endoftext\\|>`), cut into blocks of 128 tokens'
-    : `masked language modelling as BERT (15% of tokens predicted, of which 80% replaced by \`[MASK]\`, 10% by a random token, 10% kept) plus ${sentence.name} on \`[CLS]\`: each 125-token span of the stream is cut ${s.cut === 'sentence' ? "after a random sentence end into A and B (whole sentences, as BERT's segments; at a random point in the few spans without one)" : 'at a random point into A and B'} and shown as \`[CLS] A [SEP] B [SEP]\` or, half the time, ${sentence.change}${s.singleSegment ? `; ${Math.round(s.singleSegment * 100)}% of the training inputs are instead one span alone, \`[CLS] span [SEP]\` as a finetuning input is, with no sentence label` : ''}; a head on \`[CLS]\` (the sequence classifier's shape) says which, and the loss is the sum of both, as BertForPreTraining's. Cuts, changes and masks are redrawn for every batch (seeded, so a resumed run sees the same ones). The sentence head is not in the shipped files (\`tunekit\`'s \`task: 'pretraining'\` trains it; \`savePretrained\` drops it)`;
+    : mlmOnly
+      ? `${bertMasking} alone, as DistilBERT and RoBERTa were trained: each 125-token span of the stream is one input, \`[CLS] span [SEP]\`, shaped as a finetuning input is; masks are redrawn for every batch (seeded, so a resumed run sees the same ones)`
+      : `${bertMasking} plus ${sentence.name} on \`[CLS]\`: each 125-token span of the stream is cut ${s.cut === 'sentence' ? "after a random sentence end into A and B (whole sentences, as BERT's segments; at a random point in the few spans without one)" : 'at a random point into A and B'} and shown as \`[CLS] A [SEP] B [SEP]\` or, half the time, ${sentence.change}${s.singleSegment ? `; ${Math.round(s.singleSegment * 100)}% of the training inputs are instead one span alone, \`[CLS] span [SEP]\` as a finetuning input is, with no sentence label` : ''}; a head on \`[CLS]\` (the sequence classifier's shape) says which, and the loss is the sum of both, as BertForPreTraining's. Cuts, changes and masks are redrawn for every batch (seeded, so a resumed run sees the same ones). The sentence head is not in the shipped files (\`tunekit\`'s \`task: 'pretraining'\` trains it; \`savePretrained\` drops it)`;
   // Cards written before the objective was a choice name the loss sentenceOrderLoss.
   const sentenceLoss: number | undefined = s.sentenceLoss ?? s.sentenceOrderLoss;
   const tokenizer = gpt
@@ -557,7 +577,7 @@ ${
     ? `## Learning-rate sweep
 
 Before the run, the same model trained for ${s.sweep.steps} steps at each rate (same seed, data, batch and schedule shape),
-scored on a fixed 64-block held-out subset${gpt ? '' : ' (masked LM + sentence objective)'}; the lowest loss chose the rate. The shape was not swept: the
+scored on a fixed 64-block held-out subset${gpt || mlmOnly ? '' : ' (masked LM + sentence objective)'}; the lowest loss chose the rate. The shape was not swept: the
 session's compute went to more tokens at the earlier shape instead.
 
 | learning rate | held-out loss after ${s.sweep.steps} steps |
@@ -568,7 +588,7 @@ ${s.sweep.results.map((r: Summary) => `| ${r.lr}${r.lr === s.optimizer.lr ? ' (c
 }
 ![loss curve](loss.svg)
 
-The curve (\`metrics.jsonl\` holds every step) shows the training loss and, every 250 steps, the loss on a fixed 64-block held-out subset${gpt ? '' : ' (both masked LM + sentence objective)'}.
+The curve (\`metrics.jsonl\` holds every step) shows the training loss and, every 250 steps, the loss on a fixed 64-block held-out subset${gpt || mlmOnly ? '' : ' (both masked LM + sentence objective)'}.
 
 ## ${gpt ? 'Greedy continuations' : 'Top-5 fills for [MASK]'}
 

@@ -3,7 +3,9 @@
 docs/results-notes.md asks this of the head < features rows: the [CLS] vectors of a model are computed once with
 transformers, then scikit-learn's logistic regression (the C grid of the experiment) and DistilBERT's classification
 head (pre_classifier, ReLU, classifier; normal(0, 0.02) init; the optimizer, schedule, clipping and batch size of
-classic.py, the experiment's twin) are fitted on growing parts of the training split, at 3 seeds each.
+classic.py, the experiment's twin) are fitted on growing parts of the training split, at 3 seeds each. Two more logistic regressions on the whole training split place the [CLS] vector between what the
+text holds and what the model starts from: one on TF-IDF weights of the same token ids (a bag of words, no model), one
+on the model's input embeddings averaged over the sentence (its layer 0, before any attention).
 
     .venv/bin/python scripts/experiment/head_vs_features.py MODEL_DIR DATA_JSON
 
@@ -15,15 +17,39 @@ import sys
 import numpy as np
 import torch
 import transformers
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from classic import embed
+from classic import embed, pad, pad_id_of
 
 
 def cls_vectors(model, examples):
     """The [CLS] vectors and labels of [ids, label] pairs, embedded as the feature-based twin embeds them."""
     x = torch.from_numpy(embed(model, [ids for ids, _ in examples], "cls")).float()
     return x, torch.tensor([label for _, label in examples])
+
+
+def mean_input_embeddings(model, examples, bs=32):
+    """Each sentence's input embeddings (hidden state 0: token + position, layer-normed) averaged over its tokens."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(examples), bs):
+            ids, mask = pad([ids for ids, _ in examples[i : i + bs]], pad_id_of(model.config))
+            h = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[0]
+            m = mask.unsqueeze(-1).to(h.dtype)
+            out.append((h * m).sum(1) / m.sum(1))
+    return torch.cat(out).double().numpy()
+
+
+def chosen_logistic_regression(x, y):
+    """Test accuracy and C of the logistic regression whose C (from the experiment's grid) scores best on validation."""
+    best = None
+    for C in (0.1, 1, 10):
+        clf = LogisticRegression(C=C, max_iter=5000).fit(x["train"], y["train"])
+        val = clf.score(x["validation"], y["validation"])
+        if best is None or val > best[0]:
+            best = (val, C, clf.score(x["test"], y["test"]))
+    return best[2], best[1]
 
 
 def train_head(x, y, lr, epochs, seed):
@@ -88,6 +114,20 @@ def main():
         for method, runs in rows.items():
             tests = [100 * t for _, _, t in runs]
             print(f"| {n} | {method} | {'; '.join(s for _, s, _ in runs)} | {', '.join(f'{t:.1f}' for t in tests)} (mean {np.mean(tests):.1f}) |")
+
+    splits = ("train", "validation", "test")
+    labels = {s: y[s].numpy() for s in splits}
+    words = {s: [" ".join(map(str, ids)) for ids, _ in data[s]] for s in splits}
+    tfidf = TfidfVectorizer(token_pattern=r"\S+").fit(words["train"])
+    print("\n| logistic regression on (whole training split) | C chosen on validation | test accuracy % |")
+    print("|---|---|---|")
+    for name, features in (
+        ("TF-IDF of the token ids (no model)", {s: tfidf.transform(words[s]) for s in splits}),
+        ("the model's input embeddings, averaged", {s: mean_input_embeddings(model, data[s]) for s in splits}),
+        ("the model's last [CLS] vector", {s: x[s].numpy() for s in splits}),
+    ):
+        test, C = chosen_logistic_regression(features, labels)
+        print(f"| {name} | {C} | {100 * test:.1f} |")
 
 
 if __name__ == "__main__":
