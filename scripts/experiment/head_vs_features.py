@@ -3,9 +3,10 @@
 docs/results-notes.md asks this of the head < features rows: the [CLS] vectors of a model are computed once with
 transformers, then scikit-learn's logistic regression (the C grid of the experiment) and DistilBERT's classification
 head (pre_classifier, ReLU, classifier; normal(0, 0.02) init; the optimizer, schedule, clipping and batch size of
-classic.py, the experiment's twin) are fitted on growing parts of the training split, at 3 seeds each. Two more logistic regressions on the whole training split place the [CLS] vector between what the
-text holds and what the model starts from: one on TF-IDF weights of the same token ids (a bag of words, no model), one
-on the model's input embeddings averaged over the sentence (its layer 0, before any attention).
+classic.py, the experiment's twin) are fitted on growing parts of the training split, at 3 seeds each. Two more
+logistic regressions on the whole training split place the [CLS] vector between what the text holds and what the
+model starts from: one on TF-IDF weights of the same token ids (a bag of words, no model), one on the model's input
+embeddings averaged over the sentence (its layer 0, before any attention).
 
     .venv/bin/python scripts/experiment/head_vs_features.py MODEL_DIR DATA_JSON
 
@@ -34,7 +35,7 @@ def mean_input_embeddings(model, examples, bs=32):
     out = []
     with torch.no_grad():
         for i in range(0, len(examples), bs):
-            ids, mask = pad([ids for ids, _ in examples[i : i + bs]], pad_id_of(model.config))
+            ids, mask = pad([row for row, _ in examples[i : i + bs]], pad_id_of(model.config))
             h = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[0]
             m = mask.unsqueeze(-1).to(h.dtype)
             out.append((h * m).sum(1) / m.sum(1))
@@ -94,13 +95,11 @@ def main():
         for seed in (1, 2, 3):
             pick = torch.randperm(n_all, generator=torch.Generator().manual_seed(seed))[:n]
             xs, ys = x["train"][pick], y["train"][pick]
-            best = None
-            for C in (0.1, 1, 10):
-                clf = LogisticRegression(C=C, max_iter=5000).fit(xs.numpy(), ys.numpy())
-                val = acc(lambda a: clf.predict(a.numpy()), "validation")
-                if best is None or val > best[0]:
-                    best = (val, f"C {C}", acc(lambda a: clf.predict(a.numpy()), "test"))
-            rows["logistic regression"].append(best)
+            test, C = chosen_logistic_regression(
+                {"train": xs.numpy(), "validation": x["validation"].numpy(), "test": x["test"].numpy()},
+                {"train": ys.numpy(), "validation": y["validation"].numpy(), "test": y["test"].numpy()},
+            )
+            rows["logistic regression"].append((None, f"C {C}", test))
             best = None
             for lr in (1e-3, 3e-3, 1e-2):
                 for epochs in (3, 10, 30):
