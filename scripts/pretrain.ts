@@ -471,7 +471,10 @@ async function main() {
     },
     pretrainDropout: recipe.pretrainDropout,
     validationLoss: final.loss,
-    ...(recipe.kind === 'wordpiece' ? { sentenceObjective: objective, cut, singleSegment, sentenceLoss } : {}),
+    // Pair shapes mean nothing when every input is one span.
+    ...(recipe.kind === 'wordpiece'
+      ? { sentenceObjective: objective, ...(objective === 'none' ? {} : { cut, singleSegment, sentenceLoss }) }
+      : {}),
     validationPerplexity: ppl,
     unigramPerplexity: unigramPpl,
     wallTimeS: totalWallS,
