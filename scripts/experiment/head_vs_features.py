@@ -83,9 +83,11 @@ def main():
     torch.set_num_threads(1)
     model = transformers.AutoModel.from_pretrained(sys.argv[1]).eval()
     data = json.load(open(sys.argv[2]))
+    splits = ("train", "validation", "test")
     x, y = {}, {}
-    for split in ("train", "validation", "test"):
+    for split in splits:
         x[split], y[split] = cls_vectors(model, data[split])
+    vectors, labels = {s: x[s].numpy() for s in splits}, {s: y[s].numpy() for s in splits}
     acc = lambda predict, split: float((predict(x[split]) == y[split].numpy()).mean())
     n_all = len(y["train"])
     print("| training examples | method | setting chosen on validation | test accuracy % (seeds 1-3) |")
@@ -95,10 +97,7 @@ def main():
         for seed in (1, 2, 3):
             pick = torch.randperm(n_all, generator=torch.Generator().manual_seed(seed))[:n]
             xs, ys = x["train"][pick], y["train"][pick]
-            test, C = chosen_logistic_regression(
-                {"train": xs.numpy(), "validation": x["validation"].numpy(), "test": x["test"].numpy()},
-                {"train": ys.numpy(), "validation": y["validation"].numpy(), "test": y["test"].numpy()},
-            )
+            test, C = chosen_logistic_regression({**vectors, "train": xs.numpy()}, {**labels, "train": ys.numpy()})
             rows["logistic regression"].append((None, f"C {C}", test))
             best = None
             for lr in (1e-3, 3e-3, 1e-2):
@@ -114,8 +113,6 @@ def main():
             tests = [100 * t for _, _, t in runs]
             print(f"| {n} | {method} | {'; '.join(s for _, s, _ in runs)} | {', '.join(f'{t:.1f}' for t in tests)} (mean {np.mean(tests):.1f}) |")
 
-    splits = ("train", "validation", "test")
-    labels = {s: y[s].numpy() for s in splits}
     words = {s: [" ".join(map(str, ids)) for ids, _ in data[s]] for s in splits}
     tfidf = TfidfVectorizer(token_pattern=r"\S+").fit(words["train"])
     print("\n| logistic regression on (whole training split) | C chosen on validation | test accuracy % |")
@@ -123,7 +120,7 @@ def main():
     for name, features in (
         ("TF-IDF of the token ids (no model)", {s: tfidf.transform(words[s]) for s in splits}),
         ("the model's input embeddings, averaged", {s: mean_input_embeddings(model, data[s]) for s in splits}),
-        ("the model's last [CLS] vector", {s: x[s].numpy() for s in splits}),
+        ("the model's last [CLS] vector", vectors),
     ):
         test, C = chosen_logistic_regression(features, labels)
         print(f"| {name} | {C} | {100 * test:.1f} |")
