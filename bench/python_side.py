@@ -22,7 +22,12 @@ def prepare(w, d, seed):
     model.save_pretrained(os.path.join(d, "model"))
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, cfg.vocab_size, (w["batch"], w["seq"]), generator=g)
-    labels = torch.randint(0, 2, (w["batch"],), generator=g).tolist() if w.get("classify") else ids.tolist()
+    if w.get("classify"):
+        labels = torch.randint(0, 2, (w["batch"],), generator=g).tolist()
+    elif "mask" in w:  # a masked LM's targets: a random fraction of the positions, -100 elsewhere
+        labels = torch.where(torch.rand(ids.shape, generator=g) < w["mask"], ids, -100).tolist()
+    else:
+        labels = ids.tolist()
     json.dump({"input_ids": ids.tolist(), "labels": labels}, open(os.path.join(d, "batch.json"), "w"))
 
 

@@ -34,6 +34,8 @@ interface Workload {
   batch: number;
   seq: number;
   classify?: boolean;
+  /** A masked LM's workload: this fraction of positions carries a target (-100 elsewhere), as BERT's 15%. */
+  mask?: number;
   new_tokens?: number;
   ppo_epochs?: number;
   generations?: number;

@@ -96,3 +96,23 @@ test('pretraining: refused where it does not exist, and a next-sentence label ou
   t.regex(err!.message, /next-sentence label/);
   model.dispose();
 });
+
+test('masked LM: a loss-only forward scores the target positions alone and gives the loss over every position', async (t) => {
+  // Targets at every other real token; without --logits the head runs on those rows only.
+  const mlm = LABELS.map((row) => [-100, ...row.slice(1)]);
+  for (const name of ['distilbert-masked-lm', 'bert-masked-lm']) {
+    const model = await Model.fromPretrained(modelDir(name));
+    const full = await model.forward({ inputIds: INPUT_IDS, attentionMask: ATTENTION_MASK, labels: mlm });
+    const lossOnly = await model.forward({ inputIds: INPUT_IDS, attentionMask: ATTENTION_MASK, labels: mlm }, { logits: false });
+    t.true(Math.abs(lossOnly.loss! - full.loss!) / full.loss! < 1e-6, `${name}: ${lossOnly.loss} vs ${full.loss}`);
+    const bad = mlm.map((row) => row.slice(1));
+    const err = await t.throwsAsync(model.forward({ inputIds: INPUT_IDS, labels: bad }, { logits: false }), { instanceOf: TunekitError });
+    t.is((err as TunekitError).code, 'E_SHAPE');
+    model.dispose();
+  }
+  const { model } = await pretrainingModel();
+  const full = await model.forward(batch);
+  const lossOnly = await model.forward(batch, { logits: false });
+  t.true(Math.abs(lossOnly.loss! - full.loss!) / full.loss! < 1e-6, `pretraining: ${lossOnly.loss} vs ${full.loss}`);
+  model.dispose();
+});

@@ -85,6 +85,10 @@ torch::Tensor ForwardContext::rms_norm(const std::string& module, const torch::T
   return tunekit::rms_norm(x, P(module + ".weight"), m.spec.norm_eps);
 }
 
+torch::Tensor ForwardContext::lm_head_input(const torch::Tensor& hidden) const {
+  return lm_rows.defined() ? hidden.reshape({-1, hidden.size(-1)}).index_select(0, lm_rows) : hidden;
+}
+
 torch::Tensor ForwardContext::dropout(const torch::Tensor& x, double p) const {
   return (training && p > 0) ? torch::dropout(x, p, true) : x;
 }

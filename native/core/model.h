@@ -119,6 +119,12 @@ class ForwardContext {
   // Positions of the `T` input tokens: [T] from first_position(), or [batch, T] from row_past.
   torch::Tensor positions(int64_t T, torch::Device device) const;
 
+  // The rows of the flattened [batch, seq] hidden states a masked-LM head scores when only the loss is wanted (the
+  // positions with a target), or undefined: every position.
+  torch::Tensor lm_rows;
+  // A masked-LM head's input: the hidden states of lm_rows as [rows, hidden], or all of them.
+  torch::Tensor lm_head_input(const torch::Tensor& hidden) const;
+
  private:
   torch::Tensor prefix_;  // [n, layers * 2, kv_heads, head_dim] for this call, undefined without one or with a cache
 };

@@ -67,7 +67,7 @@ Output forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor&
     auto pooled = torch::tanh(c.linear(b + "pooler.dense", x.select(1, 0)));
     out.logits = c.linear("classifier", c.dropout(pooled, s.classifier_dropout));
   } else if (s.task == "masked-lm") {
-    auto h = activation(s.activation, c.linear("cls.predictions.transform.dense", x));
+    auto h = activation(s.activation, c.linear("cls.predictions.transform.dense", c.lm_head_input(x)));
     h = c.layer_norm("cls.predictions.transform.LayerNorm", h, s.norm_eps);
     out.logits = dense(h, c.P(b + "embeddings.word_embeddings.weight"), c.P("cls.predictions.bias"));
   }

@@ -72,7 +72,7 @@ Output forward(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor&
   };
   if (s.task == "sequence-classification") out.logits = classify("pre_classifier", "classifier");
   if (s.task == "masked-lm" || s.task == "pretraining") {
-    auto h = ln("vocab_layer_norm", activation(s.activation, c.linear("vocab_transform", x)));
+    auto h = ln("vocab_layer_norm", activation(s.activation, c.linear("vocab_transform", c.lm_head_input(x))));
     out.logits = dense(h, c.P(b + "embeddings.word_embeddings.weight"), c.P("vocab_projector.bias"));
   }
   if (s.task == "pretraining") out.sentence_logits = classify("nsp_pre_classifier", "nsp_classifier");

@@ -21,6 +21,7 @@ struct Family {
   // no gradient from the input side.
   bool pad_row_frozen = false;
   void (*build)(Model& m) = nullptr;  // adds every parameter for m.spec's task (normal(0, 0.02), unit norms)
+  // A masked-LM head runs on c.lm_head_input(hidden), so that a loss-only call scores the target rows alone.
   Output (*forward)(ForwardContext& c, const torch::Tensor& ids, const torch::Tensor& mask) = nullptr;
   // Whether a module keeps its weight as [in, out] (GPT-2's Conv1D); absent: every projection is nn.Linear.
   bool (*conv1d)(const std::string& module) = nullptr;
