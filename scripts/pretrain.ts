@@ -7,6 +7,8 @@
  *                                                        every input one span as finetuning inputs are; default sop)
  *                      [--cut random|sentence]          (where a span splits into A and B; default random, what ships)
  *                      [--single-segment F]             (this fraction of inputs is one segment, no sentence label; default 0)
+ *                      [--mask-rate F]                  (tiny-distilbert: the fraction of tokens a training input predicts;
+ *                                                        default BERT's 0.15, which held-out inputs always use)
  *
  * Before the run, a short sweep trains the model for --sweep-steps at each rate of the recipe's grid (or --sweep
  * a,b,c) and keeps the rate with the lowest held-out loss, unless --lr is given; the card reports the sweep.
@@ -40,6 +42,8 @@ interface Recipe {
 }
 
 const PRECISION: Precision = 'bf16-mixed';
+/** BERT's masking rate: the held-out masked-LM inputs always use it, and training inputs unless --mask-rate says. */
+const HELD_OUT_MASK_RATE = 0.15;
 
 const RECIPES: Record<string, Recipe> = {
   'tiny-gpt2': {
@@ -118,13 +122,13 @@ function blocks(stream: number[], size: number): number[][] {
   return out;
 }
 
-/** BERT's masking (as transformers' DataCollatorForLanguageModeling): 15% of ordinary tokens are predicted; of those
- * 80% become [MASK], 10% a random token, 10% stay. */
-function maskBlock(ids: number[], rand: () => number, special: Set<number>, maskId: number, vocab: number): Example {
+/** BERT's masking (as transformers' DataCollatorForLanguageModeling): a fraction `rate` of ordinary tokens (BERT's
+ * 15%) is predicted; of those 80% become [MASK], 10% a random token, 10% stay. */
+function maskBlock(ids: number[], rand: () => number, special: Set<number>, maskId: number, vocab: number, rate: number): Example {
   const input = ids.slice();
   const labels = ids.map(() => -100);
   for (let i = 0; i < ids.length; i++) {
-    if (special.has(ids[i]) || rand() >= 0.15) continue;
+    if (special.has(ids[i]) || rand() >= rate) continue;
     labels[i] = ids[i];
     const r = rand();
     if (r < 0.8) input[i] = maskId;
@@ -133,8 +137,17 @@ function maskBlock(ids: number[], rand: () => number, special: Set<number>, mask
   return { inputIds: input, labels };
 }
 
-/** `sentenceEnds`: the tokens a span may be cut after (`--cut sentence`); empty: a random point (`--cut random`). */
-type Tokens = { cls: number; sep: number; maskId: number; vocab: number; special: Set<number>; sentenceEnds: Set<number> };
+/** `sentenceEnds`: the tokens a span may be cut after (`--cut sentence`); empty: a random point (`--cut random`).
+ * `maskRate`: the fraction of ordinary tokens an input predicts. */
+type Tokens = {
+  cls: number;
+  sep: number;
+  maskId: number;
+  vocab: number;
+  special: Set<number>;
+  sentenceEnds: Set<number>;
+  maskRate: number;
+};
 
 /** Where a span splits into A and B, leaving both at least 16 tokens: after a random sentence end, as BERT and ALBERT
  * make their segments of whole sentences (a cut inside a sentence hides the order under broken syntax: the shipped
@@ -164,6 +177,7 @@ const SENTENCE_OBJECTIVES = {
         t.special,
         t.maskId,
         t.vocab,
+        t.maskRate,
       );
       masked.labels![0] = swapped ? 1 : 0;
       return masked;
@@ -178,7 +192,7 @@ const SENTENCE_OBJECTIVES = {
       const random = rand() < 0.5;
       const from = random ? Math.floor(rand() * (cut + 1)) : 0;
       const b = random ? other.slice(from, from + span.length - cut) : span.slice(cut);
-      const masked = maskBlock([t.cls, ...a, t.sep, ...b, t.sep], rand, t.special, t.maskId, t.vocab);
+      const masked = maskBlock([t.cls, ...a, t.sep, ...b, t.sep], rand, t.special, t.maskId, t.vocab, t.maskRate);
       masked.labels![0] = random ? 1 : 0;
       return masked;
     },
@@ -207,6 +221,9 @@ async function main() {
   if (cut !== 'random' && cut !== 'sentence') fail(`--cut must be random or sentence, got ${cut}`);
   const singleSegment = Number(arg('single-segment', '0'));
   if (!(singleSegment >= 0 && singleSegment < 1)) fail(`--single-segment must be a fraction in [0, 1), got ${arg('single-segment')}`);
+  const maskRate = Number(arg('mask-rate', String(HELD_OUT_MASK_RATE)));
+  if (!(maskRate > 0 && maskRate < 1)) fail(`--mask-rate must be a fraction in (0, 1), got ${arg('mask-rate')}`);
+  if (recipe.kind === 'bpe' && arg('mask-rate') !== undefined) fail('--mask-rate is for the masked LM (tiny-distilbert)');
   const seed = Number(arg('seed', '0'));
   if (!Number.isInteger(steps) || steps < 1) fail(`--steps must be a positive integer, got ${arg('steps')}`);
   const out = path.resolve(arg('out', path.join(ROOT, 'models', name))!);
@@ -277,19 +294,20 @@ async function main() {
     const vocab = Number(recipe.config.vocab_size);
     const sentenceEnds = new Set(cut === 'sentence' ? ['.', '!', '?'].map((t) => tok.tokenId(t)).filter((t) => t !== undefined) : []);
     const rand = mulberry32(seed + 1000);
-    const single = (span: number[], r: () => number) => maskBlock([cls, ...span, sep], r, special, maskId, vocab);
+    // Held-out inputs are masked at BERT's 15% whatever the training rate, so that perplexities compare across runs.
+    const single = (span: number[], r: () => number, rate: number) => maskBlock([cls, ...span, sep], r, special, maskId, vocab, rate);
     if (objective === 'none') {
-      valid = validBlocks.map((b) => single(b, rand));
+      valid = validBlocks.map((b) => single(b, rand, HELD_OUT_MASK_RATE));
       transform = (ex, s) => {
         const r = mulberry32(s);
-        return ex.map((e) => single(e.inputIds, r));
+        return ex.map((e) => single(e.inputIds, r, maskRate));
       };
     } else {
-      const example = (span: number[], other: number[], r: () => number) =>
-        SENTENCE_OBJECTIVES[objective].example(span, other, r, { cls, sep, maskId, vocab, special, sentenceEnds });
+      const example = (span: number[], other: number[], r: () => number, rate: number) =>
+        SENTENCE_OBJECTIVES[objective].example(span, other, r, { cls, sep, maskId, vocab, special, sentenceEnds, maskRate: rate });
       // Scored twice: with sentence labels (the pretraining loss) and without (the masked-LM loss alone).
       validWithPairs = validBlocks.map((b, i) =>
-        example(b, validBlocks[(i + 1 + Math.floor(rand() * (validBlocks.length - 1))) % validBlocks.length], rand),
+        example(b, validBlocks[(i + 1 + Math.floor(rand() * (validBlocks.length - 1))) % validBlocks.length], rand, HELD_OUT_MASK_RATE),
       );
       valid = validWithPairs.map((e) => ({ ...e, labels: [-100, ...e.labels!.slice(1)] }));
       // A batch is a random draw of spans, so a span's random B (nsp) comes from its neighbour in the batch. A single
@@ -297,7 +315,9 @@ async function main() {
       transform = (ex, s) => {
         const r = mulberry32(s);
         return ex.map((e, i) =>
-          singleSegment > 0 && r() < singleSegment ? single(e.inputIds, r) : example(e.inputIds, ex[(i + 1) % ex.length].inputIds, r),
+          singleSegment > 0 && r() < singleSegment
+            ? single(e.inputIds, r, maskRate)
+            : example(e.inputIds, ex[(i + 1) % ex.length].inputIds, r, maskRate),
         );
       };
     }
@@ -473,7 +493,7 @@ async function main() {
     validationLoss: final.loss,
     // Pair shapes mean nothing when every input is one span.
     ...(recipe.kind === 'wordpiece'
-      ? { sentenceObjective: objective, ...(objective === 'none' ? {} : { cut, singleSegment, sentenceLoss }) }
+      ? { maskRate, sentenceObjective: objective, ...(objective === 'none' ? {} : { cut, singleSegment, sentenceLoss }) }
       : {}),
     validationPerplexity: ppl,
     unigramPerplexity: unigramPpl,
@@ -528,8 +548,9 @@ function modelCard(s: Summary): string {
     ? `GPT-2 (\`GPT2LMHeadModel\`): ${c.n_layer} layers, width ${c.n_embd}, ${c.n_head} heads, context ${c.n_positions}, vocabulary ${c.vocab_size}, tied input/output embeddings`
     : `DistilBERT (\`DistilBertForMaskedLM\`): ${c.n_layers} layers, width ${c.dim}, ${c.n_heads} heads, feed-forward ${c.hidden_dim}, context ${c.max_position_embeddings}, vocabulary ${c.vocab_size}, tied MLM projection`;
   const sentence = SENTENCE_OBJECTIVES[(s.sentenceObjective ?? 'sop') as SentenceObjective];
-  const bertMasking =
-    'masked language modelling as BERT (15% of tokens predicted, of which 80% replaced by `[MASK]`, 10% by a random token, 10% kept)';
+  // Cards written before the rate was a choice have no maskRate: BERT's.
+  const rate = Math.round((s.maskRate ?? HELD_OUT_MASK_RATE) * 100);
+  const bertMasking = `masked language modelling as BERT (${rate}% of tokens predicted, of which 80% replaced by \`[MASK]\`, 10% by a random token, 10% kept${rate === 15 ? '' : "; BERT's 15% on the held-out inputs, so that perplexities compare"})`;
   const mlmOnly = s.sentenceObjective === 'none';
   const objective = gpt
     ? 'causal language modelling on the token stream (paragraphs joined by `<\\|endoftext\\|>`), cut into blocks of 128 tokens'
