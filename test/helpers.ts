@@ -37,8 +37,15 @@ export function relError(got: ArrayLike<number>, want: ArrayLike<number>, keep?:
   return diff / scale;
 }
 
+/** The folders tmpDir made in this test process, removed when it exits: left behind, every run of the suite added
+ * thousands of them (the package test's alone holds 1 GB) to the system's temporary folder until the disk filled. */
+const madeDirs: string[] = [];
+
 export function tmpDir(prefix: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), `tunekit-${prefix}-`));
+  if (madeDirs.length === 0) process.on('exit', () => madeDirs.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `tunekit-${prefix}-`));
+  madeDirs.push(dir);
+  return dir;
 }
 
 /**
