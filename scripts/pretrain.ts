@@ -43,7 +43,7 @@ interface Recipe {
 
 const PRECISION: Precision = 'bf16-mixed';
 /** BERT's masking rate: the held-out masked-LM inputs always use it, and training inputs unless --mask-rate says. */
-const HELD_OUT_MASK_RATE = 0.15;
+const BERT_MASK_RATE = 0.15;
 
 const RECIPES: Record<string, Recipe> = {
   'tiny-gpt2': {
@@ -221,7 +221,7 @@ async function main() {
   if (cut !== 'random' && cut !== 'sentence') fail(`--cut must be random or sentence, got ${cut}`);
   const singleSegment = Number(arg('single-segment', '0'));
   if (!(singleSegment >= 0 && singleSegment < 1)) fail(`--single-segment must be a fraction in [0, 1), got ${arg('single-segment')}`);
-  const maskRate = Number(arg('mask-rate', String(HELD_OUT_MASK_RATE)));
+  const maskRate = Number(arg('mask-rate', String(BERT_MASK_RATE)));
   if (!(maskRate > 0 && maskRate < 1)) fail(`--mask-rate must be a fraction in (0, 1), got ${arg('mask-rate')}`);
   if (recipe.kind === 'bpe' && arg('mask-rate') !== undefined) fail('--mask-rate is for the masked LM (tiny-distilbert)');
   const seed = Number(arg('seed', '0'));
@@ -297,7 +297,7 @@ async function main() {
     // Held-out inputs are masked at BERT's 15% whatever the training rate, so that perplexities compare across runs.
     const single = (span: number[], r: () => number, rate: number) => maskBlock([cls, ...span, sep], r, special, maskId, vocab, rate);
     if (objective === 'none') {
-      valid = validBlocks.map((b) => single(b, rand, HELD_OUT_MASK_RATE));
+      valid = validBlocks.map((b) => single(b, rand, BERT_MASK_RATE));
       transform = (ex, s) => {
         const r = mulberry32(s);
         return ex.map((e) => single(e.inputIds, r, maskRate));
@@ -307,7 +307,7 @@ async function main() {
         SENTENCE_OBJECTIVES[objective].example(span, other, r, { cls, sep, maskId, vocab, special, sentenceEnds, maskRate: rate });
       // Scored twice: with sentence labels (the pretraining loss) and without (the masked-LM loss alone).
       validWithPairs = validBlocks.map((b, i) =>
-        example(b, validBlocks[(i + 1 + Math.floor(rand() * (validBlocks.length - 1))) % validBlocks.length], rand, HELD_OUT_MASK_RATE),
+        example(b, validBlocks[(i + 1 + Math.floor(rand() * (validBlocks.length - 1))) % validBlocks.length], rand, BERT_MASK_RATE),
       );
       valid = validWithPairs.map((e) => ({ ...e, labels: [-100, ...e.labels!.slice(1)] }));
       // A batch is a random draw of spans, so a span's random B (nsp) comes from its neighbour in the batch. A single
@@ -549,7 +549,7 @@ function modelCard(s: Summary): string {
     : `DistilBERT (\`DistilBertForMaskedLM\`): ${c.n_layers} layers, width ${c.dim}, ${c.n_heads} heads, feed-forward ${c.hidden_dim}, context ${c.max_position_embeddings}, vocabulary ${c.vocab_size}, tied MLM projection`;
   const sentence = SENTENCE_OBJECTIVES[(s.sentenceObjective ?? 'sop') as SentenceObjective];
   // Cards written before the rate was a choice have no maskRate: BERT's.
-  const rate = Math.round((s.maskRate ?? HELD_OUT_MASK_RATE) * 100);
+  const rate = Math.round((s.maskRate ?? BERT_MASK_RATE) * 100);
   const bertMasking = `masked language modelling as BERT (${rate}% of tokens predicted, of which 80% replaced by \`[MASK]\`, 10% by a random token, 10% kept${rate === 15 ? '' : "; BERT's 15% on the held-out inputs, so that perplexities compare"})`;
   const mlmOnly = s.sentenceObjective === 'none';
   const objective = gpt
