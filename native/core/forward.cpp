@@ -34,10 +34,10 @@ Tensors to_tensors(const ForwardContext& c, const Batch& b) {
   return t;
 }
 
-// A masked LM's targets as a [batch, seq] grid over the positions the model sees, -100 where nothing is predicted:
-// behind a soft prompt the virtual positions predict nothing (PEFT prepends -100 labels), and in pretraining position 0
-// ([CLS]) holds the sentence label instead.
-static torch::Tensor masked_lm_targets(const ForwardContext& c, const torch::Tensor& labels, int64_t batch, int64_t seq) {
+// A language model's targets as a [batch, seq] grid over the positions the model sees, -100 where nothing is
+// predicted: behind a soft prompt the virtual positions predict nothing (PEFT prepends -100 labels), and in
+// pretraining position 0 ([CLS]) holds the sentence label instead.
+static torch::Tensor lm_targets(const ForwardContext& c, const torch::Tensor& labels, int64_t batch, int64_t seq) {
   require(labels.dim() == 2 && labels.size(0) == batch && labels.size(1) == seq, "E_SHAPE",
           c.m.spec.task == "pretraining" ? "labels for pretraining must have the shape of inputIds"
                                          : "labels for a language model must have the shape of inputIds");
@@ -57,7 +57,7 @@ static bool is_masked_lm(const std::string& task) { return task == "masked-lm" |
 // over every position, where the others weigh 0.
 static void score_targets_only(ForwardContext& c, const Tensors& t) {
   if (!is_masked_lm(c.m.spec.task) || !t.labels.defined()) return;
-  auto grid = masked_lm_targets(c, t.labels, t.ids.size(0), t.ids.size(1));
+  auto grid = lm_targets(c, t.labels, t.ids.size(0), t.ids.size(1));
   c.lm_rows = (grid.reshape({-1}) != -100).nonzero().squeeze(1);
 }
 
@@ -69,37 +69,26 @@ static torch::Tensor loss_of(const ForwardContext& c, const Output& out, const t
     require(!bad.any().item<bool>(), "E_RANGE",
             std::string("labels must be -100 (ignored) or in [0, ") + std::to_string(hi) + ") for " + what);
   };
-  if (is_masked_lm(task)) {
+  if (task == "causal-lm" || is_masked_lm(task)) {
+    auto targets = lm_targets(c, labels, out.hidden.size(0), out.hidden.size(1) - c.virtual_tokens());
+    check_range(targets, m.spec.vocab_size, task == "pretraining" ? "masked-LM positions" : "a language model");
+    if (task == "causal-lm") {
+      // predict token t+1 from position t: shift the labels, not the (large) logits
+      targets = torch::cat({targets.slice(1, 1), torch::full({targets.size(0), 1}, -100, targets.options())}, 1);
+      return cross_entropy(out.logits, targets);
+    }
+    // [rows, vocabulary] logits when the head scored lm_rows alone; a head that does not take them scores every position.
+    bool rows_only = c.lm_rows.defined() && out.logits.dim() == 2;
+    auto loss = cross_entropy(out.logits, rows_only ? targets.reshape({-1}).index_select(0, c.lm_rows) : targets);
     // For pretraining, one [batch, seq] array carries both targets: position 0 ([CLS], never a masked-LM target)
     // holds the next-sentence label, the rest the masked-LM labels. The loss is their sum, as BertForPreTraining's; a
     // batch without sentence labels (-100 at position 0) has the masked-LM loss alone.
-    int64_t seq = out.hidden.size(1) - c.virtual_tokens();
-    auto targets = masked_lm_targets(c, labels, out.hidden.size(0), seq);
-    check_range(targets, m.spec.vocab_size, task == "pretraining" ? "masked-LM positions" : "a language model");
-    // [rows, vocabulary] logits when the head scored lm_rows alone; a head that does not take them scores every position.
-    bool rows_only = c.lm_rows.defined() && out.logits.dim() == 2;
-    auto scored = rows_only ? targets.reshape({-1}).index_select(0, c.lm_rows) : targets;
-    auto loss = cross_entropy(out.logits, scored);
     if (task == "pretraining") {
       auto next = labels.select(1, 0).to(torch::kLong);
       check_range(next, 2, "the next-sentence label at position 0");
       if ((next != -100).any().item<bool>()) loss = loss + cross_entropy(out.sentence_logits, next);
     }
     return loss;
-  }
-  if (task == "causal-lm") {
-    // Behind a soft prompt, the virtual positions predict nothing (PEFT prepends -100 labels).
-    torch::Tensor labels_in = labels;
-    if (int64_t n = c.virtual_tokens(); n > 0 && labels.dim() == 2)
-      labels_in = torch::cat({torch::full({labels.size(0), n}, -100.0, labels.options()), labels}, 1);
-    const auto& labels = labels_in;
-    require(labels.dim() == 2 && labels.sizes() == out.logits.sizes().slice(0, 2), "E_SHAPE",
-            "labels for a language model must have the shape of inputIds");
-    auto l = labels.to(torch::kLong);
-    check_range(l, m.spec.vocab_size, "a language model");
-    // predict token t+1 from position t: shift the labels, not the (large) logits
-    l = torch::cat({l.slice(1, 1), torch::full({l.size(0), 1}, -100, l.options())}, 1);
-    return cross_entropy(out.logits, l);
   }
   require(task == "sequence-classification", "E_STATE", "a " + task + " model computes no loss");
   require(labels.dim() == 1 && labels.size(0) == out.logits.size(0), "E_SHAPE", "classification labels must be [batch]");
