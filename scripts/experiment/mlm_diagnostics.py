@@ -84,7 +84,6 @@ def attention(model, tok):
 
 def main():
     model_dir = sys.argv[1]
-    torch.manual_seed(0)
     tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"), pad_token="[PAD]")
     model = DistilBertForMaskedLM.from_pretrained(model_dir, attn_implementation="eager").eval()
     special = set(tok.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
