@@ -12,8 +12,8 @@
  *
  * Before the run, a short sweep trains the model for --sweep-steps at each rate of the recipe's grid (or --sweep
  * a,b,c) and keeps the rate with the lowest held-out loss, unless --lr is given; the card reports the sweep.
- * An interrupted run resumes from its last checkpoint in .cache/pretrain/NAME (pass --fresh to start over); the
- * sweep's result is kept beside it, so a resumed run does not sweep again.
+ * An interrupted run resumes from its last checkpoint in .cache/pretrain/NAME when given the same flags (other flags are
+ * refused; pass --fresh to start over); the sweep's result is kept beside it, so a resumed run does not sweep again.
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -236,6 +236,17 @@ async function main() {
   const work = path.join(ROOT, '.cache', 'pretrain', name);
   if (process.argv.includes('--fresh')) fs.rmSync(work, { recursive: true, force: true });
   fs.mkdirSync(work, { recursive: true });
+  // A resumed run must be the run that was interrupted: its flags are kept beside its checkpoint.
+  const settings = JSON.stringify({ steps, objective, cut, singleSegment, maskRate, seed, lr: arg('lr') ?? null });
+  const settingsFile = path.join(work, 'run.json');
+  if (fs.existsSync(path.join(work, 'checkpoints')) && fs.existsSync(settingsFile)) {
+    const saved = fs.readFileSync(settingsFile, 'utf8');
+    if (saved !== settings)
+      fail(
+        `${work} holds a checkpoint of a run with other settings (${saved}): pass --fresh to start over, or that run's flags to resume it`,
+      );
+  }
+  fs.writeFileSync(settingsFile, settings);
 
   const corpusDir = path.join(ROOT, '.cache', 'pretrain', 'corpus');
   const stats: CorpusStats = buildCorpus(corpusDir);
