@@ -20,17 +20,22 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..", ".cache", "pretrain")
 SPAN, BATCH, VOCAB, WARMUP = 125, 32, 8192, 150
 
 
+def corpus_ids(tok, name):
+    """One split of the pretraining corpus as one stream of token ids, paragraph after paragraph."""
+    lines = [l for l in open(os.path.join(ROOT, "corpus", name)).read().split("\n") if l]
+    return [t for enc in tok(lines, add_special_tokens=False)["input_ids"] for t in enc]
+
+
+def spans(ids):
+    return [ids[i : i + SPAN] for i in range(0, len(ids) - SPAN + 1, SPAN)]
+
+
 def main():
     steps, schedule, lr = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
     torch.manual_seed(0)
     tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(ROOT, "tiny-distilbert", "tokenizer", "tokenizer.json"))
 
-    def spans(name):
-        lines = [l for l in open(os.path.join(ROOT, "corpus", name)).read().split("\n") if l]
-        ids = [t for enc in tok(lines, add_special_tokens=False)["input_ids"] for t in enc]
-        return [ids[i : i + SPAN] for i in range(0, len(ids) - SPAN + 1, SPAN)]
-
-    train, held_out = spans("train.txt"), spans("validation.txt")
+    train, held_out = spans(corpus_ids(tok, "train.txt")), spans(corpus_ids(tok, "validation.txt"))
     held_out = held_out[:: max(1, len(held_out) // 64)][:64]
     cls, sep, mask = (tok.convert_tokens_to_ids(t) for t in ["[CLS]", "[SEP]", "[MASK]"])
     special = {tok.convert_tokens_to_ids(t) for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]}

@@ -20,19 +20,13 @@ import sys
 import torch
 from transformers import DistilBertForMaskedLM, PreTrainedTokenizerFast
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..", ".cache", "pretrain", "corpus")
-SPAN, BATCH, MASK_RATE = 125, 64, 0.15
+from mlm_curve import ROOT, corpus_ids, spans
 
-
-def spans(tok, name):
-    lines = [l for l in open(os.path.join(ROOT, name)).read().split("\n") if l]
-    ids = [t for enc in tok(lines, add_special_tokens=False)["input_ids"] for t in enc]
-    return ids, [ids[i : i + SPAN] for i in range(0, len(ids) - SPAN + 1, SPAN)]
+BATCH, MASK_RATE = 64, 0.15
 
 
 def masked_token_accuracy(model, tok, special):
-    train, _ = spans(tok, "train.txt")
-    _, held_out = spans(tok, "validation.txt")
+    train, held_out = corpus_ids(tok, "train.txt"), spans(corpus_ids(tok, "validation.txt"))
     unigram = [t for t, _ in collections.Counter(t for t in train if t not in special).most_common(5)]
     cls, sep, mask = (tok.convert_tokens_to_ids(t) for t in ["[CLS]", "[SEP]", "[MASK]"])
     r = random.Random(1)
@@ -62,15 +56,14 @@ def masked_token_accuracy(model, tok, special):
 
 
 def attention(model, tok):
-    paragraphs = [l for l in open(os.path.join(ROOT, "validation.txt")).read().split("\n") if l][:64]
+    paragraphs = [l for l in open(os.path.join(ROOT, "corpus", "validation.txt")).read().split("\n") if l][:64]
     enc = tok(paragraphs, truncation=True, max_length=128, padding=True, return_tensors="pt")
     with torch.no_grad():
         rows = model(**enc, output_attentions=True).attentions
     mask = enc["attention_mask"]
-    valid = mask[:, None, :, None].float() * mask[:, None, None, :].float()
     length = mask.sum(1).float()
     for i, a in enumerate(rows):  # [batch, heads, T, T]
-        entropy = -(a.clamp_min(1e-12).log() * a * valid).sum(-1)  # [batch, heads, T]
+        entropy = -(a.clamp_min(1e-12).log() * a).sum(-1)  # [batch, heads, T]; padded keys have no weight
         per_row = (entropy * mask[:, None, :]).sum(-1) / mask[:, None, :].sum(-1)
         relative = (per_row / length.log()[:, None]).mean(0)
         t = torch.arange(a.size(-1))
