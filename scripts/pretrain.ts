@@ -9,6 +9,8 @@
  *                      [--single-segment F]             (this fraction of inputs is one segment, no sentence label; default 0)
  *                      [--mask-rate F]                  (tiny-distilbert: the fraction of tokens a training input predicts;
  *                                                        default BERT's 0.15, which held-out inputs always use)
+ *                      [--shape key=N,...]              (integer config keys to change, e.g. dim=384,n_layers=6,
+ *                                                        n_heads=6,hidden_dim=1536 for a size sweep)
  *
  * Before the run, a short sweep trains the model for --sweep-steps at each rate of the recipe's grid (or --sweep
  * a,b,c) and keeps the rate with the lowest held-out loss, unless --lr is given; the card reports the sweep.
@@ -31,6 +33,8 @@ const BLOCK = 128;
 interface Recipe {
   kind: 'bpe' | 'wordpiece';
   config: Record<string, unknown>;
+  /** The config keys --shape may set. */
+  shapeKeys: string[];
   /** Dropout during pretraining; the shipped config carries the usual finetuning dropout instead. */
   pretrainDropout: Record<string, number>;
   batchSize: number;
@@ -42,6 +46,8 @@ interface Recipe {
 }
 
 const PRECISION: Precision = 'bf16-mixed';
+/** A shipped model's weights stay under 30 MB: in float32 where they fit, else in bfloat16 (loaded back as float32). */
+const SHIPPED_MAX_BYTES = 30e6;
 /** BERT's masking rate: the held-out masked-LM inputs always use it, and training inputs unless --mask-rate says. */
 const BERT_MASK_RATE = 0.15;
 
@@ -68,6 +74,7 @@ const RECIPES: Record<string, Recipe> = {
       pad_token_id: 0,
       tie_word_embeddings: true,
     },
+    shapeKeys: ['n_embd', 'n_layer', 'n_head', 'n_inner', 'vocab_size'],
     pretrainDropout: { resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0 },
     batchSize: 16,
     steps: 7000,
@@ -96,6 +103,7 @@ const RECIPES: Record<string, Recipe> = {
       pad_token_id: 0,
       tie_word_embeddings: true,
     },
+    shapeKeys: ['dim', 'n_layers', 'n_heads', 'hidden_dim', 'vocab_size'],
     pretrainDropout: { dropout: 0, attention_dropout: 0 },
     batchSize: 32,
     steps: 5000,
@@ -113,6 +121,19 @@ const arg = (name: string, fallback?: string) => {
 function fail(msg: string): never {
   console.error(`pretrain: ${msg}`);
   process.exit(2);
+}
+
+/** --shape key=N,...: the recipe's size settings (its shapeKeys), each a positive integer. */
+function shapeOverrides(spec: string | undefined, keys: string[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const item of spec ? spec.split(',') : []) {
+    const [key, value, ...rest] = item.split('=');
+    const n = Number(value);
+    if (rest.length || !keys.includes(key) || !Number.isInteger(n) || n < 1)
+      fail(`--shape takes key=N pairs (N a positive integer) over ${keys.join(', ')}, got ${JSON.stringify(item)}`);
+    out[key] = n;
+  }
+  return out;
 }
 
 /** Cuts a token stream into full blocks; the tail that does not fill a block is dropped. */
@@ -210,7 +231,9 @@ function unigramPerplexity(trainCounts: Float64Array, targets: number[]): number
 
 async function main() {
   const name = arg('model') ?? fail('--model tiny-gpt2|tiny-distilbert is required');
-  const recipe = RECIPES[name] ?? fail(`unknown model ${JSON.stringify(name)}: expected one of ${Object.keys(RECIPES).join(', ')}`);
+  const base = RECIPES[name] ?? fail(`unknown model ${JSON.stringify(name)}: expected one of ${Object.keys(RECIPES).join(', ')}`);
+  const shape = shapeOverrides(arg('shape'), base.shapeKeys);
+  const recipe: Recipe = { ...base, config: { ...base.config, ...shape } };
   const steps = Number(arg('steps', String(recipe.steps)));
   const objective = (arg('sentence-objective') ?? 'sop') as SentenceObjective | 'none';
   if (!(objective in SENTENCE_OBJECTIVES) && objective !== 'none')
@@ -233,11 +256,26 @@ async function main() {
     console.log(`wrote ${path.join(out, 'README.md')}`);
     return;
   }
+  const config = { ...recipe.config, ...recipe.pretrainDropout };
+  const task = recipe.kind === 'bpe' ? 'causal-lm' : objective === 'none' ? 'masked-lm' : 'pretraining';
+  // What ships: the pretraining task's sentence head is not in the saved folder. Checked before any training.
+  const probe = await Model.fromConfig(config, { task });
+  const parameters = probe
+    .baseParameters()
+    .filter((p) => !probe.family.pretrainingOnly?.test(p.name))
+    .reduce((a, p) => a + p.numel, 0);
+  probe.dispose();
+  const storedDtype =
+    parameters * 4 <= SHIPPED_MAX_BYTES
+      ? 'float32'
+      : parameters * 2 <= SHIPPED_MAX_BYTES
+        ? 'bfloat16'
+        : fail(`${parameters.toLocaleString('en-US')} parameters do not fit in ${SHIPPED_MAX_BYTES / 1e6} MB even in bfloat16`);
   const work = path.join(ROOT, '.cache', 'pretrain', name);
   if (process.argv.includes('--fresh')) fs.rmSync(work, { recursive: true, force: true });
   fs.mkdirSync(work, { recursive: true });
   // A resumed run must be the run that was interrupted: its flags are kept beside its checkpoint.
-  const settings = JSON.stringify({ steps, objective, cut, singleSegment, maskRate, seed, lr: arg('lr') ?? null });
+  const settings = JSON.stringify({ steps, objective, cut, singleSegment, maskRate, seed, lr: arg('lr') ?? null, shape });
   const settingsFile = path.join(work, 'run.json');
   if (fs.existsSync(path.join(work, 'checkpoints')) && fs.existsSync(settingsFile)) {
     const saved = fs.readFileSync(settingsFile, 'utf8');
@@ -336,14 +374,13 @@ async function main() {
   }
   const unigramPpl = unigramPerplexity(counts, targets);
 
-  const config = { ...recipe.config, ...recipe.pretrainDropout };
   const evalSubset = (validWithPairs ?? valid).filter((_, i) => i % Math.max(1, Math.floor(valid.length / 64)) === 0).slice(0, 64);
   /** A fresh model and a Trainer over `runSteps` steps at rate `lr` (cosine schedule, warm-up capped at a tenth). */
   const run = async (lr: number, runSteps: number, extra: Partial<TrainerOptions>) => {
     const model = await Model.fromConfig(config, {
       seed,
       precision: PRECISION,
-      task: recipe.kind === 'bpe' ? 'causal-lm' : objective === 'none' ? 'masked-lm' : 'pretraining',
+      task,
     });
     const optimizer = new AdamW(model, {
       lr,
@@ -449,10 +486,10 @@ async function main() {
   // The shipped folder: weights under the finetuning config (dropout back on), tokenizer, metrics, picture, card.
   const tmp = `${out}.tmp-${process.pid}`;
   fs.rmSync(tmp, { recursive: true, force: true });
-  await model.savePretrained(tmp);
+  await model.savePretrained(tmp, { dtype: storedDtype });
   const cfgFile = path.join(tmp, 'config.json');
   const saved = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
-  fs.writeFileSync(cfgFile, JSON.stringify({ ...saved, ...recipe.config, torch_dtype: 'float32' }, null, 2) + '\n');
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...saved, ...recipe.config, torch_dtype: storedDtype }, null, 2) + '\n');
   for (const f of fs.readdirSync(tokDir)) fs.copyFileSync(path.join(tokDir, f), path.join(tmp, f));
   fs.copyFileSync(metrics.file, path.join(tmp, 'metrics.jsonl'));
   await writeSvg(
@@ -475,11 +512,8 @@ async function main() {
   });
   const summary = {
     model: name,
-    // What ships: the pretraining task's sentence head is not in the saved folder.
-    parameters: model
-      .baseParameters()
-      .filter((p) => !model.family.pretrainingOnly?.test(p.name))
-      .reduce((a, p) => a + p.numel, 0),
+    parameters,
+    storedDtype,
     config: recipe.config,
     seed,
     steps: result.steps,
@@ -590,7 +624,7 @@ useful general language model.
 | | |
 |---|---|
 | architecture | ${shape} |
-| parameters | ${s.parameters.toLocaleString('en-US')} (float32, ${((s.parameters * 4) / 1e6).toFixed(1)} MB) |
+| parameters | ${s.parameters.toLocaleString('en-US')} (${s.storedDtype === 'bfloat16' ? `stored in bfloat16, ${((s.parameters * 2) / 1e6).toFixed(1)} MB; tunekit and transformers load it as float32` : `float32, ${((s.parameters * 4) / 1e6).toFixed(1)} MB`}) |
 | tokenizer | ${tokenizer} |
 | objective | ${objective} |
 | corpus | ${s.corpus.train.words.toLocaleString('en-US')} words / ${s.trainTokens.toLocaleString('en-US')} tokens for training, ${s.corpus.validation.words.toLocaleString('en-US')} words held out (2% of paragraphs) |
