@@ -489,7 +489,8 @@ async function main() {
   await model.savePretrained(tmp, { dtype: storedDtype });
   const cfgFile = path.join(tmp, 'config.json');
   const saved = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
-  fs.writeFileSync(cfgFile, JSON.stringify({ ...saved, ...recipe.config, torch_dtype: storedDtype }, null, 2) + '\n');
+  // float32 whatever the storage: transformers loads a model in its config's dtype, and finetuning wants float32.
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...saved, ...recipe.config, dtype: 'float32', torch_dtype: 'float32' }, null, 2) + '\n');
   for (const f of fs.readdirSync(tokDir)) fs.copyFileSync(path.join(tokDir, f), path.join(tmp, f));
   fs.copyFileSync(metrics.file, path.join(tmp, 'metrics.jsonl'));
   await writeSvg(
