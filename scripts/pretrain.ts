@@ -9,8 +9,10 @@
  *                      [--single-segment F]             (this fraction of inputs is one segment, no sentence label; default 0)
  *                      [--mask-rate F]                  (tiny-distilbert: the fraction of tokens a training input predicts;
  *                                                        default BERT's 0.15, which held-out inputs always use)
- *                      [--shape key=N,...]              (integer config keys to change, e.g. dim=384,n_layers=6,
- *                                                        n_heads=6,hidden_dim=1536 for a size sweep)
+ *                      [--shape key=N,...]              (the model's size, for a size sweep: tiny-distilbert's dim, n_layers,
+ *                                                        n_heads, hidden_dim, vocab_size; tiny-gpt2's n_embd, n_layer,
+ *                                                        n_head, n_inner, vocab_size. Weights over 30 MB in float32 are
+ *                                                        stored in bfloat16; a model over 30 MB even so is refused)
  *
  * Before the run, a short sweep trains the model for --sweep-steps at each rate of the recipe's grid (or --sweep
  * a,b,c) and keeps the rate with the lowest held-out loss, unless --lr is given; the card reports the sweep.
