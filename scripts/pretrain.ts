@@ -50,6 +50,7 @@ interface Recipe {
 const PRECISION: Precision = 'bf16-mixed';
 /** A shipped model's weights stay under 30 MB: in float32 where they fit, else in bfloat16 (loaded back as float32). */
 const SHIPPED_MAX_BYTES = 30e6;
+const BYTES_PER_PARAMETER = { float32: 4, bfloat16: 2 } as const;
 /** BERT's masking rate: the held-out masked-LM inputs always use it, and training inputs unless --mask-rate says. */
 const BERT_MASK_RATE = 0.15;
 
@@ -268,11 +269,8 @@ async function main() {
     .reduce((a, p) => a + p.numel, 0);
   probe.dispose();
   const storedDtype =
-    parameters * 4 <= SHIPPED_MAX_BYTES
-      ? 'float32'
-      : parameters * 2 <= SHIPPED_MAX_BYTES
-        ? 'bfloat16'
-        : fail(`${parameters.toLocaleString('en-US')} parameters do not fit in ${SHIPPED_MAX_BYTES / 1e6} MB even in bfloat16`);
+    (['float32', 'bfloat16'] as const).find((d) => parameters * BYTES_PER_PARAMETER[d] <= SHIPPED_MAX_BYTES) ??
+    fail(`${parameters.toLocaleString('en-US')} parameters do not fit in ${SHIPPED_MAX_BYTES / 1e6} MB even in bfloat16`);
   const work = path.join(ROOT, '.cache', 'pretrain', name);
   if (process.argv.includes('--fresh')) fs.rmSync(work, { recursive: true, force: true });
   fs.mkdirSync(work, { recursive: true });
@@ -595,6 +593,11 @@ function modelCard(s: Summary): string {
   const shape = gpt
     ? `GPT-2 (\`GPT2LMHeadModel\`): ${c.n_layer} layers, width ${c.n_embd}, ${c.n_head} heads, context ${c.n_positions}, vocabulary ${c.vocab_size}, tied input/output embeddings`
     : `DistilBERT (\`DistilBertForMaskedLM\`): ${c.n_layers} layers, width ${c.dim}, ${c.n_heads} heads, feed-forward ${c.hidden_dim}, context ${c.max_position_embeddings}, vocabulary ${c.vocab_size}, tied MLM projection`;
+  // Cards written before the storage was a choice have no storedDtype: float32.
+  const dtype: keyof typeof BYTES_PER_PARAMETER = s.storedDtype ?? 'float32';
+  const megabytes = ((s.parameters * BYTES_PER_PARAMETER[dtype]) / 1e6).toFixed(1);
+  const stored =
+    dtype === 'float32' ? `float32, ${megabytes} MB` : `stored in ${dtype}, ${megabytes} MB; tunekit and transformers load it as float32`;
   const sentence = SENTENCE_OBJECTIVES[(s.sentenceObjective ?? 'sop') as SentenceObjective];
   // Cards written before the rate was a choice have no maskRate: BERT's.
   const rate = Math.round((s.maskRate ?? BERT_MASK_RATE) * 100);
@@ -627,7 +630,7 @@ useful general language model.
 | | |
 |---|---|
 | architecture | ${shape} |
-| parameters | ${s.parameters.toLocaleString('en-US')} (${s.storedDtype === 'bfloat16' ? `stored in bfloat16, ${((s.parameters * 2) / 1e6).toFixed(1)} MB; tunekit and transformers load it as float32` : `float32, ${((s.parameters * 4) / 1e6).toFixed(1)} MB`}) |
+| parameters | ${s.parameters.toLocaleString('en-US')} (${stored}) |
 | tokenizer | ${tokenizer} |
 | objective | ${objective} |
 | corpus | ${s.corpus.train.words.toLocaleString('en-US')} words / ${s.trainTokens.toLocaleString('en-US')} tokens for training, ${s.corpus.validation.words.toLocaleString('en-US')} words held out (2% of paragraphs) |

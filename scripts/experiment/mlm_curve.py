@@ -20,10 +20,14 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..", ".cache", "pretrain")
 SPAN, BATCH, VOCAB, WARMUP = 125, 32, 8192, 150
 
 
+def corpus_paragraphs(name):
+    """One split of the pretraining corpus (train.txt or validation.txt), a paragraph a line."""
+    return [l for l in open(os.path.join(ROOT, "corpus", name)).read().split("\n") if l]
+
+
 def corpus_ids(tok, name):
     """One split of the pretraining corpus as one stream of token ids, paragraph after paragraph."""
-    lines = [l for l in open(os.path.join(ROOT, "corpus", name)).read().split("\n") if l]
-    return [t for enc in tok(lines, add_special_tokens=False)["input_ids"] for t in enc]
+    return [t for enc in tok(corpus_paragraphs(name), add_special_tokens=False)["input_ids"] for t in enc]
 
 
 def spans(ids):

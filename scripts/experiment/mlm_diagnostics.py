@@ -20,7 +20,7 @@ import sys
 import torch
 from transformers import DistilBertForMaskedLM, PreTrainedTokenizerFast
 
-from mlm_curve import ROOT, corpus_ids, spans
+from mlm_curve import corpus_ids, corpus_paragraphs, spans
 
 BATCH, MASK_RATE = 64, 0.15
 
@@ -56,8 +56,7 @@ def masked_token_accuracy(model, tok, special):
 
 
 def attention(model, tok):
-    paragraphs = [l for l in open(os.path.join(ROOT, "corpus", "validation.txt")).read().split("\n") if l][:64]
-    enc = tok(paragraphs, truncation=True, max_length=128, padding=True, return_tensors="pt")
+    enc = tok(corpus_paragraphs("validation.txt")[:64], truncation=True, max_length=128, padding=True, return_tensors="pt")
     with torch.no_grad():
         rows = model(**enc, output_attentions=True).attentions
     mask = enc["attention_mask"]
