@@ -9,6 +9,9 @@
  *                      [--single-segment F]             (this fraction of inputs is one segment, no sentence label; default 0)
  *                      [--mask-rate F]                  (tiny-distilbert: the fraction of tokens a training input predicts;
  *                                                        default BERT's 0.15, which held-out inputs always use)
+ *                      [--short-first N]                (tiny-distilbert: steps of the first phase on 32-token inputs,
+ *                                                        masked LM alone, which the main run starts from;
+ *                                                        default 0, none, as the shipped model was made)
  *                      [--shape key=N,...]              (the model's size, for a size sweep: tiny-distilbert's dim, n_layers,
  *                                                        n_heads, hidden_dim, vocab_size; tiny-gpt2's n_embd, n_layer,
  *                                                        n_head, n_inner, vocab_size. Weights over 30 MB in float32 are
@@ -45,6 +48,23 @@ interface Recipe {
   lrGrid: number[];
   warmupSteps: number;
   weightDecay: number;
+  /** The shape of a first phase of masked LM alone on short inputs, which the main run starts from (--short-first). */
+  shortFirst?: Omit<ShortFirst, 'steps'>;
+}
+
+/**
+ * A masked LM on 128-token inputs sits for thousands of steps on a plateau where every head attends almost uniformly
+ * (fills are the commonest words whatever the context): with uniform attention over L tokens, the signal that would
+ * teach a head to read its neighbours is ~1/L of the gradient. On 32-token inputs it is four times stronger, and the
+ * model leaves the plateau within ~1,000 steps; the main run at 128 tokens then starts from those weights. BERT too
+ * trained on a short context first (128 tokens, then 512), for speed. Off unless asked for: the shipped model was made
+ * without it, and the models that left the plateau this way finetune worse on the small sentiment sets (docs/RESULTS.md).
+ */
+interface ShortFirst {
+  steps: number;
+  /** Tokens per input, [CLS] and [SEP] included. */
+  length: number;
+  lr: number;
 }
 
 const PRECISION: Precision = 'bf16-mixed';
@@ -113,6 +133,7 @@ const RECIPES: Record<string, Recipe> = {
     lrGrid: [5e-4, 1e-3, 2e-3],
     warmupSteps: 150,
     weightDecay: 0.01,
+    shortFirst: { length: 32, lr: 5e-4 },
   },
 };
 
@@ -250,6 +271,10 @@ async function main() {
   const maskRate = Number(arg('mask-rate', String(BERT_MASK_RATE)));
   if (!(maskRate > 0 && maskRate < 1)) fail(`--mask-rate must be a fraction in (0, 1), got ${arg('mask-rate')}`);
   if (recipe.kind === 'bpe' && arg('mask-rate') !== undefined) fail('--mask-rate is for the masked LM (tiny-distilbert)');
+  if (recipe.kind === 'bpe' && arg('short-first') !== undefined) fail('--short-first is for the masked LM (tiny-distilbert)');
+  const shortFirst = recipe.shortFirst && { ...recipe.shortFirst, steps: Number(arg('short-first', '0')) };
+  if (shortFirst && !(Number.isInteger(shortFirst.steps) && shortFirst.steps >= 0))
+    fail(`--short-first must be a whole number of steps, got ${arg('short-first')}`);
   const seed = Number(arg('seed', '0'));
   if (!Number.isInteger(steps) || steps < 1) fail(`--steps must be a positive integer, got ${arg('steps')}`);
   const out = path.resolve(arg('out', path.join(ROOT, 'models', name))!);
@@ -275,7 +300,17 @@ async function main() {
   if (process.argv.includes('--fresh')) fs.rmSync(work, { recursive: true, force: true });
   fs.mkdirSync(work, { recursive: true });
   // A resumed run must be the run that was interrupted: its flags are kept beside its checkpoint.
-  const settings = JSON.stringify({ steps, objective, cut, singleSegment, maskRate, seed, lr: arg('lr') ?? null, shape });
+  const settings = JSON.stringify({
+    steps,
+    objective,
+    cut,
+    singleSegment,
+    maskRate,
+    seed,
+    lr: arg('lr') ?? null,
+    shape,
+    shortFirst: shortFirst?.steps ?? 0,
+  });
   const settingsFile = path.join(work, 'run.json');
   if (fs.existsSync(path.join(work, 'checkpoints')) && fs.existsSync(settingsFile)) {
     const saved = fs.readFileSync(settingsFile, 'utf8');
@@ -307,6 +342,7 @@ async function main() {
   const special = new Set<number>();
   let trainBlocks: number[][];
   let validBlocks: number[][];
+  let shortBlocks: { train: number[][]; valid: number[][] } | undefined;
   const counts = new Float64Array(Number(recipe.config.vocab_size));
   if (recipe.kind === 'bpe') {
     const eos = tok.eosTokenId ?? fail('the BPE tokenizer has no <|endoftext|>');
@@ -323,7 +359,9 @@ async function main() {
     for (const t of tr) counts[t]++;
     // Plain text spans: each batch makes them into sentence pairs ([CLS] A [SEP] B [SEP]).
     trainBlocks = blocks(tr, BLOCK - 3);
-    validBlocks = blocks(stream(read('validation.txt')), BLOCK - 3);
+    const va = stream(read('validation.txt'));
+    validBlocks = blocks(va, BLOCK - 3);
+    if (shortFirst?.steps) shortBlocks = { train: blocks(tr, shortFirst.length - 2), valid: blocks(va, shortFirst.length - 2) };
   }
   const trainTokens = trainBlocks.length * BLOCK;
   console.log(
@@ -335,6 +373,8 @@ async function main() {
   let validWithPairs: Example[] | undefined;
   let transform: ((ex: Example[], s: number) => Example[]) | undefined;
   let targets: number[];
+  let short: ShortFirstResult | undefined;
+  const shortDir = path.join(work, 'short-first');
   if (recipe.kind === 'bpe') {
     valid = validBlocks.map((b) => ({ inputIds: b }));
     targets = validBlocks.flatMap((b) => b.slice(1));
@@ -371,17 +411,32 @@ async function main() {
       };
     }
     targets = valid.flatMap((e) => e.labels!.filter((l) => l !== -100));
+    if (shortFirst && shortBlocks)
+      short = await shortFirstPhase(shortDir, {
+        settings,
+        config,
+        shortFirst,
+        batchSize: (recipe.batchSize * BLOCK) / shortFirst.length,
+        weightDecay: recipe.weightDecay,
+        warmupSteps: recipe.warmupSteps,
+        seed,
+        train: shortBlocks.train.map((b) => ({ inputIds: b })),
+        valid: shortBlocks.valid.map((b) => single(b, rand, BERT_MASK_RATE)),
+        transform: (ex, s) => {
+          const r = mulberry32(s);
+          return ex.map((e) => single(e.inputIds, r, maskRate));
+        },
+      });
   }
   const unigramPpl = unigramPerplexity(counts, targets);
 
   const evalSubset = (validWithPairs ?? valid).filter((_, i) => i % Math.max(1, Math.floor(valid.length / 64)) === 0).slice(0, 64);
-  /** A fresh model and a Trainer over `runSteps` steps at rate `lr` (cosine schedule, warm-up capped at a tenth). */
+  /** A model (fresh, or the short-first phase's) and a Trainer over `runSteps` steps at rate `lr` (cosine schedule,
+   * warm-up capped at a tenth). */
   const run = async (lr: number, runSteps: number, extra: Partial<TrainerOptions>) => {
-    const model = await Model.fromConfig(config, {
-      seed,
-      precision: PRECISION,
-      task,
-    });
+    const model = short
+      ? await Model.fromPretrained(shortDir, { seed, precision: PRECISION, task, config: recipe.pretrainDropout })
+      : await Model.fromConfig(config, { seed, precision: PRECISION, task });
     const optimizer = new AdamW(model, {
       lr,
       weightDecay: recipe.weightDecay,
@@ -521,6 +576,7 @@ async function main() {
     batchSize: recipe.batchSize,
     blockSize: BLOCK,
     tokensSeen: result.steps * recipe.batchSize * BLOCK,
+    shortFirst: short,
     trainTokens,
     validationBlocks: validBlocks.length,
     validationTargets: targets.length,
@@ -543,7 +599,7 @@ async function main() {
       : {}),
     validationPerplexity: ppl,
     unigramPerplexity: unigramPpl,
-    wallTimeS: totalWallS,
+    wallTimeS: totalWallS + (short?.wallTimeS ?? 0),
     tokensPerSecond: result.tokensPerSecond,
     machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}`,
     corpus: stats,
@@ -559,6 +615,81 @@ async function main() {
 }
 
 type Summary = Record<string, any>;
+
+interface ShortFirstResult extends ShortFirst {
+  batchSize: number;
+  tokensSeen: number;
+  /** Masked LM on the held-out split cut into inputs of the phase's length, BERT's 15% masked. */
+  validationLoss: number;
+  wallTimeS: number;
+}
+
+/**
+ * The short-input first phase (ShortFirst): trains a fresh model on the masked LM alone and saves it in `dir`, where
+ * the main run (and the sweep) start from it; a resumed run of the same flags finds it there and does not train it again.
+ */
+async function shortFirstPhase(
+  dir: string,
+  o: {
+    /** The run's flags: a phase saved by a run with other flags is trained again. */
+    settings: string;
+    config: Record<string, unknown>;
+    shortFirst: ShortFirst;
+    batchSize: number;
+    weightDecay: number;
+    warmupSteps: number;
+    seed: number;
+    train: Example[];
+    valid: Example[];
+    transform: (ex: Example[], seed: number) => Example[];
+  },
+): Promise<ShortFirstResult> {
+  const file = path.join(dir, 'short-first.json');
+  if (fs.existsSync(file)) {
+    const { settings, ...saved } = JSON.parse(fs.readFileSync(file, 'utf8'));
+    if (settings === o.settings) return saved;
+  }
+  const { steps, lr } = o.shortFirst;
+  const model = await Model.fromConfig(o.config, { seed: o.seed, precision: PRECISION, task: 'masked-lm' });
+  const optimizer = new AdamW(model, {
+    lr,
+    weightDecay: o.weightDecay,
+    betas: [0.9, 0.98],
+    schedule: { type: 'cosine', warmupSteps: Math.min(o.warmupSteps, Math.ceil(steps / 10)) },
+  });
+  const bar = progressBar(steps, `short-first (${o.shortFirst.length} tokens)`);
+  const trainer = new Trainer(model, {
+    optimizer,
+    batchSize: o.batchSize,
+    epochs: 1000,
+    maxSteps: steps,
+    maxGradNorm: 1.0,
+    seed: o.seed,
+    transform: o.transform,
+    onProgress: (p) => bar.update(p.step, trainingFields(p)),
+  });
+  const started = Date.now();
+  const trained = await trainer.train(o.train);
+  bar.stop();
+  const wallTimeS = (Date.now() - started) / 1000;
+  const { loss } = await trainer.evaluate(o.valid);
+  console.log(`short-first: held-out masked-LM loss ${loss.toFixed(4)} on ${o.shortFirst.length}-token inputs after ${steps} steps`);
+  const result: ShortFirstResult = {
+    ...o.shortFirst,
+    batchSize: o.batchSize,
+    tokensSeen: trained.steps * o.batchSize * o.shortFirst.length,
+    validationLoss: loss,
+    wallTimeS,
+  };
+  const tmp = `${dir}.tmp-${process.pid}`;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  await model.savePretrained(tmp);
+  fs.writeFileSync(path.join(tmp, 'short-first.json'), JSON.stringify({ ...result, settings: o.settings }, null, 2) + '\n');
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.renameSync(tmp, dir);
+  model.dispose();
+  return result;
+}
 
 interface Sweep {
   steps: number;
@@ -634,7 +765,7 @@ useful general language model.
 | tokenizer | ${tokenizer} |
 | objective | ${objective} |
 | corpus | ${s.corpus.train.words.toLocaleString('en-US')} words / ${s.trainTokens.toLocaleString('en-US')} tokens for training, ${s.corpus.validation.words.toLocaleString('en-US')} words held out (2% of paragraphs) |
-| training | ${s.steps} steps of ${s.batchSize} x ${s.blockSize} tokens (${s.tokensSeen.toLocaleString('en-US')} tokens, ${(s.tokensSeen / s.trainTokens).toFixed(2)} epochs) under \`${s.precision}\` (float32 weights and optimizer state, bfloat16 products); AdamW lr ${s.optimizer.lr} (${s.sweep ? 'from the sweep below' : 'given, no sweep'}), betas (0.9, 0.98), weight decay ${s.optimizer.weightDecay}, cosine schedule with ${s.optimizer.warmupSteps} warm-up steps, clipping at 1.0; seed ${s.seed} |
+| training | ${s.shortFirst ? `first ${s.shortFirst.steps} steps of ${s.shortFirst.batchSize} x ${s.shortFirst.length} tokens, masked LM alone (AdamW lr ${s.shortFirst.lr}, cosine schedule; held-out masked-LM loss ${s.shortFirst.validationLoss.toFixed(3)} on ${s.shortFirst.length}-token inputs): on 128-token inputs from the start the model sits for thousands of steps on a plateau of near-uniform attention, and a short context leaves it within ~1,000 steps; then ` : ''}${s.steps} steps of ${s.batchSize} x ${s.blockSize} tokens (${s.tokensSeen.toLocaleString('en-US')} tokens, ${(s.tokensSeen / s.trainTokens).toFixed(2)} epochs) under \`${s.precision}\` (float32 weights and optimizer state, bfloat16 products); AdamW lr ${s.optimizer.lr} (${s.sweep ? 'from the sweep below' : 'given, no sweep'}), betas (0.9, 0.98), weight decay ${s.optimizer.weightDecay}, cosine schedule with ${s.optimizer.warmupSteps} warm-up steps, clipping at 1.0; seed ${s.seed} |
 | dropout | none while pretraining (a few epochs of a small model: it underfits); the shipped config sets the usual finetuning dropout |
 | wall time | ${(s.wallTimeS / 60).toFixed(1)} min on ${s.machine} (${Math.round(s.tokensPerSecond).toLocaleString('en-US')} tokens/s on average, sharing the 2 cores with other work at times) |
 
@@ -651,7 +782,7 @@ ${
   s.sweep
     ? `## Learning-rate sweep
 
-Before the run, the same model trained for ${s.sweep.steps} steps at each rate (same seed, data, batch and schedule shape),
+Before the run, the same model trained for ${s.sweep.steps} steps at each rate (same seed, data, batch and schedule shape${s.shortFirst ? ", from the short-first phase's weights" : ''}),
 scored on a fixed 64-block held-out subset${gpt || mlmOnly ? '' : ' (masked LM + sentence objective)'}; the lowest loss chose the rate. The shape was not swept: the
 session's compute went to more tokens at the earlier shape instead.
 
