@@ -417,8 +417,7 @@ async function main() {
         config,
         shortFirst,
         batchSize: (recipe.batchSize * BLOCK) / shortFirst.length,
-        weightDecay: recipe.weightDecay,
-        warmupSteps: recipe.warmupSteps,
+        recipe,
         seed,
         train: shortBlocks.train.map((b) => ({ inputIds: b })),
         valid: shortBlocks.valid.map((b) => single(b, rand, BERT_MASK_RATE)),
@@ -431,20 +430,13 @@ async function main() {
   const unigramPpl = unigramPerplexity(counts, targets);
 
   const evalSubset = (validWithPairs ?? valid).filter((_, i) => i % Math.max(1, Math.floor(valid.length / 64)) === 0).slice(0, 64);
-  /** A model (fresh, or the short-first phase's) and a Trainer over `runSteps` steps at rate `lr` (cosine schedule,
-   * warm-up capped at a tenth). */
+  /** A model (fresh, or the short-first phase's) and a Trainer over `runSteps` steps at rate `lr`. */
   const run = async (lr: number, runSteps: number, extra: Partial<TrainerOptions>) => {
     const model = short
       ? await Model.fromPretrained(shortDir, { seed, precision: PRECISION, task, config: recipe.pretrainDropout })
       : await Model.fromConfig(config, { seed, precision: PRECISION, task });
-    const optimizer = new AdamW(model, {
-      lr,
-      weightDecay: recipe.weightDecay,
-      betas: [0.9, 0.98],
-      schedule: { type: 'cosine', warmupSteps: Math.min(recipe.warmupSteps, Math.ceil(runSteps / 10)) },
-    });
     const trainer = new Trainer(model, {
-      optimizer,
+      optimizer: pretrainingOptimizer(model, lr, runSteps, recipe),
       batchSize: recipe.batchSize,
       epochs: 1000,
       maxSteps: runSteps,
@@ -616,6 +608,16 @@ async function main() {
 
 type Summary = Record<string, any>;
 
+/** AdamW with betas (0.9, 0.98) and a cosine schedule whose warm-up is capped at a tenth of the steps. */
+function pretrainingOptimizer(model: Model, lr: number, steps: number, recipe: Recipe): AdamW {
+  return new AdamW(model, {
+    lr,
+    weightDecay: recipe.weightDecay,
+    betas: [0.9, 0.98],
+    schedule: { type: 'cosine', warmupSteps: Math.min(recipe.warmupSteps, Math.ceil(steps / 10)) },
+  });
+}
+
 interface ShortFirstResult extends ShortFirst {
   batchSize: number;
   tokensSeen: number;
@@ -636,8 +638,7 @@ async function shortFirstPhase(
     config: Record<string, unknown>;
     shortFirst: ShortFirst;
     batchSize: number;
-    weightDecay: number;
-    warmupSteps: number;
+    recipe: Recipe;
     seed: number;
     train: Example[];
     valid: Example[];
@@ -651,15 +652,9 @@ async function shortFirstPhase(
   }
   const { steps, lr } = o.shortFirst;
   const model = await Model.fromConfig(o.config, { seed: o.seed, precision: PRECISION, task: 'masked-lm' });
-  const optimizer = new AdamW(model, {
-    lr,
-    weightDecay: o.weightDecay,
-    betas: [0.9, 0.98],
-    schedule: { type: 'cosine', warmupSteps: Math.min(o.warmupSteps, Math.ceil(steps / 10)) },
-  });
   const bar = progressBar(steps, `short-first (${o.shortFirst.length} tokens)`);
   const trainer = new Trainer(model, {
-    optimizer,
+    optimizer: pretrainingOptimizer(model, lr, steps, o.recipe),
     batchSize: o.batchSize,
     epochs: 1000,
     maxSteps: steps,
