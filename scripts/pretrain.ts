@@ -385,12 +385,14 @@ async function main() {
     const rand = mulberry32(seed + 1000);
     // Held-out inputs are masked at BERT's 15% whatever the training rate, so that perplexities compare across runs.
     const single = (span: number[], r: () => number, rate: number) => maskBlock([cls, ...span, sep], r, special, maskId, vocab, rate);
+    // Masked LM alone, every input one span: the training batches of --sentence-objective none and of the short-first phase.
+    const singleSpans = (ex: Example[], s: number) => {
+      const r = mulberry32(s);
+      return ex.map((e) => single(e.inputIds, r, maskRate));
+    };
     if (objective === 'none') {
       valid = validBlocks.map((b) => single(b, rand, BERT_MASK_RATE));
-      transform = (ex, s) => {
-        const r = mulberry32(s);
-        return ex.map((e) => single(e.inputIds, r, maskRate));
-      };
+      transform = singleSpans;
     } else {
       const example = (span: number[], other: number[], r: () => number, rate: number) =>
         SENTENCE_OBJECTIVES[objective].example(span, other, r, { cls, sep, maskId, vocab, special, sentenceEnds, maskRate: rate });
@@ -421,10 +423,7 @@ async function main() {
         seed,
         train: shortBlocks.train.map((b) => ({ inputIds: b })),
         valid: shortBlocks.valid.map((b) => single(b, rand, BERT_MASK_RATE)),
-        transform: (ex, s) => {
-          const r = mulberry32(s);
-          return ex.map((e) => single(e.inputIds, r, maskRate));
-        },
+        transform: singleSpans,
       });
   }
   const unigramPpl = unigramPerplexity(counts, targets);
@@ -435,16 +434,7 @@ async function main() {
     const model = short
       ? await Model.fromPretrained(shortDir, { seed, precision: PRECISION, task, config: recipe.pretrainDropout })
       : await Model.fromConfig(config, { seed, precision: PRECISION, task });
-    const trainer = new Trainer(model, {
-      optimizer: pretrainingOptimizer(model, lr, runSteps, recipe),
-      batchSize: recipe.batchSize,
-      epochs: 1000,
-      maxSteps: runSteps,
-      maxGradNorm: 1.0,
-      seed,
-      transform,
-      ...extra,
-    });
+    const trainer = pretrainingTrainer(model, lr, runSteps, recipe, seed, { transform, ...extra });
     return { model, trainer };
   };
 
@@ -608,14 +598,23 @@ async function main() {
 
 type Summary = Record<string, any>;
 
-/** AdamW with betas (0.9, 0.98) and a cosine schedule whose warm-up is capped at a tenth of the steps. */
-function pretrainingOptimizer(model: Model, lr: number, steps: number, recipe: Recipe): AdamW {
-  return new AdamW(model, {
+/** The Trainer of every pretraining run (the sweep's, the short-first phase's, the main one): `steps` steps of AdamW
+ * with betas (0.9, 0.98), a cosine schedule whose warm-up is capped at a tenth of the steps, and clipping at 1.0. */
+function pretrainingTrainer(
+  model: Model,
+  lr: number,
+  steps: number,
+  recipe: Recipe,
+  seed: number,
+  options: Partial<TrainerOptions>,
+): Trainer {
+  const optimizer = new AdamW(model, {
     lr,
     weightDecay: recipe.weightDecay,
     betas: [0.9, 0.98],
     schedule: { type: 'cosine', warmupSteps: Math.min(recipe.warmupSteps, Math.ceil(steps / 10)) },
   });
+  return new Trainer(model, { optimizer, batchSize: recipe.batchSize, epochs: 1000, maxSteps: steps, maxGradNorm: 1.0, seed, ...options });
 }
 
 interface ShortFirstResult extends ShortFirst {
@@ -653,13 +652,8 @@ async function shortFirstPhase(
   const { steps, lr } = o.shortFirst;
   const model = await Model.fromConfig(o.config, { seed: o.seed, precision: PRECISION, task: 'masked-lm' });
   const bar = progressBar(steps, `short-first (${o.shortFirst.length} tokens)`);
-  const trainer = new Trainer(model, {
-    optimizer: pretrainingOptimizer(model, lr, steps, o.recipe),
+  const trainer = pretrainingTrainer(model, lr, steps, o.recipe, o.seed, {
     batchSize: o.batchSize,
-    epochs: 1000,
-    maxSteps: steps,
-    maxGradNorm: 1.0,
-    seed: o.seed,
     transform: o.transform,
     onProgress: (p) => bar.update(p.step, trainingFields(p)),
   });
