@@ -26,6 +26,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { parseArgs } from 'node:util';
 import { AdamW, Example, Model, Precision, Tokenizer, Trainer, TrainerOptions } from '../lib';
 import { lineChartSvg, lossSeries, writeSvg } from '../lib/plot';
 import { MetricsWriter, progressBar, trainingFields } from '../lib/progress';
@@ -137,10 +138,39 @@ const RECIPES: Record<string, Recipe> = {
   },
 };
 
-const arg = (name: string, fallback?: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
-};
+const FLAGS = {
+  model: { type: 'string' },
+  steps: { type: 'string' },
+  lr: { type: 'string' },
+  out: { type: 'string' },
+  seed: { type: 'string' },
+  'sentence-objective': { type: 'string' },
+  cut: { type: 'string' },
+  'single-segment': { type: 'string' },
+  'mask-rate': { type: 'string' },
+  'short-first': { type: 'string' },
+  shape: { type: 'string' },
+  sweep: { type: 'string' },
+  'sweep-steps': { type: 'string' },
+  fresh: { type: 'boolean' },
+  'card-only': { type: 'boolean' },
+} as const;
+
+/** The command line, strictly: a misspelt flag must stop the run, not silently train the default recipe. */
+function parseFlags(): Record<string, string | boolean | undefined> {
+  try {
+    return parseArgs({ options: FLAGS, strict: true, allowPositionals: false }).values;
+  } catch (e) {
+    fail(
+      `${(e as Error).message} (flags: ${Object.keys(FLAGS)
+        .map((f) => `--${f}`)
+        .join(' ')})`,
+    );
+  }
+}
+
+const flags = parseFlags();
+const arg = (name: keyof typeof FLAGS, fallback?: string) => (flags[name] as string | undefined) ?? fallback;
 
 function fail(msg: string): never {
   console.error(`pretrain: ${msg}`);
@@ -278,7 +308,7 @@ async function main() {
   const seed = Number(arg('seed', '0'));
   if (!Number.isInteger(steps) || steps < 1) fail(`--steps must be a positive integer, got ${arg('steps')}`);
   const out = path.resolve(arg('out', path.join(ROOT, 'models', name))!);
-  if (process.argv.includes('--card-only')) {
+  if (flags['card-only']) {
     // rewrite the model card from the run's pretrain.json
     fs.writeFileSync(path.join(out, 'README.md'), modelCard(JSON.parse(fs.readFileSync(path.join(out, 'pretrain.json'), 'utf8'))));
     console.log(`wrote ${path.join(out, 'README.md')}`);
@@ -297,7 +327,7 @@ async function main() {
     (['float32', 'bfloat16'] as const).find((d) => parameters * BYTES_PER_PARAMETER[d] <= SHIPPED_MAX_BYTES) ??
     fail(`${parameters.toLocaleString('en-US')} parameters do not fit in ${SHIPPED_MAX_BYTES / 1e6} MB even in bfloat16`);
   const work = path.join(ROOT, '.cache', 'pretrain', name);
-  if (process.argv.includes('--fresh')) fs.rmSync(work, { recursive: true, force: true });
+  if (flags.fresh) fs.rmSync(work, { recursive: true, force: true });
   fs.mkdirSync(work, { recursive: true });
   // A resumed run must be the run that was interrupted: its flags are kept beside its checkpoint.
   const settings = JSON.stringify({

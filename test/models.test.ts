@@ -1,14 +1,22 @@
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { Model, Tokenizer } from '../lib';
-import { python, relError, ROOT } from './helpers';
+import { python, relError, ROOT, tmpDir } from './helpers';
 
 const TEXTS = [
   'The whale swam slowly under the ship.',
   'Congress shall meet on Monday to debate the budget, and the President will speak.',
   'It was a good film.',
 ];
+
+/** scripts/pretrain.ts as `npm run pretrain` runs it. */
+const pretrain = (...args: string[]) =>
+  spawnSync(process.execPath, ['--require', 'tsx/cjs', path.join(ROOT, 'scripts', 'pretrain.ts'), ...args], {
+    encoding: 'utf8',
+    cwd: ROOT,
+  });
 
 /** The words of the Brown corpus (a devDependency): a dictionary of English to judge generated text by. */
 function englishWords(): Set<string> {
@@ -60,6 +68,14 @@ for (const name of ['tiny-gpt2', 'tiny-distilbert']) {
     const rows = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n');
     t.is(rows.length, s.steps);
   });
+
+  test(`${name}: the model card is what \`npm run pretrain -- --card-only\` writes from the run's pretrain.json`, (t) => {
+    const out = tmpDir('card');
+    fs.copyFileSync(path.join(dir, 'pretrain.json'), path.join(out, 'pretrain.json'));
+    const r = pretrain('--model', name, '--card-only', '--out', out);
+    t.is(r.status, 0, r.stderr);
+    t.is(fs.readFileSync(path.join(out, 'README.md'), 'utf8'), fs.readFileSync(path.join(dir, 'README.md'), 'utf8'));
+  });
 }
 
 test('tiny-gpt2 continues an English prompt with mostly English words', async (t) => {
@@ -80,4 +96,22 @@ test('tiny-gpt2 continues an English prompt with mostly English words', async (t
     t.log(`${prompt} -> ${text}`);
   }
   model.dispose();
+});
+
+test('npm run pretrain refuses a misspelt flag or a value out of range before it builds or trains anything', (t) => {
+  const out = tmpDir('pretrain-refused');
+  const cases: [string[], RegExp][] = [
+    [['--model', 'tiny-distilbert', '--short-frist', '2000'], /Unknown option '--short-frist'/],
+    [['--model', 'tiny-bert'], /unknown model "tiny-bert"/],
+    [['--model', 'tiny-distilbert', '--short-first', '1.5'], /--short-first must be a whole number of steps, got 1.5/],
+    [['--model', 'tiny-gpt2', '--short-first', '20'], /--short-first is for the masked LM/],
+    [['--model', 'tiny-distilbert', '--sentence-objective', 'nps'], /--sentence-objective must be sop, nsp or none, got nps/],
+    [['--model', 'tiny-distilbert', '--steps', '0'], /--steps must be a positive integer, got 0/],
+  ];
+  for (const [args, message] of cases) {
+    const r = pretrain(...args, '--out', out);
+    t.is(r.status, 2, args.join(' '));
+    t.regex(r.stderr, message);
+  }
+  t.deepEqual(fs.readdirSync(out), []);
 });
