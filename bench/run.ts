@@ -13,17 +13,21 @@ import os from 'node:os';
 import path from 'node:path';
 import { defaultTask, familyOf, HFConfig, toSpec } from '../lib/families';
 import { addon } from '../lib/native';
+import { scriptFlags } from '../scripts/flags';
 import { median } from './stats';
 
 const ROOT = path.resolve(__dirname, '..');
 const PY = path.join(ROOT, '.venv', 'bin', 'python');
 const ALL = JSON.parse(fs.readFileSync(path.join(__dirname, 'workloads.json'), 'utf8')) as Record<string, Workload>;
-const smoke = process.argv.includes('--smoke');
-const quick = process.argv.includes('--quick');
-const argOf = (n: string) => {
-  const i = process.argv.indexOf(`--${n}`);
-  return i > 0 ? process.argv[i + 1] : undefined;
-};
+const flags = scriptFlags('bench', {
+  smoke: { type: 'boolean' },
+  quick: { type: 'boolean' },
+  workloads: { type: 'string' },
+  out: { type: 'string' },
+});
+const smoke = Boolean(flags.smoke);
+const quick = Boolean(flags.quick);
+const argOf = (n: 'workloads' | 'out') => flags[n] as string | undefined;
 const names = argOf('workloads')?.split(',') ?? (smoke ? ['smoke-gpt2'] : Object.keys(ALL).filter((k) => k !== 'smoke-gpt2'));
 const rounds = smoke ? 1 : quick ? 2 : 3;
 const outDir = argOf('out') ?? path.join(__dirname, 'results');

@@ -12,10 +12,11 @@ import path from 'node:path';
 import autocannon from 'autocannon';
 import { LoRA, Model } from '../lib';
 import { createServer } from '../lib/server';
+import { scriptFlags } from '../scripts/flags';
 
 const ROOT = path.resolve(__dirname, '..');
 const GPT2 = path.join(ROOT, 'models', 'tiny-gpt2');
-const seconds = process.argv.includes('--seconds') ? Number(process.argv[process.argv.indexOf('--seconds') + 1]) : 10;
+const seconds = Number(scriptFlags('bench:serve', { seconds: { type: 'string' } }).seconds ?? 10);
 if (!(seconds > 0)) throw new Error('--seconds must be a positive number');
 const ADAPTERS = 8;
 

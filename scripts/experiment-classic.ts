@@ -14,6 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { barChartSvg, writeSvg } from '../lib/plot';
 import { progressBar } from '../lib/progress';
+import { scriptFlags } from './flags';
 import {
   BATCH_SIZE,
   epochsFor,
@@ -30,15 +31,22 @@ import {
 const SELECTION_SEED = 1;
 
 const ROOT = path.resolve(__dirname, '..');
-const arg = (name: string, fallback: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
-};
+const flags = scriptFlags('experiment:classic', {
+  ...Object.fromEntries(
+    ['seeds', 'models', 'data', 'strategies', 'python-models', 'python-data', 'peft-data', 'peft-models', 'python-seeds', 'minutes'].map(
+      (f) => [f, { type: 'string' }] as const,
+    ),
+  ),
+  'no-python': { type: 'boolean' },
+  resume: { type: 'boolean' },
+  'report-only': { type: 'boolean' },
+});
+const arg = (name: string, fallback: string) => (flags[name] as string | undefined) ?? fallback;
 const seeds = arg('seeds', '1,2,3').split(',').map(Number);
 const models = arg('models', 'tiny-distilbert,tiny-gpt2').split(',');
 const datasets = arg('data', 'imdb-sentences,sentiment-sentences').split(',');
 const strategies = arg('strategies', Object.keys(PLANS).join(',')).split(',');
-const withPython = !process.argv.includes('--no-python');
+const withPython = !flags['no-python'];
 /** The Python twin is slower; by default it repeats the tiny-distilbert runs only (the issue's reference comparison). */
 const pythonModels = arg('python-models', 'tiny-distilbert').split(',');
 const pythonData = arg('python-data', 'imdb-sentences').split(',');
@@ -47,7 +55,7 @@ const peftData = arg('peft-data', 'imdb-sentences').split(',');
 const peftModels = arg('peft-models', models.join(',')).split(',');
 /** Both sides compute the same thing run for run (same weights, ids, order, no dropout), so one seed of Python shows it. */
 const pythonSeeds = arg('python-seeds', '1').split(',').map(Number);
-const resume = process.argv.includes('--resume');
+const resume = Boolean(flags.resume);
 const work = path.join(ROOT, '.cache', 'experiment', 'classic');
 const resultsFile = path.join(work, 'results.jsonl');
 /** Hand-written discussion of the numbers, kept apart so that a rerun does not overwrite it. */
@@ -92,7 +100,7 @@ const std = (xs: number[]) => (xs.length < 2 ? 0 : Math.sqrt(xs.reduce((a, x) =>
 const pct = (x: number) => (100 * x).toFixed(1);
 
 async function main() {
-  if (process.argv.includes('--report-only')) {
+  if (flags['report-only']) {
     // rewrite docs/RESULTS.md from the last run's results.jsonl
     const runs = fs
       .readFileSync(resultsFile, 'utf8')

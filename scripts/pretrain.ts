@@ -26,11 +26,11 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { AdamW, Example, Model, Precision, Tokenizer, Trainer, TrainerOptions } from '../lib';
 import { lineChartSvg, lossSeries, writeSvg } from '../lib/plot';
 import { MetricsWriter, progressBar, trainingFields } from '../lib/progress';
 import { mulberry32 } from '../lib/random';
+import { scriptFlags } from './flags';
 import { buildCorpus, CorpusStats } from './pretrain/corpus';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -155,21 +155,7 @@ const FLAGS = {
   fresh: { type: 'boolean' },
   'card-only': { type: 'boolean' },
 } as const;
-
-/** The command line, strictly: a misspelt flag must stop the run, not silently train the default recipe. */
-function parseFlags(): Record<string, string | boolean | undefined> {
-  try {
-    return parseArgs({ options: FLAGS, strict: true, allowPositionals: false }).values;
-  } catch (e) {
-    fail(
-      `${(e as Error).message} (flags: ${Object.keys(FLAGS)
-        .map((f) => `--${f}`)
-        .join(' ')})`,
-    );
-  }
-}
-
-const flags = parseFlags();
+const flags = scriptFlags('pretrain', FLAGS);
 const arg = (name: keyof typeof FLAGS, fallback?: string) => (flags[name] as string | undefined) ?? fallback;
 
 function fail(msg: string): never {

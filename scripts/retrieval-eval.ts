@@ -24,15 +24,20 @@ import { embedTexts } from '../lib/retrieval';
 import { progressBar } from '../lib/progress';
 import { mulberry32, shuffled } from '../lib/random';
 import { writeJsonAtomic } from '../lib/safetensors';
+import { scriptFlags } from './flags';
 import { buildCorpus } from './pretrain/corpus';
 
 const ROOT = path.resolve(__dirname, '..');
 const WORK = path.join(ROOT, '.cache', 'retrieval');
 const MODEL = path.join(ROOT, 'models', 'tiny-distilbert');
-const arg = (name: string, fallback: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
-};
+const flags = scriptFlags('retrieval-eval', {
+  epochs: { type: 'string' },
+  lr: { type: 'string' },
+  pairs: { type: 'string' },
+  'skip-quality': { type: 'boolean' },
+  'skip-throughput': { type: 'boolean' },
+});
+const arg = (name: string, fallback: string) => (flags[name] as string | undefined) ?? fallback;
 const SEED = 7;
 const KS = [1, 5, 10];
 
@@ -218,8 +223,8 @@ async function main() {
   const out = path.join(ROOT, 'docs', 'retrieval.json');
   // Each part rewrites its own fields, so that either can be rerun alone.
   const results: Record<string, unknown> = fs.existsSync(out) ? JSON.parse(fs.readFileSync(out, 'utf8')) : {};
-  if (!process.argv.includes('--skip-quality')) await quality(task, train, results);
-  if (!process.argv.includes('--skip-throughput'))
+  if (!flags['skip-quality']) await quality(task, train, results);
+  if (!flags['skip-throughput'])
     results.throughput = await throughput(
       train,
       task.queries.slice(0, 200).map((q) => q.text),
