@@ -4,14 +4,14 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { parseArgs } from 'node:util';
 import { AdamW, Example, Model, Trainer } from '../lib';
 
-const arg = (name: string, fallback: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : fallback;
-};
-const steps = Number(arg('steps', '150'));
-const out = arg('out', path.join(os.tmpdir(), 'tunekit-demo'));
+const { values: flags } = parseArgs({
+  options: { steps: { type: 'string', default: '150' }, out: { type: 'string', default: path.join(os.tmpdir(), 'tunekit-demo') } },
+});
+const steps = Number(flags.steps);
+const out = flags.out;
 
 // The licence texts that ship with this checkout's dependencies: real English, always on disk.
 const text = ['typescript', 'ava', 'node-addon-api', 'cmake-js', 'tsx']
