@@ -30,6 +30,7 @@ import { AdamW, Example, Model, Precision, Tokenizer, Trainer, TrainerOptions } 
 import { lineChartSvg, lossSeries, writeSvg } from '../lib/plot';
 import { MetricsWriter, progressBar, trainingFields } from '../lib/progress';
 import { mulberry32 } from '../lib/random';
+import { writeJsonAtomic } from '../lib/safetensors';
 import { scriptFlags } from './flags';
 import { buildCorpus, CorpusStats } from './pretrain/corpus';
 
@@ -536,23 +537,6 @@ async function main() {
   }
   for (const s of samples) console.log(`  ${JSON.stringify(s.prompt)} -> ${JSON.stringify(s.continuation)}`);
 
-  // The shipped folder: weights under the finetuning config (dropout back on), tokenizer, metrics, picture, card.
-  const tmp = `${out}.tmp-${process.pid}`;
-  fs.rmSync(tmp, { recursive: true, force: true });
-  await model.savePretrained(tmp, { dtype: storedDtype });
-  const cfgFile = path.join(tmp, 'config.json');
-  const saved = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
-  // float32 whatever the storage: transformers loads a model in its config's dtype, and finetuning wants float32.
-  fs.writeFileSync(cfgFile, JSON.stringify({ ...saved, ...recipe.config, dtype: 'float32', torch_dtype: 'float32' }, null, 2) + '\n');
-  for (const f of fs.readdirSync(tokDir)) fs.copyFileSync(path.join(tokDir, f), path.join(tmp, f));
-  fs.copyFileSync(metrics.file, path.join(tmp, 'metrics.jsonl'));
-  await writeSvg(
-    path.join(tmp, 'loss.svg'),
-    await lineChartSvg(lossSeries(metrics.file), {
-      title: `${name}: pretraining loss`,
-      y: recipe.kind === 'bpe' ? 'causal LM loss (nats/token)' : 'masked LM loss (nats/masked token)',
-    }),
-  );
   const metricsRows = fs
     .readFileSync(metrics.file, 'utf8')
     .split('\n')
@@ -604,15 +588,39 @@ async function main() {
     samples,
     date: new Date().toISOString().slice(0, 10),
   };
-  fs.writeFileSync(path.join(tmp, 'pretrain.json'), JSON.stringify(summary, null, 2) + '\n');
-  fs.writeFileSync(path.join(tmp, 'README.md'), modelCard(summary));
-  fs.rmSync(out, { recursive: true, force: true });
-  fs.renameSync(tmp, out);
+  // The shipped folder: weights under the finetuning config (dropout back on), tokenizer, metrics, picture, card.
+  await writeFolderAtomic(out, async (tmp) => {
+    await model.savePretrained(tmp, { dtype: storedDtype });
+    const cfgFile = path.join(tmp, 'config.json');
+    const saved = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
+    // float32 whatever the storage: transformers loads a model in its config's dtype, and finetuning wants float32.
+    fs.writeFileSync(cfgFile, JSON.stringify({ ...saved, ...recipe.config, dtype: 'float32', torch_dtype: 'float32' }, null, 2) + '\n');
+    for (const f of fs.readdirSync(tokDir)) fs.copyFileSync(path.join(tokDir, f), path.join(tmp, f));
+    fs.copyFileSync(metrics.file, path.join(tmp, 'metrics.jsonl'));
+    await writeSvg(
+      path.join(tmp, 'loss.svg'),
+      await lineChartSvg(lossSeries(metrics.file), {
+        title: `${name}: pretraining loss`,
+        y: recipe.kind === 'bpe' ? 'causal LM loss (nats/token)' : 'masked LM loss (nats/masked token)',
+      }),
+    );
+    fs.writeFileSync(path.join(tmp, 'pretrain.json'), JSON.stringify(summary, null, 2) + '\n');
+    fs.writeFileSync(path.join(tmp, 'README.md'), modelCard(summary));
+  });
   console.log(`wrote ${out}`);
   model.dispose();
 }
 
 type Summary = Record<string, any>;
+
+/** A folder written whole or not at all: `fill` writes it beside `dir`, and one rename puts it in place of the old. */
+async function writeFolderAtomic(dir: string, fill: (tmp: string) => Promise<void>): Promise<void> {
+  const tmp = `${dir}.tmp-${process.pid}`;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  await fill(tmp);
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.renameSync(tmp, dir);
+}
 
 /** The Trainer of every pretraining run (the sweep's, the short-first phase's, the main one): `steps` steps of AdamW
  * with betas (0.9, 0.98), a cosine schedule whose warm-up is capped at a tenth of the steps, and clipping at 1.0. */
@@ -686,12 +694,10 @@ async function shortFirstPhase(
     validationLoss: loss,
     wallTimeS,
   };
-  const tmp = `${dir}.tmp-${process.pid}`;
-  fs.rmSync(tmp, { recursive: true, force: true });
-  await model.savePretrained(tmp);
-  fs.writeFileSync(path.join(tmp, 'short-first.json'), JSON.stringify({ ...result, settings: o.settings }, null, 2) + '\n');
-  fs.rmSync(dir, { recursive: true, force: true });
-  fs.renameSync(tmp, dir);
+  await writeFolderAtomic(dir, async (tmp) => {
+    await model.savePretrained(tmp);
+    fs.writeFileSync(path.join(tmp, 'short-first.json'), JSON.stringify({ ...result, settings: o.settings }, null, 2) + '\n');
+  });
   model.dispose();
   return result;
 }
@@ -718,8 +724,7 @@ async function sweepRates(work: string, grid: number[], trial: (lr: number, step
     results.push({ lr, evalLoss });
   }
   const sweep = { steps, results, best: results.reduce((a, b) => (b.evalLoss < a.evalLoss ? b : a)).lr };
-  fs.writeFileSync(`${file}.tmp`, JSON.stringify(sweep, null, 2) + '\n');
-  fs.renameSync(`${file}.tmp`, file);
+  await writeJsonAtomic(file, sweep);
   return sweep;
 }
 
